@@ -1,0 +1,209 @@
+"""`edge-host`: pretrain, export and build backbones for the edge agent.
+
+    edge-host pretrain --data synthetic --out runs/default
+    edge-host export --run runs/default --name default --out models
+    edge-host build --name default          # pretrain + export in one go
+    edge-host export --backbone keras:my.keras --layer pool --data folder:imgs --name mine
+
+Exit codes: 0 success, 2 bad input or a failed check (message on stderr), 1 unexpected error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+DATA_HELP = (
+    "source data: 'synthetic' (the CORe50-format generator's pretraining objects), "
+    "'npz:PATH' (x/y or x_train/y_train), 'idx:DIR' (MNIST-style IDX .gz files), "
+    "'folder:DIR' (one sub-folder per class)"
+)
+
+
+def _add_backbone_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("backbone")
+    group.add_argument("--backbone", default="tiny_cnn",
+                       help="tiny_cnn (default), mobilenet_v2, keras:PATH or savedmodel:PATH")
+    group.add_argument("--input-size", type=int, default=32, help="square input side in pixels (default 32)")
+    group.add_argument("--channels", type=int, default=3, choices=(1, 3), help="input channels (default 3)")
+    group.add_argument("--alpha", type=float, default=0.35, help="MobileNetV2 width multiplier (default 0.35)")
+    group.add_argument("--weights", default=None,
+                       help="MobileNetV2 weights: omitted = random init, 'imagenet' (needs internet or a "
+                            "Keras cache), or a weights file")
+    group.add_argument("--layer", default=None,
+                       help="for keras:/savedmodel: backbones, the layer (or signature output) to cut at")
+    group.add_argument("--embedding-size", type=int, default=256, help="tiny_cnn embedding size (default 256)")
+
+
+def _add_pretrain_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default="synthetic", help=DATA_HELP)
+    _add_backbone_args(parser)
+    group = parser.add_argument_group("training")
+    group.add_argument("--epochs", type=int, default=12, help="epochs (default 12)")
+    group.add_argument("--batch-size", type=int, default=64, help="mini-batch size (default 64)")
+    group.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate, cosine-decayed (default 2e-3)")
+    group.add_argument("--val-fraction", type=float, default=0.15, help="held-out share per class (default 0.15)")
+    group.add_argument("--no-augment", action="store_true", help="disable flip/shift augmentation")
+    group.add_argument("--max-train-frames", type=int, default=None, help="subsample the training frames")
+    group.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def _add_export_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("export")
+    group.add_argument("--name", default="default", help="model name = folder under --out (default 'default')")
+    group.add_argument("--out", default="models", help="artifact store root (default models/)")
+    group.add_argument("--no-int8", action="store_true", help="skip the full-int8 TFLite file")
+    group.add_argument("--no-onnx", action="store_true", help="skip the ONNX file")
+    group.add_argument("--opset", type=int, default=17, help="ONNX opset, 13-18 (default 17)")
+    group.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-host",
+        description="Pretrain an image backbone, freeze it at its embedding and export it to "
+                    "TFLite (fp32, int8) and ONNX with a manifest, for the edge agent.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no per-epoch progress lines")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("pretrain", help="train a backbone with a temporary classifier on source data")
+    _add_pretrain_args(p)
+    p.add_argument("--out", required=True, help="run directory to write (backbone.keras, pretrain.json)")
+
+    p = sub.add_parser("export", help="freeze and export a backbone to models/<name>/")
+    p.add_argument("--run", default=None, help="pretraining run directory (from `edge-host pretrain`)")
+    p.add_argument("--data", default=None,
+                   help="without --run: frames for int8 calibration and the parity check. " + DATA_HELP)
+    _add_backbone_args(p)
+    p.add_argument("--seed", type=int, default=0, help="random seed for the calibration sample (default 0)")
+    _add_export_args(p)
+
+    p = sub.add_parser("build", help="pretrain + export in one go (how models/default is made)")
+    _add_pretrain_args(p)
+    _add_export_args(p)
+    p.add_argument("--run-dir", default=None, help="where to keep the pretraining run (default runs/<name>)")
+    return parser
+
+
+def _pretrain_config(args: argparse.Namespace):
+    from host.pretrain import PretrainConfig
+
+    return PretrainConfig(
+        data=args.data, backbone=args.backbone, input_size=args.input_size, channels=args.channels,
+        alpha=args.alpha, weights=args.weights, layer=args.layer, embedding_size=args.embedding_size,
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+        val_fraction=args.val_fraction, augment=not args.no_augment, seed=args.seed,
+        max_train_frames=args.max_train_frames,
+    )
+
+
+def _export_options(args: argparse.Namespace):
+    from host.export import ExportOptions
+
+    return ExportOptions(int8=not args.no_int8, onnx=not args.no_onnx, opset=args.opset,
+                         overwrite=args.overwrite)
+
+
+def _print_model(model_dir: Path) -> None:
+    from edge.manifest import load_manifest
+
+    manifest = load_manifest(model_dir)
+    print(f"model {manifest.name!r} in {model_dir}: input {manifest.input_shape}, "
+          f"embedding {manifest.embedding_size}")
+    for entry in manifest.files:
+        res = manifest.parity.get("results", {}).get(entry.path, {})
+        print(f"  {entry.path:24s} {entry.bytes / 1024:8.1f} KiB  max|diff| {res.get('max_abs_diff', float('nan')):.2e}"
+              f"  min cos {res.get('min_cosine', float('nan')):.5f}")
+
+
+def _run_pretrain(args: argparse.Namespace, run_dir: Path) -> None:
+    from host.pretrain import pretrain
+
+    result = pretrain(_pretrain_config(args), run_dir, progress=not args.quiet)
+    print(f"pretrained {result.record['backbone']} in {result.seconds:.1f} s: "
+          f"train accuracy {result.train_accuracy:.3f}, validation accuracy {result.val_accuracy:.3f}, "
+          f"embedding spread {result.embedding_spread:.3f}; saved to {run_dir}")
+
+
+def _export_backbone_directly(args: argparse.Namespace) -> Path:
+    """Export a backbone as built (e.g. imagenet weights or a user model) without pretraining."""
+    import numpy as np
+
+    from edge.manifest import Preprocessing
+    from firmware_sim.sources import load_source
+    from host.backbones import BackboneSpec, build_backbone
+    from host.export import export_model
+    from host.pretrain import channel_stats, normalise, prepare_images
+
+    if not args.data:
+        raise ValueError("export without --run needs --data for calibration and parity frames; got none")
+    spec = BackboneSpec.parse(args.backbone, input_size=args.input_size, channels=args.channels,
+                              alpha=args.alpha, weights=args.weights, layer=args.layer,
+                              embedding_size=args.embedding_size)
+    model = build_backbone(spec)
+    images = load_source(args.data, split="train")
+    frames = prepare_images(images, spec.input_size, spec.channels)
+    rng = np.random.default_rng(args.seed)
+    order = rng.permutation(len(frames))
+    rep, held = frames[order[:256]], frames[order[256:320]]
+    if len(held) == 0:
+        held = rep[:64]
+    mean, std = channel_stats(rep)
+    emb = model.predict(normalise(rep, mean, std), verbose=0)
+    return export_model(
+        model, name=args.name, architecture=spec.label,
+        preprocessing=Preprocessing(mean=tuple(mean), std=tuple(std)),
+        representative_uint8=rep, heldout_uint8=held, out_root=args.out, options=_export_options(args),
+        embedding_mean=[float(v) for v in emb.mean(0)],
+        embedding_std=[float(max(v, 1e-6)) for v in emb.std(0)],
+        producer={"training_data": f"none (exported as built; calibration from {args.data})",
+                  "seed": args.seed, "backbone": spec.label},
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    started = time.perf_counter()
+    try:
+        if args.command == "pretrain":
+            _run_pretrain(args, Path(args.out))
+        elif args.command == "export":
+            from host.export import check_output_dir, export_run
+
+            check_output_dir(Path(args.out) / args.name, args.name, args.overwrite)
+            if args.run:
+                model_dir = export_run(args.run, name=args.name, out_root=args.out,
+                                       options=_export_options(args))
+            else:
+                model_dir = _export_backbone_directly(args)
+            _print_model(model_dir)
+        elif args.command == "build":
+            from host.export import check_output_dir, export_run
+
+            check_output_dir(Path(args.out) / args.name, args.name, args.overwrite)
+            run_dir = Path(args.run_dir or Path("runs") / args.name)
+            _run_pretrain(args, run_dir)
+            model_dir = export_run(run_dir, name=args.name, out_root=args.out, options=_export_options(args))
+            _print_model(model_dir)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"edge-host {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"done in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Parity check: the exported files must compute the embedding the Keras backbone computes.
+
+Runs held-out frames through every file of a model directory with the real edge runtimes
+(`edge.runtimes`, LiteRT and ONNX Runtime) and compares with the TensorFlow reference.
+
+Example:
+    >>> from host.parity import compare_embeddings
+    >>> import numpy as np
+    >>> a = np.ones((2, 4), np.float32)
+    >>> compare_embeddings(a, a)["min_cosine"]
+    1.0
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.manifest import Manifest, ModelFile
+
+
+class ParityError(ValueError):
+    """An exported file's embeddings differ from the reference beyond tolerance."""
+
+
+def compare_embeddings(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    """Max abs diff, max diff relative to the reference's largest magnitude, min/mean cosine."""
+    if reference.shape != candidate.shape:
+        raise ParityError(f"embedding shape: expected {reference.shape}, got {candidate.shape}")
+    ref = reference.astype(np.float64)
+    cand = candidate.astype(np.float64)
+    diff = np.abs(ref - cand)
+    denom = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
+    cos = np.where(denom > 0, np.sum(ref * cand, axis=1) / np.maximum(denom, 1e-30), 0.0)
+    both_zero = (np.linalg.norm(ref, axis=1) == 0) & (np.linalg.norm(cand, axis=1) == 0)
+    cos = np.where(both_zero, 1.0, cos)
+    return {
+        "max_abs_diff": float(diff.max()),
+        "max_rel_diff": float(diff.max() / max(float(np.abs(ref).max()), 1e-12)),
+        "min_cosine": float(np.clip(cos.min(), -1.0, 1.0)),
+        "mean_cosine": float(np.clip(cos.mean(), -1.0, 1.0)),
+    }
+
+
+def within_tolerance(metrics: dict[str, float], tolerance: dict[str, float]) -> list[str]:
+    """The violated limits as readable strings (empty when every limit holds)."""
+    problems = []
+    if "max_rel_diff" in tolerance and metrics["max_rel_diff"] > tolerance["max_rel_diff"]:
+        problems.append(
+            f"max relative diff expected <= {tolerance['max_rel_diff']:g}, got {metrics['max_rel_diff']:.3g}"
+        )
+    if "min_cosine" in tolerance and metrics["min_cosine"] < tolerance["min_cosine"]:
+        problems.append(
+            f"min cosine expected >= {tolerance['min_cosine']:g}, got {metrics['min_cosine']:.5f}"
+        )
+    return problems
+
+
+def check_parity(model_dir: str | Path, manifest: Manifest, frames_uint8: np.ndarray,
+                 reference: np.ndarray, reference_name: str = "keras") -> dict[str, Any]:
+    """Compare every file in ``manifest`` against ``reference`` embeddings of ``frames_uint8``.
+
+    Returns the manifest's ``parity`` section. Raises `ParityError` naming each file that is
+    beyond its precision's tolerance (expected vs got).
+    """
+    results: dict[str, Any] = {}
+    failures = []
+    for entry in manifest.files:
+        runtime = "litert" if entry.format == "tflite" else "onnx"
+        got = _run_file(Path(model_dir), manifest, entry, frames_uint8)
+        metrics = compare_embeddings(reference, got)
+        tolerance = manifest.tolerances[entry.precision]
+        problems = within_tolerance(metrics, tolerance)
+        results[entry.path] = {**metrics, "runtime": runtime, "tolerance": tolerance,
+                               "passed": not problems}
+        if problems:
+            failures.append(f"{_describe(entry)}: " + "; ".join(problems))
+    if failures:
+        raise ParityError("parity check failed against the " + reference_name + " reference: "
+                          + " | ".join(failures))
+    return {"samples": int(len(frames_uint8)), "reference": reference_name, "results": results}
+
+
+def _describe(entry: ModelFile) -> str:
+    return f"{entry.path} ({entry.format} {entry.precision})"
+
+
+def _preprocess(manifest: Manifest, frames_uint8: np.ndarray) -> np.ndarray:
+    pre = manifest.preprocessing
+    x = frames_uint8.astype(np.float32) * np.float32(pre.scale)
+    return (x - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+
+
+def _run_file(model_dir: Path, manifest: Manifest, entry: ModelFile, frames_uint8: np.ndarray) -> np.ndarray:
+    """Embed with one artifact using the bare runtime (TODO: route through edge.runtimes)."""
+    x = _preprocess(manifest, frames_uint8)
+    path = str(model_dir / entry.path)
+    if entry.format == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: x})[0]
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=path)
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    interpreter.resize_tensor_input(inp["index"], list(x.shape))
+    interpreter.allocate_tensors()
+    if entry.input_quantization is not None:
+        q = entry.input_quantization
+        x = np.clip(np.round(x / q.scale) + q.zero_point, -128, 127).astype(np.int8)
+    interpreter.set_tensor(inp["index"], x)
+    interpreter.invoke()
+    y = interpreter.get_tensor(out["index"])
+    if entry.output_quantization is not None:
+        q = entry.output_quantization
+        y = (y.astype(np.float32) - q.zero_point) * np.float32(q.scale)
+    return y
