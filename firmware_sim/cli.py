@@ -1,0 +1,66 @@
+"""``edge-sim``: the simulator's command line.
+
+Each subcommand lives in its own module with two functions, ``register(subparsers)`` (adds its
+parser and sets ``func``) and the handler it points to. To add a command (``run``, ``compare``),
+write ``firmware_sim/cmd_<name>.py`` and append its module name to :data:`COMMAND_MODULES`.
+
+Expected errors (bad input, missing files) print one line to stderr and exit 2; 0 means success.
+
+Example:
+    >>> main(["generate", "--frames", "0", "--out", "/tmp/never-written"])
+    2
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+__all__ = ["COMMAND_MODULES", "CliError", "build_parser", "main"]
+
+#: Modules (under ``firmware_sim``) that each provide ``register(subparsers)``.
+COMMAND_MODULES: list[str] = ["cmd_generate"]
+
+
+class CliError(ValueError):
+    """An expected, user-facing error: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like argparse but without the usage dump
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="edge-sim", description="CORe50 stream simulator for the edge continual learner")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"firmware_sim.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help exits 0, usage errors 2
+        return int(exc.code or 0)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (CliError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as exc:
+        sys.stderr.write(f"edge-sim {args.command}: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("edge-sim: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

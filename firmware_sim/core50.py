@@ -1,0 +1,459 @@
+"""Loaders for the official CORe50 forms: the array form and the PNG tree with batch filelists.
+
+Both work on the real CORe50 files and on :mod:`firmware_sim.generator` output, and give the same
+:class:`Scenario` (train batches in order, test batch last) with lazily read images.
+
+- Array form: ``core50_imgs.npz`` (key ``x``, uint8 (N, 128, 128, 3), about 8 GB for the real set),
+  ``paths.pkl``, ``labels.pkl``, ``LUP.pkl``. The ``x.npy`` member is memory-mapped when it is
+  stored uncompressed in the zip, so only the requested frames are read.
+- Folder form: ``core50_128x128/`` (or ``core50_32x32/``) with ``s{1..11}/o{1..50}/C_ss_oo_fff.png``
+  plus ``batches_filelists/{NI,NC,NIC}_inc/runN/`` and ``NIC_v2_{79,196,391}/runN/`` holding
+  ``train_batch_XX_filelist.txt`` and ``test_filelist.txt`` (lines ``sX/oY/C_XX_YY_ZZZ.png label``).
+
+Example:
+    >>> import tempfile
+    >>> from firmware_sim.generator import GeneratorConfig, generate_core50
+    >>> root = tempfile.mkdtemp()
+    >>> _ = generate_core50(root, GeneratorConfig(frames=2, runs=1, forms=("arrays",)), progress=False)
+    >>> scen = Core50Arrays(root).scenario("ni", run=0)
+    >>> len(scen.train_batches), len(scen.test), scen.test.images().shape
+    (8, 300, (300, 32, 32, 3))
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import struct
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal, Sequence
+
+import numpy as np
+from PIL import Image
+
+from firmware_sim.safe_pickle import safe_load_pickle
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Batch",
+    "Core50Arrays",
+    "Core50Folder",
+    "N_BATCHES",
+    "SCENARIOS",
+    "SCENARIO_DIRS",
+    "Scenario",
+    "TEST_SESSIONS",
+    "TRAIN_SESSIONS",
+    "open_core50",
+    "parse_core50_path",
+]
+
+SCENARIOS = ("ni", "nc", "nic", "nicv2_79", "nicv2_196", "nicv2_391")
+N_BATCHES = {"ni": 8, "nc": 9, "nic": 79, "nicv2_79": 79, "nicv2_196": 196, "nicv2_391": 391}
+N_OBJECTS = 50
+N_CATEGORIES = 10
+OBJECTS_PER_CATEGORY = 5
+N_SESSIONS = 11
+TEST_SESSIONS = (3, 7, 10)
+OUTDOOR_SESSIONS = (9, 10, 11)
+TRAIN_SESSIONS = tuple(s for s in range(1, N_SESSIONS + 1) if s not in TEST_SESSIONS)
+REDUCED_TEST_STEP = 20
+#: Official filelist folders (``batches_filelists.zip`` and ``batches_filelists_NICv2.zip``).
+SCENARIO_DIRS = {
+    "ni": "batches_filelists/NI_inc",
+    "nc": "batches_filelists/NC_inc",
+    "nic": "batches_filelists/NIC_inc",
+    "nicv2_79": "NIC_v2_79",
+    "nicv2_196": "NIC_v2_196",
+    "nicv2_391": "NIC_v2_391",
+}
+ARRAY_FILES = ("core50_imgs.npz", "paths.pkl", "labels.pkl", "LUP.pkl")
+
+_PATH_RE = re.compile(r"(?:^|/)s(\d+)/o(\d+)/C_(\d+)_(\d+)_(\d+)\.png$")
+
+TestSet = Literal["full", "reduced"]
+LabelKind = Literal["object", "category"]
+
+
+def image_dir_name(image_size: int) -> str:
+    """Official folder name of the PNG tree at one resolution, e.g. ``core50_128x128``."""
+    return f"core50_{image_size}x{image_size}"
+
+
+def frame_path(session: int, obj: int, frame: int) -> str:
+    """Relative path of one frame, as in ``paths.pkl`` and the filelists."""
+    return f"s{session}/o{obj}/C_{session:02d}_{obj:02d}_{frame:03d}.png"
+
+
+def parse_core50_path(path: str) -> tuple[int, int, int]:
+    """``'s3/o12/C_03_12_041.png'`` -> ``(session, object_id, frame)``; ValueError if malformed."""
+    m = _PATH_RE.search(path.replace("\\", "/"))
+    if not m or int(m.group(1)) != int(m.group(3)) or int(m.group(2)) != int(m.group(4)):
+        raise ValueError(f"not a CORe50 frame path (expected sX/oY/C_XX_YY_ZZZ.png): {path!r}")
+    return int(m.group(1)), int(m.group(2)), int(m.group(5))
+
+
+def _check_choice(what: str, value: object, valid: Sequence[object]) -> None:
+    if value not in valid:
+        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(map(str, valid))}")
+
+
+def _resize(x: np.ndarray, size: int | None) -> np.ndarray:
+    if size is None or (x.shape[1] == size and x.shape[2] == size):
+        return np.ascontiguousarray(x)
+    out = np.empty((x.shape[0], size, size, x.shape[3]), np.uint8)
+    for i in range(x.shape[0]):
+        out[i] = np.asarray(Image.fromarray(x[i]).resize((size, size), Image.BILINEAR))
+    return out
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch of a scenario: indices into the data set, labels, paths and lazily read images.
+
+    Example:
+        >>> b = Batch(np.array([0, 1]), np.array([3, 3]), ("s1/o4/C_01_04_000.png", "s1/o4/C_01_04_001.png"),
+        ...           loader=lambda idx: np.zeros((len(idx), 8, 8, 3), np.uint8))
+        >>> len(b), b.images().shape, b.objects.tolist()
+        (2, (2, 8, 8, 3), [4, 4])
+    """
+
+    indices: np.ndarray
+    labels: np.ndarray
+    paths: tuple[str, ...]
+    loader: Callable[[np.ndarray], np.ndarray] = field(repr=False, compare=False)
+    image_size: int | None = None
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    def images(self) -> np.ndarray:
+        """Read the batch's images now: uint8 (n, H, W, 3), resized when ``image_size`` was given."""
+        return _resize(self.loader(self.indices), self.image_size)
+
+    @property
+    def sessions(self) -> np.ndarray:
+        """Session number (1..11) of each frame, parsed from its path."""
+        return np.array([parse_core50_path(p)[0] for p in self.paths], np.int64)
+
+    @property
+    def objects(self) -> np.ndarray:
+        """Original object id (1..50) of each frame, parsed from its path."""
+        return np.array([parse_core50_path(p)[1] for p in self.paths], np.int64)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Training batches in stream order and the test batch."""
+
+    name: str
+    run: int
+    train_batches: list[Batch]
+    test: Batch
+    n_classes: int
+
+    def __len__(self) -> int:
+        return len(self.train_batches)
+
+
+def _category_labels(paths: Sequence[str]) -> np.ndarray:
+    return np.array([(parse_core50_path(p)[1] - 1) // OBJECTS_PER_CATEGORY for p in paths], np.int64)
+
+
+def _make_batch(indices: np.ndarray, labels: np.ndarray, paths: Sequence[str], labels_kind: LabelKind,
+                loader: Callable[[np.ndarray], np.ndarray], image_size: int | None) -> Batch:
+    bpaths = tuple(paths)
+    if labels_kind == "category":
+        labels = _category_labels(bpaths)
+    return Batch(np.asarray(indices, np.int64), np.asarray(labels, np.int64), bpaths, loader, image_size)
+
+
+def _check_scenario_args(name: str, test: str, labels: str, image_size: int | None) -> None:
+    _check_choice("scenario", name, SCENARIOS)
+    _check_choice("test set", test, ("full", "reduced"))
+    _check_choice("label kind", labels, ("object", "category"))
+    if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
+        raise ValueError(f"image_size must be a positive int or None, got {image_size!r}")
+
+
+# --------------------------------------------------------------------------- npz memory map
+
+
+def _npz_member_memmap(npz_path: Path, member: str = "x.npy") -> np.ndarray:
+    """Memory-map an uncompressed ``.npy`` member of a zip (``np.savez`` output); full read otherwise."""
+    with zipfile.ZipFile(npz_path) as zf:
+        try:
+            info = zf.getinfo(member)
+        except KeyError:
+            raise ValueError(f"{npz_path}: no '{member}' member (has {zf.namelist()})") from None
+        if info.compress_type != zipfile.ZIP_STORED:
+            logger.warning("%s: member %s is compressed; reading it fully into memory (%d bytes)",
+                           npz_path, member, info.file_size)
+            with zf.open(info) as f:
+                return np.lib.format.read_array(f, allow_pickle=False)
+    with open(npz_path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+        if len(local) != 30 or local[:4] != b"PK\x03\x04":
+            raise ValueError(f"{npz_path}: bad zip local header for member '{member}'")
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        f.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:  # pragma: no cover - future npy versions
+            raise ValueError(f"{npz_path}: unsupported .npy version {version}")
+        if dtype.hasobject:
+            raise ValueError(f"{npz_path}: '{member}' holds Python objects; refusing to load it")
+        offset = f.tell()
+    expected = offset + int(np.prod(shape)) * dtype.itemsize
+    if os.path.getsize(npz_path) < expected:
+        raise ValueError(f"{npz_path}: truncated ('{member}' needs {expected} bytes, file has {os.path.getsize(npz_path)})")
+    return np.memmap(npz_path, dtype=dtype, mode="r", offset=offset, shape=tuple(shape),
+                     order="F" if fortran else "C")
+
+
+# --------------------------------------------------------------------------- array form
+
+
+class Core50Arrays:
+    """The array form: ``core50_imgs.npz`` + ``paths.pkl`` + ``labels.pkl`` + ``LUP.pkl`` in ``root``.
+
+    Pickles are read with :func:`safe_load_pickle`; the image array is memory-mapped.
+
+    Example:
+        >>> import tempfile
+        >>> from firmware_sim.generator import GeneratorConfig, generate_core50
+        >>> root = tempfile.mkdtemp()
+        >>> _ = generate_core50(root, GeneratorConfig(frames=2, runs=2, forms=("arrays",)), progress=False)
+        >>> data = Core50Arrays(root)
+        >>> scen = data.scenario("nicv2_391", run=1, test="reduced", labels="category")
+        >>> len(scen.train_batches), len(scen.test), sorted(set(scen.train_batches[0].labels.tolist()))
+        (391, 15, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        for name in ARRAY_FILES:
+            if not (self.root / name).is_file():
+                raise FileNotFoundError(f"CORe50 array form: {name} not found (looked for {self.root / name})")
+        paths = safe_load_pickle(self.root / "paths.pkl")
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise ValueError(f"{self.root / 'paths.pkl'}: expected a list of str")
+        self.paths: list[str] = [p.replace("\\", "/") for p in paths]
+        self.lup: dict = self._load_nested("LUP.pkl")
+        self.labels: dict = self._load_nested("labels.pkl")
+        self._x: np.ndarray | None = None
+
+    def _load_nested(self, name: str) -> dict:
+        obj = safe_load_pickle(self.root / name)
+        if not isinstance(obj, dict):
+            raise ValueError(f"{self.root / name}: expected a dict {{scenario: [run][batch] -> list[int]}}, got {type(obj).__name__}")
+        return obj
+
+    @property
+    def x(self) -> np.ndarray:
+        """The whole image array, memory-mapped (not read) when the npz member is uncompressed."""
+        if self._x is None:
+            self._x = _npz_member_memmap(self.root / "core50_imgs.npz")
+            if self._x.ndim != 4 or self._x.shape[0] != len(self.paths):
+                raise ValueError(f"{self.root / 'core50_imgs.npz'}: expected x of shape ({len(self.paths)}, H, W, 3), "
+                                 f"got {self._x.shape}")
+        return self._x
+
+    def runs(self, name: str) -> int:
+        """Number of runs available for scenario ``name``."""
+        _check_choice("scenario", name, tuple(k for k in SCENARIOS if k in self.lup))
+        return len(self.lup[name])
+
+    def _read(self, indices: np.ndarray) -> np.ndarray:
+        return np.asarray(self.x[indices], dtype=np.uint8)
+
+    def scenario(self, name: str, run: int = 0, test: TestSet = "full", labels: LabelKind = "object",
+                 image_size: int | None = None) -> Scenario:
+        """Batches of run ``run`` of scenario ``name``; ``test="reduced"`` keeps every 20th test frame."""
+        _check_scenario_args(name, test, labels, image_size)
+        if name not in self.lup or name not in self.labels:
+            raise ValueError(f"scenario {name!r} not in {self.root / 'LUP.pkl'}; valid: {', '.join(k for k in self.lup)}")
+        _check_choice("run", run, tuple(range(len(self.lup[name]))))
+        lup_run, lab_run = self.lup[name][run], self.labels[name][run]
+        if len(lup_run) != len(lab_run):
+            raise ValueError(f"{name} run {run}: LUP has {len(lup_run)} batches, labels has {len(lab_run)}")
+        batches = []
+        for b, (idx, lab) in enumerate(zip(lup_run, lab_run)):
+            idx, lab = np.asarray(idx, np.int64), np.asarray(lab, np.int64)
+            if idx.shape != lab.shape:
+                raise ValueError(f"{name} run {run} batch {b}: {len(idx)} indices but {len(lab)} labels")
+            if b == len(lup_run) - 1 and test == "reduced":
+                idx, lab = idx[::REDUCED_TEST_STEP], lab[::REDUCED_TEST_STEP]
+            if idx.size and (idx.min() < 0 or idx.max() >= len(self.paths)):
+                raise ValueError(f"{name} run {run} batch {b}: index out of range 0..{len(self.paths) - 1}")
+            batches.append(_make_batch(idx, lab, [self.paths[i] for i in idx], labels, self._read, image_size))
+        n_classes = N_CATEGORIES if labels == "category" else N_OBJECTS
+        return Scenario(name, run, batches[:-1], batches[-1], n_classes)
+
+
+# --------------------------------------------------------------------------- folder form
+
+
+def _find_image_root(root: Path) -> Path:
+    """``root`` itself if it holds ``s1/``..., else its ``core50_128x128`` / ``core50_32x32`` / other child."""
+    if (root / "s1").is_dir():
+        return root
+    for name in ("core50_128x128", "core50_32x32", "core50_64x64", "core50_350x350"):
+        if (root / name / "s1").is_dir():
+            return root / name
+    others = sorted(p for p in root.glob("core50_*x*") if (p / "s1").is_dir())
+    if others:
+        return others[0]
+    raise FileNotFoundError(f"CORe50 PNG tree not found: looked for {root}/s1 and {root}/core50_<S>x<S>/s1")
+
+
+def _filelist_dir(filelists_root: Path, name: str, run: int) -> Path:
+    rel = SCENARIO_DIRS[name]
+    short = rel.split("/")[-1]
+    candidates = [filelists_root / rel, filelists_root / short, filelists_root / "batches_filelists" / short]
+    for c in candidates:
+        if c.is_dir():
+            return c / f"run{run}"
+    raise FileNotFoundError(f"filelists of scenario {name!r} not found: looked for "
+                            + ", ".join(str(c) for c in candidates))
+
+
+def read_filelist(path: Path) -> tuple[list[str], np.ndarray]:
+    """Parse ``sX/oY/C_XX_YY_ZZZ.png label`` lines; a malformed line raises ValueError with file:line."""
+    if not path.is_file():
+        raise FileNotFoundError(f"filelist not found: {path}")
+    paths: list[str] = []
+    labels: list[int] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            text = line.strip()
+            if not text:
+                continue
+            parts = text.split()
+            try:
+                if len(parts) != 2:
+                    raise ValueError(f"expected 2 fields, got {len(parts)}")
+                parse_core50_path(parts[0])
+                label = int(parts[1])
+                if label < 0:
+                    raise ValueError(f"negative label {label}")
+            except ValueError as exc:
+                raise ValueError(f"{path}:{lineno}: malformed filelist line {text!r} "
+                                 f"(expected 'sX/oY/C_XX_YY_ZZZ.png label'): {exc}") from None
+            paths.append(parts[0].replace("\\", "/"))
+            labels.append(label)
+    return paths, np.asarray(labels, np.int64)
+
+
+class Core50Folder:
+    """The PNG tree plus the official batch filelists; images are read with Pillow when asked for.
+
+    ``root`` is the image tree (``core50_128x128`` / ``core50_32x32``) or a folder holding one;
+    ``filelists_root`` holds ``batches_filelists/`` and ``NIC_v2_*`` (defaults to ``root``'s parent
+    folder that has them).
+
+    Example:
+        >>> import tempfile
+        >>> from firmware_sim.generator import GeneratorConfig, generate_core50
+        >>> root = tempfile.mkdtemp()
+        >>> _ = generate_core50(root, GeneratorConfig(frames=2, runs=1, forms=("png", "filelists")), progress=False)
+        >>> scen = Core50Folder(root).scenario("nc", run=0)
+        >>> len(scen.train_batches), scen.train_batches[0].images().shape
+        (9, (160, 32, 32, 3))
+    """
+
+    def __init__(self, root: str | os.PathLike[str], filelists_root: str | os.PathLike[str] | None = None) -> None:
+        self.image_root = _find_image_root(Path(root))
+        if filelists_root is None:
+            filelists_root = Path(root) if (Path(root) / "batches_filelists").is_dir() else self.image_root.parent
+        self.filelists_root = Path(filelists_root)
+        if not any((self.filelists_root / d).is_dir() for d in ("batches_filelists", "NIC_v2_79", "NI_inc")):
+            raise FileNotFoundError(f"CORe50 filelists not found: looked for {self.filelists_root}/batches_filelists "
+                                    f"and {self.filelists_root}/NIC_v2_*")
+        self._catalog: dict[str, int] | None = None
+
+    @property
+    def catalog(self) -> dict[str, int]:
+        """Every frame path in the tree -> its index in (session, object, frame) order."""
+        if self._catalog is None:
+            found = []
+            for sdir in os.scandir(self.image_root):
+                if not (sdir.is_dir() and re.fullmatch(r"s\d+", sdir.name)):
+                    continue
+                for odir in os.scandir(sdir.path):
+                    if not (odir.is_dir() and re.fullmatch(r"o\d+", odir.name)):
+                        continue
+                    for f in os.scandir(odir.path):
+                        if f.name.endswith(".png"):
+                            rel = f"{sdir.name}/{odir.name}/{f.name}"
+                            try:
+                                found.append((parse_core50_path(rel), rel))
+                            except ValueError:
+                                logger.warning("skipping unexpected file %s", f.path)
+            found.sort()
+            self._catalog = {rel: i for i, (_, rel) in enumerate(found)}
+        return self._catalog
+
+    def _read(self, paths: Sequence[str]) -> np.ndarray:
+        images = []
+        for p in paths:
+            with Image.open(self.image_root / p) as im:
+                images.append(np.asarray(im.convert("RGB")))
+        if not images:
+            return np.zeros((0, 0, 0, 3), np.uint8)
+        shapes = {a.shape for a in images}
+        if len(shapes) != 1:
+            raise ValueError(f"{self.image_root}: images of different sizes {sorted(shapes)}; pass image_size")
+        return np.stack(images)
+
+    def scenario(self, name: str, run: int = 0, test: TestSet = "full", labels: LabelKind = "object",
+                 image_size: int | None = None) -> Scenario:
+        """Same API as :meth:`Core50Arrays.scenario`; indices refer to :attr:`catalog`."""
+        _check_scenario_args(name, test, labels, image_size)
+        folder = _filelist_dir(self.filelists_root, name, run)
+        if not folder.is_dir():
+            runs = sorted(int(p.name[3:]) for p in folder.parent.glob("run*") if p.name[3:].isdigit())
+            raise ValueError(f"unknown run {run!r} for scenario {name!r}; valid: {', '.join(map(str, runs))}")
+        files = [folder / f"train_batch_{b:02d}_filelist.txt" for b in range(N_BATCHES[name])]
+        files.append(folder / "test_filelist.txt")
+        catalog = self.catalog
+        batches = []
+        for b, path in enumerate(files):
+            paths, labs = read_filelist(path)
+            if b == len(files) - 1 and test == "reduced":
+                paths, labs = paths[::REDUCED_TEST_STEP], labs[::REDUCED_TEST_STEP]
+            missing = [p for p in paths if p not in catalog]
+            if missing:
+                raise FileNotFoundError(f"{path}: {len(missing)} listed images not under {self.image_root}, "
+                                        f"first: {missing[0]}")
+            idx = np.array([catalog[p] for p in paths], np.int64)
+            batches.append(_make_batch(idx, labs, paths, labels, self._loader_for(tuple(paths)), image_size))
+        n_classes = N_CATEGORIES if labels == "category" else N_OBJECTS
+        return Scenario(name, run, batches[:-1], batches[-1], n_classes)
+
+    def _loader_for(self, paths: tuple[str, ...]) -> Callable[[np.ndarray], np.ndarray]:
+        return lambda _indices: self._read(paths)
+
+
+def open_core50(path: str | os.PathLike[str]) -> Core50Arrays | Core50Folder:
+    """Open whichever form is present in ``path``: the array form first, else the PNG tree + filelists."""
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"CORe50 root not found: {root}")
+    if all((root / n).is_file() for n in ARRAY_FILES):
+        return Core50Arrays(root)
+    try:
+        return Core50Folder(root)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(
+            f"no CORe50 form found in {root}: the array form needs {', '.join(ARRAY_FILES)}; "
+            f"the folder form needs core50_<S>x<S>/s1... and batches_filelists/ ({exc})"
+        ) from None
