@@ -29,3 +29,19 @@ class RuntimeUnavailableError(EdgeError, ImportError):
 
 class CheckpointError(EdgeError, ValueError):
     """A checkpoint is truncated, tampered with, of another backbone or of an unknown schema."""
+
+
+class ModelLoadError(EdgeError, ValueError):
+    """A model file exists but the runtime cannot load or run it (corrupt, wrong shape, ...)."""
+
+
+class ProviderFallbackError(EdgeError, RuntimeError):
+    """An accelerator execution provider was asked for but the session fell back to another one."""
+
+
+class NotFittedError(EdgeError, ValueError, AttributeError):
+    """A prediction was asked of a head that has not seen any class yet."""
+
+
+class IncompatibleCheckpointError(CheckpointError):
+    """A valid checkpoint of another backbone or of an unknown schema version: never skipped."""

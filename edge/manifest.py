@@ -285,6 +285,7 @@ def write_manifest(manifest: Manifest, model_dir: str | os.PathLike[str]) -> Pat
     fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=root)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), 0o644)  # mkstemp creates 0600; a manifest is meant to be shared
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())

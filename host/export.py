@@ -198,6 +198,7 @@ def export_model(
         return normalise(frames, list(preprocessing.mean), list(preprocessing.std), preprocessing.scale)
 
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-export-", dir=out_root))
+    staging.chmod(0o755)  # mkdtemp makes it private; a model directory is meant to be shared
     try:
         log.info("converting %s to TFLite fp32", name)
         fp32 = convert_tflite_fp32(model)

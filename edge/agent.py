@@ -1,0 +1,300 @@
+"""The on-device learner: a frozen backbone, a NumPy head, a replay buffer and a strategy.
+
+Example (embedding-only: no backbone, as the simulator does with cached embeddings):
+    >>> import numpy as np
+    >>> from edge.agent import Agent, AgentConfig
+    >>> agent = Agent(None, AgentConfig(max_classes=4, buffer_capacity=20), embedding_size=8)
+    >>> rng = np.random.default_rng(0)
+    >>> centers = rng.normal(size=(4, 8)).astype(np.float32) * 3
+    >>> for c in range(4):   # one class per batch: replay keeps the old ones
+    ...     agent.learn_embeddings(centers[c] + rng.normal(size=(30, 8)).astype(np.float32), np.full(30, c))
+    >>> agent.evaluate_embeddings(centers, np.arange(4))
+    1.0
+    >>> agent.classes_seen().tolist()
+    [0, 1, 2, 3]
+
+With a backbone, frames go through ``learn_many`` / ``predict_many``:
+    >>> from edge.runtimes import open_backbone
+    >>> agent = Agent(open_backbone("models/default"), AgentConfig())   # doctest: +SKIP
+    >>> agent.learn_many(frames_uint8, labels)                           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge.buffer import POLICIES, STORAGES, ReplayBuffer, _rng_from_array, _rng_state_array
+from edge.errors import InputError
+from edge.heads import HEADS, OPTIMIZERS, make_head
+from edge.preprocess import as_frame_batch
+from edge.runtimes import Backbone
+from edge.strategies import STRATEGIES, Strategy, make_strategy
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything that shapes learning; JSON-serialisable (`to_dict` / `from_dict`).
+
+    Example:
+        >>> AgentConfig.from_dict(AgentConfig(lr=0.1).to_dict()).lr
+        0.1
+    """
+
+    head: str = "softmax"
+    hidden: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    epochs: int = 2
+    batch_size: int = 32
+    max_classes: int = 50
+    strategy: str = "replay"
+    strategy_params: dict[str, Any] = field(default_factory=dict)
+    buffer_capacity: int = 1000
+    buffer_policy: str = "class_balanced"
+    buffer_storage: str = "int8"
+    replay_ratio: float = 0.5
+    seed: int = 0
+    standardize: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.head in HEADS, "head", sorted(HEADS), self.head),
+            (self.optimizer in OPTIMIZERS, "optimizer", OPTIMIZERS, self.optimizer),
+            (self.strategy in STRATEGIES, "strategy", sorted(STRATEGIES), self.strategy),
+            (self.buffer_policy in POLICIES, "buffer_policy", POLICIES, self.buffer_policy),
+            (self.buffer_storage in STORAGES, "buffer_storage", STORAGES, self.buffer_storage),
+            (self.max_classes >= 2, "max_classes", ">= 2", self.max_classes),
+            (self.epochs >= 1 and self.batch_size >= 1, "epochs/batch_size", ">= 1",
+             (self.epochs, self.batch_size)),
+            (self.buffer_capacity >= 0, "buffer_capacity", ">= 0", self.buffer_capacity),
+            (0.0 <= self.replay_ratio < 1.0, "replay_ratio", "in [0, 1)", self.replay_ratio),
+            (self.lr > 0, "lr", "> 0", self.lr),
+            (self.hidden >= 1, "hidden", ">= 1", self.hidden),
+        ]
+        for ok, name, expected, got in checks:
+            if not ok:
+                raise ValueError(f"AgentConfig.{name}: expected {expected}, got {got!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AgentConfig:
+        """Inverse of `to_dict`; unknown keys raise ValueError."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"AgentConfig: unknown keys {unknown} (expected a subset of {sorted(known)})")
+        return cls(**data)
+
+
+class Agent:
+    """Continual learner on embeddings of a frozen backbone.
+
+    Args:
+        backbone: a `Backbone` (`edge.runtimes.open_backbone`), or None to work on embeddings only.
+        config: an `AgentConfig` (defaults if None).
+        embedding_size: required when ``backbone`` is None.
+        embedding_mean, embedding_std: standardisation statistics when ``backbone`` is None
+            (with a backbone they come from its manifest). Used when ``config.standardize``.
+
+    Verbs: ``learn_many`` / ``learn_embeddings`` mutate the state and return None;
+    ``predict_many`` / ``predict_proba_many`` / ``evaluate`` take frames and their
+    ``*_embeddings`` twins take precomputed embeddings. Every input is validated before any state
+    changes; errors are `InputError` with expected vs got.
+    """
+
+    def __init__(self, backbone: Backbone | None, config: AgentConfig | None = None, *,
+                 embedding_size: int | None = None, embedding_mean: np.ndarray | None = None,
+                 embedding_std: np.ndarray | None = None) -> None:
+        self.backbone = backbone
+        self.config = config if config is not None else AgentConfig()
+        cfg = self.config
+        if backbone is not None:
+            manifest = backbone.manifest
+            if embedding_size is not None and embedding_size != manifest.embedding_size:
+                raise InputError(f"embedding_size: expected {manifest.embedding_size} (the backbone's), "
+                                 f"got {embedding_size}")
+            embedding_size = manifest.embedding_size
+            embedding_mean = manifest.embedding_mean if embedding_mean is None else embedding_mean
+            embedding_std = manifest.embedding_std if embedding_std is None else embedding_std
+        if embedding_size is None or int(embedding_size) <= 0:
+            raise ValueError(f"embedding_size: expected a positive int when backbone is None, "
+                             f"got {embedding_size!r}")
+        self.embedding_size = int(embedding_size)
+        use_stats = cfg.standardize and embedding_mean is not None
+        self.head = make_head(
+            cfg.head, self.embedding_size, cfg.max_classes, hidden=cfg.hidden,
+            optimizer=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay, seed=cfg.seed,
+            mean=np.asarray(embedding_mean, np.float32) if use_stats else None,
+            std=np.asarray(embedding_std, np.float32) if use_stats and embedding_std is not None else None,
+        )
+        self.buffer = ReplayBuffer(cfg.buffer_capacity, self.embedding_size, cfg.buffer_policy,
+                                   cfg.buffer_storage, cfg.max_classes, seed=cfg.seed + 1)
+        self.strategy: Strategy = make_strategy(cfg.strategy, **cfg.strategy_params)
+        self.rng_ = np.random.default_rng(cfg.seed + 2)
+        self.step_ = 0
+        self.n_learned_ = 0
+
+    # -------------------------------------------------------------- validation
+    def _check_labels(self, labels: Any, n: int) -> np.ndarray:
+        y = np.asarray(labels)
+        if y.ndim == 0:
+            y = y.reshape(1)
+        if y.ndim != 1:
+            raise InputError(f"labels: expected a 1-D array, got shape {y.shape}")
+        if y.shape[0] != n:
+            raise InputError(f"labels: expected {n} labels (one per frame/embedding), got {y.shape[0]}")
+        if y.size and not np.issubdtype(y.dtype, np.integer):
+            if np.issubdtype(y.dtype, np.floating) and np.isfinite(y).all() and (y == np.round(y)).all():
+                y = y.astype(np.int64)
+            else:
+                raise InputError(f"labels: expected integers, got dtype {y.dtype}")
+        y = y.astype(np.int64, copy=False)
+        if y.size and (y.min() < 0 or y.max() >= self.config.max_classes):
+            bad = y[(y < 0) | (y >= self.config.max_classes)][0]
+            raise InputError(f"labels: expected values in [0, {self.config.max_classes - 1}] "
+                             f"(max_classes={self.config.max_classes}), got {bad}")
+        return y
+
+    def _check_embeddings(self, emb: Any) -> np.ndarray:
+        x = np.asarray(emb)
+        if x.ndim == 1:
+            x = x.reshape(1, -1)
+        if x.ndim != 2 or x.shape[1] != self.embedding_size:
+            raise InputError(f"embeddings: expected shape (N, {self.embedding_size}), got {x.shape}")
+        if x.shape[0] == 0:
+            raise InputError("embeddings: expected at least one row, got an empty batch")
+        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+            raise InputError(f"embeddings: expected float32, got {x.dtype}")
+        x = x.astype(np.float32, copy=False)
+        if not np.isfinite(x).all():
+            raise InputError("embeddings: expected finite values, got NaN or inf")
+        return x
+
+    def embed(self, frames: np.ndarray) -> np.ndarray:
+        """Frames -> validated embeddings (needs a backbone)."""
+        if self.backbone is None:
+            raise InputError("frames: this agent has no backbone (embedding-only); "
+                             "expected precomputed embeddings, got frames")
+        batch = as_frame_batch(frames)
+        return self._check_embeddings(self.backbone.embed(batch))
+
+    # ------------------------------------------------------------------ verbs
+    def learn_many(self, frames: np.ndarray, labels: Any) -> None:
+        """Embed a batch of frames once, then let the strategy learn from it. Returns None."""
+        batch = as_frame_batch(frames)
+        y = self._check_labels(labels, batch.shape[0])
+        self._learn(self.embed(batch), y)
+
+    def learn_embeddings(self, emb: np.ndarray, labels: Any) -> None:
+        """Learn from precomputed embeddings ``(N, embedding_size)``. Returns None."""
+        x = self._check_embeddings(emb)
+        y = self._check_labels(labels, x.shape[0])
+        self._learn(x, y)
+
+    def _learn(self, x: np.ndarray, y: np.ndarray) -> None:
+        self.strategy.learn(self.head, self.buffer, x, y, self.rng_, self.config)
+        self.step_ += 1
+        self.n_learned_ += int(x.shape[0])
+
+    def predict_proba_embeddings(self, emb: np.ndarray) -> np.ndarray:
+        """``(N, max_classes)`` probabilities; 0 for classes never seen."""
+        x = self._check_embeddings(emb)
+        if self.strategy.owns_classifier:
+            return self.strategy.predict_proba(self.head, x)
+        return self.head.predict_proba(x)
+
+    def predict_embeddings(self, emb: np.ndarray) -> np.ndarray:
+        """Most probable seen class per row (int64)."""
+        return self.predict_proba_embeddings(emb).argmax(axis=1).astype(np.int64)
+
+    def evaluate_embeddings(self, emb: np.ndarray, labels: Any) -> float:
+        """Accuracy in [0, 1] on precomputed embeddings."""
+        x = self._check_embeddings(emb)
+        y = self._check_labels(labels, x.shape[0])
+        return float((self.predict_embeddings(x) == y).mean())
+
+    def predict_proba_many(self, frames: np.ndarray) -> np.ndarray:
+        """Frames -> ``(N, max_classes)`` probabilities."""
+        return self.predict_proba_embeddings(self.embed(frames))
+
+    def predict_many(self, frames: np.ndarray) -> np.ndarray:
+        """Frames -> predicted labels (int64)."""
+        return self.predict_embeddings(self.embed(frames))
+
+    def evaluate(self, frames: np.ndarray, labels: Any) -> float:
+        """Accuracy in [0, 1] on frames."""
+        batch = as_frame_batch(frames)
+        y = self._check_labels(labels, batch.shape[0])
+        return float((self.predict_many(batch) == y).mean())
+
+    # ------------------------------------------------------------------ state
+    def classes_seen(self) -> np.ndarray:
+        """Labels learned so far, sorted."""
+        return self.head.classes_
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Flat dict of plain arrays: ``head.*``, ``buffer.*``, ``strategy.*``, ``agent.*``."""
+        state: dict[str, np.ndarray] = {}
+        for prefix, part in (("head", self.head), ("buffer", self.buffer), ("strategy", self.strategy)):
+            state.update({f"{prefix}.{k}": v for k, v in part.state_dict().items()})
+        state["agent.rng"] = _rng_state_array(self.rng_)
+        state["agent.step"] = np.array(self.step_, dtype=np.int64)
+        state["agent.n_learned"] = np.array(self.n_learned_, dtype=np.int64)
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore everything from `state_dict` output; nothing changes if any part is invalid."""
+        parts: dict[str, dict[str, np.ndarray]] = {"head": {}, "buffer": {}, "strategy": {}, "agent": {}}
+        for key, value in state.items():
+            prefix, _, name = key.partition(".")
+            if prefix not in parts:
+                raise InputError(f"agent state: expected keys prefixed head./buffer./strategy./agent., "
+                                 f"got {key!r}")
+            parts[prefix][name] = value
+        missing = {"rng", "step", "n_learned"} - set(parts["agent"])
+        if missing:
+            raise InputError(f"agent state: expected agent.{sorted(missing)}, got none")
+        # Validate into fresh components first, then swap: a bad state leaves this agent intact.
+        head = make_head(self.config.head, self.embedding_size, self.config.max_classes,
+                         **{k: getattr(self.head, k) for k in (
+                             "optimizer", "lr", "momentum", "weight_decay", "mean", "std", "seed")},
+                         hidden=self.config.hidden)
+        head.load_state_dict(parts["head"])
+        buffer = ReplayBuffer(self.buffer.capacity, self.buffer.dim, self.buffer.policy,
+                              self.buffer.storage, self.buffer.max_classes, self.buffer.seed)
+        try:
+            buffer.load_state_dict(parts["buffer"])
+        except KeyError as exc:
+            raise InputError(f"buffer state: expected key {exc}, got none") from exc
+        strategy = make_strategy(self.config.strategy, **self.config.strategy_params)
+        strategy.load_state_dict(parts["strategy"])
+        rng = _rng_from_array(parts["agent"]["rng"])
+        self.head, self.buffer, self.strategy, self.rng_ = head, buffer, strategy, rng
+        self.step_ = int(parts["agent"]["step"])
+        self.n_learned_ = int(parts["agent"]["n_learned"])
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes of learned state: ``head``, ``buffer``, ``strategy`` and ``total``."""
+        sizes = {"head": self.head.nbytes, "buffer": self.buffer.nbytes, "strategy": self.strategy.nbytes}
+        sizes["total"] = sum(sizes.values())
+        return sizes
+
+    def close(self) -> None:
+        """Close the backbone, if any."""
+        if self.backbone is not None:
+            self.backbone.close()
+
+    def __repr__(self) -> str:
+        return (f"Agent(backbone={self.backbone!r}, head={self.config.head!r}, "
+                f"strategy={self.config.strategy!r}, step={self.step_})")

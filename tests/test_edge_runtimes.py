@@ -1,0 +1,194 @@
+"""Backbones on real runtimes: parity TFLite vs ONNX, batching, providers, corrupt models."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from _edge_common import ROOT, backbone, frames_for, need_model
+from edge.errors import (
+    ChecksumError,
+    InputError,
+    ManifestError,
+    ModelLoadError,
+    ProviderFallbackError,
+    RuntimeUnavailableError,
+)
+from edge.manifest import load_manifest
+from edge.runtimes import OnnxBackbone, open_backbone
+
+
+def _frames(n: int = 24) -> np.ndarray:
+    shape = load_manifest(need_model(), verify=False).input_shape
+    return frames_for(np.arange(n) % 7, shape, seed=3)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+
+
+def test_tflite_and_onnx_embeddings_agree_within_manifest_tolerances():
+    frames = _frames()
+    manifest = backbone("litert-fp32").manifest
+    lite = backbone("litert-fp32").embed(frames)
+    onnx = backbone("onnx-fp32").embed(frames)
+    int8 = backbone("litert-int8").embed(frames)
+    tol = manifest.tolerances
+    assert lite.shape == onnx.shape == int8.shape == (len(frames), manifest.embedding_size)
+    rel = np.abs(lite - onnx).max() / np.abs(lite).max()
+    assert rel <= tol["fp32"]["max_rel_diff"], rel
+    assert _cosine(lite, onnx).min() >= tol["fp32"]["min_cosine"]
+    assert _cosine(lite, int8).min() >= tol["int8"]["min_cosine"]
+
+
+@pytest.mark.parametrize("case", ["litert-fp32", "litert-int8", "onnx-fp32"])
+def test_batch_size_does_not_change_embeddings(case):
+    bb = backbone(case)
+    frames = _frames(37)  # crosses a chunk boundary and needs a padded tail
+    whole = bb.embed(frames)
+    single = np.concatenate([bb.embed(f) for f in frames[:5]])  # (H, W, C) frames
+    np.testing.assert_allclose(whole[:5], single, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(bb.embed(frames[:3]), whole[:3], rtol=1e-5, atol=1e-5)
+    assert whole.dtype == np.float32 and np.isfinite(whole).all()
+
+
+def test_info_reports_what_runs():
+    lite, onnx, int8 = backbone("litert-fp32"), backbone("onnx-fp32"), backbone("litert-int8")
+    assert lite.info.runtime in ("ai_edge_litert", "tflite_runtime") and lite.info.precision == "fp32"
+    assert int8.info.precision == "int8" and int8.info.file.endswith(".tflite")
+    assert onnx.info.runtime == "onnxruntime" and onnx.info.providers == ("CPUExecutionProvider",)
+    assert onnx.info.threads == 2
+
+
+def test_gpu_request_without_gpu_never_pretends(caplog):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("a CUDA provider is installed here; fallback is tested on CPU-only machines")
+    manifest = load_manifest(need_model())
+    with pytest.raises(ProviderFallbackError, match="expected CUDAExecutionProvider"):
+        OnnxBackbone(need_model(), manifest, providers="cuda", on_fallback="error")
+    with caplog.at_level(logging.WARNING, logger="edge.runtimes"):
+        bb = OnnxBackbone(need_model(), manifest, providers="tensorrt", on_fallback="warn")
+    assert bb.info.providers == ("CPUExecutionProvider",)
+    assert "TensorrtExecutionProvider" in caplog.text and "CPUExecutionProvider" in caplog.text
+    with pytest.raises(RuntimeUnavailableError, match="none of the requested"):
+        OnnxBackbone(need_model(), manifest, providers=["CUDAExecutionProvider"])
+
+
+@pytest.mark.gpu
+def test_cuda_provider_runs_when_present():
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("no CUDA execution provider (install onnxruntime-gpu on a GPU machine)")
+    bb = open_backbone(need_model(), runtime="onnx", providers="cuda", on_fallback="error")
+    assert bb.info.providers[0] == "CUDAExecutionProvider"
+    frames = _frames(8)
+    np.testing.assert_allclose(bb.embed(frames), backbone("onnx-fp32").embed(frames), atol=1e-3)
+
+
+@pytest.fixture
+def model_copy(tmp_path):
+    dst = tmp_path / "model"
+    shutil.copytree(need_model(), dst)
+    return dst
+
+
+def test_changed_byte_in_model_file_is_a_checksum_error(model_copy):
+    manifest = load_manifest(model_copy)
+    target = model_copy / manifest.file("tflite", "fp32").path
+    blob = bytearray(target.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    target.write_bytes(bytes(blob))
+    with pytest.raises(ChecksumError, match=r"sha256 expected [0-9a-f]{64}, got [0-9a-f]{64}"):
+        open_backbone(model_copy, runtime="litert")
+
+
+@pytest.mark.parametrize("runtime", ["litert", "onnx"])
+def test_truncated_model_without_verification_is_a_load_error(model_copy, runtime):
+    manifest = load_manifest(model_copy)
+    entry = manifest.file("tflite" if runtime == "litert" else "onnx", "fp32")
+    path = model_copy / entry.path
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ModelLoadError, match="cannot load"):
+        open_backbone(model_copy, runtime=runtime, verify=False)
+
+
+def test_tampered_manifest_is_refused(model_copy):
+    path = model_copy / "manifest.json"
+    data = json.loads(path.read_text())
+    data["schema_version"] = 99
+    path.write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="expected 1, got 99"):
+        open_backbone(model_copy)
+    data["schema_version"] = 1
+    data["embedding"]["size"] = data["embedding"]["size"] + 1
+    data["embedding"]["mean"] = data["embedding"]["std"] = None
+    path.write_text(json.dumps(data))
+    with pytest.raises(ModelLoadError, match="embedding size expected"):
+        open_backbone(model_copy, runtime="litert")
+
+
+def test_int8_quantization_cross_checked_against_interpreter(model_copy):
+    path = model_copy / "manifest.json"
+    data = json.loads(path.read_text())
+    for entry in data["files"]:
+        if entry["precision"] == "int8":
+            entry["input_quantization"]["scale"] *= 2.0
+    path.write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="input quantization: expected .*got \\(from the interpreter\\)"):
+        open_backbone(model_copy, runtime="litert", precision="int8")
+
+
+def test_bad_frames_raise_input_error():
+    bb = backbone("litert-fp32")
+    h, w, c = bb.manifest.input_shape
+    with pytest.raises(InputError, match="expected at least one frame"):
+        bb.embed(np.zeros((0, h, w, c), np.uint8))
+    with pytest.raises(InputError, match="got ndim 2"):
+        bb.embed(np.zeros((h, w), np.uint8))
+    with pytest.raises(InputError, match="got 4"):
+        bb.embed(np.zeros((1, h, w, 4), np.uint8))
+    with pytest.raises(InputError, match="got int64"):
+        bb.embed(np.zeros((1, h, w, c), np.int64))
+    bad = np.zeros((1, h, w, c), np.float32)
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(InputError, match="NaN or inf"):
+        bb.embed(bad)
+    with pytest.raises(InputError, match=r"expected shape \(None"):
+        bb.embed_preprocessed(np.zeros((1, h + 1, w, c), np.float32))
+
+
+def test_frames_of_other_size_and_gray_are_adapted():
+    bb = backbone("litert-fp32")
+    h, w, _ = bb.manifest.input_shape
+    frames = _frames(2)
+    big = np.repeat(np.repeat(frames, 2, axis=1), 2, axis=2)  # 2x nearest upscale
+    cos = _cosine(bb.embed(frames), bb.embed(big))
+    assert cos.min() > 0.9
+    gray = frames[..., :1]
+    assert bb.embed(gray).shape == (2, bb.embedding_size)
+    float_frames = frames.astype(np.float32)
+    np.testing.assert_allclose(bb.embed(float_frames), bb.embed(frames), rtol=1e-6, atol=1e-6)
+
+
+def test_missing_runtime_names_the_package():
+    code = (
+        "import sys; sys.modules['onnxruntime'] = None\n"
+        "from edge.errors import RuntimeUnavailableError\n"
+        "from edge.runtimes import open_backbone\n"
+        "try:\n"
+        f"    open_backbone({str(need_model())!r}, runtime='onnx')\n"
+        "except RuntimeUnavailableError as e:\n"
+        "    print('ERR', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         timeout=60)
+    assert "ERR" in out.stdout and "pip install onnxruntime" in out.stdout, out.stdout + out.stderr
