@@ -69,7 +69,7 @@ def check_parity(model_dir: str | Path, manifest: Manifest, frames_uint8: np.nda
     failures = []
     for entry in manifest.files:
         runtime = "litert" if entry.format == "tflite" else "onnx"
-        got = _run_file(Path(model_dir), manifest, entry, frames_uint8)
+        got = embed_with_edge_runtime(Path(model_dir), manifest, entry, frames_uint8)
         metrics = compare_embeddings(reference, got)
         tolerance = manifest.tolerances[entry.precision]
         problems = within_tolerance(metrics, tolerance)
@@ -83,39 +83,25 @@ def check_parity(model_dir: str | Path, manifest: Manifest, frames_uint8: np.nda
     return {"samples": int(len(frames_uint8)), "reference": reference_name, "results": results}
 
 
+def embed_with_edge_runtime(model_dir: Path, manifest: Manifest, entry: ModelFile,
+                            frames_uint8: np.ndarray) -> np.ndarray:
+    """Embed frames with one artifact through the edge runtime the device would use.
+
+    Takes the manifest in memory (it is not on disk yet during an export) and checks the file's
+    sha256 first, like `edge.runtimes.open_backbone` does.
+    """
+    from edge.manifest import verify_file
+    from edge.runtimes import LiteRTBackbone, OnnxBackbone
+
+    verify_file(model_dir / entry.path, entry)
+    if entry.format == "tflite":
+        backbone = LiteRTBackbone(model_dir, manifest, precision=entry.precision)
+    else:
+        backbone = OnnxBackbone(model_dir, manifest, providers="cpu")
+    with backbone:
+        return backbone.embed(frames_uint8)
+
+
 def _describe(entry: ModelFile) -> str:
     return f"{entry.path} ({entry.format} {entry.precision})"
 
-
-def _preprocess(manifest: Manifest, frames_uint8: np.ndarray) -> np.ndarray:
-    pre = manifest.preprocessing
-    x = frames_uint8.astype(np.float32) * np.float32(pre.scale)
-    return (x - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
-
-
-def _run_file(model_dir: Path, manifest: Manifest, entry: ModelFile, frames_uint8: np.ndarray) -> np.ndarray:
-    """Embed with one artifact using the bare runtime (TODO: route through edge.runtimes)."""
-    x = _preprocess(manifest, frames_uint8)
-    path = str(model_dir / entry.path)
-    if entry.format == "onnx":
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-        return session.run(None, {session.get_inputs()[0].name: x})[0]
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=path)
-    inp = interpreter.get_input_details()[0]
-    out = interpreter.get_output_details()[0]
-    interpreter.resize_tensor_input(inp["index"], list(x.shape))
-    interpreter.allocate_tensors()
-    if entry.input_quantization is not None:
-        q = entry.input_quantization
-        x = np.clip(np.round(x / q.scale) + q.zero_point, -128, 127).astype(np.int8)
-    interpreter.set_tensor(inp["index"], x)
-    interpreter.invoke()
-    y = interpreter.get_tensor(out["index"])
-    if entry.output_quantization is not None:
-        q = entry.output_quantization
-        y = (y.astype(np.float32) - q.zero_point) * np.float32(q.scale)
-    return y
