@@ -138,9 +138,10 @@ class Agent:
             mean=np.asarray(embedding_mean, np.float32) if use_stats else None,
             std=np.asarray(embedding_std, np.float32) if use_stats and embedding_std is not None else None,
         )
-        self.buffer = ReplayBuffer(cfg.buffer_capacity, self.embedding_size, cfg.buffer_policy,
-                                   cfg.buffer_storage, cfg.max_classes, seed=cfg.seed + 1)
         self.strategy: Strategy = make_strategy(cfg.strategy, **cfg.strategy_params)
+        capacity = cfg.buffer_capacity if self.strategy.uses_buffer else 0
+        self.buffer = ReplayBuffer(capacity, self.embedding_size, cfg.buffer_policy,
+                                   cfg.buffer_storage, cfg.max_classes, seed=cfg.seed + 1)
         self.rng_ = np.random.default_rng(cfg.seed + 2)
         self.step_ = 0
         self.n_learned_ = 0

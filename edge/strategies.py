@@ -45,6 +45,9 @@ class Strategy:
     name = "base"
     #: True when the strategy predicts by itself (then `predict_proba` must be implemented).
     owns_classifier = False
+    #: True when the strategy replays from the buffer; otherwise the agent allocates no buffer rows,
+    #: so the memory reported is what the strategy really needs.
+    uses_buffer = False
 
     def learn(self, head: Any, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,
               rng: np.random.Generator, cfg: LearnSettings) -> None:  # pragma: no cover - abstract
@@ -95,6 +98,7 @@ class ReplayStrategy(Strategy):
     """
 
     name = "replay"
+    uses_buffer = True
 
     def __init__(self, replay_ratio: float | None = None) -> None:
         self.replay_ratio = replay_ratio

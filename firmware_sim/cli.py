@@ -22,7 +22,7 @@ from typing import Sequence
 __all__ = ["COMMAND_MODULES", "CliError", "build_parser", "main"]
 
 #: Modules (under ``firmware_sim``) that each provide ``register(subparsers)``.
-COMMAND_MODULES: list[str] = ["cmd_generate"]
+COMMAND_MODULES: list[str] = ["cmd_generate", "cmd_run"]
 
 
 class CliError(ValueError):
@@ -36,9 +36,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="edge-sim", description="CORe50 stream simulator for the edge continual learner")
+    parser = _Parser(
+        prog="edge-sim",
+        description="CORe50 stream simulator for the edge continual learner. With no command, runs the "
+                    "main job: the default backbone on the generated NICv2-391 stream, naive vs replay.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES:
         importlib.import_module(f"firmware_sim.{name}").register(sub)
     return parser
@@ -52,6 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if args.command is None:  # no command: the main job
+        from firmware_sim.cmd_run import main_job
+
+        args.command = "main job"
+        args.func = lambda _args: main_job()
     try:
         return int(args.func(args) or 0)
     except (CliError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as exc:

@@ -1,0 +1,179 @@
+"""``edge-sim run`` and ``edge-sim compare``: replay a stream through the edge agent and measure it.
+
+Also the main job, ``edge-sim`` with no arguments: the shipped default backbone on the generated
+NICv2-391 stream, ``naive`` against ``replay``, with a short table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from edge.agent import AgentConfig
+from edge.buffer import POLICIES, STORAGES
+from edge.heads import HEADS, OPTIMIZERS
+from edge.strategies import STRATEGIES
+from firmware_sim.core50 import SCENARIOS
+from firmware_sim.simulator import SimOptions
+
+__all__ = ["register", "run_command", "compare_command", "main_job", "default_model_dir"]
+
+DATA_HELP = ("core50:PATH (official CORe50 or generator output), synthetic[:PATH] (generated CORe50-format "
+             "set, made on first use), idx:DIR, npz:PATH, folder:DIR")
+SCENARIO_HELP = (f"for core50/synthetic data: {', '.join(SCENARIOS)}; for idx/npz/folder data: a protocol "
+                 "(class_incremental, few_shot, domain_incremental, nic_like, split_transfer)")
+
+
+def default_model_dir() -> Path:
+    """``models/default`` of this checkout (next to the package), else of the working directory."""
+    beside = Path(__file__).resolve().parents[1] / "models" / "default"
+    return beside if (beside / "manifest.json").is_file() else Path("models") / "default"
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="model directory with manifest.json (default: models/default)")
+    p.add_argument("--data", default="synthetic", help=f"data spec (default synthetic): {DATA_HELP}")
+    p.add_argument("--scenario", default="nicv2_391", help=f"scenario or protocol (default nicv2_391): {SCENARIO_HELP}")
+    p.add_argument("--run", type=int, default=0, help="first run (batch order) to replay (default 0)")
+    p.add_argument("--runs", type=int, default=1, help="number of runs from --run on; reports mean +- std")
+    p.add_argument("--test", choices=("full", "reduced"), default="full",
+                   help="CORe50 test set: full, or reduced (every 20th frame, as NICv2 papers use)")
+    p.add_argument("--labels", choices=("object", "category"), default="object", help="50 objects or 10 categories")
+    p.add_argument("--protocol-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="parameter of an idx/npz/folder protocol, e.g. classes_per_experience=2 (repeatable)")
+    rt = p.add_argument_group("backbone runtime")
+    rt.add_argument("--runtime", choices=("auto", "litert", "onnx"), default="auto", help="inference runtime")
+    rt.add_argument("--precision", choices=("fp32", "int8"), default="fp32", help="model file precision")
+    rt.add_argument("--threads", type=int, default=None, help="runtime threads (default: runtime's choice)")
+    ag = p.add_argument_group("agent")
+    ag.add_argument("--head", choices=sorted(HEADS), default="softmax", help="trainable head (default softmax)")
+    ag.add_argument("--hidden", type=int, default=128, help="MLP head hidden units")
+    ag.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="head optimizer (default sgd)")
+    ag.add_argument("--lr", type=float, default=None, help="learning rate (default: AgentConfig's)")
+    ag.add_argument("--epochs", type=int, default=None, help="epochs over each incoming batch")
+    ag.add_argument("--batch-size", type=int, default=None, help="mini-batch size")
+    ag.add_argument("--buffer", type=int, default=None, help="replay buffer capacity in patterns")
+    ag.add_argument("--buffer-policy", choices=POLICIES, default=None, help="replay buffer policy")
+    ag.add_argument("--buffer-dtype", choices=STORAGES, default=None, help="replay buffer storage")
+    ag.add_argument("--replay-ratio", type=float, default=None, help="share of replayed patterns per mini-batch")
+    ag.add_argument("--max-classes", type=int, default=50, help="head capacity (default 50)")
+    ag.add_argument("--seed", type=int, default=0, help="random seed")
+    out = p.add_argument_group("measurement and output")
+    out.add_argument("--eval-every", type=int, default=1, help="evaluate after every K batches (default 1)")
+    out.add_argument("--latency-frames", type=int, default=100, help="frames timed end to end at batch 1")
+    out.add_argument("--cache", default=None, help="embedding cache directory (default ~/.cache/edge-continual)")
+    out.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    out.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("run", help="replay a stream through one strategy and report the metrics",
+                              description="Replay a stream through the edge agent (frozen backbone + head + "
+                                          "replay) and write report.json, curve.csv, summary.md and plots.")
+    _add_common(p)
+    p.add_argument("--strategy", choices=sorted(STRATEGIES), default="replay", help="strategy (default replay)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=run_command)
+
+    p = subparsers.add_parser("compare", help="several strategies on the same stream, one table and one plot",
+                              description="Replay one stream through several strategies, reusing the "
+                                          "embeddings, and write one table (summary.md, report.json) and "
+                                          "one overlay plot.")
+    _add_common(p)
+    p.add_argument("--strategies", default="naive,replay",
+                   help=f"comma list of strategies (default naive,replay; known: {', '.join(sorted(STRATEGIES))})")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=compare_command)
+
+
+def _parse_params(items: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--protocol-param: expected KEY=VALUE, got {item!r}")
+        for cast in (int, float):
+            try:
+                params[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            params[key] = {"true": True, "false": False}.get(value.lower(), value)
+    return params
+
+
+def _config(args: argparse.Namespace, strategy: str) -> AgentConfig:
+    overrides = {
+        "lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size,
+        "buffer_capacity": args.buffer, "buffer_policy": args.buffer_policy,
+        "buffer_storage": args.buffer_dtype, "replay_ratio": args.replay_ratio,
+    }
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return AgentConfig(head=args.head, hidden=args.hidden, optimizer=args.optimizer, strategy=strategy,
+                       max_classes=args.max_classes, seed=args.seed, **given)
+
+
+def _spec(args: argparse.Namespace, configs: dict[str, AgentConfig]):
+    from firmware_sim.experiment import ExperimentSpec
+
+    if args.runs < 1:
+        raise ValueError(f"--runs: expected >= 1, got {args.runs}")
+    return ExperimentSpec(
+        model=str(args.model or default_model_dir()), data=args.data, scenario=args.scenario,
+        configs=configs, runs=list(range(args.run, args.run + args.runs)), runtime=args.runtime,
+        precision=args.precision, num_threads=args.threads, test=args.test, labels=args.labels,
+        seed=args.seed, protocol_params=_parse_params(args.protocol_param), cache_dir=args.cache,
+        options=SimOptions(eval_every=args.eval_every, latency_frames=args.latency_frames,
+                           progress=not args.no_progress and sys.stderr.isatty()),
+        plots=not args.no_plots,
+    )
+
+
+def _print_result(report: dict[str, Any], out: str | None) -> None:
+    from firmware_sim.experiment import TABLE_COLUMNS, summary_rows
+    from firmware_sim.report import markdown_table
+
+    stream = report["streams"][0]
+    emb = stream["embedding"]
+    print(f"{report['scenario']} on {report['data']}: {stream['n_batches']} batches, "
+          f"{stream['n_train_frames']} training frames, {stream['n_test_frames']} test frames; "
+          f"backbone {report['backbone']['name']} ({report['backbone']['runtime']} {report['backbone']['precision']}), "
+          f"embedding {emb['mean_ms']:.3f} ms/frame ({emb['fps']:.0f} fps)"
+          + (f"; {len(report['runs'])} runs" if len(report["runs"]) > 1 else ""))
+    print(markdown_table(summary_rows(report), TABLE_COLUMNS))
+    tail = f" -> {out}" if out else ""
+    print(f"wall time {report['wall_seconds']:.1f} s{tail}")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from firmware_sim.experiment import run_experiment
+
+    report = run_experiment(_spec(args, {args.strategy: _config(args, args.strategy)}), args.out)
+    _print_result(report, args.out)
+    return 0
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    from firmware_sim.experiment import run_experiment
+
+    names = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    unknown = [n for n in names if n not in STRATEGIES]
+    if unknown or not names:
+        raise ValueError(f"--strategies: expected a comma list of {', '.join(sorted(STRATEGIES))}, "
+                         f"got {args.strategies!r}")
+    report = run_experiment(_spec(args, {n: _config(args, n) for n in names}), args.out)
+    _print_result(report, args.out)
+    return 0
+
+
+def main_job(out: str = "runs/edge-sim-default") -> int:
+    """``edge-sim`` with no arguments: default model, generated NICv2-391, naive vs replay."""
+    from firmware_sim.cli import build_parser
+
+    print("edge-sim main job: models/default on the generated NICv2-391 stream, naive vs replay "
+          "(see `edge-sim --help` for everything else)", flush=True)
+    args = build_parser().parse_args(["compare", "--strategies", "naive,replay", "--out", out])
+    return compare_command(args)
