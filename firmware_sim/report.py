@@ -64,6 +64,14 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _file_mode(path: Path) -> int:
+    """Keep an existing file's permissions; new files get rw-r--r-- (mkstemp would leave rw-------)."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return 0o644
+
+
 def _atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False) -> Path:
     """Write ``path`` through ``write(fileobj)`` into a temp file in the same folder, then rename."""
     path = Path(path)
@@ -76,6 +84,7 @@ def _atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode(path))
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -357,7 +366,7 @@ def plot_confusion(path: str | os.PathLike[str], matrix: Any, class_names: Seque
         return None
     ax = fig.add_subplot()
     im = ax.imshow(m, cmap="Blues", vmin=0.0, vmax=1.0 if normalize else None, interpolation="nearest")
-    fig.colorbar(im, ax=ax, label="fraction of true class" if normalize else "count")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of true class" if normalize else "count")
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title)

@@ -97,12 +97,17 @@ def core50_stream(root: str | Path, scenario: str, run: int = 0, *, test: str = 
 
 
 @dataclass
-class _ArrayBatch:
-    labels: np.ndarray
-    x: np.ndarray
+class _ProtocolBatch:
+    """Adapts a `firmware_sim.protocols.StreamBatch` (``y``, lazy ``x``) to the simulator's batch."""
+
+    batch: Any
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.batch.y, np.int64)
 
     def images(self) -> np.ndarray:
-        return self.x
+        return self.batch.x
 
 
 def protocol_stream(spec: str, protocol: str, *, seed: int = 0, params: dict[str, Any] | None = None) -> SimStream:
@@ -118,18 +123,16 @@ def protocol_stream(spec: str, protocol: str, *, seed: int = 0, params: dict[str
                          f"a held-out set), got none ({exc})") from exc
     stream = make_protocol(protocol, train=train, test=test, seed=seed, **(params or {}))
     test_x, test_y = stream.test
-    batches = [_ArrayBatch(np.asarray(b.y, np.int64), b.x) for b in stream.train_batches]
-    n_classes = int(max(int(np.max(test_y)) if len(test_y) else 0,
-                        max((int(b.labels.max()) for b in batches if len(b.labels)), default=0)) + 1)
     digest = hashlib.sha256(np.ascontiguousarray(test_x).tobytes()).hexdigest()[:16]
     return SimStream(
         name=f"{protocol} ({spec.split(':', 1)[0]})",
-        train_batches=batches,
+        train_batches=[_ProtocolBatch(b) for b in stream.train_batches],
         test_labels=np.asarray(test_y, np.int64),
         test_images=lambda: test_x,
-        n_classes=n_classes,
+        n_classes=int(stream.n_classes),
         identity=f"protocol|{spec}|test={digest}|{test_x.shape}",
-        description=getattr(stream, "description", "") or f"{protocol} over {spec}",
+        description=stream.description or f"{protocol} over {spec}",
+        class_names=list(stream.class_names) if stream.class_names else None,
     )
 
 

@@ -1,0 +1,712 @@
+"""Streams over any :class:`~firmware_sim.sources.LabelledImages`: the experiments of the seed notebooks.
+
+Each protocol is a deterministic function of its arguments (``seed`` included) that returns a
+:class:`Stream`: training batches in stream order, each with its images, labels, indices into the
+training source and a ``replayed`` mask, plus the fixed test set evaluated after every batch.
+
+- :func:`class_incremental`: ``k`` new classes per experience (``k=1``: one label at a time), with an
+  optional fixed number of new samples and of replayed old samples per experience (rehearsal);
+- :func:`split_transfer`: pretraining data over some classes, a stream over the others (relabelled);
+- :func:`few_shot`: ``n`` examples per class;
+- :func:`domain_incremental`: one experience per ``session`` (new conditions, same classes);
+- :func:`nic_like`: many small batches of ``m`` consecutive frames of one class (NICv2-391-like).
+
+:func:`make_protocol` builds any of them by name for the command line.
+
+Training images are never copied up front: ``StreamBatch.x`` reads ``source.x[indices]`` when asked.
+Test images come only from the ``test`` source, so no test image is ever trained on.
+
+Example:
+    >>> from firmware_sim.sources import LabelledImages
+    >>> rng = np.random.default_rng(0)
+    >>> def images(n): return rng.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8)
+    >>> train = LabelledImages(images(60), np.repeat(np.arange(6), 10))
+    >>> test = LabelledImages(images(12), np.repeat(np.arange(6), 2))
+    >>> s = class_incremental(train, test, classes_per_experience=2, seed=1)
+    >>> len(s.train_batches), s.classes_per_batch, s.test.x.shape[0]
+    (3, [[0, 1], [2, 3], [4, 5]], 12)
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Literal, NamedTuple, Sequence
+
+import numpy as np
+
+from firmware_sim.sources import LabelledImages
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PROTOCOLS",
+    "EvalSet",
+    "SplitTransfer",
+    "Stream",
+    "StreamBatch",
+    "build_protocol",
+    "class_incremental",
+    "domain_incremental",
+    "few_shot",
+    "make_protocol",
+    "nic_like",
+    "parse_protocol_spec",
+    "split_transfer",
+]
+
+ClassOrder = Literal["random"] | Sequence[int] | None
+
+
+# --------------------------------------------------------------------------- data types
+
+
+@dataclass(frozen=True)
+class StreamBatch:
+    """One training batch: labels ``y`` (int64), ``indices`` into the training source, ``replayed`` mask.
+
+    ``x`` (uint8 NHWC) is read from the source on access, as a new array each time.
+    """
+
+    name: str
+    indices: np.ndarray
+    y: np.ndarray
+    replayed: np.ndarray
+    source_x: np.ndarray = field(repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    @property
+    def x(self) -> np.ndarray:
+        return self.source_x[self.indices]
+
+    @property
+    def classes(self) -> list[int]:
+        """Classes present in the batch, replayed samples included."""
+        return np.unique(self.y).tolist()
+
+    @property
+    def n_replayed(self) -> int:
+        return int(self.replayed.sum())
+
+
+class EvalSet(NamedTuple):
+    """The fixed test set: ``x`` uint8 (N, H, W, C), ``y`` int64 (N,). Unpacks as ``x, y = stream.test``."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+
+@dataclass(frozen=True)
+class Stream:
+    """Training batches in order, the test set, and what the stream is.
+
+    ``classes_per_batch[i]`` lists the classes of batch ``i``'s new (not replayed) samples; labels live
+    in ``0..n_classes-1``. ``label_map`` (source label -> stream label) is set when labels were
+    remapped (:func:`split_transfer`). ``params`` records the resolved arguments, for the report.
+    """
+
+    name: str
+    train_batches: list[StreamBatch]
+    test: EvalSet
+    test_indices: np.ndarray
+    classes_per_batch: list[list[int]]
+    n_classes: int
+    class_names: list[str]
+    description: str
+    params: dict[str, Any] = field(default_factory=dict)
+    label_map: dict[int, int] | None = None
+    pretrain: LabelledImages | None = field(default=None, repr=False)
+    pretrain_test: LabelledImages | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.train_batches)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.train_batches)
+
+    @property
+    def n_train_samples(self) -> int:
+        return sum(len(b) for b in self.train_batches)
+
+    def summary(self) -> dict[str, Any]:
+        """Plain-data description of the stream for ``report.json`` (no images)."""
+        return {
+            "protocol": self.name,
+            "description": self.description,
+            "params": dict(self.params),
+            "n_batches": len(self.train_batches),
+            "batch_sizes": [len(b) for b in self.train_batches],
+            "replayed_per_batch": [b.n_replayed for b in self.train_batches],
+            "classes_per_batch": [list(c) for c in self.classes_per_batch],
+            "n_train_samples": self.n_train_samples,
+            "n_test_samples": int(self.test.y.shape[0]),
+            "n_classes": self.n_classes,
+            "label_map": None if self.label_map is None else {str(k): v for k, v in self.label_map.items()},
+        }
+
+
+class SplitTransfer(NamedTuple):
+    """Result of :func:`split_transfer`."""
+
+    pretrain: LabelledImages
+    pretrain_test: LabelledImages
+    stream: Stream
+    label_map: dict[int, int]
+    pretrain_label_map: dict[int, int]
+
+
+# --------------------------------------------------------------------------- internals
+
+
+@dataclass(frozen=True)
+class _View:
+    """A source seen through a label array (``-1`` = excluded) and the candidate indices (``pool``)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    pool: np.ndarray
+    session: np.ndarray | None
+    class_names: list[str]
+
+    @staticmethod
+    def of(data: LabelledImages) -> "_View":
+        if not isinstance(data, LabelledImages):
+            raise TypeError(f"expected LabelledImages, got {type(data).__name__}")
+        return _View(data.x, data.y, np.arange(len(data), dtype=np.int64), data.session, list(data.class_names or []))
+
+    def classes(self) -> list[int]:
+        return np.unique(self.y[self.pool]).tolist()
+
+
+_Planned = tuple[str, np.ndarray, np.ndarray]  # (batch name, indices, replayed mask)
+
+
+def _check_pair(train: _View, test: _View) -> None:
+    if train.x.shape[1:] != test.x.shape[1:]:
+        raise ValueError(f"test images: expected shape {train.x.shape[1:]} like the training images, "
+                         f"got {test.x.shape[1:]}")
+    if train.pool.size == 0:
+        raise ValueError("train: expected at least one training sample, got none")
+
+
+def _positive_int(name: str, value: Any, allow_none: bool = False, minimum: int = 1) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+
+
+def _resolve_order(what: str, available: list[int], order: Any, rng: np.random.Generator) -> list[int]:
+    if order is None:
+        return list(available)
+    if isinstance(order, str):
+        if order != "random":
+            raise ValueError(f"{what}: expected None, 'random' or a list, got {order!r}")
+        return [available[i] for i in rng.permutation(len(available))]
+    try:
+        out = [int(c) for c in order]
+    except (TypeError, ValueError):
+        raise ValueError(f"{what}: expected None, 'random' or a list of integers, got {order!r}") from None
+    missing = sorted(set(out) - set(available))
+    if missing:
+        raise ValueError(f"{what}: {missing} not in the training data (available: {available})")
+    if len(set(out)) != len(out):
+        dup = sorted({c for c in out if out.count(c) > 1})
+        raise ValueError(f"{what}: expected each value once, got duplicates {dup}")
+    if not out:
+        raise ValueError(f"{what}: expected at least one value, got an empty list")
+    return out
+
+
+def _by_class(view: _View) -> dict[int, np.ndarray]:
+    """Pool indices of each class, in source order."""
+    labels = view.y[view.pool]
+    order = np.argsort(labels, kind="stable")
+    sorted_idx, sorted_lab = view.pool[order], labels[order]
+    cuts = np.flatnonzero(np.diff(sorted_lab)) + 1
+    return {int(g[0]): i for g, i in zip(np.split(sorted_lab, cuts), np.split(sorted_idx, cuts)) if g.size}
+
+
+def _subsample_stratified(per_class: dict[int, np.ndarray], group: list[int], n: int, rng: np.random.Generator,
+                          what: str) -> np.ndarray:
+    """``n`` samples spread as evenly as possible over ``group`` (the first ``n % k`` classes get one more)."""
+    k = len(group)
+    parts = []
+    for j, c in enumerate(group):
+        want = n // k + (1 if j < n % k else 0)
+        have = per_class[c].size
+        if want > have:
+            raise ValueError(f"{what}: needs {want} samples of class {c}, which has only {have} training samples")
+        parts.append(np.sort(rng.choice(per_class[c], size=want, replace=False)) if want < have else per_class[c])
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def _finish(idx: np.ndarray, replayed: np.ndarray, shuffle: bool,
+            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    idx = idx.astype(np.int64, copy=False)
+    if shuffle and idx.size > 1:
+        perm = rng.permutation(idx.size)
+        return idx[perm], replayed[perm]
+    return idx, replayed
+
+
+def _test_subset(test: _View, classes: Sequence[int]) -> np.ndarray:
+    labels = test.y[test.pool]
+    return test.pool[np.isin(labels, np.asarray(list(classes), dtype=np.int64))]
+
+
+def _assemble(name: str, train: _View, test: _View, planned: list[_Planned], test_classes: Sequence[int],
+              description: str, params: dict[str, Any], n_classes: int, class_names: list[str],
+              label_map: dict[int, int] | None = None) -> Stream:
+    batches = [StreamBatch(n, idx, train.y[idx].astype(np.int64), rep.astype(bool), train.x) for n, idx, rep in planned]
+    classes_per_batch = [np.unique(b.y[~b.replayed]).tolist() for b in batches]
+    test_idx = _test_subset(test, test_classes)
+    missing = sorted(set(test_classes) - set(np.unique(test.y[test_idx]).tolist()))
+    if missing:
+        logger.warning("%s: no test images for classes %s; they are never evaluated", name, missing)
+    evalset = EvalSet(test.x[test_idx], test.y[test_idx].astype(np.int64))
+    logger.info("%s: %d batches, %d training samples, %d test samples", name, len(batches),
+                sum(len(b) for b in batches), test_idx.size)
+    return Stream(name, batches, evalset, test_idx, classes_per_batch, n_classes, class_names, description,
+                  params, label_map)
+
+
+# --------------------------------------------------------------------------- protocols
+
+
+def _class_incremental(train: _View, test: _View, classes_per_experience: int = 1, class_order: ClassOrder = None,
+                       seed: int = 0, new_per_experience: int | None = None, replay_per_experience: int | None = None,
+                       shuffle: bool = True, *, _new_per_class: int | None = None, _name: str = "class_incremental",
+                       ) -> Stream:
+    _check_pair(train, test)
+    _positive_int("classes_per_experience", classes_per_experience)
+    _positive_int("new_per_experience", new_per_experience, allow_none=True)
+    _positive_int("replay_per_experience", replay_per_experience, allow_none=True)
+    rng = np.random.default_rng(seed)
+    order = _resolve_order("class_order", train.classes(), class_order, rng)
+    k = classes_per_experience
+    groups = [order[i:i + k] for i in range(0, len(order), k)]
+    if len(order) % k:
+        logger.info("class_incremental: %d classes do not split into experiences of %d; the last has %d",
+                    len(order), k, len(groups[-1]))
+    per_class = _by_class(train)
+    planned: list[_Planned] = []
+    streamed: list[np.ndarray] = []
+    short_replay: list[int] = []
+    for e, group in enumerate(groups):
+        what = f"experience {e} (classes {group})"
+        if _new_per_class is not None:
+            new = _subsample_stratified(per_class, group, _new_per_class * len(group), rng, what)
+        elif new_per_experience is not None:
+            new = _subsample_stratified(per_class, group, new_per_experience, rng, what)
+        else:
+            new = np.concatenate([per_class[c] for c in group])
+        old = np.zeros(0, np.int64)
+        if replay_per_experience and streamed:
+            pool = np.concatenate(streamed)
+            r = min(replay_per_experience, pool.size)
+            if r < replay_per_experience:
+                short_replay.append(e)
+            old = rng.choice(pool, size=r, replace=False)
+        streamed.append(new)
+        idx = np.concatenate([new, old])
+        rep = np.concatenate([np.zeros(new.size, bool), np.ones(old.size, bool)])
+        idx, rep = _finish(idx, rep, shuffle, rng)
+        planned.append((f"exp{e:03d}_classes_{'-'.join(map(str, group))}", idx, rep))
+    if short_replay:
+        logger.warning("replay_per_experience=%d: experiences %s replay fewer samples (all earlier data)",
+                       replay_per_experience, short_replay)
+    sizes = "all samples" if new_per_experience is None and _new_per_class is None else (
+        f"{_new_per_class} per class" if _new_per_class is not None else f"{new_per_experience} new samples")
+    replay = f" + {replay_per_experience} replayed old samples" if replay_per_experience else ""
+    description = (f"{len(groups)} experiences of {k} class(es) each ({sizes}{replay} per experience), "
+                   f"class order {order}; test: {len(order)} classes, evaluated throughout")
+    params = {"classes_per_experience": k, "class_order": order, "seed": seed,
+              "new_per_experience": new_per_experience, "replay_per_experience": replay_per_experience,
+              "shuffle": shuffle}
+    if _new_per_class is not None:
+        params = {"shots": _new_per_class, "classes_per_batch": k, "class_order": order, "seed": seed,
+                  "shuffle": shuffle}
+    return _assemble(_name, train, test, planned, order, description, params,
+                     n_classes=len(train.class_names), class_names=train.class_names)
+
+
+def class_incremental(train: LabelledImages, test: LabelledImages, classes_per_experience: int = 1,
+                      class_order: ClassOrder = None, seed: int = 0, new_per_experience: int | None = None,
+                      replay_per_experience: int | None = None, shuffle: bool = True) -> Stream:
+    """New classes in groups of ``classes_per_experience``; the test set covers every class of the stream.
+
+    - ``class_order``: ``None`` (ascending labels), ``"random"`` (permuted with ``seed``), or a list of
+      labels (a subset is allowed: the stream then holds only those classes).
+    - ``new_per_experience``: take exactly this many new samples per experience, spread evenly over its
+      classes (the first ``n % k`` classes get one more), drawn without replacement; default all.
+    - ``replay_per_experience``: add this many OLD samples to every experience after the first, drawn
+      uniformly without replacement from the samples streamed in earlier experiences; they are marked
+      in ``batch.replayed``. When fewer old samples exist, all of them are replayed (logged).
+    - ``shuffle``: shuffle the samples within each batch (new and replayed mixed).
+
+    Example:
+        >>> from firmware_sim.sources import LabelledImages
+        >>> train = LabelledImages(np.zeros((40, 2, 2, 1), np.uint8), np.repeat(np.arange(4), 10))
+        >>> test = LabelledImages(np.zeros((8, 2, 2, 1), np.uint8), np.repeat(np.arange(4), 2))
+        >>> s = class_incremental(train, test, 1, class_order=[3, 1, 0, 2], new_per_experience=6,
+        ...                       replay_per_experience=4)
+        >>> [len(b) for b in s.train_batches], [b.n_replayed for b in s.train_batches], s.classes_per_batch
+        ([6, 10, 10, 10], [0, 4, 4, 4], [[3], [1], [0], [2]])
+    """
+    return _class_incremental(_View.of(train), _View.of(test), classes_per_experience, class_order, seed,
+                              new_per_experience, replay_per_experience, shuffle)
+
+
+def _few_shot(train: _View, test: _View, shots: int = 5, seed: int = 0, classes_per_batch: int | None = None,
+              class_order: ClassOrder = None, shuffle: bool = True) -> Stream:
+    _positive_int("shots", shots)
+    _positive_int("classes_per_batch", classes_per_batch, allow_none=True)
+    k = classes_per_batch if classes_per_batch is not None else max(len(train.classes()), 1)
+    if class_order is not None and not isinstance(class_order, str):
+        k = classes_per_batch if classes_per_batch is not None else max(len(list(class_order)), 1)
+    return _class_incremental(train, test, k, class_order, seed, shuffle=shuffle, _new_per_class=shots,
+                              _name="few_shot")
+
+
+def few_shot(train: LabelledImages, test: LabelledImages, shots: int = 5, seed: int = 0,
+             classes_per_batch: int | None = None, class_order: ClassOrder = None, shuffle: bool = True) -> Stream:
+    """Exactly ``shots`` training examples per class (drawn with ``seed``), in one batch by default.
+
+    With ``classes_per_batch=k`` the classes arrive ``k`` at a time (few-shot class-incremental).
+    A class with fewer than ``shots`` training examples is an error.
+
+    Example:
+        >>> from firmware_sim.sources import LabelledImages
+        >>> train = LabelledImages(np.zeros((30, 2, 2, 1), np.uint8), np.repeat(np.arange(3), 10))
+        >>> test = LabelledImages(np.zeros((6, 2, 2, 1), np.uint8), np.repeat(np.arange(3), 2))
+        >>> s = few_shot(train, test, shots=2)
+        >>> len(s), np.bincount(s.train_batches[0].y).tolist()
+        (1, [2, 2, 2])
+    """
+    return _few_shot(_View.of(train), _View.of(test), shots, seed, classes_per_batch, class_order, shuffle)
+
+
+def _domain_incremental(train: _View, test: _View, session_order: ClassOrder = None, seed: int = 0,
+                        shuffle: bool = True) -> Stream:
+    _check_pair(train, test)
+    if train.session is None:
+        raise ValueError("domain_incremental: expected a `session` array on the training LabelledImages "
+                         "(one session/domain id per image), got session=None; use a source that records "
+                         "sessions (CORe50) or build LabelledImages(x, y, session=...)")
+    rng = np.random.default_rng(seed)
+    sessions = np.unique(train.session[train.pool]).tolist()
+    order = _resolve_order("session_order", sessions, session_order, rng)
+    planned: list[_Planned] = []
+    pool_sessions = train.session[train.pool]
+    for s in order:
+        idx = train.pool[pool_sessions == s]
+        idx, rep = _finish(idx, np.zeros(idx.size, bool), shuffle, rng)
+        planned.append((f"session_{s}", idx, rep))
+    classes = train.classes()
+    description = (f"{len(order)} experiences, one per session (order {order}), all classes in each; "
+                   f"test: {len(classes)} classes, evaluated throughout")
+    params = {"session_order": order, "seed": seed, "shuffle": shuffle}
+    return _assemble("domain_incremental", train, test, planned, classes, description, params,
+                     n_classes=len(train.class_names), class_names=train.class_names)
+
+
+def domain_incremental(train: LabelledImages, test: LabelledImages, session_order: ClassOrder = None,
+                       seed: int = 0, shuffle: bool = True) -> Stream:
+    """One experience per ``train.session`` value (ascending, ``"random"`` or a given order).
+
+    The test set is every test image of the training classes, whatever its session.
+
+    Example:
+        >>> from firmware_sim.sources import LabelledImages
+        >>> train = LabelledImages(np.zeros((6, 2, 2, 1), np.uint8), np.array([0, 1] * 3), np.array([1, 1, 2, 2, 4, 4]))
+        >>> test = LabelledImages(np.zeros((2, 2, 2, 1), np.uint8), np.array([0, 1]))
+        >>> [b.name for b in domain_incremental(train, test).train_batches]
+        ['session_1', 'session_2', 'session_4']
+    """
+    return _domain_incremental(_View.of(train), _View.of(test), session_order, seed, shuffle)
+
+
+def _nic_like(train: _View, test: _View, batch_size: int = 300, seed: int = 0, first_batch_classes: int = 0,
+              drop_last: bool = False) -> Stream:
+    _check_pair(train, test)
+    _positive_int("batch_size", batch_size)
+    _positive_int("first_batch_classes", first_batch_classes, minimum=0)
+    rng = np.random.default_rng(seed)
+    classes = train.classes()
+    if first_batch_classes > len(classes):
+        raise ValueError(f"first_batch_classes: expected at most {len(classes)} (classes in the data), "
+                         f"got {first_batch_classes}")
+    first = sorted(rng.choice(classes, size=first_batch_classes, replace=False).tolist()) if first_batch_classes else []
+    # Units of consecutive frames: one class (and one session when sessions exist), source order.
+    units: list[np.ndarray] = []
+    first_idx: list[np.ndarray] = []
+    sessions = train.session
+    for c, idx in _by_class(train).items():
+        if c in first:
+            first_idx.append(idx)
+            continue
+        runs = [idx] if sessions is None else [idx[sessions[idx] == s] for s in np.unique(sessions[idx])]
+        for run in runs:
+            for start in range(0, run.size, batch_size):
+                chunk = run[start:start + batch_size]
+                if chunk.size < batch_size and drop_last:
+                    continue
+                units.append(chunk)
+    planned: list[_Planned] = []
+    if first_idx:
+        idx, rep = _finish(np.concatenate(first_idx), np.zeros(sum(i.size for i in first_idx), bool), True, rng)
+        planned.append((f"b000_first_classes_{'-'.join(map(str, first))}", idx, rep))
+    for j in rng.permutation(len(units)):
+        u = units[j]
+        n = len(planned)
+        planned.append((f"b{n:03d}_class_{int(train.y[u[0]])}", u, np.zeros(u.size, bool)))
+    if not planned:
+        raise ValueError(f"nic_like: no batch left (every class has fewer than batch_size={batch_size} "
+                         f"samples and drop_last=True)")
+    description = (f"{len(planned)} batches of {batch_size} consecutive samples of one class"
+                   f"{' and one session' if sessions is not None else ''}, in random order"
+                   f"{f' after a first batch of all samples of classes {first}' if first else ''}; "
+                   f"test: {len(classes)} classes, evaluated throughout")
+    params = {"batch_size": batch_size, "seed": seed, "first_batch_classes": first_batch_classes,
+              "first_classes": first, "drop_last": drop_last}
+    return _assemble("nic_like", train, test, planned, classes, description, params,
+                     n_classes=len(train.class_names), class_names=train.class_names)
+
+
+def nic_like(train: LabelledImages, test: LabelledImages, batch_size: int = 300, seed: int = 0,
+             first_batch_classes: int = 0, drop_last: bool = False) -> Stream:
+    """Small single-class batches: ``batch_size`` consecutive samples (source order) of one class.
+
+    Samples of a class (and of one session, when ``train.session`` exists) are cut into runs of
+    ``batch_size``; the runs are then shuffled with ``seed``, so classes come back again and again, as
+    in NICv2-391. ``first_batch_classes=c`` starts with one batch holding every sample of ``c``
+    classes chosen with ``seed`` (NICv2's larger first batch). A class's last run is shorter when its
+    count is not a multiple of ``batch_size``; ``drop_last=True`` drops it. Batches are not shuffled
+    inside: consecutive frames stay consecutive.
+
+    Example:
+        >>> from firmware_sim.sources import LabelledImages
+        >>> train = LabelledImages(np.zeros((40, 2, 2, 1), np.uint8), np.repeat(np.arange(2), 20))
+        >>> test = LabelledImages(np.zeros((4, 2, 2, 1), np.uint8), np.array([0, 0, 1, 1]))
+        >>> s = nic_like(train, test, batch_size=5, seed=0)
+        >>> len(s), {len(b) for b in s}, all(len(b.classes) == 1 for b in s)
+        (8, {5}, True)
+    """
+    return _nic_like(_View.of(train), _View.of(test), batch_size, seed, first_batch_classes, drop_last)
+
+
+_PLANNERS: dict[str, Callable[..., Stream]] = {
+    "class_incremental": _class_incremental,
+    "few_shot": _few_shot,
+    "domain_incremental": _domain_incremental,
+    "nic_like": _nic_like,
+}
+
+
+def _subset(data: LabelledImages, classes: list[int]) -> tuple[LabelledImages, dict[int, int]]:
+    mapping = {c: i for i, c in enumerate(classes)}
+    lut = np.full(max(int(data.y.max(initial=0)), max(classes)) + 1, -1, np.int64)
+    lut[classes] = np.arange(len(classes))
+    mask = np.isin(data.y, classes)
+    names = [(data.class_names or [])[c] if c < len(data.class_names or []) else str(c) for c in classes]
+    session = None if data.session is None else data.session[mask]
+    return LabelledImages(data.x[mask], lut[data.y[mask]], session, names), mapping
+
+
+def _remapped_view(data: LabelledImages, classes: list[int]) -> _View:
+    lut = np.full(max(int(data.y.max(initial=0)), max(classes)) + 1, -1, np.int64)
+    lut[classes] = np.arange(len(classes))
+    y = lut[data.y]
+    names = list(data.class_names or [])
+    return _View(data.x, y, np.flatnonzero(y >= 0).astype(np.int64), data.session,
+                 [names[c] if c < len(names) else str(c) for c in classes])
+
+
+def split_transfer(train: LabelledImages, test: LabelledImages, pretrain_classes: ClassOrder = None,
+                   stream_classes: Sequence[int] | None = None, seed: int = 0,
+                   protocol: str = "class_incremental", **protocol_params: Any) -> SplitTransfer:
+    """Split the classes: pretraining data over some, a continual stream over the others.
+
+    - ``pretrain_classes``: ``None`` (the lower half of the sorted labels, ``n // 2`` classes),
+      ``"random"`` (a random half, with ``seed``) or a list of labels.
+    - ``stream_classes``: default every other class; must be disjoint from ``pretrain_classes``.
+
+    Both sides are relabelled ``0..m-1`` in the order of their class lists (ascending unless given);
+    ``label_map`` / ``pretrain_label_map`` record source label -> new label. The stream is built by
+    ``protocol`` (any name of :data:`PROTOCOLS` but ``split_transfer``) with ``protocol_params``, and its
+    batch ``indices`` still point into the original ``train`` source. ``pretrain`` and
+    ``pretrain_test`` are new :class:`LabelledImages` (copies) for the host pretrainer.
+
+    Example:
+        >>> from firmware_sim.sources import LabelledImages
+        >>> train = LabelledImages(np.zeros((40, 2, 2, 1), np.uint8), np.repeat(np.arange(4), 10))
+        >>> test = LabelledImages(np.zeros((8, 2, 2, 1), np.uint8), np.repeat(np.arange(4), 2))
+        >>> r = split_transfer(train, test)
+        >>> r.pretrain_label_map, r.label_map, r.stream.classes_per_batch
+        ({0: 0, 1: 1}, {2: 0, 3: 1}, [[0], [1]])
+    """
+    classes = np.unique(train.y).tolist()
+    if len(classes) < 2:
+        raise ValueError(f"split_transfer: expected at least 2 classes in the training data, got {classes}")
+    rng = np.random.default_rng(seed)
+    if pretrain_classes is None:
+        pre = classes[: len(classes) // 2]
+    elif isinstance(pretrain_classes, str):
+        pre = sorted(_resolve_order("pretrain_classes", classes, pretrain_classes, rng)[: len(classes) // 2])
+    else:
+        pre = _resolve_order("pretrain_classes", classes, pretrain_classes, rng)
+    if stream_classes is None:
+        stream = [c for c in classes if c not in set(pre)]
+    else:
+        stream = _resolve_order("stream_classes", classes, list(stream_classes), rng)
+    both = sorted(set(pre) & set(stream))
+    if both:
+        raise ValueError(f"split_transfer: pretrain_classes and stream_classes must be disjoint, both hold {both}")
+    if not stream:
+        raise ValueError("split_transfer: expected at least one stream class, got none (all classes pretrain)")
+    if protocol not in _PLANNERS:
+        raise ValueError(f"split_transfer protocol: expected one of {sorted(_PLANNERS)}, got {protocol!r}")
+    pretrain, pre_map = _subset(train, pre)
+    pretrain_test, _ = _subset(test, pre)
+    stream_map = {c: i for i, c in enumerate(stream)}
+    params = dict(protocol_params)
+    params.setdefault("seed", seed)
+    s = _PLANNERS[protocol](_remapped_view(train, stream), _remapped_view(test, stream), **params)
+    s = replace(
+        s, name=f"split_transfer/{s.name}", label_map=stream_map, pretrain=pretrain, pretrain_test=pretrain_test,
+        n_classes=len(stream),
+        description=(f"pretrain on {len(pre)} classes {pre}; stream over {len(stream)} other classes "
+                     f"{stream} relabelled 0..{len(stream) - 1}: {s.description}"),
+        params={"pretrain_classes": pre, "stream_classes": stream, "protocol": protocol, **s.params},
+    )
+    return SplitTransfer(pretrain, pretrain_test, s, stream_map, pre_map)
+
+
+# --------------------------------------------------------------------------- registry
+
+#: Protocol name -> function. Every function takes ``(train, test, **params)``.
+PROTOCOLS: dict[str, Callable[..., Any]] = {
+    "class_incremental": class_incremental,
+    "split_transfer": split_transfer,
+    "few_shot": few_shot,
+    "domain_incremental": domain_incremental,
+    "nic_like": nic_like,
+}
+
+
+def _accepted_params(name: str, params: dict[str, Any]) -> None:
+    sig = inspect.signature(PROTOCOLS[name])
+    accepted = [p for p in list(sig.parameters)[2:] if sig.parameters[p].kind is not inspect.Parameter.VAR_KEYWORD]
+    if name == "split_transfer":
+        inner = params.get("protocol", "class_incremental")
+        if inner not in _PLANNERS:
+            raise ValueError(f"split_transfer protocol: expected one of {sorted(_PLANNERS)}, got {inner!r}")
+        inner_sig = inspect.signature(PROTOCOLS[inner])
+        accepted += [p for p in list(inner_sig.parameters)[2:] if p not in accepted]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ValueError(f"protocol {name!r}: unknown parameter(s) {unknown}; valid: {accepted}")
+
+
+def make_protocol(name: str, train: LabelledImages | None = None, test: LabelledImages | None = None,
+                  **params: Any) -> Any:
+    """Return ``build(train, test) -> Stream`` for a protocol name; parameters are checked now.
+
+    Given ``train`` and ``test`` as well, build and return the :class:`Stream` at once (same as
+    :func:`build_protocol`). For ``split_transfer`` the stream carries the pretraining split in
+    ``stream.pretrain`` / ``stream.pretrain_test`` and the relabelling in ``stream.label_map``.
+
+    Example:
+        >>> build = make_protocol("nic_like", batch_size=50)
+        >>> make_protocol("nope")
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown protocol 'nope'; valid names: class_incremental, domain_incremental, few_shot, nic_like, split_transfer
+    """
+    if name not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {name!r}; valid names: {', '.join(sorted(PROTOCOLS))}")
+    _accepted_params(name, params)
+    fn = PROTOCOLS[name]
+
+    def build(train: LabelledImages, test: LabelledImages) -> Stream:
+        out = fn(train, test, **params)
+        return out.stream if isinstance(out, SplitTransfer) else out
+
+    build.__name__ = f"build_{name}"
+    build.__doc__ = f"{name}({', '.join(f'{k}={v!r}' for k, v in params.items())})"
+    if train is not None or test is not None:
+        if train is None or test is None:
+            raise ValueError(f"protocol {name!r}: expected both train and test LabelledImages, got only "
+                             f"{'train' if train is not None else 'test'}")
+        return build(train, test)
+    return build
+
+
+def build_protocol(name: str, train: LabelledImages, test: LabelledImages, **params: Any) -> Stream:
+    """Build the stream of protocol ``name`` over ``train`` / ``test`` (see :func:`make_protocol`).
+
+    Example:
+        >>> from firmware_sim.sources import LabelledImages
+        >>> train = LabelledImages(np.zeros((20, 2, 2, 1), np.uint8), np.repeat(np.arange(2), 10))
+        >>> test = LabelledImages(np.zeros((4, 2, 2, 1), np.uint8), np.array([0, 0, 1, 1]))
+        >>> len(build_protocol("few_shot", train, test, shots=3).train_batches[0])
+        6
+    """
+    return make_protocol(name, **params)(train, test)
+
+
+def _split_top_level(text: str) -> list[str]:
+    parts, depth, cur = [], 0, []
+    for ch in text:
+        if ch in "[(":
+            depth += 1
+        elif ch in "])":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    if "".join(cur).strip():
+        parts.append("".join(cur))
+    return parts
+
+
+def _parse_value(text: str) -> Any:
+    t = text.strip()
+    low = t.lower()
+    if low in ("none", "null"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    try:
+        return ast.literal_eval(t)
+    except (ValueError, SyntaxError):
+        return t  # a bare word such as random
+
+
+def parse_protocol_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """Parse ``"name:key=value,key=value"`` (values: ints, floats, None, true/false, [lists], words).
+
+    Example:
+        >>> parse_protocol_spec("class_incremental:classes_per_experience=2,class_order=[3,1,2,0],seed=7")
+        ('class_incremental', {'classes_per_experience': 2, 'class_order': [3, 1, 2, 0], 'seed': 7})
+        >>> parse_protocol_spec("few_shot:shots=5,class_order=random")
+        ('few_shot', {'shots': 5, 'class_order': 'random'})
+    """
+    name, _, rest = spec.strip().partition(":")
+    name = name.strip()
+    params: dict[str, Any] = {}
+    for item in _split_top_level(rest):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"protocol spec {spec!r}: expected key=value items after ':', got {item.strip()!r}")
+        params[key.strip()] = _parse_value(value)
+    if name not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {name!r}; valid names: {', '.join(sorted(PROTOCOLS))}")
+    return name, params
