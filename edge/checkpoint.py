@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.atomic import atomic_write
 from edge.errors import CheckpointError, IncompatibleCheckpointError
 
 logger = logging.getLogger(__name__)
@@ -122,40 +122,15 @@ class CheckpointStore:
             "keys": sorted(arrays),
         }
         blob = np.frombuffer(json.dumps(header, sort_keys=True).encode("utf-8"), dtype=np.uint8)
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".tmp", dir=self.directory)
-        except OSError as exc:
-            raise CheckpointError(f"state directory {self.directory}: expected a writable directory, "
-                                  f"got {type(exc).__name__}: {exc}") from exc
         target = self.directory / f"state-{int(step):012d}.npz"
         try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, **{HEADER_KEY: blob}, **arrays)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-            self._fsync_dir()
+            atomic_write(target, lambda handle: np.savez(handle, **{HEADER_KEY: blob}, **arrays),
+                         tmp_prefix=_TMP_PREFIX)
         except OSError as exc:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise CheckpointError(f"cannot write checkpoint {target}: {exc}") from exc
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+            raise CheckpointError(f"cannot write checkpoint {target}: expected a writable directory, "
+                                  f"got {type(exc).__name__}: {exc}") from exc
         self._prune(target)
         return target
-
-    def _fsync_dir(self) -> None:
-        try:
-            dir_fd = os.open(self.directory, os.O_RDONLY)
-        except OSError:  # pragma: no cover - platforms without directory fds
-            return
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
     def _prune(self, newest: Path) -> None:
         """Keep the ``keep`` newest checkpoints; remove stale temp files of crashed writers."""

@@ -23,7 +23,6 @@ import logging
 import os
 import pickle
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from edge.atomic import atomic_write
 from firmware_sim.core50 import (
     N_BATCHES,
     N_CATEGORIES,
@@ -522,31 +522,12 @@ def _iter_units(frames: int) -> Iterator[tuple[int, int, int]]:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda handle: handle.write(data))
 
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)  # uncompressed, like the official file, so x.npy can be memory-mapped
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # uncompressed, like the official file, so x.npy can be memory-mapped
+    atomic_write(path, lambda handle: np.savez(handle, **arrays))
 
 
 def _generated_names(out: Path) -> list[Path]:

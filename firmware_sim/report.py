@@ -23,12 +23,13 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from edge.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -54,46 +55,9 @@ CURVE_NAME = "curve.csv"
 # --------------------------------------------------------------------------- atomic files
 
 
-def _fsync_dir(folder: Path) -> None:
-    if os.name != "posix":  # directories cannot be opened for fsync on Windows
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _file_mode(path: Path) -> int:
-    """Keep an existing file's permissions; new files get rw-r--r-- (mkstemp would leave rw-------)."""
-    try:
-        return path.stat().st_mode & 0o777
-    except FileNotFoundError:
-        return 0o644
-
-
 def _atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False) -> Path:
-    """Write ``path`` through ``write(fileobj)`` into a temp file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        mode = "wb" if binary else "w"
-        kwargs: dict[str, Any] = {} if binary else {"encoding": "utf-8", "newline": ""}
-        with os.fdopen(fd, mode, **kwargs) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _file_mode(path))
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-    return path
+    """Write ``path`` through ``write(fileobj)`` atomically (see `edge.atomic`)."""
+    return atomic_write(path, write, text=not binary)
 
 
 # --------------------------------------------------------------------------- JSON

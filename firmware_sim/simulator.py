@@ -27,6 +27,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
+from edge.atomic import atomic_write
 from edge.agent import Agent, AgentConfig
 from edge.checkpoint import CheckpointStore
 from edge.runtimes import Backbone
@@ -137,16 +138,8 @@ class EmbeddingCache:
     def put(self, key: str, embeddings: np.ndarray) -> None:
         if self.directory is None:
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".emb-", suffix=".npy", dir=self.directory)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.save(handle, embeddings.astype(np.float32), allow_pickle=False)
-            os.replace(tmp, self.directory / f"{key}.npy")
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(self.directory / f"{key}.npy",
+                     lambda handle: np.save(handle, embeddings.astype(np.float32), allow_pickle=False))
 
 
 def default_cache_dir() -> Path:
