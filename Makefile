@@ -20,15 +20,20 @@ setup-test: $(BIN)/python
 run: setup-run
 	$(BIN)/edge-sim
 
+# The bench suites run too, in quick mode (one pass, no timing), so they cannot rot.
 test: setup-test
 	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest bench/ -q --benchmark-disable -p no:cacheprovider
 
+# Full benchmark grid -> bench/results/<host>.json and <host>.md (see bench/README.md).
 bench: setup-test
-	$(BIN)/python -m pytest bench/ --benchmark-only
+	$(BIN)/python -m bench.report
 
 # Rebuild the shipped default backbone from the generator (needs the host extra: TensorFlow).
 default-model: setup-test
 	$(BIN)/edge-host build --name default --out models --overwrite
+	$(BIN)/edge-host export-head --model models/default --head softmax --optimizer sgd --batch-size 32 --max-classes 50
+	$(BIN)/edge-host export-head --model models/default --head mlp --hidden 128 --optimizer adam --batch-size 32 --max-classes 50
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks

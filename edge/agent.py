@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,12 @@ from edge.heads import HEADS, OPTIMIZERS, make_head
 from edge.preprocess import as_frame_batch
 from edge.runtimes import Backbone
 from edge.strategies import STRATEGIES, Strategy, make_strategy
+
+#: Where the head trains: NumPy (`edge.heads`) or inside a ``.tflite`` file (`edge.tflite_head`).
+HEAD_BACKENDS = ("numpy", "tflite")
+#: Strategies that only take plain gradient steps, so they run on the tflite head backend too
+#: (a strategy class may also say so with ``supports_tflite_head = True``).
+TFLITE_HEAD_STRATEGIES = frozenset({"naive", "replay", "cumulative"})
 
 
 @dataclass(frozen=True)
@@ -59,9 +66,14 @@ class AgentConfig:
     buffer_capacity: int = 1000
     buffer_policy: str = "class_balanced"
     buffer_storage: str = "int8"
-    replay_ratio: float = 0.5
+    replay_ratio: float = 0.75  # share of replayed rows per mini-batch; chosen by firmware_sim.strategy_sweep
     seed: int = 0
     standardize: bool = True
+    #: "numpy" (edge.heads) or "tflite" (edge.tflite_head: training runs inside a head .tflite file;
+    #: naive/replay/cumulative only). ``head_file`` is that file; None = the matching head listed in the
+    #: backbone's manifest (needs a backbone; an embeddings-only agent needs ``head_file``).
+    head_backend: str = "numpy"
+    head_file: str | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -77,6 +89,7 @@ class AgentConfig:
             (0.0 <= self.replay_ratio < 1.0, "replay_ratio", "in [0, 1)", self.replay_ratio),
             (self.lr > 0, "lr", "> 0", self.lr),
             (self.hidden >= 1, "hidden", ">= 1", self.hidden),
+            (self.head_backend in HEAD_BACKENDS, "head_backend", HEAD_BACKENDS, self.head_backend),
         ]
         for ok, name, expected, got in checks:
             if not ok:
@@ -131,20 +144,41 @@ class Agent:
                              f"got {embedding_size!r}")
         self.embedding_size = int(embedding_size)
         use_stats = cfg.standardize and embedding_mean is not None
-        self.head = make_head(
-            cfg.head, self.embedding_size, cfg.max_classes, hidden=cfg.hidden,
-            optimizer=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay, seed=cfg.seed,
-            mean=np.asarray(embedding_mean, np.float32) if use_stats else None,
-            std=np.asarray(embedding_std, np.float32) if use_stats and embedding_std is not None else None,
-        )
         self.strategy: Strategy = make_strategy(cfg.strategy, **cfg.strategy_params)
+        if cfg.head_backend == "tflite" and not getattr(self.strategy, "supports_tflite_head",
+                                                        cfg.strategy in TFLITE_HEAD_STRATEGIES):
+            raise ValueError(f"AgentConfig.strategy: the tflite head backend supports "
+                             f"{sorted(TFLITE_HEAD_STRATEGIES)} (plain gradient steps), got "
+                             f"{cfg.strategy!r}, which changes the head's loss or weights; "
+                             "use head_backend='numpy'")
+        self.head = self._new_head(
+            np.asarray(embedding_mean, np.float32) if use_stats else None,
+            np.asarray(embedding_std, np.float32) if use_stats and embedding_std is not None else None,
+        )
         capacity = cfg.buffer_capacity if self.strategy.uses_buffer else 0
         self.buffer = ReplayBuffer(capacity, self.embedding_size, cfg.buffer_policy,
                                    cfg.buffer_storage, cfg.max_classes, seed=cfg.seed + 1)
         self.rng_ = np.random.default_rng(cfg.seed + 2)
         self.step_ = 0
         self.n_learned_ = 0
+
+    def _new_head(self, mean: np.ndarray | None, std: np.ndarray | None) -> Any:
+        """A fresh head of the configured kind and backend (same seed: same initial weights)."""
+        cfg = self.config
+        params: dict[str, Any] = {"hidden": cfg.hidden, "optimizer": cfg.optimizer, "lr": cfg.lr,
+                                  "momentum": cfg.momentum, "weight_decay": cfg.weight_decay,
+                                  "seed": cfg.seed, "mean": mean, "std": std}
+        if cfg.head_backend == "numpy":
+            return make_head(cfg.head, self.embedding_size, cfg.max_classes, **params)
+        from edge.tflite_head import TFLiteHead, find_head_file
+
+        path = cfg.head_file
+        if path is None:
+            if self.backbone is None:
+                raise ValueError("AgentConfig.head_file: expected the path of a head .tflite file for "
+                                 "head_backend='tflite' on an embeddings-only agent, got None")
+            path = find_head_file(Path(self.backbone.info.file).parent, self.backbone.manifest, cfg)
+        return TFLiteHead(path, self.embedding_size, cfg.max_classes, kind=cfg.head, **params)
 
     # -------------------------------------------------------------- validation
     def _check_labels(self, labels: Any, n: int) -> np.ndarray:
@@ -242,6 +276,8 @@ class Agent:
     # ------------------------------------------------------------------ state
     def classes_seen(self) -> np.ndarray:
         """Labels learned so far, sorted."""
+        if self.strategy.owns_classifier:
+            return self.strategy.classes_
         return self.head.classes_
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -267,10 +303,7 @@ class Agent:
         if missing:
             raise InputError(f"agent state: expected agent.{sorted(missing)}, got none")
         # Validate into fresh components first, then swap: a bad state leaves this agent intact.
-        head = make_head(self.config.head, self.embedding_size, self.config.max_classes,
-                         **{k: getattr(self.head, k) for k in (
-                             "optimizer", "lr", "momentum", "weight_decay", "mean", "std", "seed")},
-                         hidden=self.config.hidden)
+        head = self._new_head(self.head.mean, self.head.std)
         head.load_state_dict(parts["head"])
         buffer = ReplayBuffer(self.buffer.capacity, self.buffer.dim, self.buffer.policy,
                               self.buffer.storage, self.buffer.max_classes, self.buffer.seed)

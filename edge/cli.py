@@ -59,8 +59,27 @@ def _frames_for(agent: Agent, paths: Sequence[str]) -> np.ndarray:
     return np.stack(out)
 
 
+def _strategy_params(items: Sequence[str]) -> dict[str, object]:
+    """``KEY=VALUE`` items -> parameters (ints, floats, true/false, else strings)."""
+    params: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--strategy-param: expected KEY=VALUE, got {item!r}")
+        for cast in (int, float):
+            try:
+                params[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            params[key] = {"true": True, "false": False}.get(value.lower(), value)
+    return params
+
+
 def _config_from_args(args: argparse.Namespace) -> AgentConfig:
     return AgentConfig(head=args.head, strategy=args.strategy, max_classes=args.max_classes,
+                       strategy_params=_strategy_params(args.strategy_param),
                        buffer_capacity=args.buffer_capacity, buffer_policy=args.buffer_policy,
                        buffer_storage=args.buffer_storage, seed=args.seed)
 
@@ -110,6 +129,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         "buffer_capacity": agent.buffer.capacity,
         "buffer_bytes": mem["buffer"],
         "head_bytes": mem["head"],
+        "strategy": agent.config.strategy,
+        "strategy_bytes": mem["strategy"],
         "state_bytes_on_disk": store.disk_bytes(),
     }
     if args.json:
@@ -140,7 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     fresh = common.add_argument_group("new state (used on first boot only; later runs use the "
                                       "configuration stored in the checkpoint)")
     fresh.add_argument("--head", default="softmax", choices=sorted(HEADS))
-    fresh.add_argument("--strategy", default="replay", choices=sorted(STRATEGIES))
+    fresh.add_argument("--strategy", default="replay", choices=sorted(STRATEGIES),
+                       help="continual-learning strategy (default replay; see docs/strategies.md)")
+    fresh.add_argument("--strategy-param", action="append", default=[], metavar="KEY=VALUE",
+                       help="strategy hyperparameter, e.g. shrinkage=0.001 (repeatable)")
     fresh.add_argument("--max-classes", type=int, default=50)
     fresh.add_argument("--buffer-capacity", type=int, default=1000)
     fresh.add_argument("--buffer-policy", default="class_balanced", choices=POLICIES)

@@ -22,7 +22,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -126,12 +126,21 @@ class _GradientHead:
         return z
 
     # ------------------------------------------------------------------ verbs
-    def step(self, x: np.ndarray, y: np.ndarray) -> float:
+    def step(self, x: np.ndarray, y: np.ndarray, *,
+             logit_grad: Callable[[np.ndarray], np.ndarray] | None = None,
+             param_grad: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None) -> float:
         """One gradient step on one mini-batch; returns the mean cross-entropy before the step.
 
         Marks the batch's labels as seen first. Loss: mean cross-entropy over the batch with
         logits of unseen classes masked, plus ``weight_decay / 2 * ||W||^2`` on weight matrices
         (not biases). Update: SGD with momentum ``v = momentum * v + g; p -= lr * v`` or Adam.
+
+        The two optional hooks let a continual-learning strategy add a term to the loss without
+        subclassing the head: ``logit_grad(logits)`` returns the gradient of the extra term with
+        respect to this mini-batch's raw logits ``(n, max_classes)`` (added to the cross-entropy's,
+        e.g. distillation); ``param_grad(params)`` returns ``{name: gradient}`` for some parameters
+        (added before weight decay and the update, e.g. an EWC penalty). The returned loss is the
+        cross-entropy alone.
         """
         self._ensure_init()
         x = self._check_x(x)
@@ -147,7 +156,12 @@ class _GradientHead:
         dlogits = proba
         dlogits[rows, y] -= 1.0
         dlogits /= n
+        if logit_grad is not None:
+            dlogits += logit_grad(logits)
         grads = self._backward(cache, dlogits)
+        if param_grad is not None:
+            for name, extra in param_grad(self.params_).items():
+                grads[name] = grads[name] + extra
         self._apply(grads)
         return loss
 
@@ -186,6 +200,46 @@ class _GradientHead:
             for start in range(0, n, int(batch_size)):
                 idx = order[start:start + int(batch_size)]
                 self.step(x[idx], y[idx])
+
+    def standardize(self, x: np.ndarray) -> np.ndarray:
+        """The head's input transform (standardisation with the backbone's statistics, if any)."""
+        self._ensure_init()
+        return self._input(self._check_x(x))
+
+    def reset(self, seed: int | None = None) -> None:
+        """Back to the freshly constructed state: initial weights of ``seed`` (default: the head's
+        own), zero optimizer state, nothing seen."""
+        for name in ("params_", "opt_state_", "t_", "seen_"):
+            self.__dict__.pop(name, None)
+        own = self.seed
+        self.seed = own if seed is None else int(seed)
+        try:
+            self._ensure_init()
+        finally:
+            self.seed = own
+
+    def squared_grad_sum(self, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+        """Sum over rows of the squared per-sample gradients of the cross-entropy (no weight decay).
+
+        Divided by the number of rows this is the diagonal of the empirical Fisher information
+        (EWC). Exact, without a per-sample loop: each per-sample gradient is an outer product
+        ``a_i b_i^T``, whose square is ``a_i^2 (b_i^2)^T``. Does not change any state.
+        """
+        self._ensure_init()
+        x = self._check_x(x)
+        y = self._check_y(y, x.shape[0])
+        seen = self.seen_.copy()
+        self.seen_[y] = True  # the labels are about to be (or were just) trained on
+        try:
+            logits, cache = self._forward(self._input(x))
+            dlogits = self._masked_softmax(logits)
+        finally:
+            self.seen_[...] = seen
+        dlogits[np.arange(x.shape[0]), y] -= 1.0
+        return self._squared_backward(cache, dlogits)
+
+    def _squared_backward(self, cache: Any, dlogits: np.ndarray) -> dict[str, np.ndarray]:  # pragma: no cover
+        raise NotImplementedError
 
     def decision_function(self, x: np.ndarray) -> np.ndarray:
         """Raw logits ``(N, max_classes)``, unseen classes included (not masked)."""
@@ -276,6 +330,10 @@ class SoftmaxHead(_GradientHead):
         x = cache
         return {"W": x.T @ dlogits, "b": dlogits.sum(axis=0)}
 
+    def _squared_backward(self, cache: Any, dlogits: np.ndarray) -> dict[str, np.ndarray]:
+        d2 = dlogits * dlogits
+        return {"W": (cache * cache).T @ d2, "b": d2.sum(axis=0)}
+
 
 class MLPHead(_GradientHead):
     """One hidden ReLU layer: ``logits = relu(x @ W1 + b1) @ W2 + b2`` (He-initialised).
@@ -313,6 +371,14 @@ class MLPHead(_GradientHead):
         dhidden *= hidden > 0
         return {"W1": x.T @ dhidden, "b1": dhidden.sum(axis=0),
                 "W2": hidden.T @ dlogits, "b2": dlogits.sum(axis=0)}
+
+    def _squared_backward(self, cache: Any, dlogits: np.ndarray) -> dict[str, np.ndarray]:
+        x, hidden = cache
+        dhidden = dlogits @ self.params_["W2"].T
+        dhidden *= hidden > 0
+        d2, dh2 = dlogits * dlogits, dhidden * dhidden
+        return {"W1": (x * x).T @ dh2, "b1": dh2.sum(axis=0),
+                "W2": (hidden * hidden).T @ d2, "b2": d2.sum(axis=0)}
 
 
 HEADS: dict[str, type[_GradientHead]] = {"softmax": SoftmaxHead, "mlp": MLPHead}

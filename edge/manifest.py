@@ -1,6 +1,9 @@
 """The model manifest: the only contract between the host tool and the device.
 
 A model directory holds ``manifest.json`` and the files it lists (TFLite fp32, TFLite int8, ONNX).
+It may also list trainable heads (``heads``: ``.tflite`` files with ``train``/``infer`` signatures,
+written by ``edge-host export-head``, run by `edge.tflite_head`). Heads are optional (a manifest
+without them is valid, same ``schema_version``) and are not part of the backbone's `fingerprint`.
 The schema belongs to the edge side, the consumer; the host writes manifests through this module.
 
 Example:
@@ -22,11 +25,11 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from edge.atomic import atomic_write
 from edge.errors import ChecksumError, ManifestError
 
 SCHEMA_VERSION = 1
@@ -84,6 +87,32 @@ class ModelFile:
     output_quantization: QuantParams | None = None
 
 
+HEAD_KINDS = ("softmax", "mlp")
+HEAD_OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class HeadFile:
+    """A trainable head file (``head_*.tflite``) for this backbone, with its training settings.
+
+    ``hyperparameters`` are baked into the file (``lr``, ``weight_decay``, and ``momentum`` for
+    sgd or ``beta1``/``beta2``/``eps`` for adam); ``batch_size`` is the fixed row count of its
+    ``train`` signature (smaller batches are padded, larger ones refused).
+    """
+
+    path: str
+    sha256: str
+    bytes: int
+    kind: str
+    optimizer: str
+    batch_size: int
+    max_classes: int
+    embedding_size: int
+    hidden: int | None = None
+    hyperparameters: dict[str, float] = field(default_factory=dict)
+    producer: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class Manifest:
     """Parsed, validated ``manifest.json``. Build with `load_manifest` or `Manifest.from_dict`."""
@@ -104,6 +133,7 @@ class Manifest:
         default_factory=lambda: {k: dict(v) for k, v in DEFAULT_TOLERANCES.items()}
     )
     schema_version: int = SCHEMA_VERSION
+    heads: tuple[HeadFile, ...] = ()
 
     # ------------------------------------------------------------------ queries
     def file(self, format: str, precision: str = "fp32") -> ModelFile:
@@ -161,7 +191,7 @@ class Manifest:
             "tolerances": self.tolerances,
             "producer": self.producer,
             "parity": self.parity,
-        }
+        } | ({"heads": [asdict(h) for h in self.heads]} if self.heads else {})
 
     @classmethod
     def from_dict(cls, data: Any) -> Manifest:
@@ -219,6 +249,10 @@ class Manifest:
             key = (f.format, f.precision)
             _expect(key not in seen, "files", "one file per format/precision", f"two {key}")
             seen.add(key)
+        raw_heads = data.get("heads") or []
+        _expect(isinstance(raw_heads, list), "heads", "a list", type(raw_heads).__name__)
+        heads = tuple(_parse_head(entry, i) for i, entry in enumerate(raw_heads))
+        _expect(len({h.path for h in heads}) == len(heads), "heads", "distinct paths", [h.path for h in heads])
 
         return cls(
             name=name,
@@ -235,6 +269,7 @@ class Manifest:
             producer=data.get("producer") or {},
             parity=data.get("parity") or {},
             schema_version=version,
+            heads=heads,
         )
 
     def with_updates(self, **changes: Any) -> Manifest:
@@ -245,11 +280,11 @@ class Manifest:
     def verify(self, model_dir: str | os.PathLike[str]) -> None:
         """Check every listed file exists and matches its recorded size and sha256."""
         root = Path(model_dir)
-        for f in self.files:
+        for f in (*self.files, *self.heads):
             verify_file(root / f.path, f)
 
 
-def verify_file(path: Path, entry: ModelFile) -> None:
+def verify_file(path: Path, entry: ModelFile | HeadFile) -> None:
     """Raise `ChecksumError` (expected vs got) if ``path`` is missing or differs from ``entry``."""
     if not path.is_file():
         raise ChecksumError(f"model file {entry.path!r} listed in the manifest is missing: {path}")
@@ -277,24 +312,9 @@ def load_manifest(model_dir: str | os.PathLike[str], verify: bool = True) -> Man
 
 
 def write_manifest(manifest: Manifest, model_dir: str | os.PathLike[str]) -> Path:
-    """Write ``manifest.json`` atomically (temp file, fsync, rename). Returns its path."""
-    root = Path(model_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    target = root / MANIFEST_NAME
+    """Write ``manifest.json`` atomically (temp file, fsync, rename, fsync of the folder)."""
     text = json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=root)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            os.fchmod(handle.fileno(), 0o644)  # mkstemp creates 0600; a manifest is meant to be shared
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return target
+    return atomic_write(Path(model_dir) / MANIFEST_NAME, lambda handle: handle.write(text), text=True)
 
 
 def describe_file(model_dir: str | os.PathLike[str], relpath: str, format: str, precision: str,
@@ -376,3 +396,45 @@ def _parse_file(entry: Any, index: int) -> ModelFile:
                 "input_quantization and output_quantization for an int8 file", "none")
     return ModelFile(path=path, format=fmt, precision=precision, sha256=digest, bytes=size,
                      input_quantization=in_q, output_quantization=out_q)
+
+
+def _parse_head(entry: Any, index: int) -> HeadFile:
+    what = f"heads[{index}]"
+    _expect(isinstance(entry, dict), what, "an object", type(entry).__name__)
+    path = _get(entry, "path", str, f"{what}.path")
+    _expect(
+        not os.path.isabs(path) and ".." not in Path(path).parts and path.endswith(".tflite"),
+        f"{what}.path", "a .tflite path inside the model directory", path,
+    )
+    digest = _get(entry, "sha256", str, f"{what}.sha256")
+    _expect(
+        len(digest) == 64 and all(c in "0123456789abcdef" for c in digest),
+        f"{what}.sha256", "64 lowercase hex digits", digest,
+    )
+    kind = _get(entry, "kind", str, f"{what}.kind")
+    _expect(kind in HEAD_KINDS, f"{what}.kind", "/".join(HEAD_KINDS), kind)
+    optimizer = _get(entry, "optimizer", str, f"{what}.optimizer")
+    _expect(optimizer in HEAD_OPTIMIZERS, f"{what}.optimizer", "/".join(HEAD_OPTIMIZERS), optimizer)
+    batch = _get(entry, "batch_size", int, f"{what}.batch_size")
+    classes = _get(entry, "max_classes", int, f"{what}.max_classes")
+    _expect(batch >= 1 and classes >= 2, f"{what} batch_size/max_classes", ">= 1 / >= 2", (batch, classes))
+    emb = _get(entry, "embedding_size", int, f"{what}.embedding_size")
+    # A head made for another embedding size is not a manifest error (the backbone stays usable):
+    # `edge.tflite_head.find_head_file` skips it and `TFLiteHead` refuses it with expected vs got.
+    _expect(emb > 0, f"{what}.embedding_size", "a positive int", emb)
+    hidden = entry.get("hidden")
+    if kind == "mlp":
+        _expect(isinstance(hidden, int) and not isinstance(hidden, bool) and hidden >= 1,
+                f"{what}.hidden", "a positive int for an mlp head", hidden)
+    else:
+        _expect(hidden is None, f"{what}.hidden", "null for a softmax head", hidden)
+    hp = entry.get("hyperparameters") or {}
+    _expect(isinstance(hp, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                         for v in hp.values()),
+            f"{what}.hyperparameters", "an object of numbers", hp)
+    producer = entry.get("producer") or {}
+    _expect(isinstance(producer, dict), f"{what}.producer", "an object", type(producer).__name__)
+    return HeadFile(path=path, sha256=digest, bytes=_get(entry, "bytes", int, f"{what}.bytes"),
+                    kind=kind, optimizer=optimizer, batch_size=batch, max_classes=classes,
+                    embedding_size=emb, hidden=hidden,
+                    hyperparameters={k: float(v) for k, v in hp.items()}, producer=producer)

@@ -79,17 +79,22 @@ class Backbone:
     def embed(self, frames: np.ndarray) -> np.ndarray:
         """Frames (uint8 ``(N, H, W, C)`` or ``(H, W, C)``) -> float32 ``(N, embedding_size)``."""
         x = preprocess(frames, self.manifest.input_shape, self.manifest.preprocessing)
-        return self.embed_preprocessed(x)
+        # preprocess accepted only finite pixel values and the manifest's affine map (std > 0) keeps
+        # them finite: skip a second full pass over the input (bench/: up to ~10 % at batch 32).
+        return self._embed_input(x, check_finite=False)
 
     def embed_preprocessed(self, x: np.ndarray) -> np.ndarray:
         """Already-preprocessed float32 input ``(N, H, W, C)`` -> embeddings."""
+        return self._embed_input(x, check_finite=True)
+
+    def _embed_input(self, x: np.ndarray, check_finite: bool) -> np.ndarray:
         x = np.asarray(x)
         expected = (None, *self.manifest.input_shape)
         if x.ndim != 4 or x.shape[1:] != tuple(self.manifest.input_shape) or x.shape[0] == 0:
             raise InputError(f"model input: expected shape {expected} with N >= 1, got {x.shape}")
         if not np.issubdtype(x.dtype, np.floating):
             raise InputError(f"model input: expected float32, got {x.dtype}")
-        if not np.isfinite(x).all():
+        if check_finite and not np.isfinite(x).all():
             raise InputError("model input: expected finite values, got NaN or inf")
         out = self._run(np.ascontiguousarray(x, dtype=np.float32))
         if out.shape != (x.shape[0], self.embedding_size):

@@ -7,6 +7,7 @@ NICv2-391 stream, ``naive`` against ``replay``, with a short table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     ag.add_argument("--head", choices=sorted(HEADS), default="softmax", help="trainable head (default softmax)")
     ag.add_argument("--hidden", type=int, default=128, help="MLP head hidden units")
     ag.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="head optimizer (default sgd)")
+    ag.add_argument("--head-backend", choices=("numpy", "tflite"), default="numpy",
+                    help="where the head trains: numpy (default) or tflite (inside a head_*.tflite file made by "
+                         "`edge-host export-head`, found in the model's manifest; naive/replay only)")
+    ag.add_argument("--head-file", default=None,
+                    help="with --head-backend tflite: the head .tflite file (default: the manifest's matching head)")
     ag.add_argument("--lr", type=float, default=None, help="learning rate (default: AgentConfig's)")
     ag.add_argument("--epochs", type=int, default=None, help="epochs over each incoming batch")
     ag.add_argument("--batch-size", type=int, default=None, help="mini-batch size")
@@ -58,6 +64,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     ag.add_argument("--buffer-policy", choices=POLICIES, default=None, help="replay buffer policy")
     ag.add_argument("--buffer-dtype", choices=STORAGES, default=None, help="replay buffer storage")
     ag.add_argument("--replay-ratio", type=float, default=None, help="share of replayed patterns per mini-batch")
+    ag.add_argument("--strategy-param", action="append", default=[], metavar="[STRATEGY.]KEY=VALUE",
+                    help="strategy hyperparameter, e.g. ewc_lambda=10 (repeatable); with a STRATEGY. prefix "
+                         "(ewc.ewc_lambda=10) it applies to that strategy only. See docs/strategies.md")
     ag.add_argument("--max-classes", type=int, default=50, help="head capacity (default 50)")
     ag.add_argument("--seed", type=int, default=0, help="random seed")
     out = p.add_argument_group("measurement and output")
@@ -105,6 +114,22 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
     return params
 
 
+def strategy_params(items: list[str], strategy: str) -> dict[str, Any]:
+    """``[STRATEGY.]KEY=VALUE`` items -> the parameters of ``strategy`` (others' prefixed items skipped)."""
+    mine = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        prefix, dot, name = key.rpartition(".")
+        if dot and prefix not in STRATEGIES:
+            raise ValueError(f"--strategy-param: expected STRATEGY.KEY=VALUE with a known strategy, got {item!r}")
+        if not dot or prefix == strategy:
+            mine.append(f"{name}{sep}{value}")
+    try:
+        return _parse_params(mine)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("--protocol-param", "--strategy-param")) from exc
+
+
 def _config(args: argparse.Namespace, strategy: str) -> AgentConfig:
     overrides = {
         "lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size,
@@ -112,8 +137,20 @@ def _config(args: argparse.Namespace, strategy: str) -> AgentConfig:
         "buffer_storage": args.buffer_dtype, "replay_ratio": args.replay_ratio,
     }
     given = {k: v for k, v in overrides.items() if v is not None}
-    return AgentConfig(head=args.head, hidden=args.hidden, optimizer=args.optimizer, strategy=strategy,
-                       max_classes=args.max_classes, seed=args.seed, **given)
+    backend = getattr(args, "head_backend", "numpy")
+    config = AgentConfig(head=args.head, hidden=args.hidden, optimizer=args.optimizer, strategy=strategy,
+                         max_classes=args.max_classes, seed=args.seed, head_backend=backend,
+                         strategy_params=strategy_params(getattr(args, "strategy_param", []), strategy), **given)
+    if backend == "tflite":  # the simulator's agent works on embeddings: name the head file explicitly
+        head_file = getattr(args, "head_file", None)
+        if head_file is None:
+            from edge.manifest import load_manifest
+            from edge.tflite_head import find_head_file
+
+            model_dir = Path(args.model or default_model_dir())
+            head_file = find_head_file(model_dir, load_manifest(model_dir), config)
+        config = dataclasses.replace(config, head_file=str(Path(head_file).resolve()))
+    return config
 
 
 def _spec(args: argparse.Namespace, configs: dict[str, AgentConfig]):

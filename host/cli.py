@@ -4,6 +4,7 @@
     edge-host export --run runs/default --name default --out models
     edge-host build --name default          # pretrain + export in one go
     edge-host export --backbone keras:my.keras --layer pool --data folder:imgs --name mine
+    edge-host export-head --model models/default --head softmax --optimizer sgd --batch-size 32
 
 Exit codes: 0 success, 2 bad input or a failed check (message on stderr), 1 unexpected error.
 """
@@ -88,6 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain_args(p)
     _add_export_args(p)
     p.add_argument("--run-dir", default=None, help="where to keep the pretraining run (default runs/<name>)")
+
+    p = sub.add_parser("export-head", help="write a trainable head .tflite (builtin ops only) into a model dir",
+                       description="Export a head that trains on device inside LiteRT (train/infer/"
+                                   "get_weights/set_weights signatures, no Flex ops) next to the backbone, "
+                                   "and list it in the manifest's heads.")
+    p.add_argument("--model", required=True, help="model directory with manifest.json")
+    p.add_argument("--head", choices=("softmax", "mlp"), default="softmax", help="head kind (default softmax)")
+    p.add_argument("--max-classes", type=int, default=50, help="head capacity (default 50)")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="sgd with momentum or adam")
+    p.add_argument("--batch-size", type=int, default=32, help="fixed training batch size (default 32)")
+    p.add_argument("--hidden", type=int, default=128, help="mlp hidden units (default 128)")
+    p.add_argument("--lr", type=float, default=0.01, help="learning rate (default 0.01)")
+    p.add_argument("--momentum", type=float, default=0.9, help="sgd momentum (default 0.9)")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="L2 on weight matrices (default 1e-4)")
     return parser
 
 
@@ -190,6 +205,17 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 model_dir = _export_backbone_directly(args)
             _print_model(model_dir)
+        elif args.command == "export-head":
+            from host.export_head import HeadSpec, export_head
+
+            hp = {"lr": args.lr, "weight_decay": args.weight_decay}
+            if args.optimizer == "sgd":
+                hp["momentum"] = args.momentum
+            spec = HeadSpec(kind=args.head, max_classes=args.max_classes, optimizer=args.optimizer,
+                            batch_size=args.batch_size, hidden=args.hidden if args.head == "mlp" else None,
+                            hyperparameters=hp)
+            path = export_head(args.model, spec)
+            print(f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB), listed in {Path(args.model) / 'manifest.json'}")
         elif args.command == "build":
             from host.export import check_output_dir, export_run
 

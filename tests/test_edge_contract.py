@@ -1,4 +1,5 @@
-"""Contract checks (river's ``yield_checks`` idea) over every head x buffer storage x runtime.
+"""Contract checks (river's ``yield_checks`` idea) over every head x buffer storage x runtime, and
+over every continual-learning strategy x runtime.
 
 Each case builds an agent on a real backbone of ``models/default`` and runs the same generated
 list of checks: inputs are not mutated, probabilities sum to 1 over seen classes and are 0 for
@@ -16,15 +17,16 @@ import pytest
 from _edge_common import RUNTIME_CASES, backbone, frames_for
 from edge.agent import Agent, AgentConfig
 from edge.errors import InputError
+from edge.strategies import STRATEGIES
 
 HEADS = ("softmax", "mlp")
 STORAGES = ("float32", "float16", "int8")
 
 
-def make_agent(case: tuple[str, str, str], seed: int = 0) -> Agent:
-    head, storage, runtime = case
+def make_agent(case: tuple[str, ...], seed: int = 0) -> Agent:
+    head, storage, runtime, strategy = case if len(case) == 4 else (*case, "replay")
     cfg = AgentConfig(head=head, hidden=32, buffer_storage=storage, buffer_capacity=16,
-                      max_classes=6, epochs=1, batch_size=8, seed=seed)
+                      max_classes=6, epochs=1, batch_size=8, seed=seed, strategy=strategy)
     return Agent(backbone(runtime), cfg)
 
 
@@ -108,6 +110,9 @@ def check_wrong_embedding_size_raises(case):
 CHECKS = [check_learn_does_not_mutate_inputs, check_proba_sums_to_one_over_seen,
           check_state_round_trip, check_deterministic_for_seed, check_wrong_embedding_size_raises]
 CASES = list(itertools.product(HEADS, STORAGES, RUNTIME_CASES))
+# Every strategy over every runtime (replay is covered above); ar1_head is meant for the MLP head.
+CASES += [("mlp" if name == "ar1_head" else "softmax", "int8", runtime, name)
+          for name in sorted(STRATEGIES) if name != "replay" for runtime in RUNTIME_CASES]
 
 
 @pytest.mark.parametrize("case", CASES, ids=["-".join(c) for c in CASES])

@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["edge", "edge.preprocess", "edge.heads", "edge.buffer", "edge.strategies", "edge.agent",
+MODULES = ["edge", "edge.preprocess", "edge.heads", "edge.buffer", "edge.strategies", "edge.strategies.cwr", "edge.agent",
            "edge.checkpoint", "edge.runtimes", "edge.manifest"]
 
 

@@ -1,0 +1,71 @@
+"""Continual-learning strategies: how one incoming batch trains the head and updates the buffer.
+
+The seam is one small class. `Strategy.learn(head, buffer, emb, labels, rng, cfg)` does all the
+work of one training batch and returns None. A strategy may keep its own state (`state_dict`,
+`load_state_dict`, `nbytes`: plain arrays, stored by the agent under ``strategy.*``). A strategy
+that owns its own classifier instead of training the gradient head (streaming LDA, nearest class
+mean) sets ``owns_classifier = True`` and implements `predict_proba(head, emb)` and ``classes_``;
+the agent then asks the strategy rather than the head. ``uses_buffer`` tells the agent whether to
+allocate replay-buffer rows.
+
+``cfg`` is any object with the attributes ``epochs``, ``batch_size`` and ``replay_ratio`` (the
+`edge.agent.AgentConfig` in practice).
+
+========== ============================================ ================================ ===========
+name       what                                         parameters (defaults)            memory
+========== ============================================ ================================ ===========
+naive      fine-tune the head on each batch             -                                head
+replay     latent replay, class-balanced buffer          replay_ratio (agent's, 0.75)     head+buffer
+cumulative retrain on everything seen (upper bound)     epochs (agent's)                 UNBOUNDED
+cwr_star   CWR* consolidated output weights             freeze_below (True)              head+K ints
+ar1_head   CWR* + latent replay, MLP head trains        replay_ratio, freeze_below=False head+buffer
+slda       Deep Streaming LDA                            shrinkage (1e-4)                 2 d x d
+ncm        nearest class mean                           temperature (1.0)                K x d
+ewc        online EWC on the head's weights             ewc_lambda (1000), gamma (1.0)   3 x head
+lwf        distillation to the head before the batch    alpha (1.0), temperature (2.0)   head
+========== ============================================ ================================ ===========
+
+Example:
+    >>> import numpy as np
+    >>> from types import SimpleNamespace
+    >>> from edge.buffer import ReplayBuffer
+    >>> from edge.heads import SoftmaxHead
+    >>> cfg = SimpleNamespace(epochs=1, batch_size=8, replay_ratio=0.5)
+    >>> head, buf = SoftmaxHead(4, 3), ReplayBuffer(10, 4, max_classes=3)
+    >>> s = make_strategy("replay")
+    >>> s.learn(head, buf, np.ones((6, 4), np.float32), np.zeros(6, np.int64), np.random.default_rng(0), cfg)
+    >>> len(buf)
+    6
+    >>> sorted(STRATEGIES)
+    ['ar1_head', 'cumulative', 'cwr_star', 'ewc', 'lwf', 'naive', 'ncm', 'replay', 'slda']
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edge.strategies.base import LearnSettings, Strategy
+from edge.strategies.basic import CumulativeStrategy, NaiveStrategy, ReplayStrategy
+from edge.strategies.cwr import AR1HeadStrategy, CWRStarStrategy, cwr_consolidate
+from edge.strategies.lda import NCMStrategy, SLDAStrategy
+from edge.strategies.regularized import EWCStrategy, LwFStrategy
+
+__all__ = ["STRATEGIES", "Strategy", "LearnSettings", "make_strategy", "NaiveStrategy", "ReplayStrategy",
+           "CumulativeStrategy", "CWRStarStrategy", "AR1HeadStrategy", "SLDAStrategy", "NCMStrategy",
+           "EWCStrategy", "LwFStrategy", "cwr_consolidate"]
+
+#: Strategy classes by name; `make_strategy` builds one.
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls for cls in (NaiveStrategy, ReplayStrategy, CumulativeStrategy, CWRStarStrategy,
+                              AR1HeadStrategy, SLDAStrategy, NCMStrategy, EWCStrategy, LwFStrategy)
+}
+
+
+def make_strategy(name: str, **params: Any) -> Strategy:
+    """Build a registered strategy; unknown names or parameters raise ValueError."""
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy: expected one of {sorted(STRATEGIES)}, got {name!r}")
+    try:
+        return STRATEGIES[name](**params)
+    except TypeError as exc:
+        raise ValueError(f"strategy {name!r}: bad parameters {params}: {exc}") from exc

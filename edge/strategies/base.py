@@ -1,0 +1,143 @@
+"""The strategy seam: one small base class and the helpers every strategy shares."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Protocol
+
+import numpy as np
+
+from edge.buffer import ReplayBuffer
+from edge.errors import InputError
+
+
+class LearnSettings(Protocol):
+    """The part of the agent configuration a strategy reads."""
+
+    epochs: int
+    batch_size: int
+    replay_ratio: float
+
+
+class Strategy:
+    """Base strategy: stateless, trains the gradient head. Subclasses override `learn`.
+
+    Constructor arguments are the strategy's hyperparameters and nothing else (`params` returns
+    them); learned state is created on the first `learn` and exported by `state_dict` as plain
+    arrays (the agent stores them under ``strategy.*`` in its checkpoints).
+    """
+
+    name = "base"
+    #: True when the strategy predicts by itself (then `predict_proba` and `classes_` are its own).
+    owns_classifier = False
+    #: True when the strategy replays from the buffer; otherwise the agent allocates no buffer rows,
+    #: so the memory reported is what the strategy really needs.
+    uses_buffer = False
+
+    def learn(self, head: Any, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,
+              rng: np.random.Generator, cfg: LearnSettings) -> None:  # pragma: no cover - abstract
+        """Train on one batch of validated embeddings; returns None."""
+        raise NotImplementedError
+
+    def predict_proba(self, head: Any, emb: np.ndarray) -> np.ndarray:
+        """Class probabilities; only used when ``owns_classifier`` is True."""
+        return head.predict_proba(emb)
+
+    @property
+    def classes_(self) -> np.ndarray:
+        """Labels seen so far (only asked when ``owns_classifier`` is True)."""
+        raise NotImplementedError
+
+    def params(self) -> dict[str, Any]:
+        """Constructor arguments (JSON-serialisable)."""
+        return {}
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Learned state as plain arrays (none by default)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore learned state (none by default); unexpected keys raise InputError."""
+        if state:
+            raise InputError(f"strategy {self.name!r} state: expected no keys, got {sorted(state)}")
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of learned state."""
+        return int(sum(np.asarray(v).nbytes for v in self.state_dict().values()))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+
+def minibatches(n: int, epochs: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Row indices of each mini-batch, in exactly the order `head.partial_fit` visits them.
+
+    One shuffled permutation per epoch, cut into consecutive chunks of ``batch_size``; strategies
+    that add a term to the loss use this so that, with the term switched off, they train exactly
+    like ``naive``.
+    """
+    for _ in range(int(epochs)):
+        order = rng.permutation(n)
+        for start in range(0, n, int(batch_size)):
+            yield order[start:start + int(batch_size)]
+
+
+def replay_minibatches(emb: np.ndarray, labels: np.ndarray, buffer: ReplayBuffer, ratio: float,
+                       rng: np.random.Generator, cfg: LearnSettings) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Mini-batches mixing new rows with buffer samples (latent replay).
+
+    Each mini-batch of ``cfg.batch_size`` rows holds a fraction ``ratio`` of rows drawn from the
+    buffer (uniformly, without replacement within the mini-batch) and the rest new rows; one epoch
+    is one pass over the new rows. With an empty buffer this is exactly `minibatches`.
+    """
+    if not 0.0 <= float(ratio) < 1.0:
+        raise ValueError(f"replay_ratio: expected a value in [0, 1), got {ratio}")
+    batch = int(cfg.batch_size)
+    n_new = max(1, int(round(batch * (1.0 - float(ratio))))) if len(buffer) else batch
+    n_old = batch - n_new if len(buffer) else 0
+    for idx in minibatches(emb.shape[0], cfg.epochs, n_new, rng):
+        if n_old:
+            old_x, old_y = buffer.sample(n_old, rng)
+            yield np.concatenate([emb[idx], old_x]), np.concatenate([labels[idx], old_y])
+        else:
+            yield emb[idx], labels[idx]
+
+
+def check_state(owner: str, state: dict[str, np.ndarray], spec: dict[str, tuple[Any, tuple[int | None, ...]]]
+                ) -> dict[str, np.ndarray]:
+    """Validate a strategy state against ``{key: (dtype, shape)}`` (None in a shape: any size).
+
+    Returns the arrays (as ndarrays). Missing or unexpected keys, wrong dtypes or shapes raise
+    InputError naming expected vs got. Sizes marked None must agree across keys per position
+    name only through the caller's own checks.
+    """
+    missing = sorted(set(spec) - set(state))
+    extra = sorted(set(state) - set(spec))
+    if missing or extra:
+        raise InputError(f"{owner} state: expected keys {sorted(spec)}, missing {missing}, unexpected {extra}")
+    out = {}
+    for key, (dtype, shape) in spec.items():
+        got = np.asarray(state[key])
+        ok = got.dtype == np.dtype(dtype) and got.ndim == len(shape) and all(
+            want is None or want == have for want, have in zip(shape, got.shape))
+        if not ok:
+            want = tuple("*" if s is None else s for s in shape)
+            raise InputError(f"{owner} state {key!r}: expected {np.dtype(dtype)}{want}, got {got.dtype}{got.shape}")
+        out[key] = got
+    return out
+
+
+def masked_softmax(scores: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Row-wise softmax over the ``seen`` columns (float32); unseen columns are exactly 0."""
+    z = np.where(seen, scores, -np.inf).astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z.astype(np.float32)
+
+
+def head_input(head: Any, emb: np.ndarray) -> np.ndarray:
+    """The head's input transform of ``emb`` (standardisation), identity for heads without one."""
+    transform = getattr(head, "standardize", None)
+    return transform(emb) if transform is not None else np.asarray(emb, np.float32)

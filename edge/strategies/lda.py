@@ -1,0 +1,193 @@
+"""Gradient-free classifiers on the embeddings: Deep Streaming LDA and nearest class mean.
+
+Both own their classifier (the agent asks them, not the head, for probabilities) and work on the
+head's input transform of the embeddings (standardised with the backbone's statistics when the
+manifest has them). Their statistics are exact running sums, so one pass over a stream gives the
+same model as computing the statistics at once on all of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from edge.buffer import ReplayBuffer
+from edge.errors import InputError, NotFittedError
+from edge.strategies.base import LearnSettings, Strategy, check_state, head_input, masked_softmax
+
+
+def _class_stats(z: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class counts ``(k,)`` and sums ``(k, d)`` of the rows of ``z`` (float64)."""
+    counts = np.bincount(labels, minlength=k).astype(np.int64)
+    sums = np.zeros((k, z.shape[1]), np.float64)
+    np.add.at(sums, labels, z)
+    return counts, sums
+
+
+class SLDAStrategy(Strategy):
+    """Deep Streaming LDA (Hayes & Kanan, CVPR-W 2020): class means + one shared covariance.
+
+    State: the class means ``mu`` ``(K, d)``, class counts, and the pooled within-class scatter
+    ``S`` ``(d, d)`` (float64: the d x d matrix is this strategy's memory). A batch is merged with
+    Chan et al.'s exact parallel update (per class: ``S += S_batch + n m / (n + m) * dd^T``, with
+    ``d`` the difference of the old and batch means), which equals feeding the rows one at a time
+    through Welford's update and equals the statistics of all the data computed at once.
+    (Hayes & Kanan's reference code weights the covariance update by the total count instead of
+    the class count, an approximation of the same quantity.)
+
+    Prediction: ``Sigma = S / N``, precision ``P = inv((1 - shrinkage) * Sigma + shrinkage * I)``,
+    scores ``x P mu_c - mu_c P mu_c / 2`` (equal priors), softmax over the seen classes. ``P`` is
+    computed on the first prediction after an update and cached until the next update.
+
+    Args:
+        shrinkage: epsilon of the covariance shrinkage (default 1e-4, as in the paper).
+    """
+
+    name = "slda"
+    owns_classifier = True
+
+    def __init__(self, shrinkage: float = 1e-4) -> None:
+        self.shrinkage = shrinkage
+
+    def params(self) -> dict[str, Any]:
+        return {"shrinkage": self.shrinkage}
+
+    def learn(self, head: Any, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,
+              rng: np.random.Generator, cfg: LearnSettings) -> None:
+        if not 0.0 < float(self.shrinkage) <= 1.0:
+            raise ValueError(f"shrinkage: expected a value in (0, 1], got {self.shrinkage}")
+        z = head_input(head, emb).astype(np.float64)
+        k = int(head.max_classes)
+        if getattr(self, "mean_", None) is None:
+            self.mean_ = np.zeros((k, z.shape[1]), np.float64)
+            self.count_ = np.zeros(k, np.int64)
+            self.scatter_ = np.zeros((z.shape[1], z.shape[1]), np.float64)
+        m, sums = _class_stats(z, labels, k)
+        for c in np.flatnonzero(m):
+            rows = z[labels == c]
+            batch_mean = sums[c] / m[c]
+            centred = rows - batch_mean
+            n = self.count_[c]
+            delta = batch_mean - self.mean_[c]
+            self.scatter_ += centred.T @ centred + (n * m[c] / (n + m[c])) * np.outer(delta, delta)
+            self.mean_[c] += delta * (m[c] / (n + m[c]))
+            self.count_[c] = n + m[c]
+        self._cache = None
+
+    def _weights(self) -> tuple[np.ndarray, np.ndarray]:
+        cache = getattr(self, "_cache", None)
+        if cache is None:
+            d = self.scatter_.shape[0]
+            sigma = self.scatter_ / max(int(self.count_.sum()), 1)
+            eps = float(self.shrinkage)
+            precision = np.linalg.inv((1.0 - eps) * sigma + eps * np.eye(d))
+            w = precision @ self.mean_.T                       # (d, K)
+            b = -0.5 * np.einsum("kd,dk->k", self.mean_, w)    # -mu P mu / 2
+            cache = self._cache = (precision, w, b)
+        return cache[1], cache[2]
+
+    def predict_proba(self, head: Any, emb: np.ndarray) -> np.ndarray:
+        if getattr(self, "mean_", None) is None or not self.count_.any():
+            raise NotFittedError("slda: expected at least one seen class before predicting, got none")
+        w, b = self._weights()
+        return masked_softmax(head_input(head, emb).astype(np.float64) @ w + b, self.count_ > 0)
+
+    @property
+    def classes_(self) -> np.ndarray:
+        if getattr(self, "count_", None) is None:
+            return np.zeros(0, np.int64)
+        return np.flatnonzero(self.count_)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        if getattr(self, "mean_", None) is None:
+            return {}
+        return {"mean": self.mean_.copy(), "count": self.count_.copy(), "scatter": self.scatter_.copy()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        self._cache = None
+        if not state:
+            self.mean_ = None
+            return
+        a = check_state("slda", state, {"mean": (np.float64, (None, None)), "count": (np.int64, (None,)),
+                                        "scatter": (np.float64, (None, None))})
+        k, d = a["mean"].shape
+        if a["count"].shape != (k,) or a["scatter"].shape != (d, d):
+            raise InputError(f"slda state: expected count ({k},) and scatter ({d}, {d}), got "
+                             f"{a['count'].shape} and {a['scatter'].shape}")
+        self.mean_, self.count_, self.scatter_ = a["mean"].copy(), a["count"].copy(), a["scatter"].copy()
+
+    @property
+    def nbytes(self) -> int:
+        """State (means, counts, d x d scatter) plus the prediction cache: the d x d precision,
+        ``P mu^T`` ``(d, K)`` and the ``K`` offsets (float64), held once a prediction was made."""
+        if getattr(self, "mean_", None) is None:
+            return 0
+        cache = self.scatter_.nbytes + self.mean_.nbytes + 8 * self.mean_.shape[0]
+        return super().nbytes + cache
+
+
+class NCMStrategy(Strategy):
+    """Nearest class mean on the standardised embeddings (exact running class sums and counts).
+
+    Probabilities: softmax over the seen classes of ``-||x - mu_c||^2 / (2 * temperature)``, so the
+    most probable class is the nearest mean.
+
+    Args:
+        temperature: softness of the probabilities (does not change the predicted class).
+    """
+
+    name = "ncm"
+    owns_classifier = True
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        self.temperature = temperature
+
+    def params(self) -> dict[str, Any]:
+        return {"temperature": self.temperature}
+
+    def learn(self, head: Any, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,
+              rng: np.random.Generator, cfg: LearnSettings) -> None:
+        z = head_input(head, emb).astype(np.float64)
+        k = int(head.max_classes)
+        if getattr(self, "sum_", None) is None:
+            self.sum_ = np.zeros((k, z.shape[1]), np.float64)
+            self.count_ = np.zeros(k, np.int64)
+        counts, sums = _class_stats(z, labels, k)
+        self.sum_ += sums
+        self.count_ += counts
+
+    @property
+    def means_(self) -> np.ndarray:
+        """Class means ``(K, d)`` (0 for unseen classes)."""
+        return self.sum_ / np.maximum(self.count_, 1)[:, None]
+
+    def predict_proba(self, head: Any, emb: np.ndarray) -> np.ndarray:
+        if getattr(self, "sum_", None) is None or not self.count_.any():
+            raise NotFittedError("ncm: expected at least one seen class before predicting, got none")
+        if not float(self.temperature) > 0:
+            raise ValueError(f"temperature: expected > 0, got {self.temperature}")
+        z = head_input(head, emb).astype(np.float64)
+        mu = self.means_
+        sq = (z * z).sum(1)[:, None] - 2.0 * z @ mu.T + (mu * mu).sum(1)[None, :]
+        return masked_softmax(-0.5 * sq / float(self.temperature), self.count_ > 0)
+
+    @property
+    def classes_(self) -> np.ndarray:
+        if getattr(self, "count_", None) is None:
+            return np.zeros(0, np.int64)
+        return np.flatnonzero(self.count_)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        if getattr(self, "sum_", None) is None:
+            return {}
+        return {"sum": self.sum_.copy(), "count": self.count_.copy()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        if not state:
+            self.sum_ = None
+            return
+        a = check_state("ncm", state, {"sum": (np.float64, (None, None)), "count": (np.int64, (None,))})
+        if a["count"].shape != (a["sum"].shape[0],):
+            raise InputError(f"ncm state: expected count ({a['sum'].shape[0]},), got {a['count'].shape}")
+        self.sum_, self.count_ = a["sum"].copy(), a["count"].copy()

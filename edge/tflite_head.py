@@ -1,0 +1,438 @@
+"""A trainable head that runs *inside* a ``.tflite`` file, on LiteRT's signature runner.
+
+``edge-host export-head`` writes ``head_<kind>_<optimizer>_b<B>_c<C>[_h<H>].tflite`` next to the
+backbone: the forward pass, a hand-written gradient and the optimizer update of the NumPy heads of
+`edge.heads`, with builtin ops only (no Flex), in four signatures (``train``, ``infer``,
+``get_weights``, ``set_weights``) plus ``config`` (the baked hyperparameters). `TFLiteHead` wraps
+such a file with exactly the NumPy heads' interface (`step`, `partial_fit`, `predict_proba`,
+`predict`, `decision_function`, `classes_`, `state_dict` / `load_state_dict`, `nbytes`), so
+strategies that train by gradient (naive, replay) use it unchanged, and a checkpoint moves between
+the two backends (same state keys, shapes and dtypes).
+
+What differs from the NumPy head:
+
+* the hyperparameters (optimizer, lr, momentum or Adam's betas/eps, weight decay), the capacity
+  (``max_classes``, ``hidden``) and the training batch size ``B`` are baked into the file; the
+  constructor checks the ones it is given against the file (expected vs got);
+* a ``step`` on ``n < B`` rows is padded with zero-weight rows, which gives exactly the NumPy
+  update on the ``n`` rows; ``n > B`` is refused (`InputError`);
+* standardisation (``(x - mean) / max(std, 1e-6)``) is applied here, in NumPy, before the file is
+  called, as the NumPy head does.
+
+The runtime is imported lazily: ``ai_edge_litert``, else ``tflite_runtime``. No TensorFlow.
+
+Example:
+    >>> import numpy as np
+    >>> from edge.tflite_head import TFLiteHead
+    >>> head = TFLiteHead("models/default/head_softmax_sgd_b32_c50.tflite", n_features=256,
+    ...                   max_classes=50, weight_decay=1e-4)                  # doctest: +SKIP
+    >>> head.step(np.ones((5, 256), np.float32), np.arange(5))             # doctest: +SKIP
+    3.91...
+    >>> head.classes_.tolist()                                             # doctest: +SKIP
+    [0, 1, 2, 3, 4]
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.errors import InputError, ModelLoadError, NotFittedError
+
+_F32 = np.float32
+
+#: Hyperparameters baked into a head file, by optimizer (the ``config`` signature returns them).
+HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
+    "sgd": ("lr", "weight_decay", "momentum"),
+    "adam": ("lr", "weight_decay", "beta1", "beta2", "eps"),
+}
+
+
+def param_shapes(kind: str, n_features: int, max_classes: int,
+                 hidden: int | None = None) -> dict[str, tuple[int, ...]]:
+    """Parameter names and shapes of a head, in the NumPy heads' order."""
+    d, k = int(n_features), int(max_classes)
+    if kind == "softmax":
+        return {"W": (d, k), "b": (k,)}
+    if kind == "mlp":
+        h = int(hidden or 0)
+        return {"W1": (d, h), "b1": (h,), "W2": (h, k), "b2": (k,)}
+    raise ValueError(f"head kind: expected 'softmax' or 'mlp', got {kind!r}")
+
+
+def slot_names(optimizer: str) -> tuple[str, ...]:
+    """Optimizer slots per parameter: ``("v",)`` for sgd-momentum, ``("m", "v")`` for adam."""
+    if optimizer not in HYPERPARAMETERS:
+        raise ValueError(f"optimizer: expected one of {sorted(HYPERPARAMETERS)}, got {optimizer!r}")
+    return ("v",) if optimizer == "sgd" else ("m", "v")
+
+
+def head_file_name(kind: str, optimizer: str, batch_size: int, max_classes: int,
+                   hidden: int | None = None) -> str:
+    """``head_<kind>_<optimizer>_b<B>_c<C>[_h<H>].tflite``: several heads can share a model dir."""
+    tail = f"_h{int(hidden)}" if kind == "mlp" else ""
+    return f"head_{kind}_{optimizer}_b{int(batch_size)}_c{int(max_classes)}{tail}.tflite"
+
+
+def find_head_file(model_dir: str | os.PathLike[str], manifest: Any, settings: Any) -> Path:
+    """The head file of ``manifest`` (in ``model_dir``) that fits an agent configuration.
+
+    ``settings`` has ``head``, ``optimizer``, ``max_classes``, ``hidden``, ``batch_size``, ``lr``,
+    ``weight_decay`` and ``momentum`` (an `edge.agent.AgentConfig`). A head fits when kind,
+    optimizer, capacity (and ``hidden`` for mlp) and its baked lr / weight decay (/ momentum for
+    sgd) are the same (and it was made for this embedding size); among those, the one with ``batch_size`` equal to the configuration's wins,
+    else the smallest larger one (smaller batches are padded exactly). `ManifestError` otherwise,
+    listing what the manifest has.
+    """
+    from edge.errors import ManifestError
+
+    def fits(h: Any) -> bool:
+        wanted = {"lr": settings.lr, "weight_decay": settings.weight_decay}
+        if settings.optimizer == "sgd":
+            wanted["momentum"] = settings.momentum
+        same_hp = all(abs(h.hyperparameters.get(k, float("nan")) - float(v)) <= 1e-6 * max(abs(float(v)), 1e-12)
+                      for k, v in wanted.items())
+        return (h.kind == settings.head and h.optimizer == settings.optimizer
+                and h.embedding_size == manifest.embedding_size
+                and h.max_classes == settings.max_classes and h.batch_size >= settings.batch_size
+                and (h.kind != "mlp" or h.hidden == settings.hidden) and same_hp)
+
+    candidates = sorted((h for h in manifest.heads if fits(h)),
+                        key=lambda h: (h.batch_size != settings.batch_size, h.batch_size))
+    if not candidates:
+        have = "; ".join(f"{h.path} ({h.kind}/{h.optimizer}, batch {h.batch_size}, {h.max_classes} classes, "
+                         f"{h.hyperparameters})" for h in manifest.heads) or "none"
+        want = (f"{settings.head}/{settings.optimizer}, batch >= {settings.batch_size}, {settings.max_classes} "
+                f"classes, lr={settings.lr}, weight_decay={settings.weight_decay}"
+                + (f", momentum={settings.momentum}" if settings.optimizer == "sgd" else "")
+                + (f", hidden={settings.hidden}" if settings.head == "mlp" else ""))
+        raise ManifestError(f"model {manifest.name!r} has no trainable head {want}; it has: {have}. "
+                            "Export one with `edge-host export-head`")
+    return Path(model_dir) / candidates[0].path
+
+
+def _import_interpreter() -> Any:
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+        return Interpreter
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter
+        return Interpreter
+    except ImportError as exc:
+        from edge.errors import RuntimeUnavailableError
+
+        raise RuntimeUnavailableError(
+            "the TFLite head needs the LiteRT runtime: pip install ai-edge-litert "
+            "(or tflite-runtime on devices without an ai-edge-litert wheel)"
+        ) from exc
+
+
+def _state_key(sig_name: str) -> str:
+    """Signature tensor name -> NumPy head state key (``opt_v_W`` -> ``opt.v.W``)."""
+    if sig_name.startswith("param_"):
+        return "param." + sig_name[len("param_"):]
+    if sig_name.startswith("opt_"):
+        slot, _, name = sig_name[len("opt_"):].partition("_")
+        return f"opt.{slot}.{name}"
+    return sig_name
+
+
+class TFLiteHead:
+    """Gradient head whose training runs in a ``.tflite`` file (see the module docstring).
+
+    Args:
+        path: the head file (``edge-host export-head``).
+        n_features, max_classes, kind, hidden, optimizer, lr, momentum, weight_decay, beta1,
+            beta2, eps: what the caller expects; each is checked against the file (`ModelLoadError`
+            with expected vs got). ``hidden`` is ignored for a softmax head.
+        mean, std, seed: as for the NumPy heads (standardisation; initial weights drawn exactly as
+            the NumPy head with this seed draws them).
+        num_threads: LiteRT threads (default: the runtime's choice).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], n_features: int, max_classes: int,
+                 kind: str = "softmax", hidden: int = 128, optimizer: str = "sgd", lr: float = 0.01,
+                 momentum: float = 0.9, weight_decay: float = 0.0, beta1: float = 0.9,
+                 beta2: float = 0.999, eps: float = 1e-8, mean: np.ndarray | None = None,
+                 std: np.ndarray | None = None, seed: int = 0, num_threads: int | None = None) -> None:
+        self.path = Path(path)
+        self.n_features = n_features
+        self.max_classes = max_classes
+        self.kind = kind
+        self.hidden = hidden
+        self.optimizer = optimizer
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.eps = eps
+        self.mean = mean
+        self.std = std
+        self.seed = seed
+        self.num_threads = num_threads
+        self._open()
+        self._reset()
+
+    # ------------------------------------------------------------------ setup
+    def _open(self) -> None:
+        if not self.path.is_file():
+            raise ModelLoadError(f"TFLite head file not found: {self.path}")
+        interpreter_cls = _import_interpreter()
+        try:
+            self._interpreter = interpreter_cls(model_path=str(self.path), num_threads=self.num_threads)
+            signatures = self._interpreter.get_signature_list()
+            missing = sorted({"train", "infer", "get_weights", "set_weights", "config"} - set(signatures))
+            if missing:
+                raise ModelLoadError(f"{self.path}: expected signatures train/infer/get_weights/"
+                                     f"set_weights/config, missing {missing}")
+            self._train = self._interpreter.get_signature_runner("train")
+            self._infer = self._interpreter.get_signature_runner("infer")
+            self._get = self._interpreter.get_signature_runner("get_weights")
+            self._set = self._interpreter.get_signature_runner("set_weights")
+            baked = {k: float(np.asarray(v)) for k, v in
+                     self._interpreter.get_signature_runner("config")().items()}
+            train_in = self._train.get_input_details()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"{self.path}: LiteRT cannot load this head: {exc}") from exc
+        batch, dim = (int(v) for v in train_in["embeddings"]["shape"])
+        classes = int(self._set.get_input_details()["seen"]["shape"][0])
+        set_in = self._set.get_input_details()
+        kind = "mlp" if "param_W1" in set_in else "softmax"
+        optimizer = "adam" if any(k.startswith("opt_m_") for k in set_in) else "sgd"
+        hidden = int(set_in["param_b1"]["shape"][0]) if kind == "mlp" else None
+        checks = [("n_features", self.n_features, dim), ("max_classes", self.max_classes, classes),
+                  ("kind", self.kind, kind), ("optimizer", self.optimizer, optimizer)]
+        if kind == "mlp":
+            checks.append(("hidden", self.hidden, hidden))
+        for name in HYPERPARAMETERS[optimizer]:
+            checks.append((name, float(getattr(self, name)), baked[name]))
+        for name, want, got in checks:
+            same = (abs(float(want) - got) <= 1e-6 * max(abs(got), 1e-12)
+                    if isinstance(got, float) else want == got)
+            if not same:
+                raise ModelLoadError(f"{self.path}: {name} expected {want!r} (from the caller), got "
+                                     f"{got!r} (baked into the file); export a matching head with "
+                                     "`edge-host export-head`")
+        self.batch_size = batch
+        self._shapes = param_shapes(kind, dim, classes, hidden)
+        self._set_specs = {_state_key(name): (name, tuple(int(v) for v in d["shape"]), np.dtype(d["dtype"]))
+                           for name, d in set_in.items()}
+
+    def _reset(self) -> None:
+        """Initial state: the NumPy head's initial weights for ``seed``, zero slots, nothing seen."""
+        from edge.heads import make_head
+
+        ref = make_head(self.kind, self.n_features, self.max_classes, hidden=self.hidden,
+                        optimizer=self.optimizer, mean=self.mean, std=self.std, seed=self.seed)
+        state = ref.state_dict()
+        self.mean_, self.inv_std_ = ref.mean_, ref.inv_std_
+        self.seen_ = np.zeros(self.max_classes, dtype=bool)
+        self.t_ = 0
+        self.load_state_dict(state)
+
+    # -------------------------------------------------------------- validation
+    def _check_x(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.n_features:
+            raise InputError(f"embeddings: expected shape (N, {self.n_features}), got {x.shape}")
+        if not np.issubdtype(x.dtype, np.floating) and not np.issubdtype(x.dtype, np.integer):
+            raise InputError(f"embeddings: expected a float array, got {x.dtype}")
+        return x
+
+    def _check_y(self, y: np.ndarray, n: int) -> np.ndarray:
+        y = np.asarray(y)
+        if y.ndim != 1 or y.shape[0] != n:
+            raise InputError(f"labels: expected shape ({n},), got {y.shape}")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise InputError(f"labels: expected integers, got dtype {y.dtype}")
+        if n and (y.min() < 0 or y.max() >= self.max_classes):
+            raise InputError(f"labels: expected values in [0, {self.max_classes - 1}], "
+                             f"got range [{y.min()}, {y.max()}]")
+        return y.astype(np.intp, copy=False)
+
+    def _input(self, x: np.ndarray) -> np.ndarray:
+        x = x.astype(_F32, copy=False)
+        if self.mean_ is not None:
+            x = (x - self.mean_) * self.inv_std_
+        return np.ascontiguousarray(x, dtype=_F32)
+
+    # ------------------------------------------------------------------ verbs
+    def step(self, x: np.ndarray, y: np.ndarray, *, logit_grad: Any = None, param_grad: Any = None) -> float:
+        """One gradient step in the file on one mini-batch of at most ``batch_size`` rows;
+        returns the mean cross-entropy before the step (as the NumPy head).
+
+        The NumPy head's strategy hooks (``logit_grad``, ``param_grad``) cannot reach inside the
+        file: passing one raises NotImplementedError.
+        """
+        if logit_grad is not None or param_grad is not None:
+            raise NotImplementedError(
+                "TFLiteHead.step: the tflite head backend trains inside the .tflite file and cannot "
+                "add a strategy's loss terms (logit_grad/param_grad); use head_backend='numpy'")
+        x = self._check_x(x)
+        y = self._check_y(y, x.shape[0])
+        n, b = x.shape[0], self.batch_size
+        if n == 0:
+            raise InputError("embeddings: expected at least one row, got an empty batch")
+        if n > b:
+            raise InputError(f"embeddings: expected at most {b} rows (the batch size baked into "
+                             f"{self.path.name}), got {n}")
+        feed = np.zeros((b, self.n_features), _F32)
+        feed[:n] = self._input(x)
+        labels = np.zeros(b, np.int32)
+        labels[:n] = y
+        weights = np.zeros(b, _F32)
+        weights[:n] = 1.0
+        out = self._train(embeddings=feed, labels=labels, weights=weights)
+        self.seen_[y] = True
+        self.t_ += 1
+        return float(np.asarray(out["loss"]))
+
+    def partial_fit(self, x: np.ndarray, y: np.ndarray, epochs: int = 1, batch_size: int = 32,
+                    rng: np.random.Generator | None = None) -> None:
+        """``epochs`` passes of shuffled mini-batches of ``batch_size`` over (x, y). Returns None."""
+        x = self._check_x(x)
+        y = self._check_y(y, x.shape[0])
+        if int(batch_size) > self.batch_size:
+            raise InputError(f"batch_size: expected at most {self.batch_size} (baked into "
+                             f"{self.path.name}), got {batch_size}")
+        rng = rng if rng is not None else np.random.default_rng(self.seed)
+        n = x.shape[0]
+        for _ in range(int(epochs)):
+            order = rng.permutation(n)
+            for start in range(0, n, int(batch_size)):
+                idx = order[start:start + int(batch_size)]
+                self.step(x[idx], y[idx])
+
+    def standardize(self, x: np.ndarray) -> np.ndarray:
+        """The head's input transform (standardisation with the backbone's statistics, if any)."""
+        return self._input(self._check_x(x))
+
+    def reset(self) -> None:
+        """Back to the freshly constructed state (same seed: same initial weights, nothing seen)."""
+        self._reset()
+
+    def _run_infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        x = self._check_x(x)
+        if x.shape[0] == 0:
+            k = self.max_classes
+            return {"logits": np.zeros((0, k), _F32), "probabilities": np.zeros((0, k), _F32)}
+        return self._infer(embeddings=self._input(x))
+
+    def decision_function(self, x: np.ndarray) -> np.ndarray:
+        """Raw logits ``(N, max_classes)``, unseen classes included (not masked)."""
+        return np.array(self._run_infer(x)["logits"], dtype=_F32)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(N, max_classes)``: sum to 1 over seen classes, 0 for unseen."""
+        if not self.seen_.any():
+            raise NotFittedError("head: expected at least one seen class before predicting, got none")
+        return np.array(self._run_infer(x)["probabilities"], dtype=_F32)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """The most probable seen class of each row (int64)."""
+        return self.predict_proba(x).argmax(axis=1).astype(np.int64)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def classes_(self) -> np.ndarray:
+        """Labels seen so far, sorted."""
+        return np.flatnonzero(self.seen_)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The NumPy heads' keys, shapes and dtypes: ``param.*``, ``opt.*``, ``t`` (int64),
+        ``seen`` (bool), read from the file's variables through ``get_weights``."""
+        raw = self._get()
+        state: dict[str, np.ndarray] = {}
+        for key, (name, _, _) in self._set_specs.items():
+            value = np.array(raw[name])
+            if key == "t":
+                value = value.astype(np.int64).reshape(())
+            elif key == "seen":
+                value = value > 0.5
+            state[key] = value
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore from a `state_dict` of either backend; keys, shapes and dtypes are checked
+        (`InputError`) before anything is written."""
+        missing = sorted(set(self._set_specs) - set(state))
+        extra = sorted(set(state) - set(self._set_specs))
+        if missing or extra:
+            raise InputError(f"head state: expected keys {sorted(self._set_specs)}, missing {missing}, "
+                             f"unexpected {extra}")
+        feed: dict[str, np.ndarray] = {}
+        for key, (name, shape, dtype) in self._set_specs.items():
+            got = np.asarray(state[key])
+            want_dtype = {"t": np.dtype(np.int64), "seen": np.dtype(bool)}.get(key, np.dtype(_F32))
+            if got.shape != shape or got.dtype != want_dtype:
+                raise InputError(f"head state {key!r}: expected {want_dtype}{shape}, "
+                                 f"got {got.dtype}{got.shape}")
+            feed[name] = np.ascontiguousarray(got, dtype=dtype)
+        self._set(**feed)
+        self.seen_ = np.asarray(state["seen"], dtype=bool).copy()
+        self.t_ = int(state["t"])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the file's variables: parameters, optimizer slots, step count, seen mask
+        (float32 in the file). The interpreter's arena and the file itself are not counted."""
+        return int(sum(int(np.prod(shape)) * dtype.itemsize for _, shape, dtype in self._set_specs.values()))
+
+    def close(self) -> None:
+        """Release the interpreter."""
+        self._interpreter = self._train = self._infer = self._get = self._set = None
+
+    def __repr__(self) -> str:
+        return (f"TFLiteHead(path={self.path.name!r}, kind={self.kind!r}, n_features={self.n_features}, "
+                f"max_classes={self.max_classes}, optimizer={self.optimizer!r}, lr={self.lr}, "
+                f"batch_size={getattr(self, 'batch_size', None)})")
+
+
+def tflite_op_names(model: str | os.PathLike[str] | bytes) -> list[str]:
+    """Sorted op names used by every subgraph of a ``.tflite`` file (custom ops by their custom
+    code, e.g. ``FlexReluGrad``), parsed from the flatbuffer with LiteRT's generated schema.
+
+    ``Interpreter._get_ops_details()`` lists only the first subgraph, while each signature of a
+    head file is its own subgraph, hence this parser.
+    """
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError as exc:  # tflite_runtime ships no schema module
+        from edge.errors import RuntimeUnavailableError
+
+        raise RuntimeUnavailableError("listing ops needs ai-edge-litert (its schema module) and "
+                                      "flatbuffers") from exc
+    buf = bytes(model) if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
+    root = schema.Model.GetRootAsModel(buf, 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    codes = []
+    for i in range(root.OperatorCodesLength()):
+        oc = root.OperatorCodes(i)
+        code = max(int(oc.BuiltinCode()), int(oc.DeprecatedBuiltinCode()))
+        custom = oc.CustomCode()
+        codes.append(custom.decode() if custom else names.get(code, f"BUILTIN_{code}"))
+    used = set()
+    for g in range(root.SubgraphsLength()):
+        sub = root.Subgraphs(g)
+        for j in range(sub.OperatorsLength()):
+            used.add(codes[sub.Operators(j).OpcodeIndex()])
+    return sorted(used)
+
+
+def non_builtin_ops(ops: list[str]) -> list[str]:
+    """The Flex (select TF) and custom ops of an op list (what device runtimes lack)."""
+    from_builtins = set()
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+
+        from_builtins = {k for k in vars(schema.BuiltinOperator) if not k.startswith("_")}
+    except ImportError:
+        pass
+    return [op for op in ops if op.startswith("Flex") or op in ("CUSTOM", "DELEGATE")
+            or (from_builtins and op not in from_builtins)]

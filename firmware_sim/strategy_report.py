@@ -1,0 +1,394 @@
+"""Generate ``docs/strategies.md``: every strategy on every generated stream, 3 runs, plus the sweep.
+
+    python -m firmware_sim.strategy_report --out docs/strategies.md
+
+Runs offline on a fresh machine: the CORe50-format set is generated on first use (seed 0, into
+the cache directory), the class-incremental npz stream is rendered from the generator's
+pretraining-style objects with a seed (1) whose objects the shipped backbone never saw, and the
+hyperparameter sweep (`firmware_sim.strategy_sweep`) runs first on its own generated tuning set
+(seed 1) unless ``--skip-sweep`` reuses ``docs/strategy_sweep.json``. Each stream is one
+`firmware_sim.experiment.run_experiment` call, exactly what ``edge-sim compare`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.agent import AgentConfig
+from edge.strategies import STRATEGIES
+from firmware_sim.simulator import SimOptions, default_cache_dir
+from firmware_sim.strategy_sweep import head_for
+
+ORDER = ["naive", "lwf", "ewc", "cwr_star", "ncm", "replay", "ar1_head", "slda", "cumulative"]
+NPZ_CLASSES = 20
+
+
+def ci_npz(cache: Path) -> Path:
+    """A class-incremental npz set: 20 generated objects unseen by the backbone, held-out test views."""
+    from firmware_sim.generator import make_pretraining_set
+
+    path = cache / f"ci{NPZ_CLASSES}-seed1.npz"
+    if not path.is_file():
+        x, y = make_pretraining_set(n_objects=NPZ_CLASSES, frames=8, sessions=4, seed=1)
+        xt, yt = make_pretraining_set(n_objects=NPZ_CLASSES, frames=4, sessions=2, seed=1, variant=1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, x_train=x, y_train=y, x_test=xt, y_test=yt)
+        tmp.replace(path)
+    return path
+
+
+def streams(cache: Path) -> list[dict[str, Any]]:
+    npz = ci_npz(cache)
+    return [
+        {"key": "ni", "title": "NI (generated CORe50-format, 8 batches of new sessions, all 50 classes)",
+         "data": "synthetic", "scenario": "ni", "params": {}},
+        {"key": "nc", "title": "NC (generated CORe50-format, 9 batches of new classes)",
+         "data": "synthetic", "scenario": "nc", "params": {}},
+        {"key": "nicv2_391", "title": "NICv2-391 (generated CORe50-format, 391 small batches)",
+         "data": "synthetic", "scenario": "nicv2_391", "params": {}},
+        {"key": "npz_ci", "title": f"Class-incremental npz ({NPZ_CLASSES} generated objects unseen by the backbone, "
+                                   "2 classes per experience)",
+         "data": f"npz:{npz}", "scenario": "class_incremental", "params": {"classes_per_experience": 2}},
+    ]
+
+
+WHAT = {
+    "naive": ("fine-tune the head on each incoming batch (lower bound)", "none"),
+    "replay": ("latent replay: each mini-batch mixes new rows with buffer rows", "buffer"),
+    "cwr_star": ("CWR*: per-class consolidated output weights, weighted by patterns seen", "K counts"),
+    "ar1_head": ("CWR* on the output layer + latent replay; the MLP's hidden layer keeps learning",
+                 "buffer + K counts"),
+    "slda": ("Deep Streaming LDA: class means + shared covariance, one pass, no gradient",
+             "d x d scatter + d x d precision (cached) + K x d means"),
+    "ncm": ("nearest class mean on standardised embeddings", "K x d sums"),
+    "ewc": ("online EWC: running diagonal Fisher after every batch, penalty towards the last weights",
+            "Fisher + anchor (2 x head params)"),
+    "lwf": ("LwF: distil the head's own pre-batch outputs on the batch", "none between batches"),
+    "cumulative": ("retrain from scratch on everything seen (upper bound)", "**UNBOUNDED**: every embedding, float32"),
+}
+
+
+AGENTS = "agent's"
+
+
+def _defaults(name: str) -> str:
+    """The constructor's parameters and defaults (None: the agent's setting)."""
+    import inspect
+
+    params = [p for p in list(inspect.signature(STRATEGIES[name].__init__).parameters.values())[1:]
+              if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if not params:
+        return "-"
+    return ", ".join(f"`{p.name}` ({AGENTS if p.default is None else p.default})" for p in params)
+
+
+def configs() -> dict[str, AgentConfig]:
+    return {name: AgentConfig(strategy=name, head=head_for(name)) for name in ORDER}
+
+
+def cli_commands(stream: dict[str, Any], runs: int) -> list[str]:
+    """The ``edge-sim`` commands that compute the same numbers."""
+    data = stream["data"] if not stream["data"].startswith("npz:") else "npz:<cache>/" + Path(stream["data"]).name
+    extra = "".join(f" --protocol-param {k}={v}" for k, v in stream["params"].items())
+    base = f"edge-sim {{}} --data {data} --scenario {stream['scenario']} --runs {runs}{extra} --no-plots"
+    softmax = ",".join(n for n in ORDER if head_for(n) == "softmax")
+    mlp = [n for n in ORDER if head_for(n) == "mlp"]
+    cmds = [base.format("compare") + f" --strategies {softmax} --out runs/{stream['key']}"]
+    cmds += [base.format("run") + f" --strategy {n} --head mlp --out runs/{stream['key']}-{n}" for n in mlp]
+    return cmds
+
+
+def run_stream(stream: dict[str, Any], model: str, runs: int, cache: Path, out: Path | None) -> dict[str, Any]:
+    from firmware_sim.experiment import ExperimentSpec, run_experiment
+
+    spec = ExperimentSpec(model=model, data=stream["data"], scenario=stream["scenario"], configs=configs(),
+                          runs=list(range(runs)), protocol_params=stream["params"],
+                          cache_dir=str(cache / "embeddings"), plots=False,
+                          options=SimOptions(eval_every=1, latency_frames=0, progress=False))
+    return run_experiment(spec, out_dir=out)
+
+
+def _pm(stat: dict[str, float], scale: float = 100.0, digits: int = 1) -> str:
+    if stat["n"] == 0 or stat["mean"] != stat["mean"]:
+        return "-"
+    return f"{stat['mean'] * scale:.{digits}f} ± {stat['std'] * scale:.{digits}f}"
+
+
+def table(report: dict[str, Any]) -> str:
+    head = ("| strategy | head | final acc % | avg acc % | forgetting % | train ms/batch | head KiB | buffer KiB "
+            "| strategy KiB | total KiB |")
+    lines = [head, "|" + "---|" * 10]
+    for name, entry in report["configs"].items():
+        s, mem = entry["summary"], entry["runs"][0]["memory"]
+        kib = [mem[k] / 1024 for k in ("head_bytes", "replay_bytes", "strategy_bytes", "learned_state_bytes")]
+        unbounded = " (unbounded)" if name == "cumulative" else ""
+        lines.append(f"| {name} | {entry['config']['head']} | {_pm(s['final_accuracy'])} | {_pm(s['average_accuracy'])} "
+                     f"| {_pm(s['forgetting_mean'])} | {s['train_ms_per_batch']['mean']:.2f} | "
+                     + " | ".join(f"{v:,.0f}" for v in kib[:3]) + f"{unbounded} | {kib[3]:,.0f}{unbounded} |")
+    return "\n".join(lines)
+
+
+def acc(reports: dict[str, Any], stream: str, name: str) -> float:
+    return 100 * reports[stream]["configs"][name]["summary"]["final_accuracy"]["mean"]
+
+
+def render(reports: dict[str, Any], stream_list: list[dict[str, Any]], sweep: dict[str, Any], runs: int,
+           wall: float, command: str) -> str:
+    r = reports
+    nic = "nicv2_391"
+    first = next(iter(r.values()))
+    out = [
+        "# Continual-learning strategies: what each one costs and buys",
+        "",
+        f"Generated by `{command}` in {wall:.0f} s of wall time "
+        f"({first['machine']['processor']}, Python {first['machine']['python']}; shared 2-core machine). "
+        "Do not edit by hand: change the generator (`firmware_sim/strategy_report.py`) and re-run it.",
+        "",
+        f"Backbone: `{first['backbone']['name']}` ({first['backbone']['runtime']} {first['backbone']['precision']}, "
+        f"256-d embeddings, frozen). Every strategy trains only the NumPy head on the embeddings "
+        "(standardised with the backbone's pretraining statistics), so every runtime (LiteRT fp32/int8, "
+        "ONNX Runtime) gives it the same input; `tests/test_edge_contract.py` runs every strategy on every "
+        f"runtime. Agent defaults: SGD lr 0.01, momentum 0.9, 2 epochs per batch, mini-batch 32, "
+        "buffer 1,000 embeddings stored int8, class-balanced reservoir, replay ratio 0.75. "
+        "`ar1_head` runs on the MLP head (128 hidden units), all others on the softmax head.",
+        "",
+        "## The strategies",
+        "",
+        "| name | what it does | parameters (default) | memory beyond the head |",
+        "|---|---|---|---|",
+        *[f"| `{n}` | {WHAT[n][0]} | {_defaults(n)} | {WHAT[n][1]} |" for n in ORDER],
+        "",
+        "Pick one with `edge-sim run --strategy NAME`, `edge-sim compare --strategies A,B,...` or on the "
+        "device `edge-agent learn ... --strategy NAME`; set a parameter with "
+        "`--strategy-param KEY=VALUE` (`--strategy-param ewc.ewc_lambda=10` in `compare`). Each strategy "
+        "checkpoints its state as plain arrays under `strategy.*` through the same atomic `CheckpointStore` "
+        "(never pickle) and reports its bytes in `Agent.memory_bytes()`.",
+        "",
+        f"## Results ({runs} runs each: mean ± std over runs)",
+        "",
+        "Final accuracy on the fixed test set after the last batch; average accuracy over the curve (after "
+        "every batch); forgetting = mean over classes of (best earlier accuracy - final); train ms/batch = "
+        "time inside `learn_embeddings` (head + buffer + strategy; the backbone's embedding time is the same "
+        "for all and is excluded); memory = learned state (head parameters and optimizer slots, buffer rows, "
+        "strategy statistics) after the stream.",
+        "",
+    ]
+    for stream in stream_list:
+        rep = r[stream["key"]]
+        info = rep["streams"][0]
+        out += [f"### {stream['title']}", "",
+                f"{info['n_batches']} batches, {info['n_train_frames']:,} training frames, "
+                f"{info['n_test_frames']:,} test frames, {info['n_classes']} classes. Same numbers from the CLI:", "",
+                "```", *cli_commands(stream, runs), "```", "", table(rep), ""]
+    sorted_nic = sorted(ORDER, key=lambda n: acc(r, nic, n))
+    out += [
+        "## Published references (CORe50, ImageNet-pretrained MobileNetV1, 128x128, whole network trained)",
+        "",
+        "| strategy | NICv2-79 | NICv2-196 | NICv2-391 | source |",
+        "|---|---|---|---|---|",
+        "| naive fine-tuning | 26.8 | 18.9 | 8.0 | Lomonaco & Maltoni 2017 (CORe50, CoRL); Maltoni & Lomonaco 2019 |",
+        "| LwF | 27.0 | 20.4 | 7.8 | Li & Hoiem 2017 (TPAMI), as run by Maltoni & Lomonaco 2019 |",
+        "| EWC | 37.0 | 30.6 | 5.4 | Kirkpatrick et al. 2017 (PNAS), as run by Maltoni & Lomonaco 2019 |",
+        "| CWR* | 57.1 | 56.9 | 57.0 | Maltoni & Lomonaco 2019, *Continuous learning in single-incremental-task scenarios* (Neural Networks) |",
+        "| AR1* (no replay) | 63.5 | 60.6 | 56.3 | Maltoni & Lomonaco 2019 |",
+        "| AR1* + latent replay, 1,500 patterns | - | - | ~77 | Pellegrini et al. 2020, *Latent replay for real-time continual learning* (IROS) |",
+        "",
+        "Deep Streaming LDA on frozen ResNet-18 features, CORe50 class-incremental: 0.79 "
+        "(Hayes & Kanan 2020, *Lifelong machine learning with Deep Streaming Linear Discriminant Analysis*, "
+        "CVPR-W). Published numbers are the mean of the 10 official runs (DESIGN.md, \"Published anchors\").",
+        "",
+        "## Reading the results",
+        "",
+        f"Ranking on generated NICv2-391 (final accuracy, low to high): "
+        + ", ".join(f"`{n}` {acc(r, nic, n):.1f}" for n in sorted_nic) + ".",
+        "",
+        "**The expected shape holds for the strategies that train a head.** On NC and NICv2-391 `naive` "
+        f"({acc(r, 'nc', 'naive'):.1f} / {acc(r, nic, 'naive'):.1f}) is the lowest, with the two rehearsal-free "
+        f"regularisers next to it on NC (`lwf` {acc(r, 'nc', 'lwf'):.1f}, `ewc` {acc(r, 'nc', 'ewc'):.1f}); "
+        f"`cumulative` ({acc(r, 'nc', 'cumulative'):.1f} / {acc(r, nic, 'cumulative'):.1f}) is the best "
+        "gradient-trained head on every stream and the best strategy on the npz stream; `replay` "
+        f"({acc(r, nic, 'replay'):.1f}), `ar1_head` ({acc(r, nic, 'ar1_head'):.1f}), `slda` "
+        f"({acc(r, nic, 'slda'):.1f}) and `cwr_star` ({acc(r, nic, 'cwr_star'):.1f}) are far above `naive` on "
+        "NICv2-391. On NI (all classes in every batch) there is little to forget and the strategies are "
+        "close. `slda` and `ncm` end with the same model whatever the order of the data (their "
+        "statistics are sums), hence the same final accuracy on NI, NC and NICv2 and a zero spread.",
+        "",
+        "**Where the results contradict the expectation: `ncm` beats `cumulative` and `slda` on the "
+        f"CORe50-format streams** ({acc(r, nic, 'ncm'):.1f} vs {acc(r, nic, 'cumulative'):.1f} and "
+        f"{acc(r, nic, 'slda'):.1f}), while the literature and DESIGN.md's measured facts put SLDA at the "
+        "joint-training bound and NCM well below. Investigation: the CORe50-format test set is three "
+        "sessions (backgrounds, lighting, trajectories) never seen in training, so the test embeddings "
+        "are shifted from the training ones. A model fitted to the training sessions' within-class "
+        "covariance (LDA) or trained discriminatively on them (the softmax head) puts weight on "
+        "directions that are quiet within the training sessions but move between sessions, while "
+        "Euclidean nearest-mean on standardised embeddings does not. Evidence (NC, run 0, same "
+        "embeddings): more training does not help the upper bound (`cumulative` with 20 epochs: 72.8%, "
+        "same as with 2), and shrinking SLDA's covariance towards the identity moves it towards NCM "
+        "(shrinkage 0.5: 74.4%; NCM is the limit of isotropic covariance), i.e. the gap is generalisation "
+        "across sessions, not under-fitting:",
+        "",
+        "```",
+        "edge-sim compare --data synthetic --scenario nc --strategies cumulative,slda,ncm \\",
+        "    --strategy-param cumulative.epochs=20 --strategy-param slda.shrinkage=0.5 --no-plots --out /tmp/probe",
+        "```",
+        "",
+        "On the npz stream, whose test images come from the same kind of sessions as its training "
+        f"images, the expected order is back: `cumulative` {acc(r, 'npz_ci', 'cumulative'):.1f} > `slda` "
+        f"{acc(r, 'npz_ci', 'slda'):.1f} > `ncm` {acc(r, 'npz_ci', 'ncm'):.1f}. The sweep (seed-1 tuning set) also "
+        "prefers larger SLDA shrinkage slightly, but by less than a point, so the paper's 1e-4 stays.",
+        "",
+        f"**Why `naive` keeps {acc(r, nic, 'naive'):.0f}% on NICv2-391 instead of the published 8%.** The "
+        "published 8% is *full-network* fine-tuning of MobileNetV1 at a learning rate tuned for learning "
+        "each batch well: every one of the 391 small batches (one or two classes each) rewrites the "
+        "features and the output layer, so the network ends up predicting the last batches' classes. "
+        "Here the backbone is frozen and only a linear head trains, with SGD at lr 0.01 for 2 epochs "
+        "over ~30-frame batches, i.e. about two small steps per batch: each batch moves the head a "
+        "little, earlier classes are eroded slowly, and the frozen embedding keeps them separable. A "
+        "mild learning rate is itself a crude stability knob, and NICv2 brings every class back in "
+        "several batches (one per training session), refreshing it before it is forgotten. The NC "
+        "stream (9 large batches of new classes, never revisited) shows the textbook collapse: `naive` "
+        f"ends at {acc(r, 'nc', 'naive'):.1f}% with {r['nc']['configs']['naive']['summary']['forgetting_mean']['mean'] * 100:.0f}% "
+        "forgetting. We keep the defaults: raising the learning rate to reproduce the published collapse "
+        "would make the lower bound look worse, not any strategy better.",
+        "",
+        "**EWC and LwF.** On NC both barely help, and on the npz stream EWC ends below `naive` "
+        f"({acc(r, 'npz_ci', 'ewc'):.1f} vs {acc(r, 'npz_ci', 'naive'):.1f}), as the published NICv2-391 "
+        "numbers (EWC 5.4%, LwF 7.8% vs naive 8.0%): with a single head that grows new classes, "
+        "forgetting is the competition between old and new output vectors, which a pull towards old "
+        "weights cannot prevent, and LwF distils the old classes only on the current batch, whose "
+        "inputs belong to one or two new classes. Unlike the published result, `ewc` helps on "
+        f"NICv2-391 here ({acc(r, nic, 'ewc'):.1f} vs {acc(r, nic, 'naive'):.1f}). A plausible reason (not "
+        "verified weight by weight): with the swept lambda (1000) and a Fisher summed over many batches, "
+        "the penalty of the weights of often-revisited classes approaches its 1/lr cap, so those "
+        "vectors barely move once learned - close to what CWR* does explicitly - and only the head, not "
+        "the features or batch-norm statistics, has to be protected.",
+        "",
+        "**CWR* and AR1*.** `cwr_star` keeps per-class output vectors that later batches cannot "
+        f"overwrite: the lowest forgetting of the gradient strategies on NICv2-391 "
+        f"({r[nic]['configs']['cwr_star']['summary']['forgetting_mean']['mean'] * 100:.1f}%) with no buffer, "
+        "but each vector is trained in a softmax among the batch's classes only, so classes are not "
+        f"calibrated against each other (NC {acc(r, 'nc', 'cwr_star'):.1f}%). `ar1_head` adds replay, which "
+        f"calibrates them, and a hidden layer that keeps learning: equal to `replay` within the spread on "
+        f"the CORe50-format streams and {acc(r, 'npz_ci', 'ar1_head') - acc(r, 'npz_ci', 'replay'):.1f} points "
+        "above it on the npz stream, at about twice its training time per batch (MLP head).",
+        "",
+        "**Cost.** Per NICv2-391 batch (~30 frames) every bounded strategy trains in a few milliseconds "
+        f"or less (`ncm` {r[nic]['configs']['ncm']['summary']['train_ms_per_batch']['mean']:.2f} ms, "
+        f"`slda` {r[nic]['configs']['slda']['summary']['train_ms_per_batch']['mean']:.2f} ms plus an O(d^3) "
+        "inversion at the first prediction after an update, `ar1_head` "
+        f"{r[nic]['configs']['ar1_head']['summary']['train_ms_per_batch']['mean']:.2f} ms); on NI/NC's "
+        "1,500-frame batches the replay strategies cost 0.1-1.4 s per batch (4x more steps at replay "
+        "ratio 0.75, and the class-balanced buffer inserts full-buffer rows one at a time). SLDA's "
+        "memory is its two d x d float64 matrices (1 MiB at d = 256). `cumulative` is the upper bound "
+        "and not a device strategy: its memory grows with every frame and each batch retrains on "
+        f"everything ({r[nic]['configs']['cumulative']['summary']['train_ms_per_batch']['mean']:.0f} ms per "
+        "NICv2-391 batch on average, growing linearly along the stream).",
+        "",
+        "## Hyperparameter sweep (generated tuning streams only)",
+        "",
+        f"`python -m firmware_sim.strategy_sweep --out docs/strategy_sweep.json` (run by this generator; "
+        f"{sweep['wall_seconds']:.0f} s). Tuning data: {sweep['tuning_data']} - a different generated set "
+        "from the one reported above, so no reported test set influenced a default. Score: "
+        f"{sweep['score']}. Rule: {sweep['rule']}.",
+        "",
+        "| candidate | NC | NICv2-391 | chosen |",
+        "|---|---|---|---|",
+    ]
+    from firmware_sim.strategy_sweep import label
+
+    chosen = {label(s, p) for s, p in sweep["best"].items()}
+    for cand, sc in sweep["scores"].items():
+        out.append(f"| `{cand}` | {100 * sc['nc']:.1f} | {100 * sc['nicv2_391']:.1f} | "
+                   f"{'**yes**' if cand in chosen else ''} |")
+    out += [
+        "",
+        "Decisions (the defaults in `edge.strategies` and `AgentConfig`): "
+        + "; ".join(f"`{s}`: " + ", ".join(f"{k} = {v}" for k, v in p.items()) for s, p in sweep["best"].items())
+        + ". The agent's `replay_ratio` default became 0.75 (it was 0.5; both `replay` and `ar1_head` "
+        "prefer more replay on class-incremental streams). Not swept: `ncm` (its temperature does not "
+        "change predictions), "
+        "`cwr_star` (no strategy parameter on a softmax head; its sensitivity is to the learning rate, "
+        "an agent setting), `cumulative` (a reference, not a product).",
+        "",
+        "## Implementation notes and deviations",
+        "",
+        "- CWR* consolidation follows the paper's pseudo-code and the authors' released code: "
+        "`wpast_j = sqrt(past_j / cur_j)`, `cw[j] = (cw[j] * wpast_j + (tw[j] - mean(tw))) / (wpast_j + 1)`, "
+        "`past_j += cur_j`, with the mean a single scalar over the batch classes' weights. The class "
+        "vector includes the output bias. In `ar1_head` the batch's classes and counts include the "
+        "buffer's, as in the AR1* + latent replay code. SI (AR1*'s regulariser of the lower layers) is "
+        "not implemented: replay alone protects the hidden layer.",
+        "- SLDA updates its statistics with an exact batched (Chan et al.) merge, equal to feeding rows "
+        "one at a time through Welford's update; the reference code's covariance update weights by the "
+        "total count, an approximation. `tests/test_strategies_definitions.py` checks equality with batch "
+        "LDA.",
+        "- EWC treats every batch as an experience (the device sees no task boundaries) and keeps an "
+        "online Fisher (Schwarz et al. 2018) from the empirical Fisher of each batch; `ewc_lambda * F` is "
+        "capped at 1/lr per weight so a stiff penalty cannot make SGD diverge.",
+        "- LwF takes the previous head's logits on the batch before training it (no weight copy is kept) "
+        "and distils only the classes that head had seen.",
+        "- Strategies that change the loss or the weights (all but `naive` and `replay`) need the NumPy "
+        "head; the TFLite head backend refuses them with a clear error.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from firmware_sim.cmd_run import default_model_dir
+    from firmware_sim.strategy_sweep import main as sweep_main
+
+    p = argparse.ArgumentParser(prog="python -m firmware_sim.strategy_report", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="docs/strategies.md", help="markdown output (default docs/strategies.md)")
+    p.add_argument("--runs", type=int, default=3, help="runs per stream (default 3)")
+    p.add_argument("--model", default=None, help="model directory (default models/default)")
+    p.add_argument("--cache", default=None, help="cache directory (default ~/.cache/edge-continual)")
+    p.add_argument("--results", default="runs/strategy-report", help="report.json per stream go here")
+    p.add_argument("--skip-sweep", action="store_true", help="reuse docs/strategy_sweep.json instead of re-running it")
+    p.add_argument("--render-only", action="store_true",
+                   help="re-render the markdown from the report.json files of a previous run in --results")
+    args = p.parse_args(argv)
+    started = time.perf_counter()
+    cache = Path(args.cache) if args.cache else default_cache_dir()
+    model = str(args.model or default_model_dir())
+    sweep_path = Path(args.out).parent / "strategy_sweep.json"
+    results = Path(args.results)
+    stream_list = streams(cache)
+    meta_path = results / "meta.json"
+    if args.render_only:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        reports = {s["key"]: json.loads((results / s["key"] / "report.json").read_text(encoding="utf-8"))
+                   for s in stream_list}
+    else:
+        if not args.skip_sweep:
+            sweep_main(["--model", model, "--cache", str(cache), "--out", str(sweep_path)])
+        reports = {}
+        for stream in stream_list:
+            t = time.perf_counter()
+            reports[stream["key"]] = run_stream(stream, model, args.runs, cache, results / stream["key"])
+            print(f"{stream['key']}: {time.perf_counter() - t:.0f} s", flush=True)
+            print(table(reports[stream["key"]]), flush=True)
+        given = argv if argv is not None else sys.argv[1:]
+        meta = {"command": ("python -m firmware_sim.strategy_report " + " ".join(given)).strip(),
+                "wall_seconds": time.perf_counter() - started}
+        meta_path.write_text(json.dumps(meta) + "\n", encoding="utf-8")
+    sweep = json.loads(sweep_path.read_text(encoding="utf-8"))
+    text = render(reports, stream_list, sweep, len(next(iter(reports.values()))["runs"]), meta["wall_seconds"],
+                  meta["command"])
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text, encoding="utf-8")
+    print(f"wrote {args.out} in {time.perf_counter() - started:.0f} s ({platform.platform()})")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
