@@ -4,9 +4,7 @@ MobileNetV2-0.35 @128 (random weights); and the raw baseline (bare interpreter/s
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from bench import _common as C
 from bench._raw import raw_runner
 from bench.conftest import frames_for_model, model_dir_for, need_case, open_case
 

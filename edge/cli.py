@@ -59,13 +59,13 @@ def _frames_for(agent: Agent, paths: Sequence[str]) -> np.ndarray:
     return np.stack(out)
 
 
-def _strategy_params(items: Sequence[str]) -> dict[str, object]:
-    """``KEY=VALUE`` items -> parameters (ints, floats, true/false, else strings)."""
+def parse_key_values(items: Sequence[str], option: str) -> dict[str, object]:
+    """``KEY=VALUE`` items of a command-line ``option`` -> a dict (ints, floats, true/false, else strings)."""
     params: dict[str, object] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--strategy-param: expected KEY=VALUE, got {item!r}")
+            raise ValueError(f"{option}: expected KEY=VALUE, got {item!r}")
         for cast in (int, float):
             try:
                 params[key] = cast(value)
@@ -75,6 +75,11 @@ def _strategy_params(items: Sequence[str]) -> dict[str, object]:
         else:
             params[key] = {"true": True, "false": False}.get(value.lower(), value)
     return params
+
+
+def _strategy_params(items: Sequence[str]) -> dict[str, object]:
+    """``--strategy-param KEY=VALUE`` items -> strategy parameters."""
+    return parse_key_values(items, "--strategy-param")
 
 
 def _config_from_args(args: argparse.Namespace) -> AgentConfig:

@@ -32,6 +32,30 @@ OPTIMIZERS = ("sgd", "adam")
 _F32 = np.float32
 
 
+
+def check_embeddings(x: np.ndarray, n_features: int) -> np.ndarray:
+    """A 2-D numeric ``(N, n_features)`` array, or `InputError` naming expected vs got."""
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[1] != n_features:
+        raise InputError(f"embeddings: expected shape (N, {n_features}), got {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating) and not np.issubdtype(x.dtype, np.integer):
+        raise InputError(f"embeddings: expected a float array, got {x.dtype}")
+    return x
+
+
+def check_labels(y: np.ndarray, n: int, max_classes: int) -> np.ndarray:
+    """``n`` integer labels in ``[0, max_classes)`` as intp, or `InputError` naming expected vs got."""
+    y = np.asarray(y)
+    if y.ndim != 1 or y.shape[0] != n:
+        raise InputError(f"labels: expected shape ({n},), got {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise InputError(f"labels: expected integers, got dtype {y.dtype}")
+    if n and (y.min() < 0 or y.max() >= max_classes):
+        raise InputError(f"labels: expected values in [0, {max_classes - 1}], "
+                         f"got range [{y.min()}, {y.max()}]")
+    return y.astype(np.intp, copy=False)
+
+
 class _GradientHead:
     """Shared machinery: seen-class mask, standardisation, optimizer, state."""
 
@@ -87,23 +111,10 @@ class _GradientHead:
 
     # -------------------------------------------------------------- validation
     def _check_x(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x)
-        if x.ndim != 2 or x.shape[1] != self.n_features:
-            raise InputError(f"embeddings: expected shape (N, {self.n_features}), got {x.shape}")
-        if not np.issubdtype(x.dtype, np.floating) and not np.issubdtype(x.dtype, np.integer):
-            raise InputError(f"embeddings: expected a float array, got {x.dtype}")
-        return x
+        return check_embeddings(x, self.n_features)
 
     def _check_y(self, y: np.ndarray, n: int) -> np.ndarray:
-        y = np.asarray(y)
-        if y.ndim != 1 or y.shape[0] != n:
-            raise InputError(f"labels: expected shape ({n},), got {y.shape}")
-        if not np.issubdtype(y.dtype, np.integer):
-            raise InputError(f"labels: expected integers, got dtype {y.dtype}")
-        if n and (y.min() < 0 or y.max() >= self.max_classes):
-            raise InputError(f"labels: expected values in [0, {self.max_classes - 1}], "
-                             f"got range [{y.min()}, {y.max()}]")
-        return y.astype(np.intp, copy=False)
+        return check_labels(y, n, self.max_classes)
 
     def _input(self, x: np.ndarray) -> np.ndarray:
         x = x.astype(_F32, copy=False)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.agent import AgentConfig
+from edge.cli import parse_key_values
 from edge.buffer import POLICIES, STORAGES
 from edge.heads import HEADS, OPTIMIZERS
 from edge.strategies import STRATEGIES
@@ -98,20 +99,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _parse_params(items: list[str]) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--protocol-param: expected KEY=VALUE, got {item!r}")
-        for cast in (int, float):
-            try:
-                params[key] = cast(value)
-                break
-            except ValueError:
-                continue
-        else:
-            params[key] = {"true": True, "false": False}.get(value.lower(), value)
-    return params
+    return parse_key_values(items, "--protocol-param")
 
 
 def strategy_params(items: list[str], strategy: str) -> dict[str, Any]:

@@ -208,7 +208,7 @@ def render(reports: dict[str, Any], stream_list: list[dict[str, Any]], sweep: di
         "",
         "## Reading the results",
         "",
-        f"Ranking on generated NICv2-391 (final accuracy, low to high): "
+        "Ranking on generated NICv2-391 (final accuracy, low to high): "
         + ", ".join(f"`{n}` {acc(r, nic, n):.1f}" for n in sorted_nic) + ".",
         "",
         "**The expected shape holds for the strategies that train a head.** On NC and NICv2-391 `naive` "
