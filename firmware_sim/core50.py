@@ -135,6 +135,10 @@ class Batch:
         """Read the batch's images now: uint8 (n, H, W, 3), resized when ``image_size`` was given."""
         return _resize(self.loader(self.indices), self.image_size)
 
+    def images_at(self, positions: np.ndarray) -> np.ndarray:
+        """Read only the images at ``positions`` (0..len-1) of the batch, e.g. a chunk of a large test set."""
+        return _resize(self.loader(self.indices[np.asarray(positions, np.int64)]), self.image_size)
+
     @property
     def sessions(self) -> np.ndarray:
         """Session number (1..11) of each frame, parsed from its path."""

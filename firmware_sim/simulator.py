@@ -58,6 +58,8 @@ class BatchLike(Protocol):
 class SimStream:
     """A stream as the simulator sees it: ordered training batches and a fixed test set.
 
+    ``test_frames(positions)`` reads the test frames at positions ``0..len(test_labels)-1``, so a
+    large test set (the real CORe50's is 2.2 GB at 128 px) is read a chunk at a time.
     ``identity`` names the data exactly (source, scenario, run, test subset, image size); it is part
     of the embedding cache key together with the backbone's fingerprint.
     """
@@ -65,11 +67,15 @@ class SimStream:
     name: str
     train_batches: Sequence[BatchLike]
     test_labels: np.ndarray
-    test_images: Callable[[], np.ndarray]
+    test_frames: Callable[[np.ndarray], np.ndarray]
     n_classes: int
     identity: str
     description: str = ""
     class_names: list[str] | None = None
+
+    def test_images(self) -> np.ndarray:
+        """The whole test set's frames (``test_frames`` reads any subset, in chunks if need be)."""
+        return self.test_frames(np.arange(len(self.test_labels)))
 
     @property
     def n_train_frames(self) -> int:
@@ -167,11 +173,15 @@ def embed_stream(stream: SimStream, backbone: Backbone, cache: EmbeddingCache | 
     test = cache.get(key, len(stream.test_labels), dim)
     from_cache = test is not None
     if test is None:
-        frames = stream.test_images()
-        if len(frames) != len(stream.test_labels):
-            raise ValueError(f"test set: expected {len(stream.test_labels)} frames (one per label), "
-                             f"got {len(frames)}")
-        chunks = [backbone.embed(frames[i:i + EMBED_CHUNK]) for i in range(0, len(frames), EMBED_CHUNK)]
+        n_test = len(stream.test_labels)
+        chunks = []
+        for start in range(0, n_test, EMBED_CHUNK):
+            positions = np.arange(start, min(start + EMBED_CHUNK, n_test))
+            frames = stream.test_frames(positions)
+            if len(frames) != len(positions):
+                raise ValueError(f"test frames {start}..{positions[-1]}: expected {len(positions)} frames "
+                                 f"(one per label), got {len(frames)}")
+            chunks.append(backbone.embed(frames))
         test = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
         cache.put(key, test)
 
@@ -258,7 +268,7 @@ def run_agent(label: str, config: AgentConfig, embedded: EmbeddedStream, backbon
         deployed.load_state_dict(agent.state_dict())
         rng = np.random.default_rng(0)
         pick = np.sort(rng.choice(len(test_y), min(options.latency_frames, len(test_y)), replace=False))
-        frames = stream.test_images()[pick]
+        frames = stream.test_frames(pick)
         deployed.predict_many(frames[:1])  # warm-up: first call allocates the interpreter
         for frame in frames:
             with latency.time(frames=1):

@@ -87,7 +87,7 @@ def core50_stream(root: str | Path, scenario: str, run: int = 0, *, test: str = 
         name=f"{scenario} run {run}",
         train_batches=scen.train_batches,
         test_labels=np.asarray(scen.test.labels, np.int64),
-        test_images=scen.test.images,
+        test_frames=scen.test.images_at,
         n_classes=scen.n_classes,
         identity=identity,
         description=(f"CORe50 {scenario} run {run} from {root}: {len(scen.train_batches)} batches, "
@@ -128,7 +128,7 @@ def protocol_stream(spec: str, protocol: str, *, seed: int = 0, params: dict[str
         name=f"{protocol} ({spec.split(':', 1)[0]})",
         train_batches=[_ProtocolBatch(b) for b in stream.train_batches],
         test_labels=np.asarray(test_y, np.int64),
-        test_images=lambda: test_x,
+        test_frames=lambda positions: test_x[positions],
         n_classes=int(stream.n_classes),
         identity=f"protocol|{spec}|test={digest}|{test_x.shape}",
         description=stream.description or f"{protocol} over {spec}",
