@@ -371,23 +371,30 @@ def _parse_quant(value: Any, what: str) -> QuantParams | None:
     return QuantParams(scale=scale, zero_point=zero_point, dtype=dtype)
 
 
-def _parse_file(entry: Any, index: int) -> ModelFile:
-    what = f"files[{index}]"
-    _expect(isinstance(entry, dict), what, "an object", type(entry).__name__)
-    path = _get(entry, "path", str, f"{what}.path")
-    _expect(
-        not os.path.isabs(path) and ".." not in Path(path).parts,
-        f"{what}.path", "a path inside the model directory", path,
-    )
-    fmt = _get(entry, "format", str, f"{what}.format")
-    _expect(fmt in FORMATS, f"{what}.format", "/".join(FORMATS), fmt)
-    precision = _get(entry, "precision", str, f"{what}.precision")
-    _expect(precision in PRECISIONS, f"{what}.precision", "/".join(PRECISIONS), precision)
+def _inside_model_dir(path: str) -> bool:
+    """A relative path that cannot climb out of the model directory."""
+    return not os.path.isabs(path) and ".." not in Path(path).parts
+
+
+def _parse_sha256(entry: dict[str, Any], what: str) -> str:
     digest = _get(entry, "sha256", str, f"{what}.sha256")
     _expect(
         len(digest) == 64 and all(c in "0123456789abcdef" for c in digest),
         f"{what}.sha256", "64 lowercase hex digits", digest,
     )
+    return digest
+
+
+def _parse_file(entry: Any, index: int) -> ModelFile:
+    what = f"files[{index}]"
+    _expect(isinstance(entry, dict), what, "an object", type(entry).__name__)
+    path = _get(entry, "path", str, f"{what}.path")
+    _expect(_inside_model_dir(path), f"{what}.path", "a path inside the model directory", path)
+    fmt = _get(entry, "format", str, f"{what}.format")
+    _expect(fmt in FORMATS, f"{what}.format", "/".join(FORMATS), fmt)
+    precision = _get(entry, "precision", str, f"{what}.precision")
+    _expect(precision in PRECISIONS, f"{what}.precision", "/".join(PRECISIONS), precision)
+    digest = _parse_sha256(entry, what)
     size = _get(entry, "bytes", int, f"{what}.bytes")
     in_q = _parse_quant(entry.get("input_quantization"), f"{what}.input_quantization")
     out_q = _parse_quant(entry.get("output_quantization"), f"{what}.output_quantization")
@@ -402,15 +409,9 @@ def _parse_head(entry: Any, index: int) -> HeadFile:
     what = f"heads[{index}]"
     _expect(isinstance(entry, dict), what, "an object", type(entry).__name__)
     path = _get(entry, "path", str, f"{what}.path")
-    _expect(
-        not os.path.isabs(path) and ".." not in Path(path).parts and path.endswith(".tflite"),
-        f"{what}.path", "a .tflite path inside the model directory", path,
-    )
-    digest = _get(entry, "sha256", str, f"{what}.sha256")
-    _expect(
-        len(digest) == 64 and all(c in "0123456789abcdef" for c in digest),
-        f"{what}.sha256", "64 lowercase hex digits", digest,
-    )
+    _expect(_inside_model_dir(path) and path.endswith(".tflite"),
+            f"{what}.path", "a .tflite path inside the model directory", path)
+    digest = _parse_sha256(entry, what)
     kind = _get(entry, "kind", str, f"{what}.kind")
     _expect(kind in HEAD_KINDS, f"{what}.kind", "/".join(HEAD_KINDS), kind)
     optimizer = _get(entry, "optimizer", str, f"{what}.optimizer")
