@@ -231,6 +231,8 @@ def run_agent(label: str, config: AgentConfig, embedded: EmbeddedStream, backbon
     frames_seen = 0
     trained_since_eval: set[int] = set()
     n_batches = len(embedded.train)
+    if n_batches == 0:
+        raise ValueError(f"stream {stream.name!r}: expected at least one training batch, got none")
     test_y = stream.test_labels
     started = time.perf_counter()
     batches = zip(embedded.train, stream.train_batches)
@@ -250,7 +252,7 @@ def run_agent(label: str, config: AgentConfig, embedded: EmbeddedStream, backbon
         rss.sample()
     loop_seconds = time.perf_counter() - started
 
-    final_pred = agent.predict_embeddings(embedded.test)
+    final_pred = pred  # the loop always evaluates after the last batch
     accs = [c["accuracy"] for c in curve]
     acc_result = matrix.result()
     memory = agent.memory_bytes()
