@@ -154,7 +154,7 @@ def _export_backbone_directly(args: argparse.Namespace) -> Path:
     from firmware_sim.sources import load_source
     from host.backbones import BackboneSpec, build_backbone
     from host.export import export_model
-    from host.pretrain import channel_stats, normalise, prepare_images
+    from host.pretrain import channel_stats, embedding_stats, normalise, prepare_images
 
     if not args.data:
         raise ValueError("export without --run needs --data for calibration and parity frames; got none")
@@ -170,13 +170,13 @@ def _export_backbone_directly(args: argparse.Namespace) -> Path:
     if len(held) == 0:
         held = rep[:64]
     mean, std = channel_stats(rep)
-    emb = model.predict(normalise(rep, mean, std), verbose=0)
+    emb_mean, emb_std = embedding_stats(model.predict(normalise(rep, mean, std), verbose=0))
     return export_model(
         model, name=args.name, architecture=spec.label,
         preprocessing=Preprocessing(mean=tuple(mean), std=tuple(std)),
         representative_uint8=rep, heldout_uint8=held, out_root=args.out, options=_export_options(args),
-        embedding_mean=[float(v) for v in emb.mean(0)],
-        embedding_std=[float(max(v, 1e-6)) for v in emb.std(0)],
+        embedding_mean=emb_mean,
+        embedding_std=emb_std,
         producer={"training_data": f"none (exported as built; calibration from {args.data})",
                   "seed": args.seed, "backbone": spec.label},
     )

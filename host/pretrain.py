@@ -144,6 +144,13 @@ def recalibrate_batchnorm(backbone: Any, x: np.ndarray, batch_size: int = 256) -
     return len(bn_layers)
 
 
+def embedding_stats(embeddings: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-dimension mean and std (floored at 1e-6) of embeddings: the manifest's standardisation."""
+    mean = [float(v) for v in embeddings.mean(axis=0)]
+    std = [float(max(v, 1e-6)) for v in embeddings.std(axis=0)]
+    return mean, std
+
+
 def embedding_spread(embeddings: np.ndarray) -> float:
     """Mean per-dimension std across samples over the mean absolute embedding.
 
@@ -230,6 +237,7 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, progress: bool = True)
     np.savez(run_dir / CALIBRATION_FILE, representative=x_all[np.sort(rep)], heldout=x_all[np.sort(held)])
 
     seconds = time.perf_counter() - started
+    emb_mean, emb_std = embedding_stats(train_emb)
     record = {
         "config": asdict(config),
         "backbone": spec.label,
@@ -240,8 +248,8 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, progress: bool = True)
         "n_train": int(len(train_idx)),
         "n_val": int(len(val_idx)),
         "preprocessing": {"scale": 1.0 / 255.0, "mean": mean, "std": std, "channel_order": "RGB"},
-        "embedding_mean": [float(v) for v in train_emb.mean(axis=0)],
-        "embedding_std": [float(max(v, 1e-6)) for v in train_emb.std(axis=0)],
+        "embedding_mean": emb_mean,
+        "embedding_std": emb_std,
         "train_accuracy": train_acc,
         "val_accuracy": val_acc,
         "embedding_spread": spread,
