@@ -136,7 +136,7 @@ def mobilenet_model_dir() -> Path:
     target = CACHE / "models" / MOBILENET_NAME
     if _valid_model(target):
         return target
-    from firmware_sim.generator import make_pretraining_set
+    from firmware_sim.data.generator import make_pretraining_set
     from host.backbones import BackboneSpec, build_backbone
 
     import keras

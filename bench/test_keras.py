@@ -67,7 +67,7 @@ def test_keras_fit(benchmark, same_backbone, epochs, figures, quick):
 def test_stream_accuracy(same_backbone, figures, quick):
     """Final accuracy on the same stream: the edge agent (every registered strategy) vs Keras fit."""
     from edge.strategies import STRATEGIES
-    from firmware_sim.streams import open_stream
+    from firmware_sim.data.streams import open_stream
 
     run_dir, edge_dir = same_backbone
     prep = keras_preprocessing(run_dir)

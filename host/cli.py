@@ -151,7 +151,7 @@ def _export_backbone_directly(args: argparse.Namespace) -> Path:
     import numpy as np
 
     from edge.manifest import Preprocessing
-    from firmware_sim.sources import load_source
+    from firmware_sim.data.sources import load_source
     from host.backbones import BackboneSpec, build_backbone
     from host.export import export_model
     from host.pretrain import channel_stats, embedding_stats, normalise, prepare_images

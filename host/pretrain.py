@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from firmware_sim.sources import LabelledImages, load_source, resize_images, to_channels
+from firmware_sim.data.sources import LabelledImages, load_source, resize_images, to_channels
 from host.backbones import EMBEDDING_LAYER, BackboneSpec, build_backbone
 
 log = logging.getLogger(__name__)

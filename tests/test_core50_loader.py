@@ -7,7 +7,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from firmware_sim.core50 import (
+from firmware_sim.data.core50 import (
     N_BATCHES,
     SCENARIOS,
     Core50Arrays,
@@ -15,7 +15,7 @@ from firmware_sim.core50 import (
     open_core50,
     parse_core50_path,
 )
-from firmware_sim.generator import GeneratorConfig, generate_core50
+from firmware_sim.data.generator import GeneratorConfig, generate_core50
 
 FRAMES, RUNS = 4, 2
 
@@ -65,7 +65,7 @@ def test_compressed_npz_falls_back_with_warning(root, tmp_path, caplog):
     np.savez_compressed(tmp_path / "core50_imgs.npz", x=x)
     with zipfile.ZipFile(tmp_path / "core50_imgs.npz") as zf:
         assert zf.getinfo("x.npy").compress_type == zipfile.ZIP_DEFLATED
-    with caplog.at_level(logging.WARNING, logger="firmware_sim.core50"):
+    with caplog.at_level(logging.WARNING, logger="firmware_sim.data.core50"):
         data = Core50Arrays(tmp_path)
         assert not isinstance(data.x, np.memmap)
     assert "compressed" in caplog.text

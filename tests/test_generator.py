@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from firmware_sim.core50 import N_BATCHES, SCENARIO_DIRS, SCENARIOS, TEST_SESSIONS, TRAIN_SESSIONS, parse_core50_path
-from firmware_sim.generator import (
+from firmware_sim.data.core50 import N_BATCHES, SCENARIO_DIRS, SCENARIOS, TEST_SESSIONS, TRAIN_SESSIONS, parse_core50_path
+from firmware_sim.data.generator import (
     GeneratorConfig,
     build_scenarios,
     core50_object_style,
@@ -18,7 +18,7 @@ from firmware_sim.generator import (
     pretraining_object_styles,
     render_object_session,
 )
-from firmware_sim.safe_pickle import safe_load_pickle
+from firmware_sim.data.safe_pickle import safe_load_pickle
 
 FRAMES, RUNS = 4, 2
 
@@ -293,7 +293,7 @@ def test_pretrain_npz_written(gen):
 
 
 def test_cli_generate_and_usage_errors(tmp_path, capsys):
-    from firmware_sim.cli import main
+    from firmware_sim.commands.cli import main
 
     out = tmp_path / "cli"
     assert main(["generate", "--out", str(out), "--frames", "1", "--runs", "1", "--forms", "arrays", "--no-progress"]) == 0

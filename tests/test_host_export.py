@@ -19,7 +19,7 @@ pytestmark = pytest.mark.tf
 pytest.importorskip("tensorflow", reason="host extra (TensorFlow) not installed")
 
 from edge.manifest import describe_file, load_manifest, write_manifest  # noqa: E402
-from firmware_sim.generator import make_pretraining_set  # noqa: E402
+from firmware_sim.data.generator import make_pretraining_set  # noqa: E402
 from host.cli import main as host_main  # noqa: E402
 from host.export import (  # noqa: E402
     FP32_TFLITE,

@@ -5,7 +5,7 @@ import pickle
 
 import pytest
 
-from firmware_sim.safe_pickle import UnsafePickleError, safe_load_pickle
+from firmware_sim.data.safe_pickle import UnsafePickleError, safe_load_pickle
 
 
 class _Exploit:

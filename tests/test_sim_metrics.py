@@ -1,4 +1,4 @@
-"""firmware_sim.metrics: hand-computed cases, properties, and the real RSS sampler (psutil)."""
+"""firmware_sim.measure.metrics: hand-computed cases, properties, and the real RSS sampler (psutil)."""
 
 import doctest
 import math
@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import firmware_sim.metrics as metrics
-from firmware_sim.metrics import (
+import firmware_sim.measure.metrics as metrics
+from firmware_sim.measure.metrics import (
     AccuracyMatrix,
     LatencyRecorder,
     RssSampler,

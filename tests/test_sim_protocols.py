@@ -1,4 +1,4 @@
-"""firmware_sim.protocols: streams over small synthetic LabelledImages built here."""
+"""firmware_sim.data.protocols: streams over small synthetic LabelledImages built here."""
 
 import doctest
 import hashlib
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import firmware_sim.protocols as protocols
-from firmware_sim.protocols import (
+import firmware_sim.data.protocols as protocols
+from firmware_sim.data.protocols import (
     PROTOCOLS,
     Stream,
     build_protocol,
@@ -21,7 +21,7 @@ from firmware_sim.protocols import (
     parse_protocol_spec,
     split_transfer,
 )
-from firmware_sim.sources import LabelledImages
+from firmware_sim.data.sources import LabelledImages
 
 N_CLASSES = 6
 PER_CLASS = 20  # 4 sessions x 5 frames
@@ -127,7 +127,7 @@ def test_class_incremental_new_and_replay_counts_exact():
 
 def test_class_incremental_replay_capped_by_earlier_data(caplog):
     train, test = _data()
-    with caplog.at_level("WARNING", logger="firmware_sim.protocols"):
+    with caplog.at_level("WARNING", logger="firmware_sim.data.protocols"):
         s = class_incremental(train, test, 1, new_per_experience=3, replay_per_experience=5)
     # experience 1 can only replay the 3 samples of experience 0; later ones have >= 6 to draw from
     assert [b.n_replayed for b in s.train_batches] == [0, 3, 5, 5, 5, 5]

@@ -1,4 +1,4 @@
-"""firmware_sim.report: report.json, curve.csv, PNG plots and Markdown tables."""
+"""firmware_sim.measure.report: report.json, curve.csv, PNG plots and Markdown tables."""
 
 import csv
 import doctest
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import firmware_sim.report as report
-from firmware_sim.report import (
+import firmware_sim.measure.report as report
+from firmware_sim.measure.report import (
     CURVE_COLUMNS,
     format_mean_std,
     markdown_table,
@@ -171,7 +171,7 @@ def test_plots_skip_with_warning_without_matplotlib(tmp_path, monkeypatch, caplo
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", fake_import)
-    with caplog.at_level("WARNING", logger="firmware_sim.report"):
+    with caplog.at_level("WARNING", logger="firmware_sim.measure.report"):
         assert plot_accuracy_curve(tmp_path / "c.png", {"a": ([1], [0.5])}) is None
     assert "matplotlib is not installed" in caplog.text
     assert not os.path.exists(tmp_path / "c.png")

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from firmware_sim.cli import main as sim_main
-from firmware_sim.generator import GeneratorConfig, generate_core50
+from firmware_sim.commands.cli import main as sim_main
+from firmware_sim.data.generator import GeneratorConfig, generate_core50
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = str(REPO / "models" / "default")
@@ -130,7 +130,7 @@ def test_main_job_without_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_class_incremental_protocol_over_an_npz_stream(tmp_path: Path) -> None:
-    from firmware_sim.generator import make_pretraining_set
+    from firmware_sim.data.generator import make_pretraining_set
 
     x, y = make_pretraining_set(n_objects=6, frames=6, sessions=3, image_size=32, seed=9)
     xt, yt = make_pretraining_set(n_objects=6, frames=2, sessions=3, image_size=32, seed=9, variant=1)

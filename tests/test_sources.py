@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from firmware_sim.sources import (
+from firmware_sim.data.sources import (
     LabelledImages,
     load_idx,
     load_image_folder,

@@ -9,8 +9,8 @@ import pytest
 from edge.cli import _config_from_args
 from edge.cli import build_parser as agent_parser
 from edge.strategies import STRATEGIES
-from firmware_sim.cli import build_parser as sim_parser
-from firmware_sim.cmd_run import _config, strategy_params
+from firmware_sim.commands.cli import build_parser as sim_parser
+from firmware_sim.commands.run import _config, strategy_params
 
 
 def test_strategy_params_apply_unprefixed_to_all_and_prefixed_to_one():

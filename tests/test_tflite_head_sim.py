@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from firmware_sim.cli import main as sim_main
-from firmware_sim.generator import GeneratorConfig, generate_core50
+from firmware_sim.commands.cli import main as sim_main
+from firmware_sim.data.generator import GeneratorConfig, generate_core50
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = str(REPO / "models" / "default")

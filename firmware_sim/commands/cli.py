@@ -2,7 +2,7 @@
 
 Each subcommand lives in its own module with two functions, ``register(subparsers)`` (adds its
 parser and sets ``func``) and the handler it points to. To add a command (``run``, ``compare``),
-write ``firmware_sim/cmd_<name>.py`` and append its module name to :data:`COMMAND_MODULES`.
+write ``firmware_sim/commands/<name>.py`` and append its module name to :data:`COMMAND_MODULES`.
 
 Expected errors (bad input, missing files) print one line to stderr and exit 2; 0 means success.
 
@@ -21,8 +21,8 @@ from typing import Sequence
 
 __all__ = ["COMMAND_MODULES", "CliError", "build_parser", "main"]
 
-#: Modules (under ``firmware_sim``) that each provide ``register(subparsers)``.
-COMMAND_MODULES: list[str] = ["cmd_generate", "cmd_run"]
+#: Modules (under ``firmware_sim.commands``) that each provide ``register(subparsers)``.
+COMMAND_MODULES: list[str] = ["generate", "run"]
 
 
 class CliError(ValueError):
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES:
-        importlib.import_module(f"firmware_sim.{name}").register(sub)
+        importlib.import_module(f"firmware_sim.commands.{name}").register(sub)
     return parser
 
 
@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if args.command is None:  # no command: the main job
-        from firmware_sim.cmd_run import main_job
+        from firmware_sim.commands.run import main_job
 
         args.command = "main job"
         args.func = lambda _args: main_job()

@@ -17,8 +17,8 @@ from edge.cli import parse_key_values
 from edge.buffer import POLICIES, STORAGES
 from edge.heads import HEADS, OPTIMIZERS
 from edge.strategies import STRATEGIES
-from firmware_sim.core50 import SCENARIOS
-from firmware_sim.simulator import SimOptions
+from firmware_sim.data.core50 import SCENARIOS
+from firmware_sim.loop.device_loop import SimOptions
 
 __all__ = ["register", "run_command", "compare_command", "main_job", "default_model_dir"]
 
@@ -30,7 +30,7 @@ SCENARIO_HELP = (f"for core50/synthetic data: {', '.join(SCENARIOS)}; for idx/np
 
 def default_model_dir() -> Path:
     """``models/default`` of this checkout (next to the package), else of the working directory."""
-    beside = Path(__file__).resolve().parents[1] / "models" / "default"
+    beside = Path(__file__).resolve().parents[2] / "models" / "default"
     return beside if (beside / "manifest.json").is_file() else Path("models") / "default"
 
 
@@ -142,7 +142,7 @@ def _config(args: argparse.Namespace, strategy: str) -> AgentConfig:
 
 
 def _spec(args: argparse.Namespace, configs: dict[str, AgentConfig]):
-    from firmware_sim.experiment import ExperimentSpec
+    from firmware_sim.commands.experiment import ExperimentSpec
 
     if args.runs < 1:
         raise ValueError(f"--runs: expected >= 1, got {args.runs}")
@@ -158,8 +158,8 @@ def _spec(args: argparse.Namespace, configs: dict[str, AgentConfig]):
 
 
 def _print_result(report: dict[str, Any], out: str | None) -> None:
-    from firmware_sim.experiment import TABLE_COLUMNS, summary_rows
-    from firmware_sim.report import markdown_table
+    from firmware_sim.commands.experiment import TABLE_COLUMNS, summary_rows
+    from firmware_sim.measure.report import markdown_table
 
     stream = report["streams"][0]
     emb = stream["embedding"]
@@ -174,7 +174,7 @@ def _print_result(report: dict[str, Any], out: str | None) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from firmware_sim.experiment import run_experiment
+    from firmware_sim.commands.experiment import run_experiment
 
     report = run_experiment(_spec(args, {args.strategy: _config(args, args.strategy)}), args.out)
     _print_result(report, args.out)
@@ -182,7 +182,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def compare_command(args: argparse.Namespace) -> int:
-    from firmware_sim.experiment import run_experiment
+    from firmware_sim.commands.experiment import run_experiment
 
     names = [s.strip() for s in args.strategies.split(",") if s.strip()]
     unknown = [n for n in names if n not in STRATEGIES]
@@ -196,7 +196,7 @@ def compare_command(args: argparse.Namespace) -> int:
 
 def main_job(out: str = "runs/edge-sim-default") -> int:
     """``edge-sim`` with no arguments: default model, generated NICv2-391, naive vs replay."""
-    from firmware_sim.cli import build_parser
+    from firmware_sim.commands.cli import build_parser
 
     print("edge-sim main job: models/default on the generated NICv2-391 stream, naive vs replay "
           "(see `edge-sim --help` for everything else)", flush=True)

@@ -1,11 +1,11 @@
 """Hyperparameter sweep of the continual-learning strategies, on GENERATED tuning streams only.
 
 The tuning data is a separate generated CORe50-format set (generator seed 1: other objects,
-backgrounds and trajectories than the seed-0 set that `firmware_sim.strategy_report` reports on),
+backgrounds and trajectories than the seed-0 set that `firmware_sim.studies.strategy_report` reports on),
 so no reported test set ever influences a default. Each candidate runs on that set's NC and
 NICv2-391 streams (run 0); the score is the mean final accuracy of the two.
 
-    python -m firmware_sim.strategy_sweep --out docs/strategy_sweep.json
+    python -m firmware_sim.studies.strategy_sweep --out docs/strategy_sweep.json
 
 The defaults in `edge.strategies` are the winners recorded in ``docs/strategy_sweep.json`` and
 summarised in ``docs/strategies.md``.
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.agent import AgentConfig
-from firmware_sim.simulator import SimOptions, default_cache_dir
+from firmware_sim.loop.device_loop import SimOptions, default_cache_dir
 
 #: Candidate parameters per strategy (strategies without a knob worth tuning are not swept).
 GRID: dict[str, list[dict[str, Any]]] = {
@@ -52,8 +52,8 @@ def label(strategy: str, params: dict[str, Any]) -> str:
 
 def tuning_set(cache: Path) -> Path:
     """The generated tuning set (generator seed 1), made on first use."""
-    from firmware_sim.generator import GeneratorConfig, generate_core50
-    from firmware_sim.streams import GENERATOR_MARKER
+    from firmware_sim.data.generator import GeneratorConfig, generate_core50
+    from firmware_sim.data.streams import GENERATOR_MARKER
 
     root = cache / f"tuning-32px-{TUNING_FRAMES}f-1r-seed{TUNING_SEED}"
     if not (root / GENERATOR_MARKER).is_file():
@@ -64,7 +64,7 @@ def tuning_set(cache: Path) -> Path:
 
 def sweep(model: str, cache: Path) -> dict[str, Any]:
     """Run the grid; returns every score and the winner per strategy."""
-    from firmware_sim.experiment import ExperimentSpec, run_experiment
+    from firmware_sim.commands.experiment import ExperimentSpec, run_experiment
 
     started = time.perf_counter()
     root = tuning_set(cache)
@@ -94,9 +94,9 @@ def sweep(model: str, cache: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from firmware_sim.cmd_run import default_model_dir
+    from firmware_sim.commands.run import default_model_dir
 
-    p = argparse.ArgumentParser(prog="python -m firmware_sim.strategy_sweep", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m firmware_sim.studies.strategy_sweep", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="model directory (default models/default)")
     p.add_argument("--cache", default=None, help="cache directory (default ~/.cache/edge-continual)")
     p.add_argument("--out", default="docs/strategy_sweep.json", help="JSON output")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from firmware_sim.generator import FORMS, SUPPORTED_SIZES, GeneratorConfig, generate_core50
+from firmware_sim.data.generator import FORMS, SUPPORTED_SIZES, GeneratorConfig, generate_core50
 
 __all__ = ["register", "run_generate"]
 

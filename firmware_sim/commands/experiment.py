@@ -5,7 +5,7 @@ embeds each run's stream once, replays it through every configuration, aggregate
 over runs, and writes ``report.json``, ``curve.csv`` and the plots.
 
 Example:
-    >>> from firmware_sim.experiment import ExperimentSpec, run_experiment   # doctest: +SKIP
+    >>> from firmware_sim.commands.experiment import ExperimentSpec, run_experiment   # doctest: +SKIP
     >>> spec = ExperimentSpec(model="models/default", data="synthetic", scenario="nicv2_391",
     ...                       configs={"naive": AgentConfig(strategy="naive")})  # doctest: +SKIP
     >>> report = run_experiment(spec, out_dir="runs/demo")                   # doctest: +SKIP
@@ -25,7 +25,7 @@ import numpy as np
 
 from edge.agent import AgentConfig
 from edge.runtimes import open_backbone
-from firmware_sim.report import (
+from firmware_sim.measure.report import (
     format_mean_std,
     markdown_table,
     plot_accuracy_curve,
@@ -34,7 +34,7 @@ from firmware_sim.report import (
     write_curve_csv,
     write_report,
 )
-from firmware_sim.simulator import (
+from firmware_sim.loop.device_loop import (
     EmbeddingCache,
     SimOptions,
     default_cache_dir,
@@ -42,7 +42,7 @@ from firmware_sim.simulator import (
     embedding_summary,
     run_agent,
 )
-from firmware_sim.streams import open_stream
+from firmware_sim.data.streams import open_stream
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from edge.atomic import atomic_write
-from firmware_sim.core50 import (
+from firmware_sim.data.core50 import (
     N_BATCHES,
     N_CATEGORIES,
     N_OBJECTS,
@@ -613,7 +613,7 @@ def generate_core50(out_dir: str | os.PathLike[str], config: GeneratorConfig | N
     sizes["pretrain"] = os.path.getsize(out / "pretrain.npz")
 
     summary: dict[str, Any] = {
-        "generator": "firmware_sim.generator",
+        "generator": "firmware_sim.data.generator",
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()},
         "n_images": config.n_images,
         "n_train_images": len(TRAIN_SESSIONS) * N_OBJECTS * F,

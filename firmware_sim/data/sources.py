@@ -283,7 +283,7 @@ def load_source(spec: str, split: Split = "train", image_size: int | None = None
     """
     kind, _, arg = spec.partition(":")
     if kind == "synthetic":
-        from firmware_sim.generator import SUPPORTED_SIZES, make_pretraining_set
+        from firmware_sim.data.generator import SUPPORTED_SIZES, make_pretraining_set
 
         opts = {"objects": 100, "frames": 8, "sessions": 4, "seed": 0}
         for item in filter(None, arg.split(",")):

@@ -7,11 +7,11 @@ Data specs:
 - ``synthetic`` or ``synthetic:PATH`` - the generated CORe50-format set (array form), written on
   first use to PATH (default: the cache directory) and reused afterwards; same scenarios.
 - ``idx:DIR``, ``npz:PATH``, ``folder:DIR`` - generic labelled images; ``--scenario`` names a
-  protocol of `firmware_sim.protocols` (``class_incremental``, ``few_shot``, ``domain_incremental``,
+  protocol of `firmware_sim.data.protocols` (``class_incremental``, ``few_shot``, ``domain_incremental``,
   ``nic_like``, ``split_transfer``).
 
 Example:
-    >>> from firmware_sim.streams import open_stream
+    >>> from firmware_sim.data.streams import open_stream
     >>> stream = open_stream("synthetic", "nicv2_391", run=0)   # doctest: +SKIP
     >>> len(stream.train_batches)                               # doctest: +SKIP
     391
@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from firmware_sim.core50 import SCENARIOS, open_core50
-from firmware_sim.generator import GeneratorConfig, generate_core50
-from firmware_sim.simulator import SimStream, default_cache_dir
+from firmware_sim.data.core50 import SCENARIOS, open_core50
+from firmware_sim.data.generator import GeneratorConfig, generate_core50
+from firmware_sim.loop.device_loop import SimStream, default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def core50_stream(root: str | Path, scenario: str, run: int = 0, *, test: str = 
 
 @dataclass
 class _ProtocolBatch:
-    """Adapts a `firmware_sim.protocols.StreamBatch` (``y``, lazy ``x``) to the simulator's batch."""
+    """Adapts a `firmware_sim.data.protocols.StreamBatch` (``y``, lazy ``x``) to the simulator's batch."""
 
     batch: Any
 
@@ -111,9 +111,9 @@ class _ProtocolBatch:
 
 
 def protocol_stream(spec: str, protocol: str, *, seed: int = 0, params: dict[str, Any] | None = None) -> SimStream:
-    """A protocol of `firmware_sim.protocols` over generic labelled images (idx/npz/folder)."""
-    from firmware_sim.protocols import make_protocol
-    from firmware_sim.sources import load_source
+    """A protocol of `firmware_sim.data.protocols` over generic labelled images (idx/npz/folder)."""
+    from firmware_sim.data.protocols import make_protocol
+    from firmware_sim.data.sources import load_source
 
     train = load_source(spec, split="train")
     try:

@@ -1,4 +1,4 @@
-"""Streams over any :class:`~firmware_sim.sources.LabelledImages`: the experiments of the seed notebooks.
+"""Streams over any :class:`~firmware_sim.data.sources.LabelledImages`: the experiments of the seed notebooks.
 
 Each protocol is a deterministic function of its arguments (``seed`` included) that returns a
 :class:`Stream`: training batches in stream order, each with its images, labels, indices into the
@@ -17,7 +17,7 @@ Training images are never copied up front: ``StreamBatch.x`` reads ``source.x[in
 Test images come only from the ``test`` source, so no test image is ever trained on.
 
 Example:
-    >>> from firmware_sim.sources import LabelledImages
+    >>> from firmware_sim.data.sources import LabelledImages
     >>> rng = np.random.default_rng(0)
     >>> def images(n): return rng.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8)
     >>> train = LabelledImages(images(60), np.repeat(np.arange(6), 10))
@@ -37,7 +37,7 @@ from typing import Any, Callable, Literal, NamedTuple, Sequence
 
 import numpy as np
 
-from firmware_sim.sources import LabelledImages
+from firmware_sim.data.sources import LabelledImages
 
 logger = logging.getLogger(__name__)
 
@@ -350,7 +350,7 @@ def class_incremental(train: LabelledImages, test: LabelledImages, classes_per_e
     - ``shuffle``: shuffle the samples within each batch (new and replayed mixed).
 
     Example:
-        >>> from firmware_sim.sources import LabelledImages
+        >>> from firmware_sim.data.sources import LabelledImages
         >>> train = LabelledImages(np.zeros((40, 2, 2, 1), np.uint8), np.repeat(np.arange(4), 10))
         >>> test = LabelledImages(np.zeros((8, 2, 2, 1), np.uint8), np.repeat(np.arange(4), 2))
         >>> s = class_incremental(train, test, 1, class_order=[3, 1, 0, 2], new_per_experience=6,
@@ -381,7 +381,7 @@ def few_shot(train: LabelledImages, test: LabelledImages, shots: int = 5, seed: 
     A class with fewer than ``shots`` training examples is an error.
 
     Example:
-        >>> from firmware_sim.sources import LabelledImages
+        >>> from firmware_sim.data.sources import LabelledImages
         >>> train = LabelledImages(np.zeros((30, 2, 2, 1), np.uint8), np.repeat(np.arange(3), 10))
         >>> test = LabelledImages(np.zeros((6, 2, 2, 1), np.uint8), np.repeat(np.arange(3), 2))
         >>> s = few_shot(train, test, shots=2)
@@ -422,7 +422,7 @@ def domain_incremental(train: LabelledImages, test: LabelledImages, session_orde
     The test set is every test image of the training classes, whatever its session.
 
     Example:
-        >>> from firmware_sim.sources import LabelledImages
+        >>> from firmware_sim.data.sources import LabelledImages
         >>> train = LabelledImages(np.zeros((6, 2, 2, 1), np.uint8), np.array([0, 1] * 3), np.array([1, 1, 2, 2, 4, 4]))
         >>> test = LabelledImages(np.zeros((2, 2, 2, 1), np.uint8), np.array([0, 1]))
         >>> [b.name for b in domain_incremental(train, test).train_batches]
@@ -490,7 +490,7 @@ def nic_like(train: LabelledImages, test: LabelledImages, batch_size: int = 300,
     inside: consecutive frames stay consecutive.
 
     Example:
-        >>> from firmware_sim.sources import LabelledImages
+        >>> from firmware_sim.data.sources import LabelledImages
         >>> train = LabelledImages(np.zeros((40, 2, 2, 1), np.uint8), np.repeat(np.arange(2), 20))
         >>> test = LabelledImages(np.zeros((4, 2, 2, 1), np.uint8), np.array([0, 0, 1, 1]))
         >>> s = nic_like(train, test, batch_size=5, seed=0)
@@ -543,7 +543,7 @@ def split_transfer(train: LabelledImages, test: LabelledImages, pretrain_classes
     ``pretrain_test`` are new :class:`LabelledImages` (copies) for the host pretrainer.
 
     Example:
-        >>> from firmware_sim.sources import LabelledImages
+        >>> from firmware_sim.data.sources import LabelledImages
         >>> train = LabelledImages(np.zeros((40, 2, 2, 1), np.uint8), np.repeat(np.arange(4), 10))
         >>> test = LabelledImages(np.zeros((8, 2, 2, 1), np.uint8), np.repeat(np.arange(4), 2))
         >>> r = split_transfer(train, test)
@@ -651,7 +651,7 @@ def build_protocol(name: str, train: LabelledImages, test: LabelledImages, **par
     """Build the stream of protocol ``name`` over ``train`` / ``test`` (see :func:`make_protocol`).
 
     Example:
-        >>> from firmware_sim.sources import LabelledImages
+        >>> from firmware_sim.data.sources import LabelledImages
         >>> train = LabelledImages(np.zeros((20, 2, 2, 1), np.uint8), np.repeat(np.arange(2), 10))
         >>> test = LabelledImages(np.zeros((4, 2, 2, 1), np.uint8), np.array([0, 0, 1, 1]))
         >>> len(build_protocol("few_shot", train, test, shots=3).train_batches[0])

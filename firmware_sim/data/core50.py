@@ -1,6 +1,6 @@
 """Loaders for the official CORe50 forms: the array form and the PNG tree with batch filelists.
 
-Both work on the real CORe50 files and on :mod:`firmware_sim.generator` output, and give the same
+Both work on the real CORe50 files and on :mod:`firmware_sim.data.generator` output, and give the same
 :class:`Scenario` (train batches in order, test batch last) with lazily read images.
 
 - Array form: ``core50_imgs.npz`` (key ``x``, uint8 (N, 128, 128, 3), about 8 GB for the real set),
@@ -12,7 +12,7 @@ Both work on the real CORe50 files and on :mod:`firmware_sim.generator` output, 
 
 Example:
     >>> import tempfile
-    >>> from firmware_sim.generator import GeneratorConfig, generate_core50
+    >>> from firmware_sim.data.generator import GeneratorConfig, generate_core50
     >>> root = tempfile.mkdtemp()
     >>> _ = generate_core50(root, GeneratorConfig(frames=2, runs=1, forms=("arrays",)), progress=False)
     >>> scen = Core50Arrays(root).scenario("ni", run=0)
@@ -34,7 +34,7 @@ from typing import Callable, Literal, Sequence
 import numpy as np
 from PIL import Image
 
-from firmware_sim.safe_pickle import safe_load_pickle
+from firmware_sim.data.safe_pickle import safe_load_pickle
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ class Core50Arrays:
 
     Example:
         >>> import tempfile
-        >>> from firmware_sim.generator import GeneratorConfig, generate_core50
+        >>> from firmware_sim.data.generator import GeneratorConfig, generate_core50
         >>> root = tempfile.mkdtemp()
         >>> _ = generate_core50(root, GeneratorConfig(frames=2, runs=2, forms=("arrays",)), progress=False)
         >>> data = Core50Arrays(root)
@@ -366,7 +366,7 @@ class Core50Folder:
 
     Example:
         >>> import tempfile
-        >>> from firmware_sim.generator import GeneratorConfig, generate_core50
+        >>> from firmware_sim.data.generator import GeneratorConfig, generate_core50
         >>> root = tempfile.mkdtemp()
         >>> _ = generate_core50(root, GeneratorConfig(frames=2, runs=1, forms=("png", "filelists")), progress=False)
         >>> scen = Core50Folder(root).scenario("nc", run=0)

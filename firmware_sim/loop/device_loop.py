@@ -7,7 +7,7 @@ computed once per backbone and cached on disk (`EmbeddingCache`), and the traini
 computed once per stream and shared by every strategy compared on it.
 
 Example:
-    >>> from firmware_sim.simulator import SimOptions, embed_stream, run_agent  # doctest: +SKIP
+    >>> from firmware_sim.loop.device_loop import SimOptions, embed_stream, run_agent  # doctest: +SKIP
     >>> embedded = embed_stream(stream, backbone, cache)                         # doctest: +SKIP
     >>> result = run_agent("replay", AgentConfig(strategy="replay"), embedded, backbone)  # doctest: +SKIP
     >>> result["final_accuracy"]                                                 # doctest: +SKIP
@@ -31,7 +31,7 @@ from edge.atomic import atomic_write
 from edge.agent import Agent, AgentConfig
 from edge.checkpoint import CheckpointStore
 from edge.runtimes import Backbone
-from firmware_sim.metrics import (
+from firmware_sim.measure.metrics import (
     AccuracyMatrix,
     LatencyRecorder,
     RssSampler,
