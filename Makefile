@@ -20,10 +20,13 @@ setup-test: $(BIN)/python
 run: setup-run
 	$(BIN)/edge-sim
 
-# The bench suites run too, in quick mode (one pass, no timing), so they cannot rot.
+# Type check first (config: [tool.mypy] in pyproject.toml), then the suite: tests/ plus the doctests of
+# edge/ and firmware_sim/ (testpaths). The bench suites run too, in quick mode (one pass, no timing), so
+# they cannot rot; `-o addopts=-ra` drops --doctest-modules there so bench/ is not doctest-imported.
 test: setup-test
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
-	$(BIN)/python -m pytest bench/ -q --benchmark-disable -p no:cacheprovider
+	$(BIN)/python -m pytest bench/ -q --benchmark-disable -p no:cacheprovider -o addopts=-ra
 
 # Full benchmark grid -> bench/results/<host>.json and <host>.md (see bench/README.md).
 bench: setup-test
