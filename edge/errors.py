@@ -19,6 +19,10 @@ class ChecksumError(EdgeError, ValueError):
     """A file's sha256 does not match the one recorded for it."""
 
 
+class ConfigError(EdgeError, ValueError):
+    """A configuration value or constructor parameter is unknown or out of range."""
+
+
 class InputError(EdgeError, ValueError):
     """Frames, embeddings or labels of the wrong shape, dtype or range."""
 

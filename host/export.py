@@ -40,6 +40,7 @@ from edge.manifest import (
 from host import __version__ as tool_version
 from host.parity import check_parity
 from host.pretrain import BACKBONE_FILE, CALIBRATION_FILE, RECORD_FILE, normalise
+from host.tflite_ops import non_builtin_ops, tflite_op_names
 
 log = logging.getLogger(__name__)
 
@@ -126,18 +127,14 @@ def convert_onnx(model: Any, path: Path, opset: int) -> None:
     tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset, output_path=str(path))
 
 
-def tflite_ops(content: bytes) -> list[str]:
-    """Op names used by a TFLite model (through LiteRT, which has no Flex delegate)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_content=content)
-    return sorted({op["op_name"] for op in interpreter._get_ops_details()})
+#: Op names used by a TFLite model, every subgraph (`host.tflite_ops.tflite_op_names`).
+tflite_ops = tflite_op_names
 
 
 def check_builtin_ops(content: bytes, label: str) -> list[str]:
-    """Raise `ExportError` if the model uses Flex or custom ops; return the op list."""
-    ops = tflite_ops(content)
-    bad = [op for op in ops if op.startswith("Flex") or op.upper() in ("CUSTOM", "DELEGATE")]
+    """Raise `ExportError` if the model (any subgraph) uses Flex or custom ops; return the op list."""
+    ops = tflite_op_names(content)
+    bad = non_builtin_ops(ops)
     if bad:
         raise ExportError(f"{label} uses non-builtin ops {bad}: expected TFLITE_BUILTINS only "
                           "(device runtimes have no Flex delegate)")
@@ -173,8 +170,13 @@ def export_model(
     embedding_mean: list[float] | None = None,
     embedding_std: list[float] | None = None,
     producer: dict[str, Any] | None = None,
+    tolerances: dict[str, dict[str, float]] | None = None,
 ) -> Path:
-    """Export a Keras backbone (input preprocessed NHWC float32, output the embedding)."""
+    """Export a Keras backbone (input preprocessed NHWC float32, output the embedding).
+
+    ``tolerances`` replaces the default parity limits for this model (a per-model limit must be
+    justified in ``producer``, see `host.pretrained`).
+    """
     import keras
     import tensorflow as tf
 
@@ -226,7 +228,7 @@ def export_model(
             embedding_mean=None if embedding_mean is None else tuple(embedding_mean),
             embedding_std=None if embedding_std is None else tuple(embedding_std),
             files=tuple(files),
-            tolerances={k: dict(v) for k, v in DEFAULT_TOLERANCES.items()},
+            tolerances={k: dict(v) for k, v in (tolerances or DEFAULT_TOLERANCES).items()},
             producer={
                 "tool": "edge-host",
                 "tool_version": tool_version,

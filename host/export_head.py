@@ -40,15 +40,9 @@ from pathlib import Path
 from typing import Any
 
 from edge.manifest import HeadFile, load_manifest, sha256_file, write_manifest
-from edge.tflite_head import (
-    head_file_name,
-    non_builtin_ops,
-    param_shapes,
-    slot_names,
-    tflite_op_names,
-)
+from edge.tflite_head import head_file_name, param_shapes, slot_names
 from host import __version__ as tool_version
-from host.export import ExportError
+from host.export import ExportError, check_builtin_ops
 
 log = logging.getLogger(__name__)
 
@@ -235,18 +229,8 @@ def convert_head(spec: HeadSpec, embedding_size: int) -> bytes:
         except Exception as exc:  # the converter raises ConverterError and friends
             raise ExportError(f"head {spec.kind}/{spec.optimizer}: conversion with TFLITE_BUILTINS "
                               f"only failed: {exc}") from exc
-    check_head_ops(content, f"head {spec.kind}/{spec.optimizer}")
+    check_builtin_ops(content, f"head {spec.kind}/{spec.optimizer}")
     return content
-
-
-def check_head_ops(content: bytes, label: str) -> list[str]:
-    """Op names over every subgraph; `ExportError` if any is a Flex or custom op."""
-    ops = tflite_op_names(content)
-    bad = non_builtin_ops(ops)
-    if bad:
-        raise ExportError(f"{label} uses non-builtin ops {bad}: expected TFLITE_BUILTINS only "
-                          "(device runtimes have no Flex delegate)")
-    return ops
 
 
 def export_head(model_dir: str | os.PathLike[str], spec: HeadSpec) -> Path:
@@ -286,7 +270,7 @@ def export_head(model_dir: str | os.PathLike[str], spec: HeadSpec) -> Path:
         hyperparameters=dict(spec.hyperparameters),
         producer={"tool": f"edge-host {tool_version}", "tensorflow": tf.__version__,
                   "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                  "ops": check_head_ops(content, name)},
+                  "ops": check_builtin_ops(content, name)},
     )
     heads = tuple(h for h in manifest.heads if h.path != name) + (entry,)
     write_manifest(manifest.with_updates(heads=heads), root)

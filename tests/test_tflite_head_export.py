@@ -20,7 +20,7 @@ pytest.importorskip("tensorflow")
 from _tflite_head_common import ATOL, RTOL, max_abs_diff, parity_run
 
 from edge.manifest import load_manifest
-from edge.tflite_head import non_builtin_ops, tflite_op_names
+from host.tflite_ops import non_builtin_ops, tflite_op_names
 from host.export import ExportError
 from host.export_head import HeadSpec, convert_head, export_head
 
@@ -74,9 +74,9 @@ def test_export_head_writes_the_file_and_the_manifest(tmp_path: Path) -> None:
 
 
 def test_export_fails_on_flex_ops_and_bad_specs(monkeypatch: pytest.MonkeyPatch) -> None:
-    import host.export_head as export_head_module
+    import host.export as export_module
 
-    monkeypatch.setattr(export_head_module, "tflite_op_names", lambda content: ["ADD", "FlexReluGrad"])
+    monkeypatch.setattr(export_module, "tflite_op_names", lambda content: ["ADD", "FlexReluGrad"])
     with pytest.raises(ExportError, match=r"non-builtin ops \['FlexReluGrad'\]"):
         convert_head(HeadSpec(max_classes=3, batch_size=2), 4)
     monkeypatch.undo()
