@@ -76,7 +76,7 @@ def test_stream_accuracy(same_backbone, figures, quick):
     size = load_manifest(edge_dir, verify=False).input_shape[0]
     stream = open_stream("synthetic", "nicv2_79", 0, image_size=size, progress=False)
     batches = list(stream.train_batches)[: 6 if quick else None]
-    test_x, test_y = stream.test_images(), np.asarray(stream.test_labels)
+    test_x, test_y = stream.test.images(), np.asarray(stream.test.labels)
     if quick:
         test_x, test_y = test_x[::10], test_y[::10]
     data = [(b.images(), np.asarray(b.labels)) for b in batches]

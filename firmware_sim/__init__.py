@@ -1,0 +1,16 @@
+"""The device simulation (``edge-sim``): replay labelled streams through the real edge agent and measure it.
+
+Layout, by role (imports point downwards only):
+
+- ``data/``: where frames come from and the stream vocabulary (``Batch``, ``Stream``).
+- ``cache.py``: the on-disk cache directory and the test-set embedding cache.
+- ``loop/``: the simulated device loop (embed once, learn batch by batch, evaluate, measure).
+- ``measure/``: metrics and report writers (JSON, CSV, Markdown, plots).
+- ``commands/``: the ``edge-sim`` command line and the experiment runner behind it.
+- ``studies/``: scripts that generate docs (``python -m firmware_sim.studies.strategy_report``);
+  nothing in the library imports them.
+
+Never imported anywhere in this package: TensorFlow/Keras and ``host/``. The agent is driven only
+through its public methods (``learn_embeddings``, ``predict_embeddings``, ``state_dict``, ...), never
+through its private state.
+"""

@@ -55,17 +55,17 @@ def _hashes(x: np.ndarray) -> set[str]:
 def _assert_no_test_in_training(stream: Stream, test: LabelledImages) -> None:
     test_hashes = _hashes(test.x)
     for b in stream.train_batches:
-        assert not (_hashes(b.x) & test_hashes), f"batch {b.name} trains on a test image"
+        assert not (_hashes(b.images()) & test_hashes), f"batch {b.name} trains on a test image"
     # and the stream's test set is made of test images only
-    assert _hashes(stream.test.x) <= test_hashes
+    assert _hashes(stream.test.images()) <= test_hashes
 
 
 def _assert_consistent(stream: Stream, train: LabelledImages) -> None:
     for b in stream.train_batches:
-        assert b.x.dtype == np.uint8 and b.x.shape == (len(b), 4, 4, 3)
-        assert b.y.dtype == np.int64 and b.replayed.dtype == bool and b.replayed.shape == b.y.shape
-        np.testing.assert_array_equal(b.x, train.x[b.indices])
-    assert stream.test.x.shape[0] == stream.test.y.shape[0] == stream.test_indices.shape[0]
+        assert b.images().dtype == np.uint8 and b.images().shape == (len(b), 4, 4, 3)
+        assert b.labels.dtype == np.int64 and b.replayed.dtype == bool and b.replayed.shape == b.labels.shape
+        np.testing.assert_array_equal(b.images(), train.x[b.indices])
+    assert stream.test.images().shape[0] == stream.test.labels.shape[0] == stream.test.indices.shape[0]
 
 
 def test_doctests():
@@ -84,12 +84,12 @@ def test_class_incremental_order_and_all_samples():
     assert [b.name for b in s.train_batches][0].startswith("exp000_classes_4-2")
     assert [len(b) for b in s.train_batches] == [2 * PER_CLASS] * 3
     assert s.params["class_order"] == order
-    assert s.test.x.shape[0] == len(test)  # every class of the stream: the whole test set
+    assert s.test.images().shape[0] == len(test)  # every class of the stream: the whole test set
     _assert_consistent(s, train)
     _assert_no_test_in_training(s, test)
     # labels are not remapped: label = source label
     for b in s.train_batches:
-        np.testing.assert_array_equal(b.y, train.y[b.indices])
+        np.testing.assert_array_equal(b.labels, train.y[b.indices])
     # one label at a time
     s1 = class_incremental(train, test, classes_per_experience=1, class_order=order)
     assert s1.classes_per_batch == [[c] for c in order]
@@ -99,8 +99,8 @@ def test_class_incremental_subset_order_restricts_test_set():
     train, test = _data()
     s = class_incremental(train, test, 1, class_order=[5, 0])
     assert s.classes_per_batch == [[5], [0]]
-    assert set(s.test.y.tolist()) == {0, 5} and s.test.y.size == 8
-    np.testing.assert_array_equal(s.test.y, test.y[s.test_indices])
+    assert set(s.test.labels.tolist()) == {0, 5} and s.test.labels.size == 8
+    np.testing.assert_array_equal(s.test.labels, test.y[s.test.indices])
 
 
 def test_class_incremental_new_and_replay_counts_exact():
@@ -112,7 +112,7 @@ def test_class_incremental_new_and_replay_counts_exact():
     order = s.params["class_order"]
     streamed: set[int] = set()
     for e, b in enumerate(s.train_batches):
-        new_y = b.y[~b.replayed]
+        new_y = b.labels[~b.replayed]
         group = order[2 * e: 2 * e + 2]
         # 7 new samples over 2 classes: the first class of the group gets 4, the second 3
         assert np.bincount(new_y, minlength=N_CLASSES)[group].tolist() == [4, 3]
@@ -163,7 +163,7 @@ def test_class_incremental_counts_property(k, new, replay, seed):
         if len(g) == k:
             assert (~b.replayed).sum() == n_new
         assert b.n_replayed == (min(replay, seen) if replay else 0)
-        assert set(b.y[b.replayed].tolist()).isdisjoint(g)
+        assert set(b.labels[b.replayed].tolist()).isdisjoint(g)
         seen += int((~b.replayed).sum())
 
 
@@ -188,12 +188,12 @@ def test_split_transfer_disjoint_and_remapped():
     assert s.classes_per_batch == [[0], [1], [2]]
     inverse = {v: k for k, v in r.label_map.items()}
     for b in s.train_batches:
-        assert [inverse[v] for v in b.y.tolist()] == train.y[b.indices].tolist()
-    assert set(s.test.y.tolist()) == {0, 1, 2}
-    assert [inverse[v] for v in s.test.y.tolist()] == test.y[s.test_indices].tolist()
+        assert [inverse[v] for v in b.labels.tolist()] == train.y[b.indices].tolist()
+    assert set(s.test.labels.tolist()) == {0, 1, 2}
+    assert [inverse[v] for v in s.test.labels.tolist()] == test.y[s.test.indices].tolist()
     # no pretraining image is in the stream, no test image in either training set
     pre_h = _hashes(r.pretrain.x)
-    assert all(not (_hashes(b.x) & pre_h) for b in s.train_batches)
+    assert all(not (_hashes(b.images()) & pre_h) for b in s.train_batches)
     assert not (pre_h & _hashes(test.x))
     _assert_no_test_in_training(s, test)
     assert s.name == "split_transfer/class_incremental"
@@ -207,7 +207,7 @@ def test_split_transfer_defaults_random_and_errors():
     b = split_transfer(train, test, pretrain_classes="random", seed=4)
     assert a.pretrain_label_map == b.pretrain_label_map and len(a.pretrain_label_map) == 3
     fs = split_transfer(train, test, protocol="few_shot", shots=2)
-    assert np.bincount(fs.stream.train_batches[0].y).tolist() == [2, 2, 2]
+    assert np.bincount(fs.stream.train_batches[0].labels).tolist() == [2, 2, 2]
     with pytest.raises(ValueError, match=r"disjoint, both hold \[1\]"):
         split_transfer(train, test, pretrain_classes=[0, 1], stream_classes=[1, 2])
     with pytest.raises(ValueError, match="expected one of"):
@@ -221,10 +221,10 @@ def test_few_shot_exactly_n_per_class():
     train, test = _data()
     s = few_shot(train, test, shots=3, seed=1)
     assert len(s) == 1
-    assert np.bincount(s.train_batches[0].y).tolist() == [3] * N_CLASSES
+    assert np.bincount(s.train_batches[0].labels).tolist() == [3] * N_CLASSES
     several = few_shot(train, test, shots=4, seed=1, classes_per_batch=4)
     assert [len(b) for b in several] == [16, 8]
-    total = np.bincount(np.concatenate([b.y for b in several]), minlength=N_CLASSES)
+    total = np.bincount(np.concatenate([b.labels for b in several]), minlength=N_CLASSES)
     assert total.tolist() == [4] * N_CLASSES
     _assert_no_test_in_training(several, test)
     with pytest.raises(ValueError, match="which has only 20"):
@@ -239,7 +239,7 @@ def test_domain_incremental_one_batch_per_session():
         assert set(train.session[b.indices].tolist()) == {i}
         assert len(b) == N_CLASSES * PER_CLASS // SESSIONS
     assert s.classes_per_batch == [list(range(N_CLASSES))] * SESSIONS
-    assert s.test.y.size == len(test)
+    assert s.test.labels.size == len(test)
     rev = domain_incremental(train, test, session_order=[4, 3, 2, 1])
     assert [b.name for b in rev] == ["session_4", "session_3", "session_2", "session_1"]
     no_session, _ = _data(with_session=False)
@@ -297,10 +297,10 @@ def test_deterministic_for_a_seed(name, params):
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x.indices, y.indices)
         np.testing.assert_array_equal(x.replayed, y.replayed)
-    np.testing.assert_array_equal(a.test_indices, b.test_indices)
+    np.testing.assert_array_equal(a.test.indices, b.test.indices)
     assert any(not np.array_equal(x.indices, y.indices) for x, y in zip(a, other)) or len(a) != len(other)
     summary = a.summary()
-    assert summary["n_batches"] == len(a) and summary["n_train_samples"] == a.n_train_samples
+    assert summary["n_batches"] == len(a) and summary["n_train_samples"] == a.n_train_frames
 
 
 def test_make_protocol_registry_and_errors():

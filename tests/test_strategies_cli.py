@@ -10,7 +10,7 @@ from edge.cli import _config_from_args
 from edge.cli import build_parser as agent_parser
 from edge.strategies import STRATEGIES
 from firmware_sim.commands.cli import build_parser as sim_parser
-from firmware_sim.commands.run import _config, strategy_params
+from firmware_sim.commands.run import _config, options_from_args, strategy_params
 
 
 def test_strategy_params_apply_unprefixed_to_all_and_prefixed_to_one():
@@ -26,7 +26,7 @@ def test_strategy_params_apply_unprefixed_to_all_and_prefixed_to_one():
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_every_strategy_is_a_choice_of_edge_sim_and_edge_agent(name):
     args = sim_parser().parse_args(["run", "--strategy", name, "--out", "x"])
-    assert _config(args, name).strategy == name
+    assert _config(options_from_args(args), name).strategy == name
     args = agent_parser().parse_args(["status", "--model", "m", "--state", "s", "--strategy", name])
     assert _config_from_args(args).strategy == name
 

@@ -14,16 +14,14 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
 import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edge.agent import AgentConfig
+from edge.atomic import atomic_write
 from edge.runtimes import open_backbone
 from firmware_sim.measure.report import (
     format_mean_std,
@@ -34,19 +32,13 @@ from firmware_sim.measure.report import (
     write_curve_csv,
     write_report,
 )
-from firmware_sim.loop.device_loop import (
-    EmbeddingCache,
-    SimOptions,
-    default_cache_dir,
-    embed_stream,
-    embedding_summary,
-    run_agent,
-)
+from firmware_sim.cache import EmbeddingCache, default_cache_dir
 from firmware_sim.data.streams import open_stream
+from firmware_sim.loop.device_loop import SimOptions, embed_stream, embedding_summary, run_agent
+from firmware_sim.loop.result import RunResult
+from firmware_sim.measure.metrics import mean_std
 
 log = logging.getLogger(__name__)
-
-SUMMARY_KEYS = ("final_accuracy", "average_accuracy", "forgetting_mean")
 
 
 @dataclass
@@ -70,23 +62,24 @@ class ExperimentSpec:
     plots: bool = True
 
 
-def _mean_std(values: list[float]) -> dict[str, float]:
-    arr = np.asarray([v for v in values if v is not None and not math.isnan(v)], float)
-    if arr.size == 0:
-        return {"mean": float("nan"), "std": float("nan"), "n": 0}
-    return {"mean": float(arr.mean()), "std": float(arr.std()), "n": int(arr.size)}
+# Population std (ddof=0) across runs, as the reports have always used; issue 12 revisits it.
+RUNS_DDOF = 0
 
 
-def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise(results: list[RunResult]) -> dict[str, Any]:
     """Mean and std over runs of the headline metrics of one configuration."""
-    summary = {key: _mean_std([r[key] for r in results]) for key in SUMMARY_KEYS}
-    summary["train_ms_per_batch"] = _mean_std([r["train_ms_per_batch"]["mean"] for r in results])
-    summary["inference_p50_ms"] = _mean_std([(r["inference"] or {}).get("p50_ms", float("nan")) for r in results])
-    summary["replay_bytes"] = results[0]["memory"]["replay_bytes"]
-    summary["learned_state_bytes"] = results[0]["memory"]["learned_state_bytes"]
-    summary["state_bytes_on_disk"] = results[0]["memory"]["state_bytes_on_disk"]
-    summary["rss_peak_bytes"] = max(r["memory"]["rss_peak_sampled_bytes"] for r in results)
-    return summary
+    first = results[0].memory
+    return {
+        "final_accuracy": mean_std([r.final_accuracy for r in results], ddof=RUNS_DDOF),
+        "average_accuracy": mean_std([r.average_accuracy for r in results], ddof=RUNS_DDOF),
+        "forgetting_mean": mean_std([r.forgetting_mean for r in results], ddof=RUNS_DDOF),
+        "train_ms_per_batch": mean_std([r.train_ms_per_batch["mean"] for r in results], ddof=RUNS_DDOF),
+        "inference_p50_ms": mean_std([r.inference_p50_ms for r in results], ddof=RUNS_DDOF),
+        "replay_bytes": first.replay_bytes,
+        "learned_state_bytes": first.learned_state_bytes,
+        "state_bytes_on_disk": first.state_bytes_on_disk,
+        "rss_peak_bytes": max(r.memory.rss_peak_bytes for r in results),
+    }
 
 
 def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -122,7 +115,7 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path | None) -> dict[str
         raise ValueError("configs: expected at least one agent configuration, got none")
     started = time.perf_counter()
     cache = EmbeddingCache(Path(spec.cache_dir) if spec.cache_dir else default_cache_dir() / "embeddings")
-    per_config: dict[str, list[dict[str, Any]]] = {label: [] for label in spec.configs}
+    per_config: dict[str, list[RunResult]] = {label: [] for label in spec.configs}
     streams_info = []
     with open_backbone(spec.model, runtime=spec.runtime, precision=spec.precision,
                        num_threads=spec.num_threads) as backbone:
@@ -139,13 +132,13 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path | None) -> dict[str
             embedded = embed_stream(stream, backbone, cache, progress=spec.options.progress)
             streams_info.append({"run": run, "name": stream.name, "description": stream.description,
                                  "n_batches": len(stream.train_batches), "n_train_frames": stream.n_train_frames,
-                                 "n_test_frames": int(len(stream.test_labels)), "n_classes": stream.n_classes,
+                                 "n_test_frames": len(stream.test), "n_classes": stream.n_classes,
                                  "embedding": embedding_summary(embedded)})
             for label, config in spec.configs.items():
                 result = run_agent(label, config, embedded, backbone, spec.options)
-                result["run"] = run
+                result.run = run
                 per_config[label].append(result)
-                log.info("%s run %d: final accuracy %.3f", label, run, result["final_accuracy"])
+                log.info("%s run %d: final accuracy %.3f", label, run, result.final_accuracy)
         backbone_info = embedded.backbone_info
 
     report = {
@@ -159,7 +152,7 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path | None) -> dict[str
         "labels": spec.labels,
         "streams": streams_info,
         "configs": {label: {"config": spec.configs[label].to_dict(), "summary": summarise(results),
-                            "runs": results}
+                            "runs": [r.to_dict() for r in results]}
                     for label, results in per_config.items()},
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
                     "processor": platform.processor() or platform.machine()},
@@ -179,8 +172,8 @@ def write_outputs(report: dict[str, Any], out_dir: Path, plots: bool = True) -> 
             for point in result["curve"]:
                 rows.append({"strategy": label, "run": result["run"], **point})
     write_curve_csv(out_dir, rows)
-    (out_dir / "summary.md").write_text(markdown_table(summary_rows(report), TABLE_COLUMNS) + "\n",
-                                        encoding="utf-8")
+    table = markdown_table(summary_rows(report), TABLE_COLUMNS) + "\n"
+    atomic_write(out_dir / "summary.md", lambda handle: handle.write(table), text=True)
     write_report(out_dir, report)
     if not plots:
         return

@@ -1,7 +1,9 @@
 """``edge-sim run`` and ``edge-sim compare``: replay a stream through the edge agent and measure it.
 
 Also the main job, ``edge-sim`` with no arguments: the shipped default backbone on the generated
-NICv2-391 stream, ``naive`` against ``replay``, with a short table.
+NICv2-391 stream, ``naive`` against ``replay``, with a short table. The command line's flags map onto
+:class:`RunOptions` (its defaults are the flags' defaults), so the main job calls :func:`compare`
+directly with ``RunOptions()``.
 """
 
 from __future__ import annotations
@@ -9,8 +11,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from edge.agent import AgentConfig
 from edge.cli import parse_key_values
@@ -20,7 +23,11 @@ from edge.strategies import STRATEGIES
 from firmware_sim.data.core50 import SCENARIOS
 from firmware_sim.loop.device_loop import SimOptions
 
-__all__ = ["register", "run_command", "compare_command", "main_job", "default_model_dir"]
+if TYPE_CHECKING:
+    from firmware_sim.commands.experiment import ExperimentSpec
+
+__all__ = ["RunOptions", "compare", "compare_command", "default_model_dir", "main_job", "options_from_args",
+           "register", "run", "run_command"]
 
 DATA_HELP = ("core50:PATH (official CORe50 or generator output), synthetic[:PATH] (generated CORe50-format "
              "set, made on first use), idx:DIR, npz:PATH, folder:DIR")
@@ -34,29 +41,78 @@ def default_model_dir() -> Path:
     return beside if (beside / "manifest.json").is_file() else Path("models") / "default"
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything ``edge-sim run`` / ``compare`` take besides the strategies; defaults = the flags' defaults."""
+
+    model: str | None = None
+    data: str = "synthetic"
+    scenario: str = "nicv2_391"
+    run: int = 0
+    runs: int = 1
+    test: str = "full"
+    labels: str = "object"
+    protocol_param: tuple[str, ...] = ()
+    runtime: str = "auto"
+    precision: str = "fp32"
+    threads: int | None = None
+    head: str = "softmax"
+    hidden: int = 128
+    optimizer: str = "sgd"
+    head_backend: str = "numpy"
+    head_file: str | None = None
+    lr: float | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    buffer: int | None = None
+    buffer_policy: str | None = None
+    buffer_dtype: str | None = None
+    replay_ratio: float | None = None
+    strategy_param: tuple[str, ...] = ()
+    max_classes: int = 50
+    seed: int = 0
+    eval_every: int = 1
+    latency_frames: int = 100
+    cache: str | None = None
+    no_plots: bool = False
+    no_progress: bool = False
+    out: str | None = None
+
+
+_D = RunOptions()
+
+
+def options_from_args(args: argparse.Namespace) -> RunOptions:
+    """The parsed flags of ``run`` / ``compare`` as :class:`RunOptions`."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunOptions)}
+    values["protocol_param"] = tuple(values["protocol_param"])
+    values["strategy_param"] = tuple(values["strategy_param"])
+    return RunOptions(**values)
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="model directory with manifest.json (default: models/default)")
-    p.add_argument("--data", default="synthetic", help=f"data spec (default synthetic): {DATA_HELP}")
-    p.add_argument("--scenario", default="nicv2_391", help=f"scenario or protocol (default nicv2_391): {SCENARIO_HELP}")
-    p.add_argument("--run", type=int, default=0, help="first run (batch order) to replay (default 0)")
-    p.add_argument("--runs", type=int, default=1, help="number of runs from --run on; reports mean +- std")
-    p.add_argument("--test", choices=("full", "reduced"), default="full",
+    p.add_argument("--model", default=_D.model, help="model directory with manifest.json (default: models/default)")
+    p.add_argument("--data", default=_D.data, help=f"data spec (default synthetic): {DATA_HELP}")
+    p.add_argument("--scenario", default=_D.scenario, help=f"scenario or protocol (default nicv2_391): {SCENARIO_HELP}")
+    p.add_argument("--run", type=int, default=_D.run, help="first run (batch order) to replay (default 0)")
+    p.add_argument("--runs", type=int, default=_D.runs, help="number of runs from --run on; reports mean +- std")
+    p.add_argument("--test", choices=("full", "reduced"), default=_D.test,
                    help="CORe50 test set: full, or reduced (every 20th frame, as NICv2 papers use)")
-    p.add_argument("--labels", choices=("object", "category"), default="object", help="50 objects or 10 categories")
-    p.add_argument("--protocol-param", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--labels", choices=("object", "category"), default=_D.labels, help="50 objects or 10 categories")
+    p.add_argument("--protocol-param", action="append", default=list(_D.protocol_param), metavar="KEY=VALUE",
                    help="parameter of an idx/npz/folder protocol, e.g. classes_per_experience=2 (repeatable)")
     rt = p.add_argument_group("backbone runtime")
-    rt.add_argument("--runtime", choices=("auto", "litert", "onnx"), default="auto", help="inference runtime")
-    rt.add_argument("--precision", choices=("fp32", "int8"), default="fp32", help="model file precision")
-    rt.add_argument("--threads", type=int, default=None, help="runtime threads (default: runtime's choice)")
+    rt.add_argument("--runtime", choices=("auto", "litert", "onnx"), default=_D.runtime, help="inference runtime")
+    rt.add_argument("--precision", choices=("fp32", "int8"), default=_D.precision, help="model file precision")
+    rt.add_argument("--threads", type=int, default=_D.threads, help="runtime threads (default: runtime's choice)")
     ag = p.add_argument_group("agent")
-    ag.add_argument("--head", choices=sorted(HEADS), default="softmax", help="trainable head (default softmax)")
-    ag.add_argument("--hidden", type=int, default=128, help="MLP head hidden units")
-    ag.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="head optimizer (default sgd)")
-    ag.add_argument("--head-backend", choices=("numpy", "tflite"), default="numpy",
+    ag.add_argument("--head", choices=sorted(HEADS), default=_D.head, help="trainable head (default softmax)")
+    ag.add_argument("--hidden", type=int, default=_D.hidden, help="MLP head hidden units")
+    ag.add_argument("--optimizer", choices=OPTIMIZERS, default=_D.optimizer, help="head optimizer (default sgd)")
+    ag.add_argument("--head-backend", choices=("numpy", "tflite"), default=_D.head_backend,
                     help="where the head trains: numpy (default) or tflite (inside a head_*.tflite file made by "
                          "`edge-host export-head`, found in the model's manifest; naive/replay only)")
-    ag.add_argument("--head-file", default=None,
+    ag.add_argument("--head-file", default=_D.head_file,
                     help="with --head-backend tflite: the head .tflite file (default: the manifest's matching head)")
     ag.add_argument("--lr", type=float, default=None, help="learning rate (default: AgentConfig's)")
     ag.add_argument("--epochs", type=int, default=None, help="epochs over each incoming batch")
@@ -65,15 +121,15 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     ag.add_argument("--buffer-policy", choices=POLICIES, default=None, help="replay buffer policy")
     ag.add_argument("--buffer-dtype", choices=STORAGES, default=None, help="replay buffer storage")
     ag.add_argument("--replay-ratio", type=float, default=None, help="share of replayed patterns per mini-batch")
-    ag.add_argument("--strategy-param", action="append", default=[], metavar="[STRATEGY.]KEY=VALUE",
+    ag.add_argument("--strategy-param", action="append", default=list(_D.strategy_param), metavar="[STRATEGY.]KEY=VALUE",
                     help="strategy hyperparameter, e.g. ewc_lambda=10 (repeatable); with a STRATEGY. prefix "
                          "(ewc.ewc_lambda=10) it applies to that strategy only. See docs/strategies.md")
-    ag.add_argument("--max-classes", type=int, default=50, help="head capacity (default 50)")
-    ag.add_argument("--seed", type=int, default=0, help="random seed")
+    ag.add_argument("--max-classes", type=int, default=_D.max_classes, help="head capacity (default 50)")
+    ag.add_argument("--seed", type=int, default=_D.seed, help="random seed")
     out = p.add_argument_group("measurement and output")
-    out.add_argument("--eval-every", type=int, default=1, help="evaluate after every K batches (default 1)")
-    out.add_argument("--latency-frames", type=int, default=100, help="frames timed end to end at batch 1")
-    out.add_argument("--cache", default=None, help="embedding cache directory (default ~/.cache/edge-continual)")
+    out.add_argument("--eval-every", type=int, default=_D.eval_every, help="evaluate after every K batches (default 1)")
+    out.add_argument("--latency-frames", type=int, default=_D.latency_frames, help="frames timed end to end at batch 1")
+    out.add_argument("--cache", default=_D.cache, help="embedding cache directory (default ~/.cache/edge-continual)")
     out.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     out.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -98,11 +154,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=compare_command)
 
 
-def _parse_params(items: list[str]) -> dict[str, Any]:
+def _parse_params(items: Sequence[str]) -> dict[str, Any]:
     return parse_key_values(items, "--protocol-param")
 
 
-def strategy_params(items: list[str], strategy: str) -> dict[str, Any]:
+def strategy_params(items: Sequence[str], strategy: str) -> dict[str, Any]:
     """``[STRATEGY.]KEY=VALUE`` items -> the parameters of ``strategy`` (others' prefixed items skipped)."""
     mine = []
     for item in items:
@@ -118,42 +174,42 @@ def strategy_params(items: list[str], strategy: str) -> dict[str, Any]:
         raise ValueError(str(exc).replace("--protocol-param", "--strategy-param")) from exc
 
 
-def _config(args: argparse.Namespace, strategy: str) -> AgentConfig:
+def _config(options: RunOptions, strategy: str) -> AgentConfig:
     overrides = {
-        "lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size,
-        "buffer_capacity": args.buffer, "buffer_policy": args.buffer_policy,
-        "buffer_storage": args.buffer_dtype, "replay_ratio": args.replay_ratio,
+        "lr": options.lr, "epochs": options.epochs, "batch_size": options.batch_size,
+        "buffer_capacity": options.buffer, "buffer_policy": options.buffer_policy,
+        "buffer_storage": options.buffer_dtype, "replay_ratio": options.replay_ratio,
     }
     given = {k: v for k, v in overrides.items() if v is not None}
-    backend = getattr(args, "head_backend", "numpy")
-    config = AgentConfig(head=args.head, hidden=args.hidden, optimizer=args.optimizer, strategy=strategy,
-                         max_classes=args.max_classes, seed=args.seed, head_backend=backend,
-                         strategy_params=strategy_params(getattr(args, "strategy_param", []), strategy), **given)
+    backend = options.head_backend
+    config = AgentConfig(head=options.head, hidden=options.hidden, optimizer=options.optimizer, strategy=strategy,
+                         max_classes=options.max_classes, seed=options.seed, head_backend=backend,
+                         strategy_params=strategy_params(options.strategy_param, strategy), **given)
     if backend == "tflite":  # the simulator's agent works on embeddings: name the head file explicitly
-        head_file = getattr(args, "head_file", None)
+        head_file = options.head_file
         if head_file is None:
             from edge.manifest import load_manifest
             from edge.tflite_head import find_head_file
 
-            model_dir = Path(args.model or default_model_dir())
+            model_dir = Path(options.model or default_model_dir())
             head_file = find_head_file(model_dir, load_manifest(model_dir), config)
         config = dataclasses.replace(config, head_file=str(Path(head_file).resolve()))
     return config
 
 
-def _spec(args: argparse.Namespace, configs: dict[str, AgentConfig]):
+def _spec(options: RunOptions, configs: dict[str, AgentConfig]) -> ExperimentSpec:
     from firmware_sim.commands.experiment import ExperimentSpec
 
-    if args.runs < 1:
-        raise ValueError(f"--runs: expected >= 1, got {args.runs}")
+    if options.runs < 1:
+        raise ValueError(f"--runs: expected >= 1, got {options.runs}")
     return ExperimentSpec(
-        model=str(args.model or default_model_dir()), data=args.data, scenario=args.scenario,
-        configs=configs, runs=list(range(args.run, args.run + args.runs)), runtime=args.runtime,
-        precision=args.precision, num_threads=args.threads, test=args.test, labels=args.labels,
-        seed=args.seed, protocol_params=_parse_params(args.protocol_param), cache_dir=args.cache,
-        options=SimOptions(eval_every=args.eval_every, latency_frames=args.latency_frames,
-                           progress=not args.no_progress and sys.stderr.isatty()),
-        plots=not args.no_plots,
+        model=str(options.model or default_model_dir()), data=options.data, scenario=options.scenario,
+        configs=configs, runs=list(range(options.run, options.run + options.runs)), runtime=options.runtime,
+        precision=options.precision, num_threads=options.threads, test=options.test, labels=options.labels,
+        seed=options.seed, protocol_params=_parse_params(options.protocol_param), cache_dir=options.cache,
+        options=SimOptions(eval_every=options.eval_every, latency_frames=options.latency_frames,
+                           progress=not options.no_progress and sys.stderr.isatty()),
+        plots=not options.no_plots,
     )
 
 
@@ -173,32 +229,39 @@ def _print_result(report: dict[str, Any], out: str | None) -> None:
     print(f"wall time {report['wall_seconds']:.1f} s{tail}")
 
 
-def run_command(args: argparse.Namespace) -> int:
+def run(options: RunOptions, strategy: str) -> int:
+    """Replay the stream through one strategy; print the table and write the outputs to ``options.out``."""
     from firmware_sim.commands.experiment import run_experiment
 
-    report = run_experiment(_spec(args, {args.strategy: _config(args, args.strategy)}), args.out)
-    _print_result(report, args.out)
+    report = run_experiment(_spec(options, {strategy: _config(options, strategy)}), options.out)
+    _print_result(report, options.out)
     return 0
 
 
-def compare_command(args: argparse.Namespace) -> int:
+def compare(options: RunOptions, strategies: Sequence[str]) -> int:
+    """Replay the stream through several strategies; print one table and write the outputs."""
     from firmware_sim.commands.experiment import run_experiment
 
+    report = run_experiment(_spec(options, {n: _config(options, n) for n in strategies}), options.out)
+    _print_result(report, options.out)
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    return run(options_from_args(args), args.strategy)
+
+
+def compare_command(args: argparse.Namespace) -> int:
     names = [s.strip() for s in args.strategies.split(",") if s.strip()]
     unknown = [n for n in names if n not in STRATEGIES]
     if unknown or not names:
         raise ValueError(f"--strategies: expected a comma list of {', '.join(sorted(STRATEGIES))}, "
                          f"got {args.strategies!r}")
-    report = run_experiment(_spec(args, {n: _config(args, n) for n in names}), args.out)
-    _print_result(report, args.out)
-    return 0
+    return compare(options_from_args(args), names)
 
 
 def main_job(out: str = "runs/edge-sim-default") -> int:
     """``edge-sim`` with no arguments: default model, generated NICv2-391, naive vs replay."""
-    from firmware_sim.commands.cli import build_parser
-
     print("edge-sim main job: models/default on the generated NICv2-391 stream, naive vs replay "
           "(see `edge-sim --help` for everything else)", flush=True)
-    args = build_parser().parse_args(["compare", "--strategies", "naive,replay", "--out", out])
-    return compare_command(args)
+    return compare(RunOptions(out=out), ["naive", "replay"])

@@ -1,7 +1,8 @@
 """Loaders for the official CORe50 forms: the array form and the PNG tree with batch filelists.
 
 Both work on the real CORe50 files and on :mod:`firmware_sim.data.generator` output, and give the same
-:class:`Scenario` (train batches in order, test batch last) with lazily read images.
+scenario as a :class:`~firmware_sim.data.stream.Stream` (train batches in order, the test batch) with
+lazily read images.
 
 - Array form: ``core50_imgs.npz`` (key ``x``, uint8 (N, 128, 128, 3), about 8 GB for the real set),
   ``paths.pkl``, ``labels.pkl``, ``LUP.pkl``. The ``x.npy`` member is memory-mapped when it is
@@ -27,7 +28,7 @@ import os
 import re
 import struct
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
@@ -35,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from firmware_sim.data.safe_pickle import safe_load_pickle
+from firmware_sim.data.stream import Batch, Stream
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +47,12 @@ __all__ = [
     "N_BATCHES",
     "SCENARIOS",
     "SCENARIO_DIRS",
-    "Scenario",
     "TEST_SESSIONS",
     "TRAIN_SESSIONS",
+    "objects_of",
     "open_core50",
     "parse_core50_path",
+    "sessions_of",
 ]
 
 SCENARIOS = ("ni", "nc", "nic", "nicv2_79", "nicv2_196", "nicv2_391")
@@ -102,66 +105,21 @@ def _check_choice(what: str, value: object, valid: Sequence[object]) -> None:
         raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(map(str, valid))}")
 
 
-def _resize(x: np.ndarray, size: int | None) -> np.ndarray:
-    if size is None or (x.shape[1] == size and x.shape[2] == size):
-        return np.ascontiguousarray(x)
-    out = np.empty((x.shape[0], size, size, x.shape[3]), np.uint8)
-    for i in range(x.shape[0]):
-        out[i] = np.asarray(Image.fromarray(x[i]).resize((size, size), Image.BILINEAR))
-    return out
-
-
-@dataclass(frozen=True)
-class Batch:
-    """One batch of a scenario: indices into the data set, labels, paths and lazily read images.
+def sessions_of(batch: Batch) -> np.ndarray:
+    """Session number (1..11) of each frame of a CORe50 batch, parsed from its path.
 
     Example:
-        >>> b = Batch(np.array([0, 1]), np.array([3, 3]), ("s1/o4/C_01_04_000.png", "s1/o4/C_01_04_001.png"),
+        >>> b = Batch(np.array([0, 1]), np.array([3, 3]), ("s1/o4/C_01_04_000.png", "s2/o4/C_02_04_001.png"),
         ...           loader=lambda idx: np.zeros((len(idx), 8, 8, 3), np.uint8))
-        >>> len(b), b.images().shape, b.objects.tolist()
-        (2, (2, 8, 8, 3), [4, 4])
+        >>> sessions_of(b).tolist(), objects_of(b).tolist()
+        ([1, 2], [4, 4])
     """
-
-    indices: np.ndarray
-    labels: np.ndarray
-    paths: tuple[str, ...]
-    loader: Callable[[np.ndarray], np.ndarray] = field(repr=False, compare=False)
-    image_size: int | None = None
-
-    def __len__(self) -> int:
-        return int(self.indices.shape[0])
-
-    def images(self) -> np.ndarray:
-        """Read the batch's images now: uint8 (n, H, W, 3), resized when ``image_size`` was given."""
-        return _resize(self.loader(self.indices), self.image_size)
-
-    def images_at(self, positions: np.ndarray) -> np.ndarray:
-        """Read only the images at ``positions`` (0..len-1) of the batch, e.g. a chunk of a large test set."""
-        return _resize(self.loader(self.indices[np.asarray(positions, np.int64)]), self.image_size)
-
-    @property
-    def sessions(self) -> np.ndarray:
-        """Session number (1..11) of each frame, parsed from its path."""
-        return np.array([parse_core50_path(p)[0] for p in self.paths], np.int64)
-
-    @property
-    def objects(self) -> np.ndarray:
-        """Original object id (1..50) of each frame, parsed from its path."""
-        return np.array([parse_core50_path(p)[1] for p in self.paths], np.int64)
+    return np.array([parse_core50_path(p)[0] for p in batch.paths], np.int64)
 
 
-@dataclass(frozen=True)
-class Scenario:
-    """Training batches in stream order and the test batch."""
-
-    name: str
-    run: int
-    train_batches: list[Batch]
-    test: Batch
-    n_classes: int
-
-    def __len__(self) -> int:
-        return len(self.train_batches)
+def objects_of(batch: Batch) -> np.ndarray:
+    """Original object id (1..50) of each frame of a CORe50 batch, parsed from its path."""
+    return np.array([parse_core50_path(p)[1] for p in batch.paths], np.int64)
 
 
 def _category_labels(paths: Sequence[str]) -> np.ndarray:
@@ -280,7 +238,7 @@ class Core50Arrays:
         return np.asarray(self.x[indices], dtype=np.uint8)
 
     def scenario(self, name: str, run: int = 0, test: TestSet = "full", labels: LabelKind = "object",
-                 image_size: int | None = None) -> Scenario:
+                 image_size: int | None = None) -> Stream:
         """Batches of run ``run`` of scenario ``name``; ``test="reduced"`` keeps every 20th test frame."""
         _check_scenario_args(name, test, labels, image_size)
         if name not in self.lup or name not in self.labels:
@@ -300,7 +258,7 @@ class Core50Arrays:
                 raise ValueError(f"{name} run {run} batch {b}: index out of range 0..{len(self.paths) - 1}")
             batches.append(_make_batch(idx, lab, [self.paths[i] for i in idx], labels, self._read, image_size))
         n_classes = N_CATEGORIES if labels == "category" else N_OBJECTS
-        return Scenario(name, run, batches[:-1], batches[-1], n_classes)
+        return Stream(f"{name} run {run}", batches[:-1], batches[-1], n_classes)
 
 
 # --------------------------------------------------------------------------- folder form
@@ -419,7 +377,7 @@ class Core50Folder:
         return np.stack(images)
 
     def scenario(self, name: str, run: int = 0, test: TestSet = "full", labels: LabelKind = "object",
-                 image_size: int | None = None) -> Scenario:
+                 image_size: int | None = None) -> Stream:
         """Same API as :meth:`Core50Arrays.scenario`; indices refer to :attr:`catalog`."""
         _check_scenario_args(name, test, labels, image_size)
         folder = _filelist_dir(self.filelists_root, name, run)
@@ -441,7 +399,7 @@ class Core50Folder:
             idx = np.array([catalog[p] for p in paths], np.int64)
             batches.append(_make_batch(idx, labs, paths, labels, self._loader_for(tuple(paths)), image_size))
         n_classes = N_CATEGORIES if labels == "category" else N_OBJECTS
-        return Scenario(name, run, batches[:-1], batches[-1], n_classes)
+        return Stream(f"{name} run {run}", batches[:-1], batches[-1], n_classes)
 
     def _loader_for(self, paths: tuple[str, ...]) -> Callable[[np.ndarray], np.ndarray]:
         return lambda _indices: self._read(paths)

@@ -13,7 +13,7 @@ training source and a ``replayed`` mask, plus the fixed test set evaluated after
 
 :func:`make_protocol` builds any of them by name for the command line.
 
-Training images are never copied up front: ``StreamBatch.x`` reads ``source.x[indices]`` when asked.
+Training images are never copied up front: ``Batch.images()`` reads ``source.x[indices]`` when asked.
 Test images come only from the ``test`` source, so no test image is ever trained on.
 
 Example:
@@ -23,7 +23,7 @@ Example:
     >>> train = LabelledImages(images(60), np.repeat(np.arange(6), 10))
     >>> test = LabelledImages(images(12), np.repeat(np.arange(6), 2))
     >>> s = class_incremental(train, test, classes_per_experience=2, seed=1)
-    >>> len(s.train_batches), s.classes_per_batch, s.test.x.shape[0]
+    >>> len(s.train_batches), s.classes_per_batch, len(s.test)
     (3, [[0, 1], [2, 3], [4, 5]], 12)
 """
 
@@ -32,21 +32,19 @@ from __future__ import annotations
 import ast
 import inspect
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Literal, NamedTuple, Sequence
 
 import numpy as np
 
 from firmware_sim.data.sources import LabelledImages
+from firmware_sim.data.stream import Batch, Stream
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "PROTOCOLS",
-    "EvalSet",
     "SplitTransfer",
-    "Stream",
-    "StreamBatch",
     "build_protocol",
     "class_incremental",
     "domain_incremental",
@@ -61,92 +59,6 @@ ClassOrder = Literal["random"] | Sequence[int] | None
 
 
 # --------------------------------------------------------------------------- data types
-
-
-@dataclass(frozen=True)
-class StreamBatch:
-    """One training batch: labels ``y`` (int64), ``indices`` into the training source, ``replayed`` mask.
-
-    ``x`` (uint8 NHWC) is read from the source on access, as a new array each time.
-    """
-
-    name: str
-    indices: np.ndarray
-    y: np.ndarray
-    replayed: np.ndarray
-    source_x: np.ndarray = field(repr=False, compare=False)
-
-    def __len__(self) -> int:
-        return int(self.indices.shape[0])
-
-    @property
-    def x(self) -> np.ndarray:
-        return self.source_x[self.indices]
-
-    @property
-    def classes(self) -> list[int]:
-        """Classes present in the batch, replayed samples included."""
-        return np.unique(self.y).tolist()
-
-    @property
-    def n_replayed(self) -> int:
-        return int(self.replayed.sum())
-
-
-class EvalSet(NamedTuple):
-    """The fixed test set: ``x`` uint8 (N, H, W, C), ``y`` int64 (N,). Unpacks as ``x, y = stream.test``."""
-
-    x: np.ndarray
-    y: np.ndarray
-
-
-@dataclass(frozen=True)
-class Stream:
-    """Training batches in order, the test set, and what the stream is.
-
-    ``classes_per_batch[i]`` lists the classes of batch ``i``'s new (not replayed) samples; labels live
-    in ``0..n_classes-1``. ``label_map`` (source label -> stream label) is set when labels were
-    remapped (:func:`split_transfer`). ``params`` records the resolved arguments, for the report.
-    """
-
-    name: str
-    train_batches: list[StreamBatch]
-    test: EvalSet
-    test_indices: np.ndarray
-    classes_per_batch: list[list[int]]
-    n_classes: int
-    class_names: list[str]
-    description: str
-    params: dict[str, Any] = field(default_factory=dict)
-    label_map: dict[int, int] | None = None
-    pretrain: LabelledImages | None = field(default=None, repr=False)
-    pretrain_test: LabelledImages | None = field(default=None, repr=False)
-
-    def __len__(self) -> int:
-        return len(self.train_batches)
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(self.train_batches)
-
-    @property
-    def n_train_samples(self) -> int:
-        return sum(len(b) for b in self.train_batches)
-
-    def summary(self) -> dict[str, Any]:
-        """Plain-data description of the stream for ``report.json`` (no images)."""
-        return {
-            "protocol": self.name,
-            "description": self.description,
-            "params": dict(self.params),
-            "n_batches": len(self.train_batches),
-            "batch_sizes": [len(b) for b in self.train_batches],
-            "replayed_per_batch": [b.n_replayed for b in self.train_batches],
-            "classes_per_batch": [list(c) for c in self.classes_per_batch],
-            "n_train_samples": self.n_train_samples,
-            "n_test_samples": int(self.test.y.shape[0]),
-            "n_classes": self.n_classes,
-            "label_map": None if self.label_map is None else {str(k): v for k, v in self.label_map.items()},
-        }
 
 
 class SplitTransfer(NamedTuple):
@@ -262,17 +174,17 @@ def _test_subset(test: _View, classes: Sequence[int]) -> np.ndarray:
 def _assemble(name: str, train: _View, test: _View, planned: list[_Planned], test_classes: Sequence[int],
               description: str, params: dict[str, Any], n_classes: int, class_names: list[str],
               label_map: dict[int, int] | None = None) -> Stream:
-    batches = [StreamBatch(n, idx, train.y[idx].astype(np.int64), rep.astype(bool), train.x) for n, idx, rep in planned]
-    classes_per_batch = [np.unique(b.y[~b.replayed]).tolist() for b in batches]
+    batches = [Batch(idx, train.y[idx].astype(np.int64), (), train.x.__getitem__, name=n, replayed=rep.astype(bool))
+               for n, idx, rep in planned]
     test_idx = _test_subset(test, test_classes)
     missing = sorted(set(test_classes) - set(np.unique(test.y[test_idx]).tolist()))
     if missing:
         logger.warning("%s: no test images for classes %s; they are never evaluated", name, missing)
-    evalset = EvalSet(test.x[test_idx], test.y[test_idx].astype(np.int64))
+    test_batch = Batch(test_idx, test.y[test_idx].astype(np.int64), (), test.x.__getitem__, name="test")
     logger.info("%s: %d batches, %d training samples, %d test samples", name, len(batches),
                 sum(len(b) for b in batches), test_idx.size)
-    return Stream(name, batches, evalset, test_idx, classes_per_batch, n_classes, class_names, description,
-                  params, label_map)
+    return Stream(name, batches, test_batch, n_classes, description, class_names, params=params,
+                  label_map=label_map)
 
 
 # --------------------------------------------------------------------------- protocols
@@ -385,7 +297,7 @@ def few_shot(train: LabelledImages, test: LabelledImages, shots: int = 5, seed: 
         >>> train = LabelledImages(np.zeros((30, 2, 2, 1), np.uint8), np.repeat(np.arange(3), 10))
         >>> test = LabelledImages(np.zeros((6, 2, 2, 1), np.uint8), np.repeat(np.arange(3), 2))
         >>> s = few_shot(train, test, shots=2)
-        >>> len(s), np.bincount(s.train_batches[0].y).tolist()
+        >>> len(s), np.bincount(s.train_batches[0].labels).tolist()
         (1, [2, 2, 2])
     """
     return _few_shot(_View.of(train), _View.of(test), shots, seed, classes_per_batch, class_order, shuffle)

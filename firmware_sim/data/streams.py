@@ -1,4 +1,4 @@
-"""Resolve ``--data SPEC --scenario NAME`` into a `SimStream` for the simulator.
+"""Resolve ``--data SPEC --scenario NAME`` into a :class:`~firmware_sim.data.stream.Stream` for the simulator.
 
 Data specs:
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,8 @@ import numpy as np
 
 from firmware_sim.data.core50 import SCENARIOS, open_core50
 from firmware_sim.data.generator import GeneratorConfig, generate_core50
-from firmware_sim.loop.device_loop import SimStream, default_cache_dir
+from firmware_sim.cache import default_cache_dir
+from firmware_sim.data.stream import Stream
 
 log = logging.getLogger(__name__)
 
@@ -77,40 +78,22 @@ def _indices_digest(indices: np.ndarray) -> str:
 
 
 def core50_stream(root: str | Path, scenario: str, run: int = 0, *, test: str = "full",
-                  labels: str = "object", image_size: int | None = None) -> SimStream:
-    """A CORe50 scenario (official files or generator output) as a `SimStream`."""
+                  labels: str = "object", image_size: int | None = None) -> Stream:
+    """A CORe50 scenario (official files or generator output) as a `Stream`."""
     root = Path(root)
     data = open_core50(root)
     scen = data.scenario(scenario, run, test=test, labels=labels, image_size=image_size)  # type: ignore[arg-type]
     identity = f"core50|{_data_identity(root)}|test={_indices_digest(scen.test.indices)}|size={image_size}"
-    return SimStream(
-        name=f"{scenario} run {run}",
-        train_batches=scen.train_batches,
-        test_labels=np.asarray(scen.test.labels, np.int64),
-        test_frames=scen.test.images_at,
-        n_classes=scen.n_classes,
+    return replace(
+        scen,
         identity=identity,
         description=(f"CORe50 {scenario} run {run} from {root}: {len(scen.train_batches)} batches, "
-                     f"{sum(len(b.labels) for b in scen.train_batches)} training frames, "
+                     f"{scen.n_train_frames} training frames, "
                      f"{len(scen.test.labels)} test frames ({test}), {labels} labels"),
     )
 
 
-@dataclass
-class _ProtocolBatch:
-    """Adapts a `firmware_sim.data.protocols.StreamBatch` (``y``, lazy ``x``) to the simulator's batch."""
-
-    batch: Any
-
-    @property
-    def labels(self) -> np.ndarray:
-        return np.asarray(self.batch.y, np.int64)
-
-    def images(self) -> np.ndarray:
-        return self.batch.x
-
-
-def protocol_stream(spec: str, protocol: str, *, seed: int = 0, params: dict[str, Any] | None = None) -> SimStream:
+def protocol_stream(spec: str, protocol: str, *, seed: int = 0, params: dict[str, Any] | None = None) -> Stream:
     """A protocol of `firmware_sim.data.protocols` over generic labelled images (idx/npz/folder)."""
     from firmware_sim.data.protocols import make_protocol
     from firmware_sim.data.sources import load_source
@@ -122,14 +105,11 @@ def protocol_stream(spec: str, protocol: str, *, seed: int = 0, params: dict[str
         raise ValueError(f"{spec}: a stream needs a test split (expected x_test/y_test, t10k-* files or "
                          f"a held-out set), got none ({exc})") from exc
     stream = make_protocol(protocol, train=train, test=test, seed=seed, **(params or {}))
-    test_x, test_y = stream.test
+    test_x = stream.test.images()
     digest = hashlib.sha256(np.ascontiguousarray(test_x).tobytes()).hexdigest()[:16]
-    return SimStream(
+    return replace(
+        stream,
         name=f"{protocol} ({spec.split(':', 1)[0]})",
-        train_batches=[_ProtocolBatch(b) for b in stream.train_batches],
-        test_labels=np.asarray(test_y, np.int64),
-        test_frames=lambda positions: test_x[positions],
-        n_classes=int(stream.n_classes),
         identity=f"protocol|{spec}|test={digest}|{test_x.shape}",
         description=stream.description or f"{protocol} over {spec}",
         class_names=list(stream.class_names) if stream.class_names else None,
@@ -138,7 +118,7 @@ def protocol_stream(spec: str, protocol: str, *, seed: int = 0, params: dict[str
 
 def open_stream(data: str, scenario: str, run: int = 0, *, test: str = "full", labels: str = "object",
                 image_size: int | None = None, seed: int = 0, params: dict[str, Any] | None = None,
-                progress: bool = True) -> SimStream:
+                progress: bool = True) -> Stream:
     """Parse a data spec and build the stream (see the module docstring for the forms)."""
     prefix, _, path = data.partition(":")
     if prefix not in DATA_PREFIXES:

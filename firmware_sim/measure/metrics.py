@@ -45,6 +45,7 @@ __all__ = [
     "final_accuracy",
     "forgetting",
     "mean_forgetting",
+    "mean_std",
     "mean_std_over_runs",
     "per_class_accuracy",
     "seen_mask",
@@ -533,7 +534,7 @@ class RssSampler:
 # --------------------------------------------------------------------------- aggregates
 
 
-def summary_stats(values: Iterable[float], ddof: int = 0) -> dict[str, float]:
+def summary_stats(values: Iterable[float | None], ddof: int = 0) -> dict[str, float]:
     """``{"mean", "std", "min", "max", "n"}`` of finite values (NaN/None dropped); NaN stats when empty.
 
     ``std`` uses ``ddof`` (0: population std of the measurements themselves).
@@ -571,5 +572,15 @@ def mean_std_over_runs(reports: Sequence[Mapping[str, Any]], key: str, ddof: int
     """
     if not reports:
         raise ValueError("reports: expected at least one run report, got none")
-    s = summary_stats((_get_path(r, key) for r in reports), ddof=ddof)
+    return mean_std((_get_path(r, key) for r in reports), ddof=ddof)
+
+
+def mean_std(values: Iterable[float | None], ddof: int = 1) -> dict[str, float]:
+    """``{"mean", "std", "n"}`` of the finite values (None/NaN skipped); NaN mean and std when none.
+
+    Example:
+        >>> mean_std([0.5, None, 0.7], ddof=0)
+        {'mean': 0.6, 'std': 0.09999999999999998, 'n': 2}
+    """
+    s = summary_stats(values, ddof=ddof)
     return {"mean": s["mean"], "std": s["std"], "n": s["n"]}

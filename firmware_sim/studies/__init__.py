@@ -1,0 +1,4 @@
+"""Doc-generating studies, kept apart from the library: ``python -m firmware_sim.studies.strategy_report``
+writes ``docs/strategies.md`` and ``strategy_sweep`` the tuning sweep behind it. They use the public
+runner (``firmware_sim.commands.experiment``); no library module imports them.
+"""

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from edge.agent import AgentConfig
-from firmware_sim.loop.device_loop import SimOptions, default_cache_dir
+from firmware_sim.cache import default_cache_dir
+from firmware_sim.loop.device_loop import SimOptions
 
 #: Candidate parameters per strategy (strategies without a knob worth tuning are not swept).
 GRID: dict[str, list[dict[str, Any]]] = {
