@@ -1,4 +1,9 @@
-"""The on-device learner: a frozen backbone, a NumPy head, a replay buffer and a strategy.
+"""The on-device learner: a frozen backbone, a head, a replay buffer and a strategy.
+
+The agent owns standardisation: embeddings are standardised once (`edge.base.Standardizer`, with
+the backbone's pretraining statistics, when ``AgentConfig.standardize``) before they reach the
+head and the strategy. The replay buffer stores rows as the backbone produced them and returns
+them standardised. A strategy that owns its classifier (``slda``, ``ncm``) gets no gradient head.
 
 Example (embedding-only: no backbone, as the simulator does with cached embeddings):
     >>> import numpy as np
@@ -29,18 +34,17 @@ from typing import Any
 
 import numpy as np
 
+from edge.base import Head, Standardizer
 from edge.buffer import POLICIES, STORAGES, ReplayBuffer, _rng_from_array, _rng_state_array
-from edge.errors import InputError
+from edge.errors import ConfigError, InputError
 from edge.heads import HEADS, OPTIMIZERS, make_head
 from edge.preprocess import as_frame_batch
 from edge.runtimes import Backbone
-from edge.strategies import STRATEGIES, Strategy, make_strategy
+from edge.strategies import STRATEGIES, Strategy, make_strategy, tflite_head_strategies
 
 #: Where the head trains: NumPy (`edge.heads`) or inside a ``.tflite`` file (`edge.tflite_head`).
+#: Which strategies run on the tflite backend is declared on each class (``supports_tflite_head``).
 HEAD_BACKENDS = ("numpy", "tflite")
-#: Strategies that only take plain gradient steps, so they run on the tflite head backend too
-#: (a strategy class may also say so with ``supports_tflite_head = True``).
-TFLITE_HEAD_STRATEGIES = frozenset({"naive", "replay", "cumulative"})
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,7 @@ class AgentConfig:
         ]
         for ok, name, expected, got in checks:
             if not ok:
-                raise ValueError(f"AgentConfig.{name}: expected {expected}, got {got!r}")
+                raise ConfigError(f"AgentConfig.{name}: expected {expected}, got {got!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
@@ -101,11 +105,11 @@ class AgentConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AgentConfig:
-        """Inverse of `to_dict`; unknown keys raise ValueError."""
+        """Inverse of `to_dict`; unknown keys raise `ConfigError` (a ValueError)."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"AgentConfig: unknown keys {unknown} (expected a subset of {sorted(known)})")
+            raise ConfigError(f"AgentConfig: unknown keys {unknown} (expected a subset of {sorted(known)})")
         return cls(**data)
 
 
@@ -140,34 +144,40 @@ class Agent:
             embedding_mean = manifest.embedding_mean if embedding_mean is None else embedding_mean
             embedding_std = manifest.embedding_std if embedding_std is None else embedding_std
         if embedding_size is None or int(embedding_size) <= 0:
-            raise ValueError(f"embedding_size: expected a positive int when backbone is None, "
-                             f"got {embedding_size!r}")
+            raise ConfigError(f"embedding_size: expected a positive int when backbone is None, "
+                              f"got {embedding_size!r}")
         self.embedding_size = int(embedding_size)
-        use_stats = cfg.standardize and embedding_mean is not None
+        self.standardizer: Standardizer | None = None
+        if cfg.standardize and embedding_mean is not None:
+            self.standardizer = Standardizer(np.asarray(embedding_mean, np.float32),
+                                             None if embedding_std is None else np.asarray(embedding_std, np.float32))
+            if self.standardizer.embedding_size != self.embedding_size:
+                raise ConfigError(f"embedding_mean/std: expected shape ({self.embedding_size},), got "
+                                  f"({self.standardizer.embedding_size},)")
         self.strategy: Strategy = make_strategy(cfg.strategy, **cfg.strategy_params)
-        if cfg.head_backend == "tflite" and not getattr(self.strategy, "supports_tflite_head",
-                                                        cfg.strategy in TFLITE_HEAD_STRATEGIES):
-            raise ValueError(f"AgentConfig.strategy: the tflite head backend supports "
-                             f"{sorted(TFLITE_HEAD_STRATEGIES)} (plain gradient steps), got "
-                             f"{cfg.strategy!r}, which changes the head's loss or weights; "
-                             "use head_backend='numpy'")
-        self.head = self._new_head(
-            np.asarray(embedding_mean, np.float32) if use_stats else None,
-            np.asarray(embedding_std, np.float32) if use_stats and embedding_std is not None else None,
-        )
+        if cfg.head_backend == "tflite" and not type(self.strategy).supports_tflite_head:
+            raise ConfigError(f"AgentConfig.strategy: the tflite head backend supports "
+                              f"{tflite_head_strategies()} (plain gradient steps), got "
+                              f"{cfg.strategy!r}, which changes the head's loss or weights; "
+                              "use head_backend='numpy'")
+        self.head: Head | None = self._new_head()
         capacity = cfg.buffer_capacity if self.strategy.uses_buffer else 0
         self.buffer = ReplayBuffer(capacity, self.embedding_size, cfg.buffer_policy,
-                                   cfg.buffer_storage, cfg.max_classes, seed=cfg.seed + 1)
+                                   cfg.buffer_storage, cfg.max_classes, seed=cfg.seed + 1,
+                                   standardizer=self.standardizer)
         self.rng_ = np.random.default_rng(cfg.seed + 2)
         self.step_ = 0
         self.n_learned_ = 0
 
-    def _new_head(self, mean: np.ndarray | None, std: np.ndarray | None) -> Any:
-        """A fresh head of the configured kind and backend (same seed: same initial weights)."""
+    def _new_head(self) -> Head | None:
+        """A fresh head of the configured kind and backend (same seed: same initial weights), or
+        None when the strategy owns its classifier."""
         cfg = self.config
+        if STRATEGIES[cfg.strategy].owns_classifier:
+            return None
         params: dict[str, Any] = {"hidden": cfg.hidden, "optimizer": cfg.optimizer, "lr": cfg.lr,
                                   "momentum": cfg.momentum, "weight_decay": cfg.weight_decay,
-                                  "seed": cfg.seed, "mean": mean, "std": std}
+                                  "seed": cfg.seed}
         if cfg.head_backend == "numpy":
             return make_head(cfg.head, self.embedding_size, cfg.max_classes, **params)
         from edge.tflite_head import TFLiteHead, find_head_file
@@ -175,8 +185,8 @@ class Agent:
         path = cfg.head_file
         if path is None:
             if self.backbone is None:
-                raise ValueError("AgentConfig.head_file: expected the path of a head .tflite file for "
-                                 "head_backend='tflite' on an embeddings-only agent, got None")
+                raise ConfigError("AgentConfig.head_file: expected the path of a head .tflite file for "
+                                  "head_backend='tflite' on an embeddings-only agent, got None")
             path = find_head_file(Path(self.backbone.info.file).parent, self.backbone.manifest, cfg)
         return TFLiteHead(path, self.embedding_size, cfg.max_classes, kind=cfg.head, **params)
 
@@ -237,17 +247,26 @@ class Agent:
         y = self._check_labels(labels, x.shape[0])
         self._learn(x, y)
 
+    def _standardize(self, x: np.ndarray) -> np.ndarray:
+        return x if self.standardizer is None else self.standardizer(x)
+
     def _learn(self, x: np.ndarray, y: np.ndarray) -> None:
-        self.strategy.learn(self.head, self.buffer, x, y, self.rng_, self.config)
+        self.strategy.learn(self.head, self.buffer, self._standardize(x), y, self.rng_, self.config)
+        self.strategy.remember(self.buffer, x, y)
         self.step_ += 1
         self.n_learned_ += int(x.shape[0])
 
+    def _require_head(self) -> Head:
+        if self.head is None:
+            raise ConfigError(f"agent: strategy {self.config.strategy!r} has no gradient head")
+        return self.head
+
     def predict_proba_embeddings(self, emb: np.ndarray) -> np.ndarray:
         """``(N, max_classes)`` probabilities; 0 for classes never seen."""
-        x = self._check_embeddings(emb)
+        z = self._standardize(self._check_embeddings(emb))
         if self.strategy.owns_classifier:
-            return self.strategy.predict_proba(self.head, x)
-        return self.head.predict_proba(x)
+            return self.strategy.predict_proba(self.head, z)
+        return self._require_head().predict_proba(z)
 
     def predict_embeddings(self, emb: np.ndarray) -> np.ndarray:
         """Most probable seen class per row (int64)."""
@@ -278,12 +297,16 @@ class Agent:
         """Labels learned so far, sorted."""
         if self.strategy.owns_classifier:
             return self.strategy.classes_
-        return self.head.classes_
+        return self._require_head().classes_
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Flat dict of plain arrays: ``head.*``, ``buffer.*``, ``strategy.*``, ``agent.*``."""
+        """Flat dict of plain arrays: ``head.*`` (none when the strategy owns its classifier),
+        ``buffer.*``, ``strategy.*``, ``agent.*``."""
         state: dict[str, np.ndarray] = {}
-        for prefix, part in (("head", self.head), ("buffer", self.buffer), ("strategy", self.strategy)):
+        parts: list[tuple[str, Any]] = [("buffer", self.buffer), ("strategy", self.strategy)]
+        if self.head is not None:
+            parts.insert(0, ("head", self.head))
+        for prefix, part in parts:
             state.update({f"{prefix}.{k}": v for k, v in part.state_dict().items()})
         state["agent.rng"] = _rng_state_array(self.rng_)
         state["agent.step"] = np.array(self.step_, dtype=np.int64)
@@ -303,10 +326,20 @@ class Agent:
         if missing:
             raise InputError(f"agent state: expected agent.{sorted(missing)}, got none")
         # Validate into fresh components first, then swap: a bad state leaves this agent intact.
-        head = self._new_head(self.head.mean, self.head.std)
-        head.load_state_dict(parts["head"])
-        buffer = ReplayBuffer(self.buffer.capacity, self.buffer.dim, self.buffer.policy,
-                              self.buffer.storage, self.buffer.max_classes, self.buffer.seed)
+        head = self._new_head()
+        if head is not None:
+            head.load_state_dict(parts["head"])
+        elif parts["head"]:
+            # Checkpoints written before slda/ncm lost their gradient head carry that head's
+            # state; it was never trained (nothing seen), so it is dropped. Anything else is refused.
+            seen = parts["head"].get("seen")
+            if seen is None or np.asarray(seen).any():
+                raise InputError(f"agent state: expected no head.* keys for strategy "
+                                 f"{self.config.strategy!r} (it owns its classifier), got "
+                                 f"{sorted(parts['head'])}")
+        buffer = ReplayBuffer(self.buffer.capacity, self.buffer.embedding_size, self.buffer.policy,
+                              self.buffer.storage, self.buffer.max_classes, self.buffer.seed,
+                              standardizer=self.standardizer)
         try:
             buffer.load_state_dict(parts["buffer"])
         except KeyError as exc:
@@ -320,7 +353,7 @@ class Agent:
 
     def memory_bytes(self) -> dict[str, int]:
         """Bytes of learned state: ``head``, ``buffer``, ``strategy`` and ``total``."""
-        sizes = {"head": self.head.nbytes, "buffer": self.buffer.nbytes, "strategy": self.strategy.nbytes}
+        sizes = {"head": 0 if self.head is None else self.head.nbytes, "buffer": self.buffer.nbytes, "strategy": self.strategy.nbytes}
         sizes["total"] = sum(sizes.values())
         return sizes
 

@@ -1,7 +1,7 @@
 """A fixed-size replay buffer of embeddings, optionally quantized, for latent replay.
 
-All storage is preallocated at construction time from ``capacity``, ``dim`` and ``storage``;
-`nbytes` is exact (data + labels + per-row scales). Two policies:
+All storage is preallocated at construction time from ``capacity``, ``embedding_size`` and
+``storage``; `nbytes` is exact (data + labels + per-row scales). Two policies:
 
 * ``"reservoir"``: every embedding seen so far has the same chance ``capacity / n_seen`` of being
   in the buffer (Vitter's algorithm R);
@@ -14,9 +14,13 @@ All storage is preallocated at construction time from ``capacity``, ``dim`` and 
 ``storage="int8"`` keeps each row as int8 with one float32 scale per row (symmetric:
 ``scale = max|x| / 127``), a 4x saving over float32 with error at most ``scale / 2`` per value.
 
+Rows are stored as the backbone produced them. With a ``standardizer`` (the agent's
+`edge.base.Standardizer`), `sample` and `contents` return them standardised, ready for the head;
+`add` always takes them unstandardised.
+
 Example:
     >>> import numpy as np
-    >>> buf = ReplayBuffer(capacity=4, dim=3, storage="int8", max_classes=10, seed=0)
+    >>> buf = ReplayBuffer(capacity=4, embedding_size=3, storage="int8", max_classes=10, seed=0)
     >>> buf.add(np.ones((6, 3), np.float32), np.array([0, 0, 1, 1, 2, 2]))
     >>> len(buf), buf.nbytes           # 4*3 int8 + 4 int16 labels + 4 float32 scales
     (4, 36)
@@ -27,9 +31,11 @@ Example:
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
-from edge.errors import InputError
+from edge.errors import ConfigError, InputError
 
 POLICIES = ("reservoir", "class_balanced")
 STORAGES = ("float32", "float16", "int8")
@@ -40,7 +46,7 @@ def _rng_state_array(rng: np.random.Generator) -> np.ndarray:
     """A PCG64 generator's full state as 6 uint64 words (plain array, no pickle)."""
     st = rng.bit_generator.state
     if st["bit_generator"] != "PCG64":
-        raise ValueError(f"expected a PCG64 generator, got {st['bit_generator']}")
+        raise ConfigError(f"expected a PCG64 generator, got {st['bit_generator']}")
     mask = (1 << 64) - 1
     s, inc = st["state"]["state"], st["state"]["inc"]
     return np.array([s >> 64, s & mask, inc >> 64, inc & mask, st["has_uint32"], st["uinteger"]],
@@ -63,30 +69,34 @@ class ReplayBuffer:
 
     Args:
         capacity: rows kept at most (0 disables the buffer).
-        dim: embedding length.
+        embedding_size: embedding length.
         policy: ``"reservoir"`` or ``"class_balanced"``.
         storage: ``"float32"``, ``"float16"`` (values clipped to the float16 range) or ``"int8"``.
         max_classes: labels must lie in ``[0, max_classes)``.
         seed: seeds the buffer's own generator (used by `add`, and by `sample` without ``rng``).
+        standardizer: applied to the rows `sample` and `contents` return (None: as stored).
     """
 
-    def __init__(self, capacity: int, dim: int, policy: str = "reservoir", storage: str = "float32",
-                 max_classes: int = 50, seed: int = 0) -> None:
+    def __init__(self, capacity: int, embedding_size: int, policy: str = "reservoir",
+                 storage: str = "float32", max_classes: int = 50, seed: int = 0,
+                 standardizer: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         if policy not in POLICIES:
-            raise ValueError(f"policy: expected one of {POLICIES}, got {policy!r}")
+            raise ConfigError(f"policy: expected one of {POLICIES}, got {policy!r}")
         if storage not in STORAGES:
-            raise ValueError(f"storage: expected one of {STORAGES}, got {storage!r}")
-        if capacity < 0 or dim <= 0 or max_classes <= 0:
-            raise ValueError(f"expected capacity >= 0, dim > 0, max_classes > 0, got "
-                             f"{capacity}, {dim}, {max_classes}")
+            raise ConfigError(f"storage: expected one of {STORAGES}, got {storage!r}")
+        if capacity < 0 or embedding_size <= 0 or max_classes <= 0:
+            raise ConfigError(f"expected capacity >= 0, embedding_size > 0, max_classes > 0, got "
+                              f"{capacity}, {embedding_size}, {max_classes}")
         self.capacity = int(capacity)
-        self.dim = int(dim)
+        self.embedding_size = int(embedding_size)
+        self.standardizer = standardizer
         self.policy = policy
         self.storage = storage
         self.max_classes = int(max_classes)
         self.seed = seed
         label_dtype = np.int16 if max_classes <= np.iinfo(np.int16).max else np.int32
-        self.data_ = np.zeros((self.capacity, self.dim), dtype=np.int8 if storage == "int8" else storage)
+        self.data_ = np.zeros((self.capacity, self.embedding_size),
+                              dtype=np.int8 if storage == "int8" else np.dtype(storage))
         self.labels_ = np.zeros(self.capacity, dtype=label_dtype)
         self.scales_ = np.zeros(self.capacity if storage == "int8" else 0, dtype=np.float32)
         self.size_ = 0
@@ -125,14 +135,14 @@ class ReplayBuffer:
         rows = self.data_[slots].astype(np.float32)
         if self.storage == "int8":
             rows *= self.scales_[slots, None]
-        return rows
+        return rows if self.standardizer is None else self.standardizer(rows)
 
     # ------------------------------------------------------------------ verbs
     def _validate(self, emb: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         emb = np.asarray(emb)
         labels = np.asarray(labels)
-        if emb.ndim != 2 or emb.shape[1] != self.dim:
-            raise InputError(f"buffer embeddings: expected shape (N, {self.dim}), got {emb.shape}")
+        if emb.ndim != 2 or emb.shape[1] != self.embedding_size:
+            raise InputError(f"buffer embeddings: expected shape (N, {self.embedding_size}), got {emb.shape}")
         if labels.shape != (emb.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
             raise InputError(f"buffer labels: expected integer shape ({emb.shape[0]},), "
                              f"got {labels.dtype}{labels.shape}")
@@ -213,16 +223,17 @@ class ReplayBuffer:
             counts[c] += 1
 
     def sample(self, n: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Up to ``n`` distinct stored rows, uniformly at random: (float32 ``(m, dim)``, int64 labels)."""
+        """Up to ``n`` distinct stored rows, uniformly at random: (float32 ``(m, embedding_size)``,
+        int64 labels), standardised if the buffer has a standardizer."""
         rng = rng if rng is not None else self.rng_
         m = min(int(n), self.size_)
         if m <= 0:
-            return np.zeros((0, self.dim), np.float32), np.zeros(0, np.int64)
+            return np.zeros((0, self.embedding_size), np.float32), np.zeros(0, np.int64)
         slots = rng.choice(self.size_, size=m, replace=False) if m < self.size_ else rng.permutation(m)
         return self._read(slots), self.labels_[slots].astype(np.int64)
 
     def contents(self) -> tuple[np.ndarray, np.ndarray]:
-        """All stored rows, in slot order (float32, int64 labels)."""
+        """All stored rows, in slot order (float32, int64 labels), standardised as `sample`'s."""
         slots = np.arange(self.size_)
         return self._read(slots), self.labels_[: self.size_].astype(np.int64)
 
@@ -244,14 +255,14 @@ class ReplayBuffer:
         labels = np.asarray(state["labels"])
         scales = np.asarray(state["scales"])
         size = data.shape[0] if data.ndim == 2 else -1
-        ok = (data.ndim == 2 and data.shape[1] == self.dim and data.dtype == self.data_.dtype
+        ok = (data.ndim == 2 and data.shape[1] == self.embedding_size and data.dtype == self.data_.dtype
               and 0 <= size <= self.capacity and labels.shape == (size,)
               and labels.dtype == self.labels_.dtype
               and scales.shape == ((size,) if self.storage == "int8" else (0,))
               and np.asarray(state["seen_per_class"]).shape == (self.max_classes,))
         if not ok:
             raise InputError(
-                f"buffer state: expected data {self.data_.dtype}(<= {self.capacity}, {self.dim}) with "
+                f"buffer state: expected data {self.data_.dtype}(<= {self.capacity}, {self.embedding_size}) with "
                 f"matching labels/scales and {self.max_classes} class counts, got data "
                 f"{data.dtype}{data.shape}, labels {labels.dtype}{labels.shape}, scales {scales.shape}"
             )
@@ -270,5 +281,5 @@ class ReplayBuffer:
         self.rng_ = rng
 
     def __repr__(self) -> str:
-        return (f"ReplayBuffer(capacity={self.capacity}, dim={self.dim}, policy={self.policy!r}, "
+        return (f"ReplayBuffer(capacity={self.capacity}, embedding_size={self.embedding_size}, policy={self.policy!r}, "
                 f"storage={self.storage!r}, size={self.size_})")

@@ -1,7 +1,8 @@
 """Trainable classification heads in NumPy, on top of frozen embeddings.
 
-Both heads share one interface (`step`, `partial_fit`, `predict_proba`, `predict`, `state_dict`,
-`load_state_dict`, `nbytes`). The label space is fixed at construction (``max_classes``) and all
+Both heads implement the `edge.base.Head` protocol (`step`, `partial_fit`, `predict_proba`,
+`predict`, weights get/set, `reset`, `state_dict`, `load_state_dict`, `nbytes`). A head trains on the
+embeddings it is given: standardisation is the agent's (`edge.base.Standardizer`). The label space is fixed at construction (``max_classes``) and all
 weights are preallocated; a class becomes *seen* the first time one of its labels is trained on, in
 any batch. Logits of unseen classes are masked to -inf: they are never predicted and the
 probabilities sum to 1 over the seen classes (0 elsewhere).
@@ -12,7 +13,7 @@ Example:
     >>> rng = np.random.default_rng(0)
     >>> x = rng.normal(size=(64, 8)).astype(np.float32)
     >>> y = (x[:, 0] > 0).astype(np.int64)
-    >>> head = SoftmaxHead(n_features=8, max_classes=5, lr=0.1, seed=0)
+    >>> head = SoftmaxHead(embedding_size=8, max_classes=5, lr=0.1, seed=0)
     >>> head.partial_fit(x, y, epochs=20, batch_size=16, rng=rng)
     >>> float((head.predict(x) == y).mean()) > 0.9
     True
@@ -22,22 +23,23 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from edge.errors import InputError, NotFittedError
+from edge.base import LogitGrad, ParamGrad
+from edge.errors import ConfigError, InputError, NotFittedError
 
 OPTIMIZERS = ("sgd", "adam")
 _F32 = np.float32
 
 
 
-def check_embeddings(x: np.ndarray, n_features: int) -> np.ndarray:
-    """A 2-D numeric ``(N, n_features)`` array, or `InputError` naming expected vs got."""
+def check_embeddings(x: np.ndarray, embedding_size: int) -> np.ndarray:
+    """A 2-D numeric ``(N, embedding_size)`` array, or `InputError` naming expected vs got."""
     x = np.asarray(x)
-    if x.ndim != 2 or x.shape[1] != n_features:
-        raise InputError(f"embeddings: expected shape (N, {n_features}), got {x.shape}")
+    if x.ndim != 2 or x.shape[1] != embedding_size:
+        raise InputError(f"embeddings: expected shape (N, {embedding_size}), got {x.shape}")
     if not np.issubdtype(x.dtype, np.floating) and not np.issubdtype(x.dtype, np.integer):
         raise InputError(f"embeddings: expected a float array, got {x.dtype}")
     return x
@@ -57,15 +59,15 @@ def check_labels(y: np.ndarray, n: int, max_classes: int) -> np.ndarray:
 
 
 class _GradientHead:
-    """Shared machinery: seen-class mask, standardisation, optimizer, state."""
+    """Shared machinery: seen-class mask, optimizer, weights access, state."""
 
-    _param_names: tuple[str, ...] = ()
+    #: Names of the output layer's weight matrix and bias (subclasses).
+    _output: tuple[str, str] = ("W", "b")
 
-    def __init__(self, n_features: int, max_classes: int, optimizer: str = "sgd", lr: float = 0.01,
+    def __init__(self, embedding_size: int, max_classes: int, optimizer: str = "sgd", lr: float = 0.01,
                  momentum: float = 0.9, weight_decay: float = 0.0, beta1: float = 0.9,
-                 beta2: float = 0.999, eps: float = 1e-8, mean: np.ndarray | None = None,
-                 std: np.ndarray | None = None, seed: int = 0) -> None:
-        self.n_features = n_features
+                 beta2: float = 0.999, eps: float = 1e-8, seed: int = 0) -> None:
+        self.embedding_size = embedding_size
         self.max_classes = max_classes
         self.optimizer = optimizer
         self.lr = lr
@@ -74,8 +76,6 @@ class _GradientHead:
         self.beta1 = beta1
         self.beta2 = beta2
         self.eps = eps
-        self.mean = mean
-        self.std = std
         self.seed = seed
 
     # ------------------------------------------------------------------ setup
@@ -89,38 +89,25 @@ class _GradientHead:
         if hasattr(self, "params_"):
             return
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer: expected one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if int(self.n_features) <= 0 or int(self.max_classes) <= 1:
-            raise ValueError(f"expected n_features >= 1 and max_classes >= 2, got "
-                             f"{self.n_features} and {self.max_classes}")
+            raise ConfigError(f"optimizer: expected one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if int(self.embedding_size) <= 0 or int(self.max_classes) <= 1:
+            raise ConfigError(f"expected embedding_size >= 1 and max_classes >= 2, got "
+                              f"{self.embedding_size} and {self.max_classes}")
         self.params_ = self._init_params(np.random.default_rng(self.seed))
         slots = ("v",) if self.optimizer == "sgd" else ("m", "v")
         self.opt_state_ = {f"{s}.{k}": np.zeros_like(p) for s in slots for k, p in self.params_.items()}
         self.t_ = 0
         self.seen_ = np.zeros(self.max_classes, dtype=bool)
-        if self.mean is not None:
-            self.mean_ = np.asarray(self.mean, dtype=_F32).reshape(-1)
-            std = np.asarray(self.std if self.std is not None else np.ones(self.n_features), dtype=_F32)
-            self.inv_std_ = (1.0 / np.maximum(std.reshape(-1), 1e-6)).astype(_F32)
-            if self.mean_.shape != (self.n_features,) or self.inv_std_.shape != (self.n_features,):
-                raise ValueError(f"mean/std: expected shape ({self.n_features},), got "
-                                 f"{self.mean_.shape} and {self.inv_std_.shape}")
-        else:
-            self.mean_ = None
-            self.inv_std_ = None
 
     # -------------------------------------------------------------- validation
     def _check_x(self, x: np.ndarray) -> np.ndarray:
-        return check_embeddings(x, self.n_features)
+        return check_embeddings(x, self.embedding_size)
 
     def _check_y(self, y: np.ndarray, n: int) -> np.ndarray:
         return check_labels(y, n, self.max_classes)
 
     def _input(self, x: np.ndarray) -> np.ndarray:
-        x = x.astype(_F32, copy=False)
-        if self.mean_ is not None:
-            return (x - self.mean_) * self.inv_std_
-        return x
+        return x.astype(_F32, copy=False)
 
     # ----------------------------------------------------------------- model
     def _forward(self, x: np.ndarray) -> tuple[np.ndarray, Any]:  # pragma: no cover - abstract
@@ -138,8 +125,7 @@ class _GradientHead:
 
     # ------------------------------------------------------------------ verbs
     def step(self, x: np.ndarray, y: np.ndarray, *,
-             logit_grad: Callable[[np.ndarray], np.ndarray] | None = None,
-             param_grad: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None) -> float:
+             logit_grad: LogitGrad | None = None, param_grad: ParamGrad | None = None) -> float:
         """One gradient step on one mini-batch; returns the mean cross-entropy before the step.
 
         Marks the batch's labels as seen first. Loss: mean cross-entropy over the batch with
@@ -212,11 +198,6 @@ class _GradientHead:
                 idx = order[start:start + int(batch_size)]
                 self.step(x[idx], y[idx])
 
-    def standardize(self, x: np.ndarray) -> np.ndarray:
-        """The head's input transform (standardisation with the backbone's statistics, if any)."""
-        self._ensure_init()
-        return self._input(self._check_x(x))
-
     def reset(self, seed: int | None = None) -> None:
         """Back to the freshly constructed state: initial weights of ``seed`` (default: the head's
         own), zero optimizer state, nothing seen."""
@@ -269,6 +250,52 @@ class _GradientHead:
         """The most probable seen class of each row (int64)."""
         return self.predict_proba(x).argmax(axis=1).astype(np.int64)
 
+    # ---------------------------------------------------------------- weights
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """Copies of the parameters by name."""
+        self._ensure_init()
+        return {name: p.copy() for name, p in self.params_.items()}
+
+    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+        """Overwrite some parameters by name (cast to float32; optimizer state untouched)."""
+        self._ensure_init()
+        for name, value in weights.items():
+            if name not in self.params_:
+                raise InputError(f"head weights: expected names among {sorted(self.params_)}, got {name!r}")
+            value = np.asarray(value)
+            if value.shape != self.params_[name].shape:
+                raise InputError(f"head weights {name!r}: expected shape {self.params_[name].shape}, "
+                                 f"got {value.shape}")
+        for name, value in weights.items():
+            self.params_[name][...] = value
+
+    @property
+    def output_layer(self) -> tuple[str, str]:
+        """Names of the output layer's weight matrix and bias."""
+        return self._output
+
+    def get_output_weights(self) -> np.ndarray:
+        """One vector per class ``(max_classes, fan_in + 1)``: its output-layer column, then its bias."""
+        self._ensure_init()
+        w, b = self._output
+        return np.concatenate([self.params_[w].T, self.params_[b][:, None]], axis=1)
+
+    def set_output_weights(self, vectors: np.ndarray, *, reset_optimizer: bool = False) -> None:
+        """Inverse of `get_output_weights` (cast to float32); ``reset_optimizer`` also zeroes the
+        optimizer slots of the output layer (fresh variables)."""
+        self._ensure_init()
+        w, b = self._output
+        vectors = np.asarray(vectors)
+        want = (self.params_[b].shape[0], self.params_[w].shape[0] + 1)
+        if vectors.shape != want:
+            raise InputError(f"output weights: expected shape {want}, got {vectors.shape}")
+        self.params_[w][...] = vectors[:, :-1].T
+        self.params_[b][...] = vectors[:, -1]
+        if reset_optimizer:
+            for key, slot in self.opt_state_.items():
+                if key.split(".", 1)[1] in (w, b):
+                    slot[...] = 0.0
+
     # ------------------------------------------------------------------ state
     @property
     def classes_(self) -> np.ndarray:
@@ -314,7 +341,7 @@ class _GradientHead:
         return int(sum(a.nbytes for a in arrays))
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(n_features={self.n_features}, max_classes={self.max_classes}, "
+        return (f"{type(self).__name__}(embedding_size={self.embedding_size}, max_classes={self.max_classes}, "
                 f"optimizer={self.optimizer!r}, lr={self.lr})")
 
 
@@ -323,7 +350,7 @@ class SoftmaxHead(_GradientHead):
 
     Example:
         >>> import numpy as np
-        >>> head = SoftmaxHead(n_features=4, max_classes=3)
+        >>> head = SoftmaxHead(embedding_size=4, max_classes=3)
         >>> head.step(np.ones((2, 4), np.float32), np.array([0, 1])) > 0
         True
         >>> head.classes_.tolist()
@@ -331,7 +358,7 @@ class SoftmaxHead(_GradientHead):
     """
 
     def _init_params(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        d, k = int(self.n_features), int(self.max_classes)
+        d, k = int(self.embedding_size), int(self.max_classes)
         return {"W": (rng.standard_normal((d, k)) * 0.01).astype(_F32), "b": np.zeros(k, _F32)}
 
     def _forward(self, x: np.ndarray) -> tuple[np.ndarray, Any]:
@@ -351,18 +378,20 @@ class MLPHead(_GradientHead):
 
     Example:
         >>> import numpy as np
-        >>> head = MLPHead(n_features=4, max_classes=3, hidden=8)
+        >>> head = MLPHead(embedding_size=4, max_classes=3, hidden=8)
         >>> _ = head.step(np.ones((2, 4), np.float32), np.array([0, 2]))
         >>> float(head.predict_proba(np.ones((1, 4), np.float32))[0, 1])
         0.0
     """
 
-    def __init__(self, n_features: int, max_classes: int, hidden: int = 128, **kwargs: Any) -> None:
-        super().__init__(n_features, max_classes, **kwargs)
+    _output = ("W2", "b2")
+
+    def __init__(self, embedding_size: int, max_classes: int, hidden: int = 128, **kwargs: Any) -> None:
+        super().__init__(embedding_size, max_classes, **kwargs)
         self.hidden = hidden
 
     def _init_params(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        d, h, k = int(self.n_features), int(self.hidden), int(self.max_classes)
+        d, h, k = int(self.embedding_size), int(self.hidden), int(self.max_classes)
         return {
             "W1": (rng.standard_normal((d, h)) * np.sqrt(2.0 / d)).astype(_F32),
             "b1": np.zeros(h, _F32),
@@ -395,10 +424,10 @@ class MLPHead(_GradientHead):
 HEADS: dict[str, type[_GradientHead]] = {"softmax": SoftmaxHead, "mlp": MLPHead}
 
 
-def make_head(kind: str, n_features: int, max_classes: int, **params: Any) -> _GradientHead:
+def make_head(kind: str, embedding_size: int, max_classes: int, **params: Any) -> _GradientHead:
     """Build a head by name (``"softmax"`` or ``"mlp"``)."""
     if kind not in HEADS:
-        raise ValueError(f"head: expected one of {sorted(HEADS)}, got {kind!r}")
+        raise ConfigError(f"head: expected one of {sorted(HEADS)}, got {kind!r}")
     if kind == "softmax":
         params.pop("hidden", None)
-    return HEADS[kind](n_features, max_classes, **params)
+    return HEADS[kind](embedding_size, max_classes, **params)

@@ -4,10 +4,9 @@
 backbone: the forward pass, a hand-written gradient and the optimizer update of the NumPy heads of
 `edge.heads`, with builtin ops only (no Flex), in four signatures (``train``, ``infer``,
 ``get_weights``, ``set_weights``) plus ``config`` (the baked hyperparameters). `TFLiteHead` wraps
-such a file with exactly the NumPy heads' interface (`step`, `partial_fit`, `predict_proba`,
-`predict`, `decision_function`, `classes_`, `state_dict` / `load_state_dict`, `nbytes`), so
-strategies that train by gradient (naive, replay) use it unchanged, and a checkpoint moves between
-the two backends (same state keys, shapes and dtypes).
+such a file with the `edge.base.Head` protocol the NumPy heads implement, so strategies that train
+by plain gradient steps (those with ``supports_tflite_head``: naive, replay, cumulative) use it
+unchanged, and a checkpoint moves between the two backends (same state keys, shapes and dtypes).
 
 What differs from the NumPy head:
 
@@ -16,15 +15,14 @@ What differs from the NumPy head:
   constructor checks the ones it is given against the file (expected vs got);
 * a ``step`` on ``n < B`` rows is padded with zero-weight rows, which gives exactly the NumPy
   update on the ``n`` rows; ``n > B`` is refused (`InputError`);
-* standardisation (``(x - mean) / max(std, 1e-6)``) is applied here, in NumPy, before the file is
-  called, as the NumPy head does.
+* like the NumPy heads it trains on the embeddings it is given: the agent standardises them first.
 
 The runtime is imported lazily: ``ai_edge_litert``, else ``tflite_runtime``. No TensorFlow.
 
 Example:
     >>> import numpy as np
     >>> from edge.tflite_head import TFLiteHead
-    >>> head = TFLiteHead("models/default/head_softmax_sgd_b32_c50.tflite", n_features=256,
+    >>> head = TFLiteHead("models/default/head_softmax_sgd_b32_c50.tflite", embedding_size=256,
     ...                   max_classes=50, weight_decay=1e-4)                  # doctest: +SKIP
     >>> head.step(np.ones((5, 256), np.float32), np.arange(5))             # doctest: +SKIP
     3.91...
@@ -40,7 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from edge.errors import InputError, ModelLoadError, NotFittedError
+from edge.base import LogitGrad, ParamGrad
+from edge.errors import ConfigError, InputError, ModelLoadError, NotFittedError
 from edge.heads import check_embeddings, check_labels
 
 _F32 = np.float32
@@ -52,22 +51,22 @@ HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
 }
 
 
-def param_shapes(kind: str, n_features: int, max_classes: int,
+def param_shapes(kind: str, embedding_size: int, max_classes: int,
                  hidden: int | None = None) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes of a head, in the NumPy heads' order."""
-    d, k = int(n_features), int(max_classes)
+    d, k = int(embedding_size), int(max_classes)
     if kind == "softmax":
         return {"W": (d, k), "b": (k,)}
     if kind == "mlp":
         h = int(hidden or 0)
         return {"W1": (d, h), "b1": (h,), "W2": (h, k), "b2": (k,)}
-    raise ValueError(f"head kind: expected 'softmax' or 'mlp', got {kind!r}")
+    raise ConfigError(f"head kind: expected 'softmax' or 'mlp', got {kind!r}")
 
 
 def slot_names(optimizer: str) -> tuple[str, ...]:
     """Optimizer slots per parameter: ``("v",)`` for sgd-momentum, ``("m", "v")`` for adam."""
     if optimizer not in HYPERPARAMETERS:
-        raise ValueError(f"optimizer: expected one of {sorted(HYPERPARAMETERS)}, got {optimizer!r}")
+        raise ConfigError(f"optimizer: expected one of {sorted(HYPERPARAMETERS)}, got {optimizer!r}")
     return ("v",) if optimizer == "sgd" else ("m", "v")
 
 
@@ -148,21 +147,20 @@ class TFLiteHead:
 
     Args:
         path: the head file (``edge-host export-head``).
-        n_features, max_classes, kind, hidden, optimizer, lr, momentum, weight_decay, beta1,
+        embedding_size, max_classes, kind, hidden, optimizer, lr, momentum, weight_decay, beta1,
             beta2, eps: what the caller expects; each is checked against the file (`ModelLoadError`
             with expected vs got). ``hidden`` is ignored for a softmax head.
-        mean, std, seed: as for the NumPy heads (standardisation; initial weights drawn exactly as
-            the NumPy head with this seed draws them).
+        seed: initial weights drawn exactly as the NumPy head with this seed draws them.
         num_threads: LiteRT threads (default: the runtime's choice).
     """
 
-    def __init__(self, path: str | os.PathLike[str], n_features: int, max_classes: int,
+    def __init__(self, path: str | os.PathLike[str], embedding_size: int, max_classes: int,
                  kind: str = "softmax", hidden: int = 128, optimizer: str = "sgd", lr: float = 0.01,
                  momentum: float = 0.9, weight_decay: float = 0.0, beta1: float = 0.9,
-                 beta2: float = 0.999, eps: float = 1e-8, mean: np.ndarray | None = None,
-                 std: np.ndarray | None = None, seed: int = 0, num_threads: int | None = None) -> None:
+                 beta2: float = 0.999, eps: float = 1e-8, seed: int = 0,
+                 num_threads: int | None = None) -> None:
         self.path = Path(path)
-        self.n_features = n_features
+        self.embedding_size = embedding_size
         self.max_classes = max_classes
         self.kind = kind
         self.hidden = hidden
@@ -173,8 +171,6 @@ class TFLiteHead:
         self.beta1 = beta1
         self.beta2 = beta2
         self.eps = eps
-        self.mean = mean
-        self.std = std
         self.seed = seed
         self.num_threads = num_threads
         self._open()
@@ -207,7 +203,7 @@ class TFLiteHead:
         kind = "mlp" if "param_W1" in set_in else "softmax"
         optimizer = "adam" if any(k.startswith("opt_m_") for k in set_in) else "sgd"
         hidden = int(set_in["param_b1"]["shape"][0]) if kind == "mlp" else None
-        checks = [("n_features", self.n_features, dim), ("max_classes", self.max_classes, classes),
+        checks: list[tuple[str, Any, Any]] = [("embedding_size", self.embedding_size, dim), ("max_classes", self.max_classes, classes),
                   ("kind", self.kind, kind), ("optimizer", self.optimizer, optimizer)]
         if kind == "mlp":
             checks.append(("hidden", self.hidden, hidden))
@@ -225,33 +221,31 @@ class TFLiteHead:
         self._set_specs = {_state_key(name): (name, tuple(int(v) for v in d["shape"]), np.dtype(d["dtype"]))
                            for name, d in set_in.items()}
 
-    def _reset(self) -> None:
-        """Initial state: the NumPy head's initial weights for ``seed``, zero slots, nothing seen."""
+    def _reset(self, seed: int | None = None) -> None:
+        """Initial state: the NumPy head's initial weights for ``seed`` (default: the head's own),
+        zero slots, nothing seen."""
         from edge.heads import make_head
 
-        ref = make_head(self.kind, self.n_features, self.max_classes, hidden=self.hidden,
-                        optimizer=self.optimizer, mean=self.mean, std=self.std, seed=self.seed)
+        ref = make_head(self.kind, self.embedding_size, self.max_classes, hidden=self.hidden,
+                        optimizer=self.optimizer, seed=self.seed if seed is None else int(seed))
         state = ref.state_dict()
-        self.mean_, self.inv_std_ = ref.mean_, ref.inv_std_
         self.seen_ = np.zeros(self.max_classes, dtype=bool)
         self.t_ = 0
         self.load_state_dict(state)
 
     # -------------------------------------------------------------- validation
     def _check_x(self, x: np.ndarray) -> np.ndarray:
-        return check_embeddings(x, self.n_features)
+        return check_embeddings(x, self.embedding_size)
 
     def _check_y(self, y: np.ndarray, n: int) -> np.ndarray:
         return check_labels(y, n, self.max_classes)
 
     def _input(self, x: np.ndarray) -> np.ndarray:
-        x = x.astype(_F32, copy=False)
-        if self.mean_ is not None:
-            x = (x - self.mean_) * self.inv_std_
         return np.ascontiguousarray(x, dtype=_F32)
 
     # ------------------------------------------------------------------ verbs
-    def step(self, x: np.ndarray, y: np.ndarray, *, logit_grad: Any = None, param_grad: Any = None) -> float:
+    def step(self, x: np.ndarray, y: np.ndarray, *, logit_grad: LogitGrad | None = None,
+             param_grad: ParamGrad | None = None) -> float:
         """One gradient step in the file on one mini-batch of at most ``batch_size`` rows;
         returns the mean cross-entropy before the step (as the NumPy head).
 
@@ -270,7 +264,7 @@ class TFLiteHead:
         if n > b:
             raise InputError(f"embeddings: expected at most {b} rows (the batch size baked into "
                              f"{self.path.name}), got {n}")
-        feed = np.zeros((b, self.n_features), _F32)
+        feed = np.zeros((b, self.embedding_size), _F32)
         feed[:n] = self._input(x)
         labels = np.zeros(b, np.int32)
         labels[:n] = y
@@ -297,13 +291,10 @@ class TFLiteHead:
                 idx = order[start:start + int(batch_size)]
                 self.step(x[idx], y[idx])
 
-    def standardize(self, x: np.ndarray) -> np.ndarray:
-        """The head's input transform (standardisation with the backbone's statistics, if any)."""
-        return self._input(self._check_x(x))
-
-    def reset(self) -> None:
-        """Back to the freshly constructed state (same seed: same initial weights, nothing seen)."""
-        self._reset()
+    def reset(self, seed: int | None = None) -> None:
+        """Back to the freshly constructed state: initial weights of ``seed`` (default: the head's
+        own), zero optimizer state, nothing seen."""
+        self._reset(seed)
 
     def _run_infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
         x = self._check_x(x)
@@ -325,6 +316,52 @@ class TFLiteHead:
     def predict(self, x: np.ndarray) -> np.ndarray:
         """The most probable seen class of each row (int64)."""
         return self.predict_proba(x).argmax(axis=1).astype(np.int64)
+
+    # ---------------------------------------------------------------- weights
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """Copies of the parameters by name, read from the file's variables."""
+        return {key[len("param."):]: value for key, value in self.state_dict().items()
+                if key.startswith("param.")}
+
+    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+        """Overwrite some parameters by name (shapes checked; optimizer state untouched)."""
+        state = self.state_dict()
+        for name, value in weights.items():
+            key = f"param.{name}"
+            if key not in state:
+                raise InputError(f"head weights: expected names among {sorted(self._shapes)}, got {name!r}")
+            value = np.asarray(value)
+            if value.shape != state[key].shape:
+                raise InputError(f"head weights {name!r}: expected shape {state[key].shape}, got {value.shape}")
+            state[key] = value.astype(_F32)
+        self.load_state_dict(state)
+
+    @property
+    def output_layer(self) -> tuple[str, str]:
+        """Names of the output layer's weight matrix and bias."""
+        return ("W", "b") if self.kind == "softmax" else ("W2", "b2")
+
+    def get_output_weights(self) -> np.ndarray:
+        """One vector per class ``(max_classes, fan_in + 1)``: its output-layer column, then its bias."""
+        weights = self.get_weights()
+        w, b = self.output_layer
+        return np.concatenate([weights[w].T, weights[b][:, None]], axis=1)
+
+    def set_output_weights(self, vectors: np.ndarray, *, reset_optimizer: bool = False) -> None:
+        """Inverse of `get_output_weights`; ``reset_optimizer`` also zeroes the output layer's slots."""
+        w, b = self.output_layer
+        state = self.state_dict()
+        vectors = np.asarray(vectors)
+        want = (state[f"param.{b}"].shape[0], state[f"param.{w}"].shape[0] + 1)
+        if vectors.shape != want:
+            raise InputError(f"output weights: expected shape {want}, got {vectors.shape}")
+        state[f"param.{w}"] = np.ascontiguousarray(vectors[:, :-1].T, dtype=_F32)
+        state[f"param.{b}"] = np.ascontiguousarray(vectors[:, -1], dtype=_F32)
+        if reset_optimizer:
+            for key in state:
+                if key.startswith("opt.") and key.rsplit(".", 1)[1] in (w, b):
+                    state[key] = np.zeros_like(state[key])
+        self.load_state_dict(state)
 
     # ------------------------------------------------------------------ state
     @property
@@ -377,50 +414,6 @@ class TFLiteHead:
         self._interpreter = self._train = self._infer = self._get = self._set = None
 
     def __repr__(self) -> str:
-        return (f"TFLiteHead(path={self.path.name!r}, kind={self.kind!r}, n_features={self.n_features}, "
+        return (f"TFLiteHead(path={self.path.name!r}, kind={self.kind!r}, embedding_size={self.embedding_size}, "
                 f"max_classes={self.max_classes}, optimizer={self.optimizer!r}, lr={self.lr}, "
                 f"batch_size={getattr(self, 'batch_size', None)})")
-
-
-def tflite_op_names(model: str | os.PathLike[str] | bytes) -> list[str]:
-    """Sorted op names used by every subgraph of a ``.tflite`` file (custom ops by their custom
-    code, e.g. ``FlexReluGrad``), parsed from the flatbuffer with LiteRT's generated schema.
-
-    ``Interpreter._get_ops_details()`` lists only the first subgraph, while each signature of a
-    head file is its own subgraph, hence this parser.
-    """
-    try:
-        from ai_edge_litert import schema_py_generated as schema
-    except ImportError as exc:  # tflite_runtime ships no schema module
-        from edge.errors import RuntimeUnavailableError
-
-        raise RuntimeUnavailableError("listing ops needs ai-edge-litert (its schema module) and "
-                                      "flatbuffers") from exc
-    buf = bytes(model) if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
-    root = schema.Model.GetRootAsModel(buf, 0)
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    codes = []
-    for i in range(root.OperatorCodesLength()):
-        oc = root.OperatorCodes(i)
-        code = max(int(oc.BuiltinCode()), int(oc.DeprecatedBuiltinCode()))
-        custom = oc.CustomCode()
-        codes.append(custom.decode() if custom else names.get(code, f"BUILTIN_{code}"))
-    used = set()
-    for g in range(root.SubgraphsLength()):
-        sub = root.Subgraphs(g)
-        for j in range(sub.OperatorsLength()):
-            used.add(codes[sub.Operators(j).OpcodeIndex()])
-    return sorted(used)
-
-
-def non_builtin_ops(ops: list[str]) -> list[str]:
-    """The Flex (select TF) and custom ops of an op list (what device runtimes lack)."""
-    from_builtins = set()
-    try:
-        from ai_edge_litert import schema_py_generated as schema
-
-        from_builtins = {k for k in vars(schema.BuiltinOperator) if not k.startswith("_")}
-    except ImportError:
-        pass
-    return [op for op in ops if op.startswith("Flex") or op in ("CUSTOM", "DELEGATE")
-            or (from_builtins and op not in from_builtins)]

@@ -23,7 +23,7 @@ def _feed(buf: ReplayBuffer, spec, seed: int = 0) -> np.ndarray:
     seen = np.zeros(MAX_CLASSES, np.int64)
     for size, classes in spec:
         labels = rng.choice(classes, size=size)
-        buf.add(rng.normal(size=(size, buf.dim)).astype(np.float32) * 5, labels)
+        buf.add(rng.normal(size=(size, buf.embedding_size)).astype(np.float32) * 5, labels)
         np.add.at(seen, labels, 1)
     return seen
 

@@ -7,6 +7,7 @@ import pytest
 
 from _edge_common import blobs
 from edge.agent import Agent, AgentConfig
+from edge.base import Standardizer
 from edge.errors import InputError, NotFittedError
 from edge.heads import MLPHead, SoftmaxHead, make_head
 from edge.strategies import STRATEGIES, Strategy, make_strategy
@@ -87,12 +88,19 @@ def test_nbytes_and_state_dict_are_plain_arrays():
 def test_standardisation_uses_given_statistics():
     x, y = blobs(30, 3, 8, seed=2)
     shifted = x * 50 + 1000  # badly scaled embeddings
-    plain = SoftmaxHead(8, 3, lr=0.05, seed=0)
-    std = SoftmaxHead(8, 3, lr=0.05, seed=0, mean=shifted.mean(0), std=shifted.std(0))
-    for head in (plain, std):
-        head.partial_fit(shifted, y, epochs=5, batch_size=16, rng=np.random.default_rng(0))
-    assert (std.predict(shifted) == y).mean() == 1.0
-    assert np.isfinite(std.state_dict()["param.W"]).all()
+    standardize = Standardizer(shifted.mean(0), shifted.std(0))
+    np.testing.assert_allclose(standardize(shifted).mean(0), 0, atol=1e-3)
+    head = SoftmaxHead(8, 3, lr=0.05, seed=0)
+    head.partial_fit(standardize(shifted), y, epochs=5, batch_size=16, rng=np.random.default_rng(0))
+    assert (head.predict(standardize(shifted)) == y).mean() == 1.0
+    assert np.isfinite(head.state_dict()["param.W"]).all()
+    # The agent standardises before the head: same weights as training the head on standardised rows.
+    agent = Agent(None, AgentConfig(max_classes=3, strategy="naive", epochs=5, batch_size=16, lr=0.05),
+                  embedding_size=8, embedding_mean=shifted.mean(0), embedding_std=shifted.std(0))
+    agent.learn_embeddings(shifted, y)
+    assert agent.evaluate_embeddings(shifted, y) == 1.0
+    with pytest.raises(ValueError, match=r"expected shape \(8,\), got \(3,\)"):
+        Agent(None, AgentConfig(max_classes=3), embedding_size=8, embedding_mean=np.zeros(3))
 
 
 def test_replay_remembers_where_naive_forgets():

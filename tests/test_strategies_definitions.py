@@ -18,7 +18,7 @@ from edge.strategies import STRATEGIES, cwr_consolidate, make_strategy
 from edge.strategies.base import minibatches
 
 DIM, K = 8, 5
-CFG = SimpleNamespace(epochs=2, batch_size=7, replay_ratio=0.5)
+CFG = SimpleNamespace(epochs=2, batch_size=7, replay_ratio=0.5, max_classes=K)
 
 
 def stream(seed: int, n_batches: int = 6, rows: int = 11, dim: int = DIM, k: int = K):
@@ -353,3 +353,23 @@ def test_memory_is_reported_and_buffer_rows_only_when_used(name):
     assert mem["total"] == mem["head"] + mem["buffer"] + mem["strategy"]
     assert (a.buffer.capacity > 0) == STRATEGIES[name].uses_buffer
     assert mem["strategy"] == a.strategy.nbytes
+
+
+@pytest.mark.parametrize("name", ["slda", "ncm"])
+def test_classifier_owning_strategies_get_no_gradient_head(name):
+    a = agent(name)
+    x, y = stream(12)[0]
+    a.learn_embeddings(x, y)
+    assert a.head is None and a.memory_bytes()["head"] == 0
+    state = a.state_dict()
+    assert not [k for k in state if k.startswith("head.")]
+    # A checkpoint written while these strategies still carried an (untrained) head loads ...
+    old_head = {f"head.{k}": v for k, v in SoftmaxHead(DIM, K).state_dict().items()}
+    clone = agent(name)
+    clone.load_state_dict({**state, **old_head})
+    np.testing.assert_array_equal(clone.predict_proba_embeddings(x), a.predict_proba_embeddings(x))
+    # ... but a trained head's state is not silently dropped.
+    trained = SoftmaxHead(DIM, K)
+    trained.step(x, y)
+    with pytest.raises(InputError, match="expected no head"):
+        clone.load_state_dict({**state, **{f"head.{k}": v for k, v in trained.state_dict().items()}})

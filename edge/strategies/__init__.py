@@ -1,15 +1,19 @@
 """Continual-learning strategies: how one incoming batch trains the head and updates the buffer.
 
 The seam is one small class. `Strategy.learn(head, buffer, emb, labels, rng, cfg)` does all the
-work of one training batch and returns None. A strategy may keep its own state (`state_dict`,
+work of one training batch and returns None; the agent then calls `Strategy.remember(buffer, raw,
+labels)`, which offers the batch to the replay buffer when the strategy ``uses_buffer``. The head
+is reached only through the `edge.base.Head` protocol, and ``emb`` is already standardised by the
+agent (the buffer stores raw rows and returns them standardised). A strategy may keep its own state (`state_dict`,
 `load_state_dict`, `nbytes`: plain arrays, stored by the agent under ``strategy.*``). A strategy
 that owns its own classifier instead of training the gradient head (streaming LDA, nearest class
 mean) sets ``owns_classifier = True`` and implements `predict_proba(head, emb)` and ``classes_``;
-the agent then asks the strategy rather than the head. ``uses_buffer`` tells the agent whether to
-allocate replay-buffer rows.
+the agent then builds no gradient head (``head`` is None) and asks the strategy. ``uses_buffer``
+tells the agent whether to allocate replay-buffer rows; ``supports_tflite_head`` whether the
+strategy runs on the ``.tflite`` head backend (plain gradient steps only).
 
-``cfg`` is any object with the attributes ``epochs``, ``batch_size`` and ``replay_ratio`` (the
-`edge.agent.AgentConfig` in practice).
+``cfg`` is any object with the attributes ``epochs``, ``batch_size``, ``replay_ratio`` and
+``max_classes`` (the `edge.agent.AgentConfig` in practice).
 
 ========== ============================================ ================================ ===========
 name       what                                         parameters (defaults)            memory
@@ -30,12 +34,14 @@ Example:
     >>> from types import SimpleNamespace
     >>> from edge.buffer import ReplayBuffer
     >>> from edge.heads import SoftmaxHead
-    >>> cfg = SimpleNamespace(epochs=1, batch_size=8, replay_ratio=0.5)
+    >>> cfg = SimpleNamespace(epochs=1, batch_size=8, replay_ratio=0.5, max_classes=3)
     >>> head, buf = SoftmaxHead(4, 3), ReplayBuffer(10, 4, max_classes=3)
     >>> s = make_strategy("replay")
-    >>> s.learn(head, buf, np.ones((6, 4), np.float32), np.zeros(6, np.int64), np.random.default_rng(0), cfg)
-    >>> len(buf)
-    6
+    >>> x, y = np.ones((6, 4), np.float32), np.zeros(6, np.int64)
+    >>> s.learn(head, buf, x, y, np.random.default_rng(0), cfg)
+    >>> s.remember(buf, x, y)
+    >>> len(buf), head.classes_.tolist()
+    (6, [0])
     >>> sorted(STRATEGIES)
     ['ar1_head', 'cumulative', 'cwr_star', 'ewc', 'lwf', 'naive', 'ncm', 'replay', 'slda']
 """
@@ -44,6 +50,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from edge.errors import ConfigError
 from edge.strategies.base import LearnSettings, Strategy
 from edge.strategies.basic import CumulativeStrategy, NaiveStrategy, ReplayStrategy
 from edge.strategies.cwr import AR1HeadStrategy, CWRStarStrategy, cwr_consolidate
@@ -52,7 +59,7 @@ from edge.strategies.regularized import EWCStrategy, LwFStrategy
 
 __all__ = ["STRATEGIES", "Strategy", "LearnSettings", "make_strategy", "NaiveStrategy", "ReplayStrategy",
            "CumulativeStrategy", "CWRStarStrategy", "AR1HeadStrategy", "SLDAStrategy", "NCMStrategy",
-           "EWCStrategy", "LwFStrategy", "cwr_consolidate"]
+           "EWCStrategy", "LwFStrategy", "cwr_consolidate", "tflite_head_strategies"]
 
 #: Strategy classes by name; `make_strategy` builds one.
 STRATEGIES: dict[str, type[Strategy]] = {
@@ -61,11 +68,16 @@ STRATEGIES: dict[str, type[Strategy]] = {
 }
 
 
+def tflite_head_strategies() -> list[str]:
+    """Names of the strategies that run on the ``.tflite`` head backend (``supports_tflite_head``)."""
+    return sorted(name for name, cls in STRATEGIES.items() if cls.supports_tflite_head)
+
+
 def make_strategy(name: str, **params: Any) -> Strategy:
-    """Build a registered strategy; unknown names or parameters raise ValueError."""
+    """Build a registered strategy; unknown names or parameters raise `ConfigError` (a ValueError)."""
     if name not in STRATEGIES:
-        raise ValueError(f"strategy: expected one of {sorted(STRATEGIES)}, got {name!r}")
+        raise ConfigError(f"strategy: expected one of {sorted(STRATEGIES)}, got {name!r}")
     try:
         return STRATEGIES[name](**params)
     except TypeError as exc:
-        raise ValueError(f"strategy {name!r}: bad parameters {params}: {exc}") from exc
+        raise ConfigError(f"strategy {name!r}: bad parameters {params}: {exc}") from exc

@@ -6,8 +6,9 @@ from typing import Any, Iterator, Protocol
 
 import numpy as np
 
+from edge.base import Head
 from edge.buffer import ReplayBuffer
-from edge.errors import InputError
+from edge.errors import ConfigError, InputError
 
 
 class LearnSettings(Protocol):
@@ -16,6 +17,7 @@ class LearnSettings(Protocol):
     epochs: int
     batch_size: int
     replay_ratio: float
+    max_classes: int
 
 
 class Strategy:
@@ -23,7 +25,9 @@ class Strategy:
 
     Constructor arguments are the strategy's hyperparameters and nothing else (`params` returns
     them); learned state is created on the first `learn` and exported by `state_dict` as plain
-    arrays (the agent stores them under ``strategy.*`` in its checkpoints).
+    arrays (the agent stores them under ``strategy.*`` in its checkpoints). A strategy reaches the
+    head only through the `edge.base.Head` protocol, and receives embeddings already standardised
+    by the agent.
     """
 
     name = "base"
@@ -32,15 +36,28 @@ class Strategy:
     #: True when the strategy replays from the buffer; otherwise the agent allocates no buffer rows,
     #: so the memory reported is what the strategy really needs.
     uses_buffer = False
+    #: True when the strategy only takes plain gradient steps (`Head.step` without hooks,
+    #: `partial_fit`, `reset`), so it runs on the ``.tflite`` head backend too.
+    supports_tflite_head = False
 
-    def learn(self, head: Any, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,
+    def learn(self, head: Head | None, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,
               rng: np.random.Generator, cfg: LearnSettings) -> None:  # pragma: no cover - abstract
-        """Train on one batch of validated embeddings; returns None."""
+        """Train on one batch of validated, standardised embeddings; returns None.
+
+        ``head`` is None for a strategy that ``owns_classifier`` (the agent builds no gradient
+        head for it). Rows sampled from ``buffer`` come out standardised like ``emb``."""
         raise NotImplementedError
 
-    def predict_proba(self, head: Any, emb: np.ndarray) -> np.ndarray:
+    def remember(self, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray) -> None:
+        """After `learn`: offer the batch to the buffer, as the backbone produced it (not
+        standardised: the buffer stores raw rows and standardises what it returns). By default
+        every row when ``uses_buffer``; the buffer's policy decides what stays."""
+        if self.uses_buffer:
+            buffer.add(emb, labels)
+
+    def predict_proba(self, head: Head | None, emb: np.ndarray) -> np.ndarray:
         """Class probabilities; only used when ``owns_classifier`` is True."""
-        return head.predict_proba(emb)
+        return require_head(head, self.name).predict_proba(emb)
 
     @property
     def classes_(self) -> np.ndarray:
@@ -92,7 +109,7 @@ def replay_minibatches(emb: np.ndarray, labels: np.ndarray, buffer: ReplayBuffer
     is one pass over the new rows. With an empty buffer this is exactly `minibatches`.
     """
     if not 0.0 <= float(ratio) < 1.0:
-        raise ValueError(f"replay_ratio: expected a value in [0, 1), got {ratio}")
+        raise ConfigError(f"replay_ratio: expected a value in [0, 1), got {ratio}")
     batch = int(cfg.batch_size)
     n_new = max(1, int(round(batch * (1.0 - float(ratio))))) if len(buffer) else batch
     n_old = batch - n_new if len(buffer) else 0
@@ -137,7 +154,8 @@ def masked_softmax(scores: np.ndarray, seen: np.ndarray) -> np.ndarray:
     return z.astype(np.float32)
 
 
-def head_input(head: Any, emb: np.ndarray) -> np.ndarray:
-    """The head's input transform of ``emb`` (standardisation), identity for heads without one."""
-    transform = getattr(head, "standardize", None)
-    return transform(emb) if transform is not None else np.asarray(emb, np.float32)
+def require_head(head: Head | None, owner: str) -> Head:
+    """``head``, or `ConfigError` when a strategy that trains the gradient head got none."""
+    if head is None:
+        raise ConfigError(f"strategy {owner!r}: expected a gradient head, got None")
+    return head

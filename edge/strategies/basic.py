@@ -6,19 +6,22 @@ from typing import Any
 
 import numpy as np
 
+from edge.base import Head
 from edge.buffer import ReplayBuffer
 from edge.errors import InputError
-from edge.strategies.base import LearnSettings, Strategy, check_state, replay_minibatches
+from edge.strategies.base import LearnSettings, Strategy, check_state, replay_minibatches, require_head
 
 
 class NaiveStrategy(Strategy):
     """Fine-tune the head on the incoming batch only (the lower bound: forgets)."""
 
     name = "naive"
+    supports_tflite_head = True
 
-    def learn(self, head: Any, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,
+    def learn(self, head: Head | None, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,
               rng: np.random.Generator, cfg: LearnSettings) -> None:
-        head.partial_fit(emb, labels, epochs=cfg.epochs, batch_size=cfg.batch_size, rng=rng)
+        require_head(head, self.name).partial_fit(emb, labels, epochs=cfg.epochs,
+                                                  batch_size=cfg.batch_size, rng=rng)
 
 
 class ReplayStrategy(Strategy):
@@ -27,12 +30,13 @@ class ReplayStrategy(Strategy):
     Each mini-batch of ``cfg.batch_size`` rows holds a fraction ``replay_ratio`` (this strategy's
     parameter, else ``cfg.replay_ratio``, 0.75 by default: the old share) of buffer samples and
     the rest new rows; one epoch is one pass over the new rows. After training, the batch is
-    offered to the buffer, whose policy (``AgentConfig.buffer_policy``, class-balanced reservoir by
+    offered to the buffer (`Strategy.remember`, called by the agent), whose policy (``AgentConfig.buffer_policy``, class-balanced reservoir by
     default) decides what stays. With an empty buffer (capacity 0) this is exactly ``naive``.
     """
 
     name = "replay"
     uses_buffer = True
+    supports_tflite_head = True
 
     def __init__(self, replay_ratio: float | None = None) -> None:
         self.replay_ratio = replay_ratio
@@ -40,12 +44,12 @@ class ReplayStrategy(Strategy):
     def params(self) -> dict[str, Any]:
         return {"replay_ratio": self.replay_ratio}
 
-    def learn(self, head: Any, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,
+    def learn(self, head: Head | None, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,
               rng: np.random.Generator, cfg: LearnSettings) -> None:
+        head = require_head(head, self.name)
         ratio = cfg.replay_ratio if self.replay_ratio is None else self.replay_ratio
         for x, y in replay_minibatches(emb, labels, buffer, ratio, rng, cfg):
             head.step(x, y)
-        buffer.add(emb, labels)
 
 
 class CumulativeStrategy(Strategy):
@@ -63,6 +67,7 @@ class CumulativeStrategy(Strategy):
     """
 
     name = "cumulative"
+    supports_tflite_head = True
 
     def __init__(self, epochs: int | None = None) -> None:
         self.epochs = epochs
@@ -70,8 +75,9 @@ class CumulativeStrategy(Strategy):
     def params(self) -> dict[str, Any]:
         return {"epochs": self.epochs}
 
-    def learn(self, head: Any, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,
+    def learn(self, head: Head | None, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,
               rng: np.random.Generator, cfg: LearnSettings) -> None:
+        head = require_head(head, self.name)
         n, d = emb.shape
         size = getattr(self, "size_", 0)
         if size == 0:

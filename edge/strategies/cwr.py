@@ -19,9 +19,10 @@ of patterns it has been trained on, ``past``. For each incoming batch:
 4. predict with ``cw``.
 
 A class vector is the output layer's column for that class plus its bias (the weight of a constant
-input of 1). Between batches the consolidated weights live in the head itself (its output layer is
-overwritten with ``cw`` after every batch), so the strategy's own state is only ``past``; the
-optimizer's slots of the output layer are zeroed at each reset (``tw`` is a fresh variable).
+input of 1): `edge.base.Head.get_output_weights`. Between batches the consolidated weights live in
+the head itself (its output layer is overwritten with ``cw`` after every batch), so the strategy's
+own state is only ``past``; the optimizer's slots of the output layer are zeroed at each reset
+(``tw`` is a fresh variable).
 
 ``ar1_head`` adds latent replay from the buffer: the classes and counts of a batch are those of
 the new patterns plus the buffer's (as in the authors' AR1* + latent replay code, where the whole
@@ -35,9 +36,17 @@ from typing import Any
 
 import numpy as np
 
+from edge.base import Head
 from edge.buffer import ReplayBuffer
 from edge.errors import InputError
-from edge.strategies.base import LearnSettings, Strategy, check_state, minibatches, replay_minibatches
+from edge.strategies.base import (
+    LearnSettings,
+    Strategy,
+    check_state,
+    minibatches,
+    replay_minibatches,
+    require_head,
+)
 
 
 def cwr_consolidate(cw: np.ndarray, past: np.ndarray, tw: np.ndarray, cur: np.ndarray
@@ -69,14 +78,6 @@ def cwr_consolidate(cw: np.ndarray, past: np.ndarray, tw: np.ndarray, cur: np.nd
     return cw, past
 
 
-def _output_layer(head: Any) -> tuple[str, str]:
-    """Names of the output weight matrix and bias of a NumPy head."""
-    params = getattr(head, "params_", None)
-    if params is None:
-        raise TypeError(f"CWR* needs a NumPy gradient head with an output layer, got {type(head).__name__}")
-    return ("W", "b") if "W" in params else ("W2", "b2")
-
-
 class CWRStarStrategy(Strategy):
     """CWR*: consolidated per-class output weights (Lomonaco & Maltoni 2017; Maltoni & Lomonaco 2019).
 
@@ -97,17 +98,16 @@ class CWRStarStrategy(Strategy):
     def _batch_counts(self, labels: np.ndarray, buffer: ReplayBuffer, k: int) -> np.ndarray:
         return np.bincount(labels, minlength=k).astype(np.int64)
 
-    def _train(self, head: Any, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,
+    def _train(self, head: Head, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,
                rng: np.random.Generator, cfg: LearnSettings) -> None:
         for idx in minibatches(emb.shape[0], cfg.epochs, cfg.batch_size, rng):
             head.step(emb[idx], labels[idx])
 
-    def learn(self, head: Any, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,
+    def learn(self, head: Head | None, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,
               rng: np.random.Generator, cfg: LearnSettings) -> None:
-        head._ensure_init()
-        w_name, b_name = _output_layer(head)
-        params = head.params_
-        k = params[b_name].shape[0]
+        head = require_head(head, self.name)
+        output = head.output_layer
+        k = int(head.max_classes)
         if getattr(self, "past_", None) is None:
             self.past_ = np.zeros(k, np.int64)
             self.n_batches_ = 0
@@ -116,28 +116,23 @@ class CWRStarStrategy(Strategy):
         cur = self._batch_counts(labels, buffer, k)
         cls = np.flatnonzero(cur > 0)
         # The head's output layer holds the consolidated weights between batches.
-        cw = np.concatenate([params[w_name].T, params[b_name][:, None]], axis=1).astype(np.float64)
+        cw = head.get_output_weights().astype(np.float64)
         # 1. reset: tw = 0, except consolidated classes of this batch (past > 0) which start from cw.
         start = np.zeros_like(cw)
         old = cls[self.past_[cls] > 0]
         start[old] = cw[old]
-        params[w_name][...] = start[:, :-1].T
-        params[b_name][...] = start[:, -1]
-        for key, slot in head.opt_state_.items():
-            if key.split(".", 1)[1] in (w_name, b_name):
-                slot[...] = 0.0
+        head.set_output_weights(start, reset_optimizer=True)
         frozen = {}
         if self.freeze_below and self.n_batches_ > 0:
-            frozen = {n: p.copy() for n, p in params.items() if n not in (w_name, b_name)}
+            frozen = {n: p for n, p in head.get_weights().items() if n not in output}
         # 2. train.
         self._train(head, buffer, emb, labels, rng, cfg)
-        for name, value in frozen.items():
-            params[name][...] = value
+        if frozen:
+            head.set_weights(frozen)
         # 3. consolidate, 4. write cw into the head for prediction.
-        tw = np.concatenate([params[w_name].T, params[b_name][:, None]], axis=1)
+        tw = head.get_output_weights()
         cw, past = cwr_consolidate(cw, self.past_, tw, cur)
-        params[w_name][...] = cw[:, :-1].T
-        params[b_name][...] = cw[:, -1]
+        head.set_output_weights(cw)
         self.past_ = past.astype(np.int64)
         self.n_batches_ += 1
 
@@ -184,13 +179,8 @@ class AR1HeadStrategy(CWRStarStrategy):
         counts[: stored.shape[0]] += stored[:k]
         return counts
 
-    def _train(self, head: Any, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,
+    def _train(self, head: Head, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,
                rng: np.random.Generator, cfg: LearnSettings) -> None:
         ratio = cfg.replay_ratio if self.replay_ratio is None else self.replay_ratio
         for x, y in replay_minibatches(emb, labels, buffer, ratio, rng, cfg):
             head.step(x, y)
-
-    def learn(self, head: Any, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,
-              rng: np.random.Generator, cfg: LearnSettings) -> None:
-        super().learn(head, buffer, emb, labels, rng, cfg)
-        buffer.add(emb, labels)

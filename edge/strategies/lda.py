@@ -1,8 +1,8 @@
 """Gradient-free classifiers on the embeddings: Deep Streaming LDA and nearest class mean.
 
-Both own their classifier (the agent asks them, not the head, for probabilities) and work on the
-head's input transform of the embeddings (standardised with the backbone's statistics when the
-manifest has them). Their statistics are exact running sums, so one pass over a stream gives the
+Both own their classifier (the agent asks them, not a head, for probabilities: the agent builds no
+gradient head for them) and work on the embeddings as the agent gives them (standardised with the
+backbone's statistics when the manifest has them). Their statistics are exact running sums, so one pass over a stream gives the
 same model as computing the statistics at once on all of it.
 """
 
@@ -12,9 +12,15 @@ from typing import Any
 
 import numpy as np
 
+from edge.base import Head
 from edge.buffer import ReplayBuffer
-from edge.errors import InputError, NotFittedError
-from edge.strategies.base import LearnSettings, Strategy, check_state, head_input, masked_softmax
+from edge.errors import ConfigError, InputError, NotFittedError
+from edge.strategies.base import LearnSettings, Strategy, check_state, masked_softmax
+
+
+def _as_float64(emb: np.ndarray) -> np.ndarray:
+    """The embeddings as float32 (what a head would see), then float64 for the statistics."""
+    return np.asarray(emb).astype(np.float32, copy=False).astype(np.float64)
 
 
 def _class_stats(z: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -53,12 +59,12 @@ class SLDAStrategy(Strategy):
     def params(self) -> dict[str, Any]:
         return {"shrinkage": self.shrinkage}
 
-    def learn(self, head: Any, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,
+    def learn(self, head: Head | None, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,
               rng: np.random.Generator, cfg: LearnSettings) -> None:
         if not 0.0 < float(self.shrinkage) <= 1.0:
-            raise ValueError(f"shrinkage: expected a value in (0, 1], got {self.shrinkage}")
-        z = head_input(head, emb).astype(np.float64)
-        k = int(head.max_classes)
+            raise ConfigError(f"shrinkage: expected a value in (0, 1], got {self.shrinkage}")
+        z = _as_float64(emb)
+        k = int(cfg.max_classes)
         if getattr(self, "mean_", None) is None:
             self.mean_ = np.zeros((k, z.shape[1]), np.float64)
             self.count_ = np.zeros(k, np.int64)
@@ -87,11 +93,11 @@ class SLDAStrategy(Strategy):
             cache = self._cache = (precision, w, b)
         return cache[1], cache[2]
 
-    def predict_proba(self, head: Any, emb: np.ndarray) -> np.ndarray:
+    def predict_proba(self, head: Head | None, emb: np.ndarray) -> np.ndarray:
         if getattr(self, "mean_", None) is None or not self.count_.any():
             raise NotFittedError("slda: expected at least one seen class before predicting, got none")
         w, b = self._weights()
-        return masked_softmax(head_input(head, emb).astype(np.float64) @ w + b, self.count_ > 0)
+        return masked_softmax(_as_float64(emb) @ w + b, self.count_ > 0)
 
     @property
     def classes_(self) -> np.ndarray:
@@ -146,10 +152,10 @@ class NCMStrategy(Strategy):
     def params(self) -> dict[str, Any]:
         return {"temperature": self.temperature}
 
-    def learn(self, head: Any, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,
+    def learn(self, head: Head | None, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,
               rng: np.random.Generator, cfg: LearnSettings) -> None:
-        z = head_input(head, emb).astype(np.float64)
-        k = int(head.max_classes)
+        z = _as_float64(emb)
+        k = int(cfg.max_classes)
         if getattr(self, "sum_", None) is None:
             self.sum_ = np.zeros((k, z.shape[1]), np.float64)
             self.count_ = np.zeros(k, np.int64)
@@ -162,12 +168,12 @@ class NCMStrategy(Strategy):
         """Class means ``(K, d)`` (0 for unseen classes)."""
         return self.sum_ / np.maximum(self.count_, 1)[:, None]
 
-    def predict_proba(self, head: Any, emb: np.ndarray) -> np.ndarray:
+    def predict_proba(self, head: Head | None, emb: np.ndarray) -> np.ndarray:
         if getattr(self, "sum_", None) is None or not self.count_.any():
             raise NotFittedError("ncm: expected at least one seen class before predicting, got none")
         if not float(self.temperature) > 0:
-            raise ValueError(f"temperature: expected > 0, got {self.temperature}")
-        z = head_input(head, emb).astype(np.float64)
+            raise ConfigError(f"temperature: expected > 0, got {self.temperature}")
+        z = _as_float64(emb)
         mu = self.means_
         sq = (z * z).sum(1)[:, None] - 2.0 * z @ mu.T + (mu * mu).sum(1)[None, :]
         return masked_softmax(-0.5 * sq / float(self.temperature), self.count_ > 0)

@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from edge.base import FisherHead, Head, LogitGrad, ParamGrad
 from edge.buffer import ReplayBuffer
-from edge.errors import InputError
-from edge.strategies.base import LearnSettings, Strategy, check_state, minibatches
+from edge.errors import ConfigError, InputError
+from edge.strategies.base import LearnSettings, Strategy, check_state, minibatches, require_head
 
 
 class EWCStrategy(Strategy):
@@ -43,14 +44,17 @@ class EWCStrategy(Strategy):
     def params(self) -> dict[str, Any]:
         return {"ewc_lambda": self.ewc_lambda, "gamma": self.gamma}
 
-    def learn(self, head: Any, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,
+    def learn(self, head: Head | None, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,
               rng: np.random.Generator, cfg: LearnSettings) -> None:
         if not float(self.ewc_lambda) >= 0 or not 0.0 <= float(self.gamma) <= 1.0:
-            raise ValueError(f"ewc: expected ewc_lambda >= 0 and gamma in [0, 1], got "
-                             f"{self.ewc_lambda} and {self.gamma}")
-        head._ensure_init()
+            raise ConfigError(f"ewc: expected ewc_lambda >= 0 and gamma in [0, 1], got "
+                              f"{self.ewc_lambda} and {self.gamma}")
+        head = require_head(head, self.name)
+        if not isinstance(head, FisherHead):
+            raise ConfigError(f"ewc: expected a head with squared_grad_sum (a NumPy head), got "
+                              f"{type(head).__name__}")
         fisher = getattr(self, "fisher_", None)
-        hook = None
+        hook: ParamGrad | None = None
         if fisher is not None:
             # Stability: with plain gradient steps a penalty stiffer than 1/lr overshoots the
             # anchor and diverges, so lambda * F is capped at 1/lr per weight.
@@ -58,9 +62,10 @@ class EWCStrategy(Strategy):
             strength = {name: np.minimum(np.float32(self.ewc_lambda) * f, cap) for name, f in fisher.items()}
             anchor = self.anchor_
 
-            def hook(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            def penalty(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
                 return {name: strength[name] * (params[name] - anchor[name]) for name in strength}
 
+            hook = penalty
         for idx in minibatches(emb.shape[0], cfg.epochs, cfg.batch_size, rng):
             head.step(emb[idx], labels[idx], param_grad=hook)
         sq = head.squared_grad_sum(emb, labels)
@@ -71,7 +76,7 @@ class EWCStrategy(Strategy):
             for name, g in sq.items():
                 fisher[name] *= np.float32(self.gamma)
                 fisher[name] += (g / n).astype(np.float32)
-        self.anchor_ = {name: p.copy() for name, p in head.params_.items()}
+        self.anchor_ = head.get_weights()
 
     def state_dict(self) -> dict[str, np.ndarray]:
         if getattr(self, "fisher_", None) is None:
@@ -119,28 +124,30 @@ class LwFStrategy(Strategy):
     def params(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "temperature": self.temperature}
 
-    def learn(self, head: Any, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,
+    def learn(self, head: Head | None, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,
               rng: np.random.Generator, cfg: LearnSettings) -> None:
         if not float(self.alpha) >= 0 or not float(self.temperature) > 0:
-            raise ValueError(f"lwf: expected alpha >= 0 and temperature > 0, got {self.alpha} and "
-                             f"{self.temperature}")
-        head._ensure_init()
-        old_classes = np.flatnonzero(head.seen_)
+            raise ConfigError(f"lwf: expected alpha >= 0 and temperature > 0, got {self.alpha} and "
+                              f"{self.temperature}")
+        head = require_head(head, self.name)
+        old_classes = head.classes_
         old_p = None
         if old_classes.size:
             t = float(self.temperature)
             old_p = _softmax(head.decision_function(emb)[:, old_classes] / t)
             scale = np.float32(float(self.alpha) * t)
         for idx in minibatches(emb.shape[0], cfg.epochs, cfg.batch_size, rng):
-            hook = None
+            hook: LogitGrad | None = None
             if old_p is not None:
                 target = old_p[idx]
 
-                def hook(logits: np.ndarray, target: np.ndarray = target) -> np.ndarray:
+                def distill(logits: np.ndarray, target: np.ndarray = target) -> np.ndarray:
                     grad = np.zeros_like(logits)
                     new_p = _softmax(logits[:, old_classes] / t)
                     grad[:, old_classes] = scale * (new_p - target) / logits.shape[0]
                     return grad
+
+                hook = distill
 
             head.step(emb[idx], labels[idx], logit_grad=hook)
 
