@@ -17,7 +17,7 @@ import argparse
 import importlib
 import logging
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 __all__ = ["COMMAND_MODULES", "CliError", "build_parser", "main"]
 
@@ -30,7 +30,7 @@ class CliError(ValueError):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, like argparse but without the usage dump
+    def error(self, message: str) -> NoReturn:  # one line, exit 2, like argparse but without the usage dump
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise SystemExit(2)
 

@@ -180,20 +180,21 @@ def _config(options: RunOptions, strategy: str) -> AgentConfig:
         "buffer_capacity": options.buffer, "buffer_policy": options.buffer_policy,
         "buffer_storage": options.buffer_dtype, "replay_ratio": options.replay_ratio,
     }
-    given = {k: v for k, v in overrides.items() if v is not None}
+    given: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
     backend = options.head_backend
     config = AgentConfig(head=options.head, hidden=options.hidden, optimizer=options.optimizer, strategy=strategy,
                          max_classes=options.max_classes, seed=options.seed, head_backend=backend,
                          strategy_params=strategy_params(options.strategy_param, strategy), **given)
     if backend == "tflite":  # the simulator's agent works on embeddings: name the head file explicitly
-        head_file = options.head_file
-        if head_file is None:
+        if options.head_file is not None:
+            head_file = Path(options.head_file)
+        else:
             from edge.manifest import load_manifest
             from edge.tflite_head import find_head_file
 
             model_dir = Path(options.model or default_model_dir())
-            head_file = find_head_file(model_dir, load_manifest(model_dir), config)
-        config = dataclasses.replace(config, head_file=str(Path(head_file).resolve()))
+            head_file = Path(find_head_file(model_dir, load_manifest(model_dir), config))
+        config = dataclasses.replace(config, head_file=str(head_file.resolve()))
     return config
 
 

@@ -527,7 +527,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
     # uncompressed, like the official file, so x.npy can be memory-mapped
-    atomic_write(path, lambda handle: np.savez(handle, **arrays))
+    atomic_write(path, lambda handle: np.savez(handle, **arrays))  # type: ignore[arg-type]  # numpy stubs: **kwds
 
 
 def _generated_names(out: Path) -> list[Path]:

@@ -573,7 +573,9 @@ def build_protocol(name: str, train: LabelledImages, test: LabelledImages, **par
 
 
 def _split_top_level(text: str) -> list[str]:
-    parts, depth, cur = [], 0, []
+    parts: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in text:
         if ch in "[(":
             depth += 1

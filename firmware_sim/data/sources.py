@@ -17,7 +17,7 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -43,8 +43,8 @@ IDX_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-_IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
-               0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_DTYPES: dict[int, np.dtype[Any]] = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
+                                     0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,8 @@ class LabelledImages:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.x.shape[1:])  # type: ignore[return-value]
+        h, w, c = self.x.shape[1:]
+        return int(h), int(w), int(c)
 
 
 # --------------------------------------------------------------------------- conversions
@@ -133,7 +134,7 @@ def resize_images(x: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     out = np.empty((x.shape[0], h, w, x.shape[3]), np.uint8)
     for i in range(x.shape[0]):
         img = x[i, :, :, 0] if x.shape[3] == 1 else x[i]
-        r = np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
+        r = np.asarray(Image.fromarray(img).resize((w, h), Image.Resampling.BILINEAR))
         out[i] = r[..., None] if x.shape[3] == 1 else r
     return out
 
@@ -253,10 +254,10 @@ def load_image_folder(root: str | os.PathLike[str], image_size: int | None = Non
         files = sorted(f for f in (root / name).iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
         for f in files:
             try:
-                with Image.open(f) as im:
-                    im = im.convert("RGB")
+                with Image.open(f) as opened:
+                    im = opened.convert("RGB")
                     if image_size is not None:
-                        im = im.resize((image_size, image_size), Image.BILINEAR)
+                        im = im.resize((image_size, image_size), Image.Resampling.BILINEAR)
                     arr = np.asarray(im)
             except OSError as exc:
                 raise ValueError(f"{f}: not a readable image ({exc})") from exc

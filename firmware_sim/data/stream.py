@@ -34,7 +34,7 @@ def resize_frames(x: np.ndarray, size: int | None) -> np.ndarray:
         return np.ascontiguousarray(x)
     out = np.empty((x.shape[0], size, size, x.shape[3]), np.uint8)
     for i in range(x.shape[0]):
-        out[i] = np.asarray(Image.fromarray(x[i]).resize((size, size), Image.BILINEAR))
+        out[i] = np.asarray(Image.fromarray(x[i]).resize((size, size), Image.Resampling.BILINEAR))
     return out
 
 
