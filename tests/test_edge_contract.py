@@ -1,5 +1,6 @@
-"""Contract checks (river's ``yield_checks`` idea) over every head x buffer storage x runtime, and
-over every continual-learning strategy x runtime.
+"""Contract checks (river's ``yield_checks`` idea) over every head x buffer storage x runtime,
+over every continual-learning strategy x runtime, and over every strategy that runs on the
+``.tflite`` head backend (``supports_tflite_head``) x head kind on that backend.
 
 Each case builds an agent on a real backbone of ``models/default`` and runs the same generated
 list of checks: inputs are not mutated, probabilities sum to 1 over seen classes and are 0 for
@@ -17,16 +18,23 @@ import pytest
 from _edge_common import RUNTIME_CASES, backbone, frames_for
 from edge.agent import Agent, AgentConfig
 from edge.errors import InputError
-from edge.strategies import STRATEGIES
+from edge.strategies import STRATEGIES, tflite_head_strategies
 
 HEADS = ("softmax", "mlp")
 STORAGES = ("float32", "float16", "int8")
+#: Head files shipped in models/default (manifest ``heads``): kind -> what the agent must ask for.
+TFLITE_HEADS = {"softmax": {"optimizer": "sgd", "hidden": 128}, "mlp": {"optimizer": "adam", "hidden": 128}}
 
 
 def make_agent(case: tuple[str, ...], seed: int = 0) -> Agent:
-    head, storage, runtime, strategy = case if len(case) == 4 else (*case, "replay")
-    cfg = AgentConfig(head=head, hidden=32, buffer_storage=storage, buffer_capacity=16,
-                      max_classes=6, epochs=1, batch_size=8, seed=seed, strategy=strategy)
+    head, storage, runtime, strategy, backend = (*case, "replay", "numpy")[:5]
+    if backend == "tflite":
+        cfg = AgentConfig(head=head, buffer_storage=storage, buffer_capacity=16, max_classes=50, epochs=1,
+                          batch_size=8, seed=seed, strategy=strategy, head_backend="tflite",
+                          **TFLITE_HEADS[head])
+    else:
+        cfg = AgentConfig(head=head, hidden=32, buffer_storage=storage, buffer_capacity=16,
+                          max_classes=6, epochs=1, batch_size=8, seed=seed, strategy=strategy)
     return Agent(backbone(runtime), cfg)
 
 
@@ -113,6 +121,10 @@ CASES = list(itertools.product(HEADS, STORAGES, RUNTIME_CASES))
 # Every strategy over every runtime (replay is covered above); ar1_head is meant for the MLP head.
 CASES += [("mlp" if name == "ar1_head" else "softmax", "int8", runtime, name)
           for name in sorted(STRATEGIES) if name != "replay" for runtime in RUNTIME_CASES]
+# The head backend as a dimension: every strategy that declares it runs on the .tflite head, on
+# both shipped head files (one runtime: the backbone is not what these cases test).
+CASES += [(head, "int8", "litert-fp32", name, "tflite")
+          for name in tflite_head_strategies() for head in HEADS]
 
 
 @pytest.mark.parametrize("case", CASES, ids=["-".join(c) for c in CASES])
