@@ -6,14 +6,17 @@
     edge-host export --backbone keras:my.keras --layer pool --data folder:imgs --name mine
     edge-host export-head --model models/default --head softmax --optimizer sgd --batch-size 32
 
-Exit codes: 0 success, 2 bad input or a failed check (message on stderr), 1 unexpected error.
+Exit codes: 0 success, 2 bad input, a failed check or a missing host extra (one line on stderr),
+1 unexpected error. TensorFlow's log noise is filtered out (`host.quiet`); ``-v`` shows everything.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import importlib.util
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -182,7 +185,112 @@ def _export_backbone_directly(args: argparse.Namespace) -> Path:
     )
 
 
+HOST_EXTRA = 'pip install "edge-continual[host]"'
+# Import names of the host extra (pyproject [project.optional-dependencies] host).
+HOST_MODULES = ("tensorflow", "keras", "tf2onnx", "onnx", "ai_edge_litert", "onnxruntime")
+
+
+def _needed_modules(args: argparse.Namespace) -> list[str]:
+    """Host-extra modules a subcommand needs (TensorFlow always; the converters only to export)."""
+    needed = ["tensorflow", "keras"]
+    if args.command in ("export", "build", "export-head"):
+        needed.append("ai_edge_litert")
+    if args.command in ("export", "build") and not args.no_onnx:
+        needed += ["tf2onnx", "onnx", "onnxruntime"]
+    return needed
+
+
+def missing_host_module(args: argparse.Namespace) -> tuple[str, str] | None:
+    """(module, reason) for the first needed host-extra module that cannot be imported, else None.
+
+    TensorFlow and Keras are imported (every subcommand imports them next anyway); the others are
+    only looked up, so a device-only install fails here, before any work, not halfway through.
+    """
+    for name in _needed_modules(args):
+        try:
+            if name in ("tensorflow", "keras"):
+                importlib.import_module(name)
+            elif importlib.util.find_spec(name) is None:
+                return name, f"No module named {name!r}"
+        except ImportError as exc:
+            return name, " ".join(str(exc).split()) or type(exc).__name__
+    return None
+
+
+def _host_extra_error(command: str, module: str, reason: str) -> str:
+    return (f"edge-host {command}: error: {module} cannot be imported ({reason}); edge-host needs "
+            f"TensorFlow and the converters, install the host extra: {HOST_EXTRA}")
+
+
+def _exporting(args: argparse.Namespace) -> contextlib.AbstractContextManager[None]:
+    """Around export: Keras's SavedModel listing off stdout unless --verbose."""
+    if args.verbose:
+        return contextlib.nullcontext()
+    from host.quiet import keras_prints_to_log
+
+    return keras_prints_to_log()
+
+
+def _run_command(args: argparse.Namespace) -> None:
+    if args.command == "pretrain":
+        _run_pretrain(args, Path(args.out))
+    elif args.command == "export":
+        from host.export import check_output_dir, export_run
+
+        check_output_dir(Path(args.out) / args.name, args.name, args.overwrite)
+        with _exporting(args):
+            if args.run:
+                model_dir = export_run(args.run, name=args.name, out_root=args.out,
+                                       options=_export_options(args))
+            else:
+                model_dir = _export_backbone_directly(args)
+        _print_model(model_dir)
+    elif args.command == "export-head":
+        from host.export_head import HeadSpec, export_head
+
+        hp = {"lr": args.lr, "weight_decay": args.weight_decay}
+        if args.optimizer == "sgd":
+            hp["momentum"] = args.momentum
+        spec = HeadSpec(kind=args.head, max_classes=args.max_classes, optimizer=args.optimizer,
+                        batch_size=args.batch_size, hidden=args.hidden if args.head == "mlp" else None,
+                        hyperparameters=hp)
+        with _exporting(args):
+            path = export_head(args.model, spec)
+        print(f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB), listed in {Path(args.model) / 'manifest.json'}")
+    elif args.command == "build":
+        from host.export import check_output_dir, export_run
+
+        check_output_dir(Path(args.out) / args.name, args.name, args.overwrite)
+        run_dir = Path(args.run_dir or Path("runs") / args.name)
+        _run_pretrain(args, run_dir)
+        with _exporting(args):
+            model_dir = export_run(run_dir, name=args.name, out_root=args.out, options=_export_options(args))
+        _print_model(model_dir)
+
+
+def _main(args: argparse.Namespace) -> int:
+    missing = missing_host_module(args)
+    if missing is not None:
+        print(_host_extra_error(args.command, *missing), file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    try:
+        _run_command(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"edge-host {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").split(".")[0]
+        if top not in HOST_MODULES:
+            raise
+        print(_host_extra_error(args.command, top, " ".join(str(exc).split())), file=sys.stderr)
+        return 2
+    print(f"done in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run `edge-host`; returns the exit code (0 ok, 2 bad input or missing host extra)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -190,45 +298,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    started = time.perf_counter()
-    try:
-        if args.command == "pretrain":
-            _run_pretrain(args, Path(args.out))
-        elif args.command == "export":
-            from host.export import check_output_dir, export_run
+    if args.verbose:
+        return _main(args)
+    from host.quiet import filtered_stderr, quiet_tensorflow
 
-            check_output_dir(Path(args.out) / args.name, args.name, args.overwrite)
-            if args.run:
-                model_dir = export_run(args.run, name=args.name, out_root=args.out,
-                                       options=_export_options(args))
-            else:
-                model_dir = _export_backbone_directly(args)
-            _print_model(model_dir)
-        elif args.command == "export-head":
-            from host.export_head import HeadSpec, export_head
-
-            hp = {"lr": args.lr, "weight_decay": args.weight_decay}
-            if args.optimizer == "sgd":
-                hp["momentum"] = args.momentum
-            spec = HeadSpec(kind=args.head, max_classes=args.max_classes, optimizer=args.optimizer,
-                            batch_size=args.batch_size, hidden=args.hidden if args.head == "mlp" else None,
-                            hyperparameters=hp)
-            path = export_head(args.model, spec)
-            print(f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB), listed in {Path(args.model) / 'manifest.json'}")
-        elif args.command == "build":
-            from host.export import check_output_dir, export_run
-
-            check_output_dir(Path(args.out) / args.name, args.name, args.overwrite)
-            run_dir = Path(args.run_dir or Path("runs") / args.name)
-            _run_pretrain(args, run_dir)
-            model_dir = export_run(run_dir, name=args.name, out_root=args.out, options=_export_options(args))
-            _print_model(model_dir)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"edge-host {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"done in {time.perf_counter() - started:.1f} s")
-    return 0
+    quiet_tensorflow()  # before anything imports TensorFlow
+    with filtered_stderr():
+        return _main(args)
 
 
 if __name__ == "__main__":
