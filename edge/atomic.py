@@ -33,6 +33,26 @@ def fsync_dir(folder: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def make_dirs(folder: str | os.PathLike[str]) -> Path:
+    """Create ``folder`` and any missing parents durably: each new folder's parent is fsynced.
+
+    A first boot that creates the state folder and then loses power keeps the folder (and so the
+    checkpoint written into it). Returns the folder as a `Path`.
+    """
+    target = Path(folder)
+    missing = []
+    probe = target
+    while not probe.exists():
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    target.mkdir(parents=True, exist_ok=True)
+    for created in reversed(missing):
+        fsync_dir(created.parent)
+    return target
+
+
 def _mode_for(path: Path) -> int:
     try:
         return path.stat().st_mode & 0o777
@@ -48,7 +68,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[Any]], Any], 
     On any error the temp file is removed and the previous ``path`` is left as it was.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(target.parent)
     fd, tmp = tempfile.mkstemp(prefix=tmp_prefix or f".{target.name}.", suffix=TMP_SUFFIX, dir=target.parent)
     try:
         opened = os.fdopen(fd, "w", encoding="utf-8", newline="") if text else os.fdopen(fd, "wb")
