@@ -1,10 +1,21 @@
 """Atomic, verified checkpoints of the agent's state: ``.npz`` arrays, never pickle.
 
 One checkpoint is one file ``state-<step>.npz`` holding the state arrays and a ``__header__``
-entry (UTF-8 JSON as uint8): schema version, backbone fingerprint, config, step, and the sha256 of
-the array payload. Writing is atomic: a temp file in the same directory, flush + fsync,
-``os.replace``, fsync of the directory. The two newest checkpoints are kept, so a torn or corrupt
-newest file falls back to the previous one.
+entry (UTF-8 JSON as uint8): schema version, backbone fingerprint, config, step, the sha256 of the
+array payload and (schema 2) the sha256 of the header itself, so the config and step are covered
+too. Writing is atomic: a temp file in the same directory, flush + fsync, ``os.replace``, fsync of
+the directory. The ``keep`` newest checkpoints are kept, so a torn or corrupt newest file falls back
+to the previous one.
+
+Reading is bounded: members are read with sizes checked against the zip directory and the ``.npy``
+header's shape *before* anything is allocated (``max_bytes`` in all), so a crafted file cannot make
+the device allocate gigabytes; every decoding failure is a `CheckpointError`, never another
+exception. Checkpoints are ordered by the step recorded inside them (verified), never by the file
+name alone.
+
+Before writing, space is reclaimed: temp files of dead writers and checkpoints beyond ``keep``; on
+a full disk every checkpoint but the newest good one is removed and the write is retried once, so
+there is always at least one good checkpoint.
 
 Example:
     >>> import tempfile, numpy as np
@@ -19,31 +30,63 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import re
+import stat
 import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from edge.atomic import atomic_write
+from edge.atomic import TMP_SUFFIX, atomic_write, make_dirs
 from edge.errors import CheckpointError, IncompatibleCheckpointError
+from edge.manifest import parse_json_bounded
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_SCHEMA_VERSION = 1
+CHECKPOINT_SCHEMA_VERSION = 2
+#: Versions this code reads: 1 (no header hash; read for migration, rewritten as 2 at the next save).
+READABLE_SCHEMA_VERSIONS = (1, 2)
 HEADER_KEY = "__header__"
 KEEP = 2
 _NAME = re.compile(r"^state-(\d{12})\.npz$")
 _TMP_PREFIX = ".state-"
-#: A temp file older than this is a crashed writer's leftover and is removed at the next save.
+#: Without the folder's lock, a temp file older (or dated later) than this is a dead writer's.
 STALE_TMP_S = 60.0
+#: Default cap on the decoded bytes of one checkpoint (all arrays together).
+MAX_CHECKPOINT_BYTES = 1 << 30
+MAX_HEADER_BYTES = 1 << 20
+MAX_MEMBERS = 512
+_MAX_STEP = 2**62
+_NUMERIC_KINDS = "biufc"
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+#: Bounds of the integer settings of an agent config (a device never needs more; bigger values
+#: would allocate gigabytes). The CLI checks its options against the same bounds.
+CONFIG_LIMITS: dict[str, tuple[int, int]] = {
+    "max_classes": (2, 100_000),
+    "buffer_capacity": (0, 1_000_000),
+    "epochs": (1, 1_000),
+    "batch_size": (1, 65_536),
+    "hidden": (1, 65_536),
+    "seed": (0, 2**32 - 1),
+}
+#: Bounds of the float settings (finite, and in these closed ranges).
+FLOAT_LIMITS: dict[str, tuple[float, float]] = {
+    "lr": (1e-12, 100.0),
+    "momentum": (0.0, 1.0),
+    "weight_decay": (0.0, 100.0),
+    "replay_ratio": (0.0, 1.0),
+}
 
 
 @dataclass(frozen=True)
@@ -67,52 +110,239 @@ def payload_sha256(state: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
+def header_sha256(header: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of a header without its own ``header_sha256`` field."""
+    body = {k: v for k, v in header.items() if k != "header_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def validate_agent_config(config: Any) -> None:
+    """Check a checkpoint's agent config before `AgentConfig.from_dict` sees it.
+
+    Types follow the `edge.agent.AgentConfig` fields (an int where an int is expected, a finite
+    number where a float is, ...), integers and floats lie within `CONFIG_LIMITS` / `FLOAT_LIMITS`,
+    and the config and its strategy can be built. Raises `CheckpointError` naming the field,
+    expected vs got.
+    """
+    from edge.agent import AgentConfig  # lazy: the agent imports much more than a store needs
+    from edge.strategies import make_strategy
+
+    if not isinstance(config, dict):
+        raise CheckpointError(f"config: expected an object, got {type(config).__name__}")
+    fields = {f.name: str(f.type).replace(" ", "") for f in dataclasses.fields(AgentConfig)}
+    for key, value in config.items():
+        kind = fields.get(key)
+        if kind is None:
+            raise CheckpointError(f"config: expected keys among {sorted(fields)}, got {key!r}")
+        ok = {
+            "int": _is_int(value), "float": _is_number(value), "bool": isinstance(value, bool),
+            "str": isinstance(value, str), "str|None": value is None or isinstance(value, str),
+        }.get(kind)
+        if ok is None and kind.startswith("dict"):
+            ok = isinstance(value, dict) and all(
+                isinstance(k, str) and (isinstance(v, (str, bool)) or v is None or _is_number(v))
+                for k, v in value.items())
+            kind = "an object of finite numbers/strings/booleans"
+        elif ok is None:
+            ok = value is None or isinstance(value, (str, bool)) or _is_number(value)
+        if not ok:
+            raise CheckpointError(f"config.{key}: expected {kind}, got {type(value).__name__} {value!r:.60}")
+        if key in CONFIG_LIMITS:
+            lo, hi = CONFIG_LIMITS[key]
+            if not lo <= value <= hi:
+                raise CheckpointError(f"config.{key}: expected an int in [{lo}, {hi}], got {value}")
+        if key in FLOAT_LIMITS:
+            lo_f, hi_f = FLOAT_LIMITS[key]
+            if not lo_f <= value <= hi_f:
+                raise CheckpointError(f"config.{key}: expected a finite number in [{lo_f:g}, {hi_f:g}], "
+                                      f"got {value!r}")
+    try:
+        cfg = AgentConfig.from_dict(config)
+        make_strategy(cfg.strategy, **cfg.strategy_params)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"config: expected a valid agent config, got {exc}") from exc
+
+
+def _refuse(path: Path, what: str) -> CheckpointError:
+    return CheckpointError(f"{path}: expected a complete checkpoint (.npz), got {what}; truncated or corrupt")
+
+
+def _open_regular(path: Path) -> Any:
+    """Open a regular file for reading without blocking on a FIFO or device."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _refuse(path, "not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int, path: Path) -> np.ndarray:
+    """One ``.npy`` member, with every size checked before the array is allocated."""
+    if info.flag_bits & 0x1:
+        raise _refuse(path, f"an encrypted member {info.filename!r}")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise _refuse(path, f"member {info.filename!r} with compression method {info.compress_type} "
+                            "(expected stored or deflated)")
+    if info.file_size > budget:
+        raise _refuse(path, f"member {info.filename!r} of {info.file_size} bytes (over the "
+                            f"{budget}-byte budget left)")
+    with zf.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
+        else:
+            raise _refuse(path, f"npy format version {version}")
+        if dtype.hasobject or dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None:
+            raise _refuse(path, f"member {info.filename!r} of dtype {dtype} (expected a plain numeric dtype)")
+        count = 1
+        for dim in shape:
+            if not _is_int(dim) or dim < 0:
+                raise _refuse(path, f"member {info.filename!r} with shape {shape}")
+            count *= dim
+        nbytes = count * dtype.itemsize
+        offset = member.tell()
+        if offset + nbytes != info.file_size:
+            raise _refuse(path, f"member {info.filename!r} whose header claims {nbytes} data bytes "
+                                f"in a {info.file_size}-byte member")
+        data = bytearray(nbytes)
+        got = member.readinto(data) if nbytes else 0
+        if got != nbytes or member.read(1):  # reading to the end also checks the CRC-32
+            raise _refuse(path, f"member {info.filename!r} with {got} of {nbytes} bytes")
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def read_npz_bounded(path: str | os.PathLike[str], max_bytes: int = MAX_CHECKPOINT_BYTES) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, reading at most ``max_bytes`` of array data in all.
+
+    Refuses encrypted members, unknown compression, object/structured dtypes, non-``.npy`` members,
+    and sizes that disagree between the zip directory and the ``.npy`` header, before allocating.
+    Any decoding failure is a `CheckpointError` naming the file and the cause.
+    """
+    path = Path(path)
+    try:
+        with _open_regular(path) as handle, zipfile.ZipFile(handle) as zf:
+            infos = zf.infolist()
+            if len(infos) > MAX_MEMBERS:
+                raise _refuse(path, f"{len(infos)} members (expected at most {MAX_MEMBERS})")
+            arrays: dict[str, np.ndarray] = {}
+            budget = int(max_bytes)
+            for info in infos:
+                if not info.filename.endswith(".npy") or info.is_dir():
+                    raise _refuse(path, f"a member {info.filename!r} that is not an .npy array")
+                key = info.filename[:-4]
+                if key in arrays:
+                    raise _refuse(path, f"two members named {info.filename!r}")
+                arrays[key] = _read_member(zf, info, budget, path)
+                budget -= info.file_size
+            return arrays
+    except CheckpointError:
+        raise
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{path}: expected a checkpoint file, got none ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - untrusted bytes: zipfile/zlib/npy raise many classes
+        # (BadZipFile, RuntimeError "encrypted", NotImplementedError, zlib.error, tokenize.TokenError,
+        # SyntaxError, ValueError, struct.error, EOFError, MemoryError, OSError, ...).
+        raise _refuse(path, f"an unreadable file ({type(exc).__name__}: {exc})") from exc
+
+
 class CheckpointStore:
     """Checkpoints of one backbone in one directory.
 
     Args:
-        directory: created on the first `save` if missing.
+        directory: created (durably) on the first `save` if missing.
         fingerprint: `Manifest.fingerprint` of the backbone the state belongs to; a checkpoint
-            written for another backbone is refused with `CheckpointError`.
+            written for another backbone is refused with `IncompatibleCheckpointError`.
         keep: number of newest checkpoints kept (>= 2 so a corrupt newest one has a fallback).
+        validate_config: called with a checkpoint's config on load (e.g. `validate_agent_config`);
+            a config it refuses makes the checkpoint invalid (skipped like a corrupt one).
+        exclusive: the caller holds the folder's `edge.lock.StateLock`, so every temp file in it
+            is a dead writer's and is removed before writing.
+        max_bytes: cap on the decoded array bytes of one checkpoint.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], fingerprint: str, keep: int = KEEP) -> None:
+    def __init__(self, directory: str | os.PathLike[str], fingerprint: str, keep: int = KEEP, *,
+                 validate_config: Callable[[dict[str, Any]], None] | None = None,
+                 exclusive: bool = False, max_bytes: int = MAX_CHECKPOINT_BYTES) -> None:
         self.directory = Path(directory)
         self.fingerprint = fingerprint
         self.keep = max(2, int(keep))
+        self.validate_config = validate_config
+        self.exclusive = bool(exclusive)
+        self.max_bytes = int(max_bytes)
+        self._good: Path | None = None
 
     # ------------------------------------------------------------------ listing
     def paths(self) -> list[Path]:
-        """Checkpoint files, newest (highest step) first."""
+        """Checkpoint files (regular files named ``state-<step>.npz``), highest name first.
+
+        Candidates only: `latest` orders them by the step verified inside each file.
+        """
         if not self.directory.is_dir():
             return []
         found = []
-        for entry in self.directory.iterdir():
+        for entry in os.scandir(self.directory):
             m = _NAME.match(entry.name)
-            if m:
-                found.append((int(m.group(1)), entry))
+            if m and entry.is_file(follow_symlinks=False):
+                found.append((int(m.group(1)), Path(entry.path)))
         return [p for _, p in sorted(found, reverse=True)]
 
     def disk_bytes(self) -> int:
-        """Bytes of the checkpoint files on disk."""
-        return sum(p.stat().st_size for p in self.paths())
+        """Every byte the state folder holds: checkpoints, temp files, the lock, anything else."""
+        total = 0
+        pending = [self.directory]
+        while pending:
+            folder = pending.pop()
+            try:
+                entries = list(os.scandir(folder))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(Path(entry.path))
+                    else:
+                        total += entry.stat(follow_symlinks=False).st_size
+                except FileNotFoundError:  # removed while counting
+                    continue
+        return total
 
     # ------------------------------------------------------------------ writing
     def save(self, state: dict[str, np.ndarray], config: dict[str, Any], step: int) -> Path:
         """Write a checkpoint atomically and prune old ones; returns its path.
 
-        Raises `CheckpointError` when the directory cannot be created or written; the existing
-        checkpoints are left untouched in that case.
+        Space is reclaimed first (dead writers' temp files, checkpoints beyond ``keep``); on a full
+        disk every checkpoint but the newest good one is removed and the write retried once.
+        Raises `CheckpointError` when the directory cannot be created or written; the newest good
+        checkpoint is left untouched in that case.
         """
         if HEADER_KEY in state:
             raise CheckpointError(f"state key {HEADER_KEY!r} is reserved")
-        if int(step) < 0:
-            raise CheckpointError(f"step: expected >= 0, got {step}")
+        if not _is_int(step) and not isinstance(step, np.integer):
+            raise CheckpointError(f"step: expected an int, got {type(step).__name__}")
+        if not 0 <= int(step) < _MAX_STEP:
+            raise CheckpointError(f"step: expected in [0, {_MAX_STEP}), got {step}")
         arrays = {k: np.asarray(v) for k, v in state.items()}
         for key, arr in arrays.items():
-            if arr.dtype == object:
-                raise CheckpointError(f"state {key!r}: expected a numeric array, got dtype object")
+            if arr.dtype.hasobject or arr.dtype.kind not in _NUMERIC_KINDS:
+                raise CheckpointError(f"state {key!r}: expected a numeric array, got dtype {arr.dtype}")
+            if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+                raise CheckpointError(f"state {key!r}: expected finite values, got NaN or inf "
+                                      "(the previous checkpoint is kept)")
         header = {
             "schema_version": CHECKPOINT_SCHEMA_VERSION,
             "fingerprint": self.fingerprint,
@@ -121,88 +351,234 @@ class CheckpointStore:
             "payload_sha256": payload_sha256(arrays),
             "keys": sorted(arrays),
         }
+        try:
+            header["header_sha256"] = header_sha256(header)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"config: expected plain finite JSON values, got {exc}") from exc
         blob = np.frombuffer(json.dumps(header, sort_keys=True).encode("utf-8"), dtype=np.uint8)
         target = self.directory / f"state-{int(step):012d}.npz"
+
+        def write(handle: Any) -> None:
+            np.savez(handle, **{HEADER_KEY: blob}, **arrays)
+
         try:
-            atomic_write(target, lambda handle: np.savez(handle, **{HEADER_KEY: blob}, **arrays),
-                         tmp_prefix=_TMP_PREFIX)
+            make_dirs(self.directory)
+            self.reclaim()
+            try:
+                atomic_write(target, write, tmp_prefix=_TMP_PREFIX)
+            except OSError as exc:
+                if exc.errno not in _NO_SPACE or not self.reclaim(full_disk=True):
+                    raise
+                logger.warning("disk full writing %s: removed older checkpoints, retrying once", target)
+                atomic_write(target, write, tmp_prefix=_TMP_PREFIX)
         except OSError as exc:
-            raise CheckpointError(f"cannot write checkpoint {target}: expected a writable directory, "
-                                  f"got {type(exc).__name__}: {exc}") from exc
+            raise CheckpointError(f"cannot write checkpoint {target}: expected a writable directory with "
+                                  f"free space, got {type(exc).__name__}: {exc}") from exc
+        self._good = target
         self._prune(target)
         return target
 
-    def _prune(self, newest: Path) -> None:
-        """Keep the ``keep`` newest checkpoints; remove stale temp files of crashed writers."""
-        for old in self.paths()[self.keep:]:
-            if old != newest:
-                try:
-                    old.unlink()
-                except OSError as exc:  # pragma: no cover
-                    logger.warning("could not remove old checkpoint %s: %s", old, exc)
+    def _ranked(self) -> list[tuple[int, Path]]:
+        """(verified header step, path) of the candidates, highest step first; unreadable ones -1.
+
+        Checkpoints of another backbone or schema are left out: they are never removed.
+        """
+        ranked = []
+        for path in self.paths():
+            try:
+                step = self._header_step_or_raise(path)
+            except IncompatibleCheckpointError:
+                continue
+            except CheckpointError:
+                step = -1
+            ranked.append((step, path))
+        return sorted(ranked, key=lambda item: (item[0], self._name_matches(*item)), reverse=True)
+
+    @staticmethod
+    def _name_matches(step: int, path: Path) -> bool:
+        return path.name == f"state-{step:012d}.npz"
+
+    def _unlink(self, path: Path) -> bool:
+        try:
+            path.unlink()
+            return True
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            logger.warning("could not remove %s: %s", path, exc)
+            return False
+
+    def reclaim(self, full_disk: bool = False) -> int:
+        """Free space before a write; returns the number of files removed.
+
+        Removes temp files of dead writers (all of them when ``exclusive``, else those older than
+        `STALE_TMP_S` or dated more than that in the future) and checkpoints beyond ``keep``
+        (by verified step). With ``full_disk`` every checkpoint but the newest good one goes.
+        The newest good checkpoint is never removed.
+        """
+        if not self.directory.is_dir():
+            return 0
+        removed = 0
         now = time.time()
-        for entry in self.directory.iterdir():
-            if entry.name.startswith(_TMP_PREFIX) and entry.name.endswith(".tmp"):
-                try:
-                    if now - entry.stat().st_mtime > STALE_TMP_S:
-                        entry.unlink()
-                except OSError:  # pragma: no cover
-                    pass
+        for entry in os.scandir(self.directory):
+            if not (entry.name.startswith(_TMP_PREFIX) and entry.name.endswith(TMP_SUFFIX)):
+                continue
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                age = now - entry.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:
+                continue
+            if self.exclusive or abs(age) > STALE_TMP_S:
+                removed += self._unlink(Path(entry.path))
+        ranked = self._ranked()
+        good = self._good if self._good is not None and self._good.exists() else None
+        if good is None:
+            for step, path in ranked:
+                if step >= 0 and self._loads(path):
+                    good = path
+                    break
+        if good is None:  # nothing verifiably good: never delete, the user may want to recover it
+            return removed
+        keep = 1 if full_disk else self.keep
+        kept = 1
+        for _, path in ranked:
+            if path == good:
+                continue
+            if kept < keep:
+                kept += 1
+                continue
+            removed += self._unlink(path)
+        return removed
+
+    def _loads(self, path: Path) -> bool:
+        try:
+            self.load(path)
+            return True
+        except CheckpointError:
+            return False
+
+    def _prune(self, newest: Path) -> None:
+        """Keep the ``keep`` checkpoints with the highest verified steps, ``newest`` among them."""
+        kept = 1
+        for _, path in self._ranked():
+            if path == newest:
+                continue
+            if kept < self.keep:
+                kept += 1
+                continue
+            self._unlink(path)
 
     # ------------------------------------------------------------------ reading
-    def load(self, path: str | os.PathLike[str]) -> Checkpoint:
-        """Read and verify one checkpoint file; `CheckpointError` (expected vs got) otherwise."""
-        path = Path(path)
+    def _header(self, path: Path, raw: np.ndarray) -> dict[str, Any]:
+        """Parse and verify a header array (integrity first, then compatibility)."""
+        if raw.dtype != np.uint8 or raw.ndim != 1 or raw.size > MAX_HEADER_BYTES:
+            raise CheckpointError(f"{path}: expected a uint8 JSON header of at most {MAX_HEADER_BYTES} "
+                                  f"bytes, got dtype {raw.dtype} shape {raw.shape}")
         try:
-            with np.load(path, allow_pickle=False) as npz:
-                names = list(npz.files)
-                if HEADER_KEY not in names:
-                    raise CheckpointError(f"{path}: expected a {HEADER_KEY} entry, got keys {names[:8]}")
-                header = json.loads(npz[HEADER_KEY].tobytes().decode("utf-8"))
-                arrays = {k: npz[k] for k in names if k != HEADER_KEY}
-        except CheckpointError:
-            raise
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{path}: expected a complete checkpoint (.npz), got an unreadable "
-                                  f"file ({type(exc).__name__}: {exc}); truncated or corrupt") from exc
+            header = parse_json_bounded(raw.tobytes(), what=f"{path} header", max_bytes=MAX_HEADER_BYTES)
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from exc
         if not isinstance(header, dict):
             raise CheckpointError(f"{path}: expected a JSON object header, got {type(header).__name__}")
         version = header.get("schema_version")
-        if version != CHECKPOINT_SCHEMA_VERSION:
-            raise IncompatibleCheckpointError(f"{path}: checkpoint schema_version expected "
-                                  f"{CHECKPOINT_SCHEMA_VERSION}, got {version!r}")
+        if _is_int(version) and version >= 2 or "header_sha256" in header:
+            try:
+                got = header_sha256(header)
+            except (TypeError, ValueError) as exc:
+                raise CheckpointError(f"{path}: header: expected plain JSON, got {exc}") from exc
+            if got != header.get("header_sha256"):
+                raise CheckpointError(f"{path}: header sha256 expected {str(header.get('header_sha256'))[:80]}, "
+                                      f"got {got} (the file was changed or corrupted)")
+        if not _is_int(version) or version not in READABLE_SCHEMA_VERSIONS:
+            raise IncompatibleCheckpointError(f"{path}: checkpoint schema_version expected one of "
+                                              f"{list(READABLE_SCHEMA_VERSIONS)}, got {version!r:.40}")
         if header.get("fingerprint") != self.fingerprint:
-            raise IncompatibleCheckpointError(f"{path}: backbone fingerprint expected {self.fingerprint}, got "
-                                  f"{header.get('fingerprint')} (this state was trained on another model)")
+            raise IncompatibleCheckpointError(
+                f"{path}: backbone fingerprint expected {self.fingerprint}, got "
+                f"{header.get('fingerprint')!r:.80} (this state was trained on another model)")
+        step = header.get("step")
+        if not _is_int(step) or not 0 <= step < _MAX_STEP or not isinstance(header.get("config"), dict):
+            raise CheckpointError(f"{path}: expected an int step >= 0 and a config object in the header, "
+                                  f"got {step!r:.40} and {type(header.get('config')).__name__}")
+        return header
+
+    def load(self, path: str | os.PathLike[str]) -> Checkpoint:
+        """Read and verify one checkpoint file; `CheckpointError` (expected vs got) otherwise."""
+        path = Path(path)
+        arrays = read_npz_bounded(path, self.max_bytes)
+        if HEADER_KEY not in arrays:
+            raise CheckpointError(f"{path}: expected a {HEADER_KEY} entry, got keys {sorted(arrays)[:8]}")
+        header = self._header(path, arrays.pop(HEADER_KEY))
         got = payload_sha256(arrays)
         if got != header.get("payload_sha256"):
-            raise CheckpointError(f"{path}: payload sha256 expected {header.get('payload_sha256')}, "
+            raise CheckpointError(f"{path}: payload sha256 expected {str(header.get('payload_sha256'))[:80]}, "
                                   f"got {got} (the file was changed or corrupted)")
-        step = header.get("step")
-        if not isinstance(step, int) or not isinstance(header.get("config"), dict):
-            raise CheckpointError(f"{path}: expected an int step and a config object in the header, "
-                                  f"got {step!r} and {type(header.get('config')).__name__}")
-        return Checkpoint(path=path, step=step, config=header["config"], state=arrays, header=header)
+        if "keys" in header and header["keys"] != sorted(arrays):
+            raise CheckpointError(f"{path}: expected arrays {header['keys']!r:.200}, got {sorted(arrays)}")
+        for key, arr in arrays.items():
+            if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+                raise CheckpointError(f"{path}: state {key!r}: expected finite values, got NaN or inf")
+        if self.validate_config is not None:
+            try:
+                self.validate_config(header["config"])
+            except (CheckpointError, ValueError, TypeError) as exc:
+                raise CheckpointError(f"{path}: {exc}") from exc
+        return Checkpoint(path=path, step=header["step"], config=header["config"], state=arrays,
+                          header=header)
 
-    def latest(self) -> Checkpoint | None:
-        """The newest valid checkpoint, or None when there is none yet (first boot).
+    def candidates(self) -> Iterator[Checkpoint]:
+        """Valid checkpoints, highest verified step first; invalid ones are skipped with a warning.
 
-        A corrupt or torn newest file is skipped with a warning in favour of the previous one.
-        A checkpoint of another backbone or schema is never skipped silently: `CheckpointError`.
-        If every file is corrupt, `CheckpointError` lists why.
+        A checkpoint of another backbone or schema is never skipped silently:
+        `IncompatibleCheckpointError`. If files exist but none is valid, `CheckpointError` lists why.
         """
         errors = []
+        ordered = []
         for path in self.paths():
+            try:
+                ordered.append((self._header_step_or_raise(path), path))
+            except IncompatibleCheckpointError:
+                raise
+            except CheckpointError as exc:
+                logger.warning("skipping unreadable checkpoint (falling back to an older one): %s", exc)
+                errors.append(str(exc))
+        ordered.sort(key=lambda item: (item[0], self._name_matches(*item)), reverse=True)
+        for step, path in ordered:
             try:
                 ckpt = self.load(path)
             except IncompatibleCheckpointError:
                 raise
             except CheckpointError as exc:
-                text = str(exc)
-                logger.warning("skipping invalid checkpoint: %s", text)
-                errors.append(text)
+                logger.warning("skipping invalid checkpoint (falling back to an older one): %s", exc)
+                errors.append(str(exc))
                 continue
-            return ckpt
+            if not self._name_matches(ckpt.step, path):
+                logger.warning("checkpoint %s records step %d: ordered by that step, not by its name",
+                               path, ckpt.step)
+            self._good = path
+            yield ckpt
         if errors:
             raise CheckpointError("no valid checkpoint: " + " | ".join(errors))
+
+    def _header_step_or_raise(self, path: Path) -> int:
+        """The verified step in a file's header (reads only the header member)."""
+        try:
+            with _open_regular(path) as handle, zipfile.ZipFile(handle) as zf:
+                raw = _read_member(zf, zf.getinfo(f"{HEADER_KEY}.npy"), MAX_HEADER_BYTES + 256, path)
+        except CheckpointError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - untrusted bytes, see read_npz_bounded
+            raise _refuse(path, f"an unreadable header ({type(exc).__name__}: {exc})") from exc
+        return int(self._header(path, raw)["step"])
+
+    def latest(self) -> Checkpoint | None:
+        """The valid checkpoint with the highest verified step, or None on first boot.
+
+        A corrupt, torn or unreadable file is skipped with a warning in favour of the previous one.
+        A checkpoint of another backbone or schema is never skipped silently: `CheckpointError`.
+        If every file is corrupt, `CheckpointError` lists why.
+        """
+        for ckpt in self.candidates():
+            return ckpt
         return None

@@ -1,14 +1,17 @@
 """``edge-agent``: learn, predict and inspect on the device, one command at a time.
 
 Each call opens the backbone, resumes the newest valid checkpoint of ``--state`` (or starts fresh
-on first boot), does its work and, for ``learn``, writes a new checkpoint atomically.
+on first boot), does its work and, for ``learn``, writes a new checkpoint atomically. ``learn``
+holds the state folder's OS lock (`edge.lock.StateLock`) from resume to save, so two writers
+never lose an update: the second waits up to ``--lock-timeout`` seconds, then fails.
 
     edge-agent learn   --model models/default --state state/ --label 3 img1.png img2.png
     edge-agent predict --model models/default --state state/ img3.png
     edge-agent status  --model models/default --state state/
 
-Expected errors (bad image, corrupt model, foreign checkpoint, ...) print one line on stderr and
-exit with status 2.
+Expected errors (bad image, corrupt model, foreign checkpoint, a held lock, ...) print one line on
+stderr and exit with status 2; Ctrl-C prints one line and exits with 130. Warnings (e.g. a corrupt
+newest checkpoint skipped in favour of the previous one) are shown without ``-v``.
 """
 
 from __future__ import annotations
@@ -16,47 +19,66 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from edge.agent import Agent, AgentConfig
 from edge.buffer import POLICIES, STORAGES
-from edge.checkpoint import CheckpointStore
-from edge.errors import EdgeError, InputError
+from edge.checkpoint import CONFIG_LIMITS, CheckpointStore, validate_agent_config
+from edge.errors import CheckpointError, EdgeError, InputError
 from edge.heads import HEADS
+from edge.images import load_image
+from edge.lock import DEFAULT_TIMEOUT_S, StateLock
 from edge.runtimes import open_backbone
 from edge.strategies import STRATEGIES
 
+logger = logging.getLogger("edge.cli")
+
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
-def load_images(paths: Sequence[str]) -> list[np.ndarray]:
-    """Decode image files to uint8 RGB arrays (Pillow, imported lazily)."""
-    from PIL import Image, UnidentifiedImageError
-
-    frames = []
-    for path in paths:
-        try:
-            with Image.open(path) as img:
-                frames.append(np.asarray(img.convert("RGB"), dtype=np.uint8))
-        except (OSError, UnidentifiedImageError) as exc:
-            raise InputError(f"image {path}: expected a readable image file, got {exc}") from exc
-    return frames
+def load_images(paths: Sequence[str], target_size: tuple[int, int] | None = None) -> list[np.ndarray]:
+    """Decode image files to uint8 RGB arrays safely (`edge.images.load_image`)."""
+    return [load_image(path, target_size=target_size) for path in paths]
 
 
 def _frames_for(agent: Agent, paths: Sequence[str]) -> np.ndarray:
     """Images of any size -> one (N, H, W, 3) batch at the model's input size."""
     from edge.preprocess import resize_frames
 
+    assert agent.backbone is not None
     h, w, _ = agent.backbone.manifest.input_shape
     out = []
-    for frame in load_images(paths):
+    for frame in load_images(paths, target_size=(h, w)):
         if frame.shape[:2] != (h, w):
             frame = np.rint(resize_frames(frame[None], h, w)[0]).astype(np.uint8)
         out.append(frame)
     return np.stack(out)
+
+
+def tsv_field(text: str) -> str:
+    """A file name safe for one TSV field: backslash, tab, newline, other control characters and
+    undecodable bytes are escaped (``\\t``, ``\\n``, ``\\xNN``), so a name cannot forge rows."""
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch in "\t\n\r":
+            out.append({"\t": "\\t", "\n": "\\n", "\r": "\\r"}[ch])
+        elif code < 0x20 or code == 0x7F or 0x80 <= code < 0xA0:
+            out.append(f"\\x{code:02x}")
+        elif 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape from argv)
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif 0xD800 <= code <= 0xDFFF or code in (0x2028, 0x2029):
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def parse_key_values(items: Sequence[str], option: str) -> dict[str, object]:
@@ -89,23 +111,43 @@ def _config_from_args(args: argparse.Namespace) -> AgentConfig:
                        buffer_storage=args.buffer_storage, seed=args.seed)
 
 
-def _open(args: argparse.Namespace) -> tuple[Agent, CheckpointStore, int | None]:
+def _open(args: argparse.Namespace, exclusive: bool = False) -> tuple[Agent, CheckpointStore, int | None]:
+    """Backbone + the newest usable checkpoint (older ones when it cannot be restored)."""
     backbone = open_backbone(args.model, runtime=args.runtime, precision=args.precision,
                              num_threads=args.threads)
-    store = CheckpointStore(args.state, backbone.manifest.fingerprint)
-    ckpt = store.latest()
-    if ckpt is None:
-        return Agent(backbone, _config_from_args(args)), store, None
-    agent = Agent(backbone, AgentConfig.from_dict(ckpt.config))
-    agent.load_state_dict(ckpt.state)
-    return agent, store, ckpt.step
+    store = CheckpointStore(args.state, backbone.manifest.fingerprint, validate_config=validate_agent_config,
+                            exclusive=exclusive)
+    rejected = []
+    for ckpt in store.candidates():
+        try:
+            agent = Agent(backbone, AgentConfig.from_dict(ckpt.config))
+            agent.load_state_dict(ckpt.state)
+        except (InputError, ValueError, TypeError, KeyError) as exc:
+            logger.warning("skipping checkpoint %s (falling back to an older one): its state does not "
+                           "fit its config: %s", ckpt.path, exc)
+            rejected.append(f"{ckpt.path}: {exc}")
+            continue
+        return agent, store, ckpt.step
+    if rejected:
+        raise CheckpointError("no usable checkpoint: " + " | ".join(rejected))
+    config = _config_from_args(args)
+    try:
+        validate_agent_config(config.to_dict())
+    except CheckpointError as exc:
+        raise InputError(str(exc).replace("config.", "option ", 1)) from exc
+    return Agent(backbone, config), store, None
 
 
 def _cmd_learn(args: argparse.Namespace) -> int:
-    agent, store, _ = _open(args)
-    frames = _frames_for(agent, args.images)
-    agent.learn_many(frames, np.full(len(frames), args.label, dtype=np.int64))
-    path = store.save(agent.state_dict(), agent.config.to_dict(), agent.step_)
+    with StateLock(args.state, timeout_s=args.lock_timeout):
+        agent, store, _ = _open(args, exclusive=True)
+        max_classes = agent.config.max_classes
+        if not 0 <= args.label < max_classes:
+            raise InputError(f"--label: expected an int in [0, {max_classes - 1}] (max_classes={max_classes}), "
+                             f"got {args.label}")
+        frames = _frames_for(agent, args.images)
+        agent.learn_many(frames, np.full(len(frames), args.label, dtype=np.int64))
+        path = store.save(agent.state_dict(), agent.config.to_dict(), agent.step_)
     print(f"learned {len(frames)} image(s) as label {args.label}; step {agent.step_}; saved {path}")
     return 0
 
@@ -117,7 +159,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     proba = agent.predict_proba_many(_frames_for(agent, args.images))
     for path, row in zip(args.images, proba):
         label = int(row.argmax())
-        print(f"{path}\t{label}\t{row[label]:.4f}")
+        if args.json:
+            print(json.dumps({"path": path, "label": label, "probability": round(float(row[label]), 6)}))
+        else:
+            print(f"{tsv_field(path)}\t{label}\t{row[label]:.4f}")
     return 0
 
 
@@ -125,9 +170,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     agent, store, step = _open(args)
     mem = agent.memory_bytes()
     info = {
-        "model": agent.backbone.manifest.name,
-        "runtime": agent.backbone.info.runtime,
-        "precision": agent.backbone.info.precision,
+        "model": agent.backbone.manifest.name if agent.backbone is not None else None,
+        "runtime": agent.backbone.info.runtime if agent.backbone is not None else None,
+        "precision": agent.backbone.info.precision if agent.backbone is not None else None,
         "step": step or 0,
         "classes_seen": agent.classes_seen().tolist(),
         "buffer_fill": len(agent.buffer),
@@ -146,6 +191,29 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_in(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type: an int in [lo, hi], else a one-line usage error naming expected vs got."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int, got {text!r:.40}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected an int in [{lo}, {hi}], got {text:.40}")
+        return value
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds (a number), got {text!r:.40}") from None
+    if not (math.isfinite(value) and 0.0 <= value <= 86_400.0):
+        raise argparse.ArgumentTypeError(f"expected seconds in [0, 86400], got {text:.40}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(
@@ -162,7 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="inference runtime (default: auto = LiteRT if installed)")
     common.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
                         help="backbone precision (int8 runs on LiteRT)")
-    common.add_argument("--threads", type=int, default=None, help="inference threads")
+    common.add_argument("--threads", type=_int_in(1, 256), default=None, help="inference threads")
+    common.add_argument("--lock-timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                        help=f"learn: wait this long for another writer's lock (default {DEFAULT_TIMEOUT_S:g})")
     fresh = common.add_argument_group("new state (used on first boot only; later runs use the "
                                       "configuration stored in the checkpoint)")
     fresh.add_argument("--head", default="softmax", choices=sorted(HEADS))
@@ -170,18 +240,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continual-learning strategy (default replay; see docs/strategies.md)")
     fresh.add_argument("--strategy-param", action="append", default=[], metavar="KEY=VALUE",
                        help="strategy hyperparameter, e.g. shrinkage=0.001 (repeatable)")
-    fresh.add_argument("--max-classes", type=int, default=50)
-    fresh.add_argument("--buffer-capacity", type=int, default=1000)
+    fresh.add_argument("--max-classes", type=_int_in(*CONFIG_LIMITS["max_classes"]), default=50)
+    fresh.add_argument("--buffer-capacity", type=_int_in(*CONFIG_LIMITS["buffer_capacity"]), default=1000)
     fresh.add_argument("--buffer-policy", default="class_balanced", choices=POLICIES)
     fresh.add_argument("--buffer-storage", default="int8", choices=STORAGES)
-    fresh.add_argument("--seed", type=int, default=0)
+    fresh.add_argument("--seed", type=_int_in(*CONFIG_LIMITS["seed"]), default=0)
 
     p = sub.add_parser("learn", parents=[common], help="learn images as one label")
-    p.add_argument("--label", type=int, required=True, help="class label of every image")
+    p.add_argument("--label", type=_int_in(0, CONFIG_LIMITS["max_classes"][1] - 1), required=True,
+                   help="class label of every image (in [0, max_classes))")
     p.add_argument("images", nargs="+", help="image files (any size; resized to the model input)")
     p.set_defaults(func=_cmd_learn)
 
     p = sub.add_parser("predict", parents=[common], help="print label and probability per image")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per image and line (default: TSV with escaped file names)")
     p.add_argument("images", nargs="+", help="image files")
     p.set_defaults(func=_cmd_predict)
 
@@ -193,14 +266,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``edge-agent``; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
-                        format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.func(args)
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="edge-agent: %(levelname)s: %(message)s")
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("edge-agent: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (EdgeError, ValueError, OSError) as exc:
-        print(f"edge-agent: error: {exc}", file=sys.stderr)
+        print(f"edge-agent: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    except MemoryError:
+        print("edge-agent: error: out of memory (expected the state and images to fit in RAM)", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover
