@@ -1,6 +1,15 @@
 """Host tool: pretrain a backbone, freeze it and export it for the device (TensorFlow/Keras).
 
-This is the only package that imports TensorFlow. See `host.cli` for the `edge-host` command.
+What lives here: the backbone registry (`host.backbones`, with `host.efficientnet_lite`,
+`host.pretrained` and `host.torch_weights` for the ImageNet EfficientNet-Lite0), pretraining
+(`host.pretrain`), export to TFLite/ONNX with the manifest (`host.export`, `host.tflite_ops`),
+trainable-head export (`host.export_head`), the parity check (`host.parity`), and the `edge-host`
+command (`host.cli`, with `host.quiet` keeping TensorFlow's log noise out of its output).
+
+This is the only package that imports TensorFlow/Keras. Nothing in `edge/` or `firmware_sim/` may
+import `host` (a device has no TensorFlow); `host` may use `edge` (the manifest schema) and
+`firmware_sim` (data sources). `host.cli` and `host.quiet` import no TensorFlow at module level, so
+`edge-host --help` and the missing-extra message work in a device-only install.
 """
 
 __version__ = "0.1.0"
