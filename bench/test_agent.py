@@ -107,18 +107,18 @@ def test_buffer(benchmark, op, storage):
     from edge.buffer import ReplayBuffer
 
     rng = np.random.default_rng(0)
-    dim = 256
-    buf = ReplayBuffer(1000, dim, "class_balanced", storage, N_CLASSES, seed=0)
+    embedding_size = 256
+    buf = ReplayBuffer(1000, embedding_size, "class_balanced", storage, N_CLASSES, seed=0)
     for k in range(5):
-        buf.add(rng.normal(size=(300, dim)).astype(np.float32), np.arange(300) % 10 + 10 * k)
-    emb = rng.normal(size=(300, dim)).astype(np.float32)
+        buf.add(rng.normal(size=(300, embedding_size)).astype(np.float32), np.arange(300) % 10 + 10 * k)
+    emb = rng.normal(size=(300, embedding_size)).astype(np.float32)
     labels = np.arange(300) % 5 + 45
     if op == "add":
         benchmark(buf.add, emb, labels)
         assert len(buf) == 1000 and buf.class_counts()[45:].sum() > 0
     else:
         x, y = benchmark(buf.sample, 150)
-        assert x.shape == (150, dim) and y.shape == (150,) and np.isfinite(x).all()
+        assert x.shape == (150, embedding_size) and y.shape == (150,) and np.isfinite(x).all()
     benchmark.extra_info.update(kind="buffer", op=op, storage=storage, rows=300 if op == "add" else 150)
 
 

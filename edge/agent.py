@@ -30,7 +30,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -130,8 +130,9 @@ class Agent:
     """
 
     def __init__(self, backbone: Backbone | None, config: AgentConfig | None = None, *,
-                 embedding_size: int | None = None, embedding_mean: np.ndarray | None = None,
-                 embedding_std: np.ndarray | None = None) -> None:
+                 embedding_size: int | None = None,
+                 embedding_mean: np.ndarray | Sequence[float] | None = None,
+                 embedding_std: np.ndarray | Sequence[float] | None = None) -> None:
         self.backbone = backbone
         self.config = config if config is not None else AgentConfig()
         cfg = self.config
@@ -182,7 +183,7 @@ class Agent:
             return make_head(cfg.head, self.embedding_size, cfg.max_classes, **params)
         from edge.tflite_head import TFLiteHead, find_head_file
 
-        path = cfg.head_file
+        path: str | Path | None = cfg.head_file
         if path is None:
             if self.backbone is None:
                 raise ConfigError("AgentConfig.head_file: expected the path of a head .tflite file for "

@@ -73,7 +73,9 @@ def slot_names(optimizer: str) -> tuple[str, ...]:
 def head_file_name(kind: str, optimizer: str, batch_size: int, max_classes: int,
                    hidden: int | None = None) -> str:
     """``head_<kind>_<optimizer>_b<B>_c<C>[_h<H>].tflite``: several heads can share a model dir."""
-    tail = f"_h{int(hidden)}" if kind == "mlp" else ""
+    if kind == "mlp" and hidden is None:
+        raise ConfigError("hidden: expected the hidden width of an mlp head, got None")
+    tail = f"_h{int(hidden)}" if kind == "mlp" and hidden is not None else ""
     return f"head_{kind}_{optimizer}_b{int(batch_size)}_c{int(max_classes)}{tail}.tflite"
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator, Mapping, Protocol
 
 import numpy as np
 
@@ -12,12 +12,16 @@ from edge.errors import ConfigError, InputError
 
 
 class LearnSettings(Protocol):
-    """The part of the agent configuration a strategy reads."""
+    """The part of the agent configuration a strategy reads (read-only)."""
 
-    epochs: int
-    batch_size: int
-    replay_ratio: float
-    max_classes: int
+    @property
+    def epochs(self) -> int: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def replay_ratio(self) -> float: ...
+    @property
+    def max_classes(self) -> int: ...
 
 
 class Strategy:
@@ -82,6 +86,11 @@ class Strategy:
         """Bytes of learned state."""
         return int(sum(np.asarray(v).nbytes for v in self.state_dict().values()))
 
+    def _forget(self, *names: str) -> None:
+        """Drop learned attributes (back to "nothing learned yet", as before the first `learn`)."""
+        for name in names:
+            self.__dict__.pop(name, None)
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"
@@ -121,8 +130,8 @@ def replay_minibatches(emb: np.ndarray, labels: np.ndarray, buffer: ReplayBuffer
             yield emb[idx], labels[idx]
 
 
-def check_state(owner: str, state: dict[str, np.ndarray], spec: dict[str, tuple[Any, tuple[int | None, ...]]]
-                ) -> dict[str, np.ndarray]:
+def check_state(owner: str, state: Mapping[str, np.ndarray],
+                spec: Mapping[str, tuple[Any, tuple[int | None, ...]]]) -> dict[str, np.ndarray]:
     """Validate a strategy state against ``{key: (dtype, shape)}`` (None in a shape: any size).
 
     Returns the arrays (as ndarrays). Missing or unexpected keys, wrong dtypes or shapes raise

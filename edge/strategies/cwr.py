@@ -143,7 +143,7 @@ class CWRStarStrategy(Strategy):
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         if not state:
-            self.past_ = None
+            self._forget("past_", "n_batches_")
             return
         arrays = check_state(self.name, state, {"past": (np.int64, (None,)), "n_batches": (np.int64, ())})
         if (arrays["past"] < 0).any():

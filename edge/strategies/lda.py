@@ -52,6 +52,8 @@ class SLDAStrategy(Strategy):
 
     name = "slda"
     owns_classifier = True
+    #: ``(precision, P mu^T, offsets)``, computed on the first prediction after an update.
+    _cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def __init__(self, shrinkage: float = 1e-4) -> None:
         self.shrinkage = shrinkage
@@ -113,7 +115,7 @@ class SLDAStrategy(Strategy):
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         self._cache = None
         if not state:
-            self.mean_ = None
+            self._forget("mean_", "count_", "scatter_")
             return
         a = check_state("slda", state, {"mean": (np.float64, (None, None)), "count": (np.int64, (None,)),
                                         "scatter": (np.float64, (None, None))})
@@ -191,7 +193,7 @@ class NCMStrategy(Strategy):
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         if not state:
-            self.sum_ = None
+            self._forget("sum_", "count_")
             return
         a = check_state("ncm", state, {"sum": (np.float64, (None, None)), "count": (np.int64, (None,))})
         if a["count"].shape != (a["sum"].shape[0],):

@@ -36,6 +36,8 @@ class EWCStrategy(Strategy):
     """
 
     name = "ewc"
+    fisher_: dict[str, np.ndarray]
+    anchor_: dict[str, np.ndarray]
 
     def __init__(self, ewc_lambda: float = 1000.0, gamma: float = 1.0) -> None:
         self.ewc_lambda = ewc_lambda
@@ -87,7 +89,7 @@ class EWCStrategy(Strategy):
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         if not state:
-            self.fisher_ = None
+            self._forget("fisher_", "anchor_")
             return
         names = sorted({k.split(".", 1)[1] for k in state if "." in k})
         spec = {f"{part}.{n}": (np.float32, (None,) * np.asarray(state.get(f"fisher.{n}", 0)).ndim)
