@@ -94,7 +94,12 @@ def filtered_stderr() -> Iterator[None]:
     redirected). If the filter process cannot start, stderr is left as it is.
     """
     sys.stderr.flush()
-    saved = os.dup(2)
+    try:
+        saved = os.dup(2)
+    except OSError as exc:  # no stderr at all (closed descriptor): nothing to filter
+        logging.getLogger(__name__).debug("stderr filter not started: %s", exc)
+        yield
+        return
     try:
         proc = subprocess.Popen([sys.executable, "-I", "-S", os.path.abspath(__file__)],
                                 stdin=subprocess.PIPE, stdout=saved, stderr=saved)
