@@ -94,21 +94,19 @@ def filtered_stderr() -> Iterator[None]:
     redirected). If the filter process cannot start, stderr is left as it is.
     """
     sys.stderr.flush()
+    saved: int | None = None
+    proc: subprocess.Popen[bytes] | None = None
     try:
         saved = os.dup(2)
-    except OSError as exc:  # no stderr at all (closed descriptor): nothing to filter
-        logging.getLogger(__name__).debug("stderr filter not started: %s", exc)
-        yield
-        return
-    try:
         proc = subprocess.Popen([sys.executable, "-I", "-S", os.path.abspath(__file__)],
                                 stdin=subprocess.PIPE, stdout=saved, stderr=saved)
-    except OSError as exc:
-        os.close(saved)
+    except OSError as exc:  # no stderr at all, or no process: leave stderr as it is
         logging.getLogger(__name__).debug("stderr filter not started: %s", exc)
+        if saved is not None:
+            os.close(saved)
+    if saved is None or proc is None or proc.stdin is None:
         yield
         return
-    assert proc.stdin is not None
     os.dup2(proc.stdin.fileno(), 2)
     proc.stdin.close()
     try:
