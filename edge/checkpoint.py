@@ -43,7 +43,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 
@@ -52,6 +52,7 @@ from edge.errors import CheckpointError, IncompatibleCheckpointError
 from edge.manifest import parse_json_bounded
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CHECKPOINT_SCHEMA_VERSION = 2
 #: Versions this code reads: 1 (no header hash; read for migration, rewritten as 2 at the next save).
@@ -199,7 +200,8 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int, path: 
     if info.file_size > budget:
         raise _refuse(path, f"member {info.filename!r} of {info.file_size} bytes (over the "
                             f"{budget}-byte budget left)")
-    with zf.open(info) as member:
+    with zf.open(info) as opened:
+        member: Any = opened
         version = np.lib.format.read_magic(member)
         if version == (1, 0):
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
@@ -358,8 +360,11 @@ class CheckpointStore:
         blob = np.frombuffer(json.dumps(header, sort_keys=True).encode("utf-8"), dtype=np.uint8)
         target = self.directory / f"state-{int(step):012d}.npz"
 
+        members = {HEADER_KEY: blob, **arrays}
+        savez: Any = np.savez  # NumPy's stubs type **kwds as the allow_pickle flag
+
         def write(handle: Any) -> None:
-            np.savez(handle, **{HEADER_KEY: blob}, **arrays)
+            savez(handle, **members)
 
         try:
             make_dirs(self.directory)
@@ -482,7 +487,7 @@ class CheckpointStore:
         if not isinstance(header, dict):
             raise CheckpointError(f"{path}: expected a JSON object header, got {type(header).__name__}")
         version = header.get("schema_version")
-        if _is_int(version) and version >= 2 or "header_sha256" in header:
+        if (isinstance(version, int) and not isinstance(version, bool) and version >= 2) or "header_sha256" in header:
             try:
                 got = header_sha256(header)
             except (TypeError, ValueError) as exc:
@@ -498,7 +503,8 @@ class CheckpointStore:
                 f"{path}: backbone fingerprint expected {self.fingerprint}, got "
                 f"{header.get('fingerprint')!r:.80} (this state was trained on another model)")
         step = header.get("step")
-        if not _is_int(step) or not 0 <= step < _MAX_STEP or not isinstance(header.get("config"), dict):
+        if (not isinstance(step, int) or isinstance(step, bool) or not 0 <= step < _MAX_STEP
+                or not isinstance(header.get("config"), dict)):
             raise CheckpointError(f"{path}: expected an int step >= 0 and a config object in the header, "
                                   f"got {step!r:.40} and {type(header.get('config')).__name__}")
         return header
@@ -582,3 +588,24 @@ class CheckpointStore:
         for ckpt in self.candidates():
             return ckpt
         return None
+
+
+def resume(store: CheckpointStore, restore: Callable[[Checkpoint], T]) -> tuple[T, Checkpoint] | None:
+    """Restore from the newest usable checkpoint, falling back to older ones; None on first boot.
+
+    ``restore(ckpt)`` builds the caller's object (e.g. an `edge.agent.Agent` with the config and
+    state); when it raises `ValueError` (InputError included), `TypeError` or `KeyError` the
+    checkpoint is skipped with a warning. Raises `CheckpointError` when checkpoints exist but none
+    is usable, and `IncompatibleCheckpointError` for another backbone or schema.
+    """
+    rejected = []
+    for ckpt in store.candidates():
+        try:
+            return restore(ckpt), ckpt
+        except (ValueError, TypeError, KeyError) as exc:
+            logger.warning("skipping checkpoint %s (falling back to an older one): its state does not "
+                           "fit its config: %s", ckpt.path, exc)
+            rejected.append(f"{ckpt.path}: {exc}")
+    if rejected:
+        raise CheckpointError("no usable checkpoint: " + " | ".join(rejected))
+    return None

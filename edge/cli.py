@@ -27,7 +27,7 @@ import numpy as np
 
 from edge.agent import Agent, AgentConfig
 from edge.buffer import POLICIES, STORAGES
-from edge.checkpoint import CONFIG_LIMITS, CheckpointStore, validate_agent_config
+from edge.checkpoint import CONFIG_LIMITS, Checkpoint, CheckpointStore, resume, validate_agent_config
 from edge.errors import CheckpointError, EdgeError, InputError
 from edge.heads import HEADS
 from edge.images import load_image
@@ -117,19 +117,15 @@ def _open(args: argparse.Namespace, exclusive: bool = False) -> tuple[Agent, Che
                              num_threads=args.threads)
     store = CheckpointStore(args.state, backbone.manifest.fingerprint, validate_config=validate_agent_config,
                             exclusive=exclusive)
-    rejected = []
-    for ckpt in store.candidates():
-        try:
-            agent = Agent(backbone, AgentConfig.from_dict(ckpt.config))
-            agent.load_state_dict(ckpt.state)
-        except (InputError, ValueError, TypeError, KeyError) as exc:
-            logger.warning("skipping checkpoint %s (falling back to an older one): its state does not "
-                           "fit its config: %s", ckpt.path, exc)
-            rejected.append(f"{ckpt.path}: {exc}")
-            continue
-        return agent, store, ckpt.step
-    if rejected:
-        raise CheckpointError("no usable checkpoint: " + " | ".join(rejected))
+
+    def restore(ckpt: Checkpoint) -> Agent:
+        agent = Agent(backbone, AgentConfig.from_dict(ckpt.config))
+        agent.load_state_dict(ckpt.state)
+        return agent
+
+    resumed = resume(store, restore)
+    if resumed is not None:
+        return resumed[0], store, resumed[1].step
     config = _config_from_args(args)
     try:
         validate_agent_config(config.to_dict())

@@ -159,8 +159,8 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS,
                         raise ImageError(f"image {path}: expected at most {max_pixels} pixels, got "
                                          f"{img.size[0]}x{img.size[1]} = {img.size[0] * img.size[1]}")
                     img.load()
-                    img = ImageOps.exif_transpose(img) or img
-                    return _to_uint8(img, handle, path)
+                    upright = ImageOps.exif_transpose(img) or img
+                    return _to_uint8(upright, handle, path)
         except ImageError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

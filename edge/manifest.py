@@ -355,7 +355,8 @@ class Manifest:
     def verify(self, model_dir: str | os.PathLike[str]) -> None:
         """Check every listed file exists and matches its recorded size and sha256."""
         root = Path(model_dir)
-        for f in (*self.files, *self.heads):
+        entries: tuple[ModelFile | HeadFile, ...] = (*self.files, *self.heads)
+        for f in entries:
             verify_file(root / f.path, f)
 
 

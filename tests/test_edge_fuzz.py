@@ -1,0 +1,155 @@
+"""Seeded bit-flip fuzzing of a small checkpoint and of manifest.json (issue 11).
+
+Every single-bit flip of the newest checkpoint (a good previous one beside it) must either be
+refused and fall back to the previous checkpoint, or decode to exactly the original state (a flip in
+bytes nothing reads, e.g. a zip timestamp). Every flip of a manifest must be refused with a
+`ManifestError` or leave every computing field (and so the fingerprint) unchanged. Nothing else may
+escape: no other exception class, no traceback.
+
+The normal suite runs a seeded sample of bit positions; ``-m slow`` runs every bit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.agent import Agent, AgentConfig
+from edge.checkpoint import CheckpointStore, resume, validate_agent_config
+from edge.errors import IncompatibleCheckpointError, ManifestError
+from edge.manifest import Manifest, Preprocessing, QuantParams, describe_file, parse_json_bounded, write_manifest
+
+FP = "ab" * 32
+DIM = 8
+CONFIG = AgentConfig(max_classes=4, buffer_capacity=12, buffer_storage="int8", epochs=1, batch_size=8)
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_CHECKPOINT_BITS = 1500
+SAMPLE_MANIFEST_BITS = 2500
+SAMPLE_DEFAULT_MANIFEST_BITS = 800
+
+
+def _store_with_two(tmp_path: Path) -> tuple[CheckpointStore, bytes, dict[str, np.ndarray], int]:
+    store = CheckpointStore(tmp_path / "state", FP, validate_config=validate_agent_config)
+    agent = Agent(None, CONFIG, embedding_size=DIM)
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        agent.learn_embeddings(rng.normal(size=(10, DIM)).astype(np.float32), rng.integers(0, 4, 10))
+        store.save(agent.state_dict(), agent.config.to_dict(), agent.step_)
+    newest = store.paths()[0]
+    return store, newest.read_bytes(), agent.state_dict(), 1
+
+
+def _restore(ckpt):
+    agent = Agent(None, AgentConfig.from_dict(ckpt.config), embedding_size=DIM)
+    agent.load_state_dict(ckpt.state)
+    return agent
+
+
+def _fuzz_checkpoint(tmp_path: Path, bits: np.ndarray) -> Counter:
+    store, pristine, state, previous_step = _store_with_two(tmp_path)
+    newest = store.paths()[0]
+    tally: Counter = Counter()
+    logging.getLogger("edge.checkpoint").setLevel(logging.ERROR)  # thousands of expected warnings
+    try:
+        for bit in bits:
+            data = bytearray(pristine)
+            data[bit // 8] ^= 1 << (bit % 8)
+            newest.write_bytes(bytes(data))
+            try:
+                resumed = resume(store, _restore)
+            except IncompatibleCheckpointError as exc:  # a lock-out: must never happen
+                pytest.fail(f"bit {bit}: flip locked the agent out: {exc}")
+            assert resumed is not None, f"bit {bit}: a flip looked like a first boot"
+            agent, ckpt = resumed
+            if ckpt.path == newest:
+                got = agent.state_dict()
+                assert set(got) == set(state) and all(np.array_equal(got[k], state[k]) for k in state), (
+                    f"bit {bit}: a changed checkpoint was accepted")
+                tally["accepted, identical state (unread byte)"] += 1
+            else:
+                assert ckpt.step == previous_step, f"bit {bit}: resumed step {ckpt.step}"
+                tally["refused, fell back to the previous checkpoint"] += 1
+    finally:
+        logging.getLogger("edge.checkpoint").setLevel(logging.NOTSET)
+    return tally
+
+
+def _toy_manifest_bytes(tmp_path: Path) -> bytes:
+    root = tmp_path / "toy"
+    root.mkdir()
+    for name in ("a.tflite", "b.tflite"):
+        (root / name).write_bytes(name.encode() * 8)
+    q = QuantParams(scale=0.05, zero_point=-3)
+    manifest = Manifest(
+        name="toy", architecture="tiny", input_shape=(8, 8, 3),
+        preprocessing=Preprocessing(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3)),
+        embedding_size=3, embedding_mean=(0.1, -1.5, 2.25), embedding_std=(1.0, 0.5, 2.0),
+        files=(describe_file(root, "a.tflite", "tflite", "fp32"),
+               describe_file(root, "b.tflite", "tflite", "int8", q, q)),
+        producer={"tool": "test"},
+    )
+    write_manifest(manifest, root)
+    return (root / "manifest.json").read_bytes()
+
+
+def _fuzz_manifest(pristine: bytes, bits: np.ndarray) -> Counter:
+    original = Manifest.from_dict(parse_json_bounded(pristine))
+    fields = original.computing_fields()
+    tally: Counter = Counter()
+    for bit in bits:
+        data = bytearray(pristine)
+        data[bit // 8] ^= 1 << (bit % 8)
+        try:
+            got = Manifest.from_dict(parse_json_bounded(bytes(data)))
+        except ManifestError:
+            tally["refused (ManifestError)"] += 1
+            continue
+        assert got.computing_fields() == fields, f"bit {bit}: a change to a computing field was accepted"
+        assert got.fingerprint == original.fingerprint
+        if got.heads != original.heads:
+            tally["accepted, head metadata changed (head files verified by sha256)"] += 1
+        else:
+            tally["accepted, non-computing field changed"] += 1
+    return tally
+
+
+def _sample(n_bits: int, k: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n_bits, size=min(k, n_bits), replace=False))
+
+
+def test_checkpoint_bit_flips_sampled(tmp_path: Path) -> None:
+    _, pristine, _, _ = _store_with_two(tmp_path / "probe")
+    tally = _fuzz_checkpoint(tmp_path, _sample(len(pristine) * 8, SAMPLE_CHECKPOINT_BITS, seed=11))
+    assert tally["refused, fell back to the previous checkpoint"] > 0
+    print(dict(tally))
+
+
+def test_manifest_bit_flips_sampled(tmp_path: Path) -> None:
+    pristine = _toy_manifest_bytes(tmp_path)
+    tally = _fuzz_manifest(pristine, _sample(len(pristine) * 8, SAMPLE_MANIFEST_BITS, seed=12))
+    assert tally["refused (ManifestError)"] > 0
+    print(dict(tally))
+
+
+def test_default_manifest_bit_flips_sampled() -> None:
+    pristine = (ROOT / "models" / "default" / "manifest.json").read_bytes()
+    tally = _fuzz_manifest(pristine, _sample(len(pristine) * 8, SAMPLE_DEFAULT_MANIFEST_BITS, seed=13))
+    assert tally["refused (ManifestError)"] > 0
+    print(dict(tally))
+
+
+@pytest.mark.slow
+def test_checkpoint_every_bit(tmp_path: Path) -> None:
+    _, pristine, _, _ = _store_with_two(tmp_path / "probe")
+    print(dict(_fuzz_checkpoint(tmp_path, np.arange(len(pristine) * 8))))
+
+
+@pytest.mark.slow
+def test_manifest_every_bit(tmp_path: Path) -> None:
+    pristine = _toy_manifest_bytes(tmp_path)
+    print(dict(_fuzz_manifest(pristine, np.arange(len(pristine) * 8))))
