@@ -225,7 +225,7 @@ def test_latency_context_manager_and_timer():
 
 def test_summary_stats_and_runs():
     s = summary_stats([2.0, 4.0, None, float("nan")])
-    assert s == {"mean": 3.0, "std": 1.0, "min": 2.0, "max": 4.0, "n": 2}
+    assert s == {"mean": 3.0, "std": pytest.approx(math.sqrt(2.0)), "min": 2.0, "max": 4.0, "n": 2}
     assert summary_stats([])["n"] == 0 and math.isnan(summary_stats([])["mean"])
     runs = [{"final_accuracy": 0.5, "latency": {"p50_ms": 1.0}},
             {"final_accuracy": 0.7, "latency": {"p50_ms": 3.0}},
@@ -234,7 +234,7 @@ def test_summary_stats_and_runs():
     assert acc["n"] == 2 and acc["mean"] == pytest.approx(0.6)
     assert acc["std"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
     lat = mean_std_over_runs(runs, "latency.p50_ms")
-    assert lat == {"mean": 2.0, "std": 1.0, "n": 3}
+    assert lat == {"mean": 2.0, "std": 1.0, "n": 3}  # values 1, 2, 3: sample std 1 (population std 0.816)
     assert mean_std_over_runs(runs[:1], "final_accuracy")["std"] == 0.0
     with pytest.raises(KeyError, match="latency.p90_ms"):
         mean_std_over_runs(runs, "latency.p90_ms")
@@ -268,3 +268,30 @@ def test_rss_sampler_background_thread_stops():
     assert s.peak_bytes >= s.average_bytes > 0
     with pytest.raises(ValueError, match="interval_s"):
         RssSampler(interval_s=0)
+
+
+def test_one_sample_std_everywhere_known_values():
+    """Issue 12 item 7: runs, batches and timings all use the sample std (ddof=1)."""
+    from firmware_sim.commands.experiment import summarise
+    from firmware_sim.measure.metrics import mean_std, sample_std
+
+    values = [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]  # population std 2, sample std sqrt(32/7)
+    assert sample_std(np.array(values)) == pytest.approx(math.sqrt(32 / 7))
+    assert mean_std(values)["std"] == pytest.approx(math.sqrt(32 / 7))
+    assert summary_stats(values)["std"] == pytest.approx(math.sqrt(32 / 7))
+    assert sample_std(np.array([3.0])) == 0.0 and mean_std([3.0])["std"] == 0.0
+    import inspect
+
+    assert "ddof" not in inspect.signature(mean_std).parameters  # one definition, nothing to override
+    assert "ddof" not in inspect.signature(summary_stats).parameters
+
+    from firmware_sim.loop.result import MemoryUsage, RunResult
+
+    def result(final: float) -> RunResult:
+        memory = MemoryUsage({"rss_peak_sampled_bytes": 1}, 0, 0, 0, 0, 0, 0.0)
+        return RunResult("x", "naive", {}, 1, 1, 1, [], final, final, 0.0, np.zeros(1), np.zeros(1),
+                         np.zeros((1, 1)), {"mean": 1.0}, 0.0, 0.0, None, memory, [0])
+
+    summary = summarise([result(0.5), result(0.6), result(0.8)])  # the run-to-run std of edge-sim
+    assert summary["final_accuracy"]["std"] == pytest.approx(np.std([0.5, 0.6, 0.8], ddof=1))
+    assert summary["final_accuracy"]["std"] != pytest.approx(np.std([0.5, 0.6, 0.8]))

@@ -62,19 +62,15 @@ class ExperimentSpec:
     plots: bool = True
 
 
-# Population std (ddof=0) across runs, as the reports have always used; issue 12 revisits it.
-RUNS_DDOF = 0
-
-
 def summarise(results: list[RunResult]) -> dict[str, Any]:
-    """Mean and std over runs of the headline metrics of one configuration."""
+    """Mean and sample std (ddof=1) over runs of the headline metrics of one configuration."""
     first = results[0].memory
     return {
-        "final_accuracy": mean_std([r.final_accuracy for r in results], ddof=RUNS_DDOF),
-        "average_accuracy": mean_std([r.average_accuracy for r in results], ddof=RUNS_DDOF),
-        "forgetting_mean": mean_std([r.forgetting_mean for r in results], ddof=RUNS_DDOF),
-        "train_ms_per_batch": mean_std([r.train_ms_per_batch["mean"] for r in results], ddof=RUNS_DDOF),
-        "inference_p50_ms": mean_std([r.inference_p50_ms for r in results], ddof=RUNS_DDOF),
+        "final_accuracy": mean_std([r.final_accuracy for r in results]),
+        "average_accuracy": mean_std([r.average_accuracy for r in results]),
+        "forgetting_mean": mean_std([r.forgetting_mean for r in results]),
+        "train_ms_per_batch": mean_std([r.train_ms_per_batch["mean"] for r in results]),
+        "inference_p50_ms": mean_std([r.inference_p50_ms for r in results]),
         "replay_bytes": first.replay_bytes,
         "learned_state_bytes": first.learned_state_bytes,
         "state_bytes_on_disk": first.state_bytes_on_disk,

@@ -38,6 +38,7 @@ from firmware_sim.measure.metrics import (
     Timer,
     average_accuracy,
     confusion_matrix,
+    sample_std,
     per_class_accuracy,
 )
 
@@ -244,7 +245,7 @@ def run_agent(label: str, config: AgentConfig, embedded: EmbeddedStream, backbon
 def _stats(values: np.ndarray) -> dict[str, float]:
     if len(values) == 0:
         return {"mean": float("nan"), "std": float("nan"), "min": float("nan"), "max": float("nan")}
-    return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
+    return {"mean": float(values.mean()), "std": sample_std(values), "min": float(values.min()),
             "max": float(values.max()), "p95": float(np.percentile(values, 95))}
 
 

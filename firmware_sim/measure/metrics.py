@@ -49,6 +49,7 @@ __all__ = [
     "mean_std_over_runs",
     "per_class_accuracy",
     "seen_mask",
+    "sample_std",
     "summary_stats",
 ]
 
@@ -534,21 +535,34 @@ class RssSampler:
 # --------------------------------------------------------------------------- aggregates
 
 
-def summary_stats(values: Iterable[float | None], ddof: int = 0) -> dict[str, float]:
+def sample_std(values: np.ndarray) -> float:
+    """The sample standard deviation (``ddof=1``, Bessel's correction) of ``values``; 0.0 for fewer than 2.
+
+    The one std of the simulator: across runs, across batches and across timed calls alike.
+
+    Example:
+        >>> sample_std(np.array([1.0, 2.0, 3.0])), sample_std(np.array([4.0]))
+        (1.0, 0.0)
+    """
+    v = np.asarray(values, dtype=np.float64)
+    return float(np.std(v, ddof=1)) if v.size > 1 else 0.0
+
+
+def summary_stats(values: Iterable[float | None]) -> dict[str, float]:
     """``{"mean", "std", "min", "max", "n"}`` of finite values (NaN/None dropped); NaN stats when empty.
 
-    ``std`` uses ``ddof`` (0: population std of the measurements themselves).
+    ``std`` is the sample std (:func:`sample_std`, ``ddof=1``; 0.0 for a single value).
 
     Example:
         >>> summary_stats([1.0, 2.0, 3.0])
-        {'mean': 2.0, 'std': 0.816496580927726, 'min': 1.0, 'max': 3.0, 'n': 3}
+        {'mean': 2.0, 'std': 1.0, 'min': 1.0, 'max': 3.0, 'n': 3}
     """
     v = np.array([np.nan if x is None else float(x) for x in values], dtype=np.float64)
     v = v[np.isfinite(v)]
     if v.size == 0:
         return {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan, "n": 0}
-    std = float(np.std(v, ddof=ddof)) if v.size > ddof else 0.0
-    return {"mean": float(v.mean()), "std": std, "min": float(v.min()), "max": float(v.max()), "n": int(v.size)}
+    return {"mean": float(v.mean()), "std": sample_std(v), "min": float(v.min()), "max": float(v.max()),
+            "n": int(v.size)}
 
 
 def _get_path(report: Mapping[str, Any], key: str) -> Any:
@@ -560,7 +574,7 @@ def _get_path(report: Mapping[str, Any], key: str) -> Any:
     return node
 
 
-def mean_std_over_runs(reports: Sequence[Mapping[str, Any]], key: str, ddof: int = 1) -> dict[str, float]:
+def mean_std_over_runs(reports: Sequence[Mapping[str, Any]], key: str) -> dict[str, float]:
     """Mean and std of ``key`` over runs (``--runs N``); ``key`` may be dotted (``"latency.p50_ms"``).
 
     ``std`` is the sample std (``ddof=1``) across runs, and 0.0 for a single run. Runs whose value
@@ -572,15 +586,17 @@ def mean_std_over_runs(reports: Sequence[Mapping[str, Any]], key: str, ddof: int
     """
     if not reports:
         raise ValueError("reports: expected at least one run report, got none")
-    return mean_std((_get_path(r, key) for r in reports), ddof=ddof)
+    return mean_std(_get_path(r, key) for r in reports)
 
 
-def mean_std(values: Iterable[float | None], ddof: int = 1) -> dict[str, float]:
+def mean_std(values: Iterable[float | None]) -> dict[str, float]:
     """``{"mean", "std", "n"}`` of the finite values (None/NaN skipped); NaN mean and std when none.
 
+    ``std`` is the sample std (:func:`sample_std`), 0.0 for a single value.
+
     Example:
-        >>> mean_std([0.5, None, 0.7], ddof=0)
-        {'mean': 0.6, 'std': 0.09999999999999998, 'n': 2}
+        >>> mean_std([0.5, None, 0.7])
+        {'mean': 0.6, 'std': 0.14142135623730948, 'n': 2}
     """
-    s = summary_stats(values, ddof=ddof)
+    s = summary_stats(values)
     return {"mean": s["mean"], "std": s["std"], "n": s["n"]}
