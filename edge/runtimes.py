@@ -22,14 +22,19 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import tempfile
+import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from edge.errors import (
+    ConfigError,
     InputError,
     ManifestError,
     ModelLoadError,
@@ -124,7 +129,45 @@ class Backbone:
 
 
 # --------------------------------------------------------------------------- LiteRT
-def _import_litert_interpreter() -> tuple[Any, str]:
+_STDERR_LOCK = threading.Lock()
+
+
+@contextmanager
+def litert_log_to_logging() -> Iterator[None]:
+    """Route what LiteRT's C++ logger writes to stderr during the block into `logging`.
+
+    LiteRT prints ``INFO: Created TensorFlow Lite XNNPACK delegate for CPU.`` straight to file
+    descriptor 2 when the first interpreter of a process allocates its tensors. Its minimal
+    logger has no Python switch and ignores ``TF_CPP_MIN_LOG_LEVEL`` (checked with ai-edge-litert
+    2.3.0; upstream issues only offer the C++ ``LoggerOptions::SetMinimumLogSeverity``), so the
+    descriptor is captured around interpreter creation: ``INFO:`` lines go to this module's logger
+    at DEBUG, every other line is written back to stderr unchanged (errors stay visible).
+    """
+    with _STDERR_LOCK:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no usable fd 2 (closed, or a replaced sys.stderr): nothing to route
+            yield
+            return
+        with tempfile.TemporaryFile() as capture:
+            os.dup2(capture.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                capture.seek(0)
+                text = capture.read().decode("utf-8", errors="replace")
+        for line in text.splitlines():
+            if line.startswith("INFO: "):
+                logger.debug("LiteRT: %s", line[len("INFO: "):])
+            elif line:
+                sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
+def import_litert_interpreter() -> tuple[Any, str]:
     """The Interpreter class and the name of the package that provided it."""
     try:
         from ai_edge_litert.interpreter import Interpreter
@@ -186,7 +229,7 @@ class LiteRTBackbone(Backbone):
         self.max_cached_sizes = int(max_cached_sizes)
         self._entry: ModelFile = manifest.file("tflite", precision)
         self._path = Path(model_dir) / self._entry.path
-        self._interpreter_cls, package = _import_litert_interpreter()
+        self._interpreter_cls, package = import_litert_interpreter()
         self._model_content = self._path.read_bytes()
         self._cache: OrderedDict[int, tuple[Any, int, int]] = OrderedDict()
         self._in_q: QuantParams | None = None
@@ -205,7 +248,8 @@ class LiteRTBackbone(Backbone):
                 raise ModelLoadError(f"{self._path}: expected 1 input tensor, got {len(inp)}")
             if int(inp[0]["shape"][0]) != batch:
                 interp.resize_tensor_input(inp[0]["index"], [batch, *self.manifest.input_shape])
-            interp.allocate_tensors()
+            with litert_log_to_logging():
+                interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"{self._path}: the LiteRT interpreter cannot load it: {exc}") from exc
         out = interp.get_output_details()
@@ -316,7 +360,7 @@ class OnnxBackbone(Backbone):
                  num_threads: int | None = None, on_fallback: str = "warn",
                  max_batch: int = 256) -> None:
         if on_fallback not in ("warn", "error"):
-            raise ValueError(f"on_fallback: expected 'warn' or 'error', got {on_fallback!r}")
+            raise ConfigError(f"on_fallback: expected 'warn' or 'error', got {on_fallback!r}")
         self.manifest = manifest
         self.providers = providers
         self.num_threads = num_threads
@@ -327,8 +371,8 @@ class OnnxBackbone(Backbone):
         path = Path(model_dir) / entry.path
         if isinstance(providers, str):
             if providers not in PROVIDER_CHAINS:
-                raise ValueError(f"providers: expected one of {sorted(PROVIDER_CHAINS)} or a list, "
-                                 f"got {providers!r}")
+                raise ConfigError(f"providers: expected one of {sorted(PROVIDER_CHAINS)} or a list, "
+                                  f"got {providers!r}")
             requested = PROVIDER_CHAINS[providers]
         else:
             requested = tuple(providers)
@@ -385,7 +429,7 @@ class OnnxBackbone(Backbone):
 def runtime_available(runtime: str) -> bool:
     """Whether the runtime's package can be imported (imports it if so)."""
     try:
-        (_import_litert_interpreter if runtime == "litert" else _import_onnxruntime)()
+        (import_litert_interpreter if runtime == "litert" else _import_onnxruntime)()
     except RuntimeUnavailableError:
         return False
     return True
@@ -401,9 +445,9 @@ def open_backbone(model_dir: str | os.PathLike[str], runtime: str = "auto", prec
     `RuntimeUnavailableError` or `ModelLoadError` with expected vs got.
     """
     if runtime not in RUNTIMES:
-        raise ValueError(f"runtime: expected one of {RUNTIMES}, got {runtime!r}")
+        raise ConfigError(f"runtime: expected one of {RUNTIMES}, got {runtime!r}")
     if precision not in ("fp32", "int8"):
-        raise ValueError(f"precision: expected 'fp32' or 'int8', got {precision!r}")
+        raise ConfigError(f"precision: expected 'fp32' or 'int8', got {precision!r}")
     manifest = load_manifest(model_dir, verify=verify)
     if runtime == "auto":
         if precision == "int8" or runtime_available("litert"):

@@ -116,24 +116,6 @@ def find_head_file(model_dir: str | os.PathLike[str], manifest: Any, settings: A
     return Path(model_dir) / candidates[0].path
 
 
-def _import_interpreter() -> Any:
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-        return Interpreter
-    except ImportError:
-        pass
-    try:
-        from tflite_runtime.interpreter import Interpreter
-        return Interpreter
-    except ImportError as exc:
-        from edge.errors import RuntimeUnavailableError
-
-        raise RuntimeUnavailableError(
-            "the TFLite head needs the LiteRT runtime: pip install ai-edge-litert "
-            "(or tflite-runtime on devices without an ai-edge-litert wheel)"
-        ) from exc
-
-
 def _state_key(sig_name: str) -> str:
     """Signature tensor name -> NumPy head state key (``opt_v_W`` -> ``opt.v.W``)."""
     if sig_name.startswith("param_"):
@@ -182,21 +164,24 @@ class TFLiteHead:
     def _open(self) -> None:
         if not self.path.is_file():
             raise ModelLoadError(f"TFLite head file not found: {self.path}")
-        interpreter_cls = _import_interpreter()
+        from edge.runtimes import import_litert_interpreter, litert_log_to_logging
+
+        interpreter_cls, _ = import_litert_interpreter()
         try:
-            self._interpreter = interpreter_cls(model_path=str(self.path), num_threads=self.num_threads)
-            signatures = self._interpreter.get_signature_list()
-            missing = sorted({"train", "infer", "get_weights", "set_weights", "config"} - set(signatures))
-            if missing:
-                raise ModelLoadError(f"{self.path}: expected signatures train/infer/get_weights/"
-                                     f"set_weights/config, missing {missing}")
-            self._train = self._interpreter.get_signature_runner("train")
-            self._infer = self._interpreter.get_signature_runner("infer")
-            self._get = self._interpreter.get_signature_runner("get_weights")
-            self._set = self._interpreter.get_signature_runner("set_weights")
-            baked = {k: float(np.asarray(v)) for k, v in
-                     self._interpreter.get_signature_runner("config")().items()}
-            train_in = self._train.get_input_details()
+            with litert_log_to_logging():
+                self._interpreter = interpreter_cls(model_path=str(self.path), num_threads=self.num_threads)
+                signatures = self._interpreter.get_signature_list()
+                missing = sorted({"train", "infer", "get_weights", "set_weights", "config"} - set(signatures))
+                if missing:
+                    raise ModelLoadError(f"{self.path}: expected signatures train/infer/get_weights/"
+                                         f"set_weights/config, missing {missing}")
+                self._train = self._interpreter.get_signature_runner("train")
+                self._infer = self._interpreter.get_signature_runner("infer")
+                self._get = self._interpreter.get_signature_runner("get_weights")
+                self._set = self._interpreter.get_signature_runner("set_weights")
+                baked = {k: float(np.asarray(v)) for k, v in
+                         self._interpreter.get_signature_runner("config")().items()}
+                train_in = self._train.get_input_details()
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"{self.path}: LiteRT cannot load this head: {exc}") from exc
         batch, dim = (int(v) for v in train_in["embeddings"]["shape"])
@@ -205,8 +190,9 @@ class TFLiteHead:
         kind = "mlp" if "param_W1" in set_in else "softmax"
         optimizer = "adam" if any(k.startswith("opt_m_") for k in set_in) else "sgd"
         hidden = int(set_in["param_b1"]["shape"][0]) if kind == "mlp" else None
-        checks: list[tuple[str, Any, Any]] = [("embedding_size", self.embedding_size, dim), ("max_classes", self.max_classes, classes),
-                  ("kind", self.kind, kind), ("optimizer", self.optimizer, optimizer)]
+        checks: list[tuple[str, Any, Any]] = [
+            ("embedding_size", self.embedding_size, dim), ("max_classes", self.max_classes, classes),
+            ("kind", self.kind, kind), ("optimizer", self.optimizer, optimizer)]
         if kind == "mlp":
             checks.append(("hidden", self.hidden, hidden))
         for name in HYPERPARAMETERS[optimizer]:

@@ -7,6 +7,7 @@ import logging
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -194,3 +195,41 @@ def test_missing_runtime_names_the_package():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                          timeout=60)
     assert "ERR" in out.stdout and "pip install onnxruntime" in out.stdout, out.stdout + out.stderr
+
+
+def test_litert_info_line_goes_to_logging_and_other_stderr_lines_stay():
+    """LiteRT's XNNPACK INFO line (printed to fd 2 by C++) is routed to logging at DEBUG, not
+    printed on every CLI call; any other line written to fd 2 in that window is passed through."""
+    need_model()
+    code = """
+import logging, os
+from edge.runtimes import litert_log_to_logging, open_backbone
+import numpy as np
+records = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        records.append(record.getMessage())
+logging.getLogger("edge.runtimes").addHandler(Keep())
+logging.getLogger("edge.runtimes").setLevel(logging.DEBUG)
+with litert_log_to_logging():
+    os.write(2, b"INFO: routed\\nERROR: kept on stderr\\n")
+bb = open_backbone("models/default", runtime="litert", num_threads=1)
+bb.embed(np.zeros((2, *bb.manifest.input_shape), np.uint8))
+print(records)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "XNNPACK" not in out.stderr and "INFO: routed" not in out.stderr
+    assert "ERROR: kept on stderr" in out.stderr
+    assert "LiteRT: routed" in out.stdout and "LiteRT: Created TensorFlow Lite XNNPACK delegate for CPU." in out.stdout
+
+
+def test_edge_agent_status_prints_nothing_on_stderr(tmp_path):
+    need_model()
+    cli = shutil.which("edge-agent", path=str(Path(sys.executable).parent))
+    if cli is None:
+        pytest.skip("edge-agent is not installed in this environment")
+    out = subprocess.run([cli, "status", "--model", str(ROOT / "models" / "default"), "--state",
+                          str(tmp_path / "state")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == "" and "model: default" in out.stdout
