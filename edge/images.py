@@ -99,8 +99,8 @@ def _real_bits(img: Any, handle: Any) -> int | None:
     return None
 
 
-def _to_uint8(img: Any, handle: Any, path: Path) -> np.ndarray:
-    """Decoded Pillow image -> (H, W, 3) uint8 RGB, converting by the real bit depth."""
+def _to_uint8(img: Any, bits: int | None, path: Path) -> np.ndarray:
+    """Decoded Pillow image -> (H, W, 3) uint8 RGB, converting by the real bit depth ``bits``."""
     mode = img.mode
     if mode in _EIGHT_BIT_MODES:
         return np.asarray(img.convert("RGB"), dtype=np.uint8)
@@ -108,7 +108,6 @@ def _to_uint8(img: Any, handle: Any, path: Path) -> np.ndarray:
         raise ImageError(f"image {path}: expected integer pixels (8 or 16 bits), got 32-bit float pixels "
                          f"({img.format} mode F); convert it to 8-bit explicitly, its range is unknown")
     if mode in _SIXTEEN_BIT_MODES or mode == "I":
-        bits = _real_bits(img, handle)
         if bits is None or not 1 <= bits <= 16:
             raise ImageError(f"image {path}: expected 8- or 16-bit integer pixels, got mode {mode} with "
                              f"{'an unknown' if bits is None else bits}-bit depth; convert it explicitly")
@@ -159,8 +158,9 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS,
                         raise ImageError(f"image {path}: expected at most {max_pixels} pixels, got "
                                          f"{img.size[0]}x{img.size[1]} = {img.size[0] * img.size[1]}")
                     img.load()
+                    bits = _real_bits(img, handle)  # before exif_transpose, which drops the format
                     upright = ImageOps.exif_transpose(img) or img
-                    return _to_uint8(upright, handle, path)
+                    return _to_uint8(upright, bits, path)
         except ImageError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
