@@ -180,3 +180,145 @@ def test_load_state_dict_rejects_a_mismatched_state_atomically(saved):
         agent.load_state_dict(broken)
     assert _state_equal(before, agent.state_dict())
     assert agent.predict_many(frames).shape == (len(frames),)
+
+
+# ----------------------------------------------------------------- issue 11: crafted checkpoints
+def _two_checkpoints(tmp_path, **store_kwargs):
+    from edge.checkpoint import validate_agent_config
+
+    store = CheckpointStore(tmp_path / "st", FP, validate_config=validate_agent_config, **store_kwargs)
+    agent = Agent(None, AgentConfig(max_classes=4, buffer_capacity=8), embedding_size=4)
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        agent.learn_embeddings(rng.normal(size=(6, 4)).astype(np.float32), rng.integers(0, 4, 6))
+        store.save(agent.state_dict(), agent.config.to_dict(), agent.step_)
+    return store, store.paths()[0]
+
+
+def _npy(header: str, data: bytes = b"") -> bytes:
+    text = header.encode("latin1")
+    text += b" " * (63 - (len(text) + 10) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text + data
+
+
+def _zip(path, members, method=None):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=method or zipfile.ZIP_STORED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+
+
+def _patch_zip_field(path, signature: bytes, offset: int, value: int) -> None:
+    data = bytearray(path.read_bytes())
+    start = 0
+    while (i := data.find(signature, start)) >= 0:
+        data[i + offset:i + offset + 2] = value.to_bytes(2, "little")
+        start = i + 4
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("craft", ["encrypted", "compression", "huge_shape", "inflates", "tokenize",
+                                   "object", "directory_member", "empty"])
+def test_every_crafted_newest_checkpoint_falls_back_with_a_warning(tmp_path, caplog, craft):
+    import zipfile
+
+    store, newest = _two_checkpoints(tmp_path, max_bytes=4 << 20)
+    if craft == "encrypted":
+        _patch_zip_field(newest, b"PK\x01\x02", 8, 0x1)
+        _patch_zip_field(newest, b"PK\x03\x04", 6, 0x1)
+    elif craft == "compression":
+        _patch_zip_field(newest, b"PK\x01\x02", 10, 99)
+        _patch_zip_field(newest, b"PK\x03\x04", 8, 99)
+    elif craft == "huge_shape":
+        _zip(newest, {"__header__.npy": _npy("{'descr': '|u1', 'fortran_order': False, 'shape': (10, 100000000000), }"),
+                      "x.npy": _npy("{'descr': '<f8', 'fortran_order': False, 'shape': (1000000000000,), }")})
+    elif craft == "inflates":  # 64 MiB of zeros in a ~64 KiB member, over the 4 MiB budget
+        _zip(newest, {"x.npy": _npy("{'descr': '|u1', 'fortran_order': False, 'shape': (67108864,), }",
+                                    bytes(64 << 20))}, method=zipfile.ZIP_DEFLATED)
+        assert newest.stat().st_size < 1 << 20
+    elif craft == "tokenize":
+        _zip(newest, {"__header__.npy": _npy("{'descr': '|u1\n, 'shape': (3,), }", b"abc")})
+    elif craft == "object":
+        _zip(newest, {"__header__.npy": _npy("{'descr': '|O', 'fortran_order': False, 'shape': (1,), }",
+                                             b"\x80\x04N.")})
+    elif craft == "directory_member":
+        _zip(newest, {"sub/": b""})
+    elif craft == "empty":
+        newest.write_bytes(b"")
+    ckpt = store.latest()
+    assert ckpt.step == 1 and ckpt.path != newest
+    assert "skipping" in caplog.text and "falling back" in caplog.text
+
+
+def test_stray_high_numbered_copy_does_not_eat_later_updates(tmp_path):
+    store, newest = _two_checkpoints(tmp_path)
+    stray = store.directory / "state-000000000099.npz"
+    stray.write_bytes(store.paths()[1].read_bytes())  # a copy of the step-1 checkpoint
+    (store.directory / "state-000000000500.npz").mkdir()  # and a directory: ignored
+    assert store.latest().step == 2 and store.latest().path == newest
+    agent = Agent(None, AgentConfig.from_dict(store.latest().config), embedding_size=4)
+    agent.load_state_dict(store.latest().state)
+    agent.learn_embeddings(np.ones((2, 4), np.float32), [0, 1])
+    saved = store.save(agent.state_dict(), agent.config.to_dict(), agent.step_)
+    assert store.latest().step == 3 and store.latest().path == saved
+    assert not stray.exists()  # ranked by its real step (1), it was pruned
+
+
+@pytest.mark.parametrize(("key", "value", "pattern"), [
+    ("max_classes", "50", "config.max_classes: expected int, got str"),
+    ("max_classes", 100_000_000, r"config.max_classes: expected an int in \[2, 100000\]"),
+    ("buffer_capacity", 10_000_000_000, "config.buffer_capacity: expected an int in"),
+    ("lr", float("nan"), "config.lr: expected float"),
+    ("lr", 1e300, r"config.lr: expected a finite number in"),
+    ("epochs", 10**9, "config.epochs: expected an int in"),
+    ("epochs", True, "config.epochs: expected int, got bool"),
+    ("strategy_params", {"shrinkage": [1]}, "config.strategy_params: expected an object of finite"),
+    ("bogus", 1, "config: expected keys among"),
+])
+def test_crafted_config_is_refused_and_skipped(tmp_path, key, value, pattern):
+    from edge.checkpoint import validate_agent_config
+
+    config = AgentConfig(max_classes=4, buffer_capacity=8).to_dict()
+    config[key] = value
+    with pytest.raises(CheckpointError, match=pattern):
+        validate_agent_config(config)
+
+
+def test_config_is_covered_by_the_header_hash_and_nan_weights_are_refused(tmp_path, caplog):
+    store, newest = _two_checkpoints(tmp_path)
+    with np.load(newest, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    header = json.loads(arrays[HEADER_KEY].tobytes())
+    header["config"]["lr"] = 5.0  # a well-formed file whose config was edited
+    arrays[HEADER_KEY] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    np.savez(newest, **arrays)
+    with pytest.raises(CheckpointError, match="header sha256 expected"):
+        store.load(newest)
+    assert store.latest().step == 1
+    weights = next(k for k in arrays if k.startswith("head.") and arrays[k].dtype.kind == "f")
+    arrays[weights] = arrays[weights].copy()
+    arrays[weights].flat[0] = np.nan
+    header["config"]["lr"] = 0.01
+    from edge.checkpoint import header_sha256, payload_sha256
+
+    state = {k: v for k, v in arrays.items() if k != HEADER_KEY}
+    header["payload_sha256"] = payload_sha256(state)
+    header["header_sha256"] = header_sha256(header)
+    arrays[HEADER_KEY] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    np.savez(newest, **arrays)
+    with pytest.raises(CheckpointError, match="expected finite values, got NaN"):
+        store.load(newest)
+    assert store.latest().step == 1
+    with pytest.raises(CheckpointError, match="expected finite values"):
+        store.save(state, header["config"], 3)
+
+
+def test_status_counts_every_byte_in_the_state_folder(tmp_path):
+    store, _ = _two_checkpoints(tmp_path)
+    (store.directory / ".state-leftover.tmp").write_bytes(b"x" * 1000)
+    (store.directory / "notes.txt").write_bytes(b"y" * 10)
+    (store.directory / "sub").mkdir()
+    (store.directory / "sub" / "z.bin").write_bytes(b"z" * 7)
+    expected = sum(p.stat().st_size for p in store.directory.rglob("*") if p.is_file())
+    assert store.disk_bytes() == expected and expected > sum(p.stat().st_size for p in store.paths())
