@@ -11,6 +11,14 @@ lazily read images.
   plus ``batches_filelists/{NI,NC,NIC}_inc/runN/`` and ``NIC_v2_{79,196,391}/runN/`` holding
   ``train_batch_XX_filelist.txt`` and ``test_filelist.txt`` (lines ``sX/oY/C_XX_YY_ZZZ.png label``).
 
+Both treat the files as untrusted: the pickles go through :func:`safe_load_pickle` (no code, an
+element budget) and their structure is checked (scenario keys, run and batch counts, lists of ints
+in range); ``x`` must be uint8 (N, H, W, 3) and is never cast; PNGs are decoded with
+:func:`edge.images.load_image` (the device's rules). Every failure is a ``ValueError`` (or
+``FileNotFoundError``) naming the file, expected vs got. A scenario's :attr:`Stream.identity` names the
+content of its test frames (the stat of every test file, or of the npz), so a replaced test image
+changes the embedding cache key.
+
 Example:
     >>> import tempfile
     >>> from firmware_sim.data.generator import GeneratorConfig, generate_core50
@@ -23,19 +31,19 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
-import struct
-import zipfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 from PIL import Image
 
+from edge.images import load_image
 from firmware_sim.data.safe_pickle import safe_load_pickle
+from firmware_sim.data.sources import npz_member
 from firmware_sim.data.stream import Batch, Stream
 
 logger = logging.getLogger(__name__)
@@ -142,43 +150,40 @@ def _check_scenario_args(name: str, test: str, labels: str, image_size: int | No
         raise ValueError(f"image_size must be a positive int or None, got {image_size!r}")
 
 
-# --------------------------------------------------------------------------- npz memory map
+# --------------------------------------------------------------------------- validation
 
 
-def _npz_member_memmap(npz_path: Path, member: str = "x.npy") -> np.ndarray:
-    """Memory-map an uncompressed ``.npy`` member of a zip (``np.savez`` output); full read otherwise."""
-    with zipfile.ZipFile(npz_path) as zf:
+def _int_array(value: Any, what: str, high: int) -> np.ndarray:
+    """A pickled list of ints as int64, each in ``[0, high)``; ValueError naming expected vs got."""
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{what}: expected a list of ints, got {type(value).__name__}")
+    if not value:
+        return np.zeros(0, np.int64)
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ValueError(f"{what}: expected a flat list of ints, got a nested or mixed list ({exc})") from None
+    if arr.ndim != 1 or arr.dtype.kind not in "iu":
+        kinds = sorted({type(v).__name__ for v in value[:1000]})
+        raise ValueError(f"{what}: expected a flat list of ints, got {arr.dtype} {arr.shape} "
+                         f"(element types {', '.join(kinds)})")
+    arr = arr.astype(np.int64)
+    if arr.min() < 0 or arr.max() >= high:
+        raise ValueError(f"{what}: expected values in [0, {high - 1}], got [{int(arr.min())}, {int(arr.max())}]")
+    return arr
+
+
+def _stat_digest(paths: Sequence[Path]) -> str:
+    """Digest of (path, size, mtime, ctime) of each file: changes when any of them is replaced."""
+    digest = hashlib.sha256()
+    for path in paths:
         try:
-            info = zf.getinfo(member)
-        except KeyError:
-            raise ValueError(f"{npz_path}: no '{member}' member (has {zf.namelist()})") from None
-        if info.compress_type != zipfile.ZIP_STORED:
-            logger.warning("%s: member %s is compressed; reading it fully into memory (%d bytes)",
-                           npz_path, member, info.file_size)
-            with zf.open(info) as f:
-                return np.lib.format.read_array(f, allow_pickle=False)
-    with open(npz_path, "rb") as f:
-        f.seek(info.header_offset)
-        local = f.read(30)
-        if len(local) != 30 or local[:4] != b"PK\x03\x04":
-            raise ValueError(f"{npz_path}: bad zip local header for member '{member}'")
-        name_len, extra_len = struct.unpack("<HH", local[26:30])
-        f.seek(info.header_offset + 30 + name_len + extra_len)
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version in ((2, 0), (3, 0)):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:  # pragma: no cover - future npy versions
-            raise ValueError(f"{npz_path}: unsupported .npy version {version}")
-        if dtype.hasobject:
-            raise ValueError(f"{npz_path}: '{member}' holds Python objects; refusing to load it")
-        offset = f.tell()
-    expected = offset + int(np.prod(shape)) * dtype.itemsize
-    if os.path.getsize(npz_path) < expected:
-        raise ValueError(f"{npz_path}: truncated ('{member}' needs {expected} bytes, file has {os.path.getsize(npz_path)})")
-    return np.memmap(npz_path, dtype=dtype, mode="r", offset=offset, shape=tuple(shape),
-                     order="F" if fortran else "C")
+            st = os.stat(path)
+        except OSError as exc:
+            raise ValueError(f"{path}: expected a readable file, got {type(exc).__name__}: "
+                             f"{exc.strerror or exc}") from exc
+        digest.update(f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:32]
 
 
 # --------------------------------------------------------------------------- array form
@@ -206,27 +211,58 @@ class Core50Arrays:
             if not (self.root / name).is_file():
                 raise FileNotFoundError(f"CORe50 array form: {name} not found (looked for {self.root / name})")
         paths = safe_load_pickle(self.root / "paths.pkl")
-        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
-            raise ValueError(f"{self.root / 'paths.pkl'}: expected a list of str")
+        if not isinstance(paths, list):
+            raise ValueError(f"{self.root / 'paths.pkl'}: expected a list of str, got {type(paths).__name__}")
+        bad = next((p for p in paths if not isinstance(p, str)), None)
+        if bad is not None:
+            raise ValueError(f"{self.root / 'paths.pkl'}: expected a list of str, got an element of type "
+                             f"{type(bad).__name__}")
         self.paths: list[str] = [p.replace("\\", "/") for p in paths]
-        self.lup: dict = self._load_nested("LUP.pkl")
-        self.labels: dict = self._load_nested("labels.pkl")
+        self.lup: dict[str, list[list[Any]]] = self._load_nested("LUP.pkl")
+        self.labels: dict[str, list[list[Any]]] = self._load_nested("labels.pkl")
+        for name in self.lup:
+            if name in self.labels and len(self.lup[name]) != len(self.labels[name]):
+                raise ValueError(f"{self.root}: scenario {name!r}: expected as many runs in labels.pkl as in LUP.pkl "
+                                 f"({len(self.lup[name])}), got {len(self.labels[name])}")
         self._x: np.ndarray | None = None
 
-    def _load_nested(self, name: str) -> dict:
-        obj = safe_load_pickle(self.root / name)
+    def _load_nested(self, name: str) -> dict[str, list[list[Any]]]:
+        """``{scenario: [run][batch] -> list[int]}`` with known scenarios, >= 1 run, the official batch counts."""
+        path = self.root / name
+        obj = safe_load_pickle(path)
         if not isinstance(obj, dict):
-            raise ValueError(f"{self.root / name}: expected a dict {{scenario: [run][batch] -> list[int]}}, got {type(obj).__name__}")
-        return obj
+            raise ValueError(f"{path}: expected a dict {{scenario: [run][batch] -> list[int]}}, got {type(obj).__name__}")
+        out: dict[str, list[list[Any]]] = {}
+        for key, runs in obj.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{path}: expected scenario names (str) as keys, got {type(key).__name__} {key!r:.40}")
+            if key not in SCENARIOS:
+                logger.warning("%s: ignoring unknown scenario %r (known: %s)", path, key[:40], ", ".join(SCENARIOS))
+                continue
+            if not isinstance(runs, list) or not runs:
+                got = f"{len(runs)} runs" if isinstance(runs, list) else type(runs).__name__
+                raise ValueError(f"{path}: scenario {key!r}: expected a non-empty list of runs, got {got}")
+            want = N_BATCHES[key] + 1
+            for r, run in enumerate(runs):
+                if not isinstance(run, list) or len(run) != want:
+                    got = f"{len(run)} batches" if isinstance(run, list) else type(run).__name__
+                    raise ValueError(f"{path}: scenario {key!r} run {r}: expected a list of {want} batches "
+                                     f"({want - 1} train + test), got {got}")
+            out[key] = runs
+        return out
 
     @property
     def x(self) -> np.ndarray:
         """The whole image array, memory-mapped (not read) when the npz member is uncompressed."""
         if self._x is None:
-            self._x = _npz_member_memmap(self.root / "core50_imgs.npz")
-            if self._x.ndim != 4 or self._x.shape[0] != len(self.paths):
-                raise ValueError(f"{self.root / 'core50_imgs.npz'}: expected x of shape ({len(self.paths)}, H, W, 3), "
-                                 f"got {self._x.shape}")
+            path = self.root / "core50_imgs.npz"
+            x = npz_member(path, "x", memmap=True)
+            if x.dtype != np.uint8:
+                raise ValueError(f"{path}: expected x of dtype uint8, got {x.dtype} (values are never cast; "
+                                 f"convert to uint8 0..255 explicitly)")
+            if x.ndim != 4 or x.shape[0] != len(self.paths) or x.shape[3] != 3:
+                raise ValueError(f"{path}: expected x of shape ({len(self.paths)}, H, W, 3), got {x.shape}")
+            self._x = x
         return self._x
 
     def runs(self, name: str) -> int:
@@ -248,17 +284,19 @@ class Core50Arrays:
         if len(lup_run) != len(lab_run):
             raise ValueError(f"{name} run {run}: LUP has {len(lup_run)} batches, labels has {len(lab_run)}")
         batches = []
-        for b, (idx, lab) in enumerate(zip(lup_run, lab_run)):
-            idx, lab = np.asarray(idx, np.int64), np.asarray(lab, np.int64)
+        for b, (idx_list, lab_list) in enumerate(zip(lup_run, lab_run)):
+            where = f"{name} run {run} batch {b}"
+            idx = _int_array(idx_list, f"{self.root / 'LUP.pkl'}: {where}", len(self.paths))
+            lab = _int_array(lab_list, f"{self.root / 'labels.pkl'}: {where}", N_OBJECTS)
             if idx.shape != lab.shape:
-                raise ValueError(f"{name} run {run} batch {b}: {len(idx)} indices but {len(lab)} labels")
+                raise ValueError(f"{where}: {len(idx)} indices but {len(lab)} labels")
             if b == len(lup_run) - 1 and test == "reduced":
                 idx, lab = idx[::REDUCED_TEST_STEP], lab[::REDUCED_TEST_STEP]
-            if idx.size and (idx.min() < 0 or idx.max() >= len(self.paths)):
-                raise ValueError(f"{name} run {run} batch {b}: index out of range 0..{len(self.paths) - 1}")
             batches.append(_make_batch(idx, lab, [self.paths[i] for i in idx], labels, self._read, image_size))
         n_classes = N_CATEGORIES if labels == "category" else N_OBJECTS
-        return Stream(f"{name} run {run}", batches[:-1], batches[-1], n_classes)
+        npz = self.root / "core50_imgs.npz"
+        identity = f"arrays|{_stat_digest([npz])}|{hashlib.sha256(batches[-1].indices.tobytes()).hexdigest()[:16]}"
+        return Stream(f"{name} run {run}", batches[:-1], batches[-1], n_classes, identity=identity)
 
 
 # --------------------------------------------------------------------------- folder form
@@ -341,6 +379,7 @@ class Core50Folder:
             raise FileNotFoundError(f"CORe50 filelists not found: looked for {self.filelists_root}/batches_filelists "
                                     f"and {self.filelists_root}/NIC_v2_*")
         self._catalog: dict[str, int] | None = None
+        self._by_index: list[str] = []
 
     @property
     def catalog(self) -> dict[str, int]:
@@ -361,19 +400,26 @@ class Core50Folder:
                             except ValueError:
                                 logger.warning("skipping unexpected file %s", f.path)
             found.sort()
-            self._catalog = {rel: i for i, (_, rel) in enumerate(found)}
+            self._by_index = [rel for _, rel in found]
+            self._catalog = {rel: i for i, rel in enumerate(self._by_index)}
         return self._catalog
 
-    def _read(self, paths: Sequence[str]) -> np.ndarray:
+    def _read(self, paths: Sequence[str], image_size: int | None = None) -> np.ndarray:
+        """Decode ``paths`` (relative to the tree) safely; resized to ``image_size`` when given."""
         images = []
+        target = None if image_size is None else (image_size, image_size)
         for p in paths:
-            with Image.open(self.image_root / p) as im:
-                images.append(np.asarray(im.convert("RGB")))
+            arr = load_image(self.image_root / p, target_size=target)
+            if target is not None and arr.shape[:2] != target:
+                arr = np.asarray(Image.fromarray(arr).resize(target, Image.Resampling.BILINEAR))
+            images.append(arr)
         if not images:
-            return np.zeros((0, 0, 0, 3), np.uint8)
+            return np.zeros((0, image_size or 0, image_size or 0, 3), np.uint8)
         shapes = {a.shape for a in images}
         if len(shapes) != 1:
-            raise ValueError(f"{self.image_root}: images of different sizes {sorted(shapes)}; pass image_size")
+            first = next(p for p, a in zip(paths, images) if a.shape != images[0].shape)
+            raise ValueError(f"{self.image_root}: expected frames of one size {images[0].shape[1]}x{images[0].shape[0]}, "
+                             f"got {sorted(shapes)} (first other: {first}); pass image_size")
         return np.stack(images)
 
     def scenario(self, name: str, run: int = 0, test: TestSet = "full", labels: LabelKind = "object",
@@ -396,13 +442,27 @@ class Core50Folder:
             if missing:
                 raise FileNotFoundError(f"{path}: {len(missing)} listed images not under {self.image_root}, "
                                         f"first: {missing[0]}")
+            if labs.size and labs.max() >= N_OBJECTS:
+                raise ValueError(f"{path}: expected labels in [0, {N_OBJECTS - 1}], got max {int(labs.max())}")
             idx = np.array([catalog[p] for p in paths], np.int64)
-            batches.append(_make_batch(idx, labs, paths, labels, self._loader_for(tuple(paths)), image_size))
+            batches.append(_make_batch(idx, labs, paths, labels, self._loader_for(image_size), image_size))
         n_classes = N_CATEGORIES if labels == "category" else N_OBJECTS
-        return Stream(f"{name} run {run}", batches[:-1], batches[-1], n_classes)
+        test_files = [self.image_root / p for p in batches[-1].paths]
+        identity = f"png|{self.image_root.resolve()}|{_stat_digest(test_files)}"
+        return Stream(f"{name} run {run}", batches[:-1], batches[-1], n_classes, identity=identity)
 
-    def _loader_for(self, paths: tuple[str, ...]) -> Callable[[np.ndarray], np.ndarray]:
-        return lambda _indices: self._read(paths)
+    def _loader_for(self, image_size: int | None) -> Callable[[np.ndarray], np.ndarray]:
+        """A loader reading exactly the frames at the requested catalog ``indices``."""
+        by_index = self._by_index
+
+        def load(indices: np.ndarray) -> np.ndarray:
+            idx = np.asarray(indices, np.int64).reshape(-1)
+            if idx.size and (idx.min() < 0 or idx.max() >= len(by_index)):
+                raise ValueError(f"{self.image_root}: expected frame indices in [0, {len(by_index) - 1}], "
+                                 f"got [{int(idx.min())}, {int(idx.max())}]")
+            return self._read([by_index[i] for i in idx], image_size)
+
+        return load
 
 
 def open_core50(path: str | os.PathLike[str]) -> Core50Arrays | Core50Folder:

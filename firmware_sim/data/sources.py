@@ -3,6 +3,12 @@
 These feed the host pretrainer and user streams. Every loader returns :class:`LabelledImages`
 (uint8 NHWC images, int64 labels) and fails with a clear error naming expected vs got.
 
+The parsers treat files as untrusted: IDX headers are checked against the file size before anything
+is allocated (and gzip is read only as far as the header says), npz members are read through
+:func:`npz_member` (header checked against the member size, bounded reads, uint8 only, never cast),
+labels above :data:`MAX_LABEL` are refused, and images are decoded with :func:`edge.images.load_image`
+(regular files only, pixel cap, real bit depth, EXIF orientation), the same rules as on the device.
+
 Example:
     >>> data = load_source("synthetic")
     >>> data.x.shape[1:], data.x.dtype, data.n_classes
@@ -13,8 +19,12 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
 import os
+import struct
+import tokenize
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,15 +32,21 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
+from edge.images import load_image
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "IDX_FILES",
     "LabelledImages",
+    "MAX_ARRAY_BYTES",
+    "MAX_LABEL",
     "load_idx",
     "load_image_folder",
     "load_npz",
     "load_source",
+    "npz_keys",
+    "npz_member",
     "resize_images",
     "to_channels",
 ]
@@ -45,6 +61,10 @@ IDX_FILES = {
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 _IDX_DTYPES: dict[int, np.dtype[Any]] = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
                                      0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+#: Largest label a source may hold: a class name is made for every label up to the largest one.
+MAX_LABEL = 99_999
+#: Largest array (bytes) a parser reads into memory: an IDX payload or a compressed npz member.
+MAX_ARRAY_BYTES = 4 << 30
 
 
 @dataclass(frozen=True)
@@ -76,6 +96,8 @@ class LabelledImages:
             raise ValueError(f"y: expected {x.shape[0]} labels (one per image), got {y.shape[0]}")
         if y.size and y.min() < 0:
             raise ValueError(f"y: expected labels >= 0, got min {int(y.min())}")
+        if y.size and y.max() > MAX_LABEL:
+            raise ValueError(f"y: expected labels <= {MAX_LABEL}, got max {int(y.max())}")
         object.__setattr__(self, "y", y.astype(np.int64, copy=False))
         if self.session is not None:
             s = np.asarray(self.session)
@@ -142,33 +164,59 @@ def resize_images(x: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
 # --------------------------------------------------------------------------- IDX
 
 
-def _read_maybe_gz(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        head = f.read(2)
+def _read_exactly(handle: Any, n: int, source: str) -> bytes:
+    """``n`` bytes from ``handle`` (fewer only at end of file); gzip/zlib errors become ValueError."""
+    chunks: list[bytes] = []
+    left = n
     try:
-        if head == b"\x1f\x8b":
-            with gzip.open(path, "rb") as g:
-                return g.read()
-        return path.read_bytes()
-    except (OSError, EOFError) as exc:
-        raise ValueError(f"{path}: truncated or corrupt gzip ({exc})") from exc
+        while left > 0:
+            chunk = handle.read(min(left, 1 << 24))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ValueError(f"{source}: truncated or corrupt gzip ({type(exc).__name__}: {exc})") from exc
+    return b"".join(chunks)
 
 
-def _parse_idx(data: bytes, source: str) -> np.ndarray:
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES or data[3] < 1:
-        raise ValueError(f"{source}: bad IDX magic: expected 00 00 <type in 08,09,0B..0E> <ndim>, got {data[:4].hex(' ')}")
-    dtype, ndim = _IDX_DTYPES[data[2]], data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise ValueError(f"{source}: truncated IDX header: expected {header} bytes, got {len(data)}")
-    dims = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
-    need = int(np.prod(dims)) * dtype.itemsize
-    got = len(data) - header
-    if got < need:
-        raise ValueError(f"{source}: truncated IDX data: dims {dims} need {need} bytes, got {got}")
-    if got > need:
-        raise ValueError(f"{source}: IDX file has {got - need} trailing bytes after dims {dims}")
-    return np.frombuffer(data, dtype, count=int(np.prod(dims)), offset=header).reshape(dims)
+def _read_idx(path: Path, max_bytes: int = MAX_ARRAY_BYTES) -> np.ndarray:
+    """Parse an IDX file (gzipped or not); the header is checked before the payload is read."""
+    source = str(path)
+    try:
+        raw = open(path, "rb")
+    except OSError as exc:
+        raise ValueError(f"{source}: expected a readable IDX file, got {type(exc).__name__}: {exc}") from exc
+    with raw:
+        gz = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        handle: Any = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
+        magic = _read_exactly(handle, 4, source)
+        if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES or magic[3] < 1:
+            raise ValueError(f"{source}: bad IDX magic: expected 00 00 <type in 08,09,0B..0E> <ndim>, "
+                             f"got {magic[:4].hex(' ')}")
+        dtype, ndim = _IDX_DTYPES[magic[2]], magic[3]
+        dims_raw = _read_exactly(handle, 4 * ndim, source)
+        if len(dims_raw) < 4 * ndim:
+            raise ValueError(f"{source}: truncated IDX header: expected {4 + 4 * ndim} bytes, "
+                             f"got {4 + len(dims_raw)}")
+        dims = struct.unpack(f">{ndim}I", dims_raw)
+        need = math.prod(dims) * dtype.itemsize
+        if not gz:
+            got = os.fstat(raw.fileno()).st_size - 4 - 4 * ndim
+            if got < need:
+                raise ValueError(f"{source}: truncated IDX data: dims {dims} need {need} bytes, got {got}")
+            if got > need:
+                raise ValueError(f"{source}: IDX file has {got - need} trailing bytes after dims {dims}")
+        if need > max_bytes:
+            raise ValueError(f"{source}: expected an IDX payload of at most {max_bytes} bytes, "
+                             f"got dims {dims} = {need} bytes")
+        data = _read_exactly(handle, need + 1, source)
+    if len(data) < need:
+        raise ValueError(f"{source}: truncated IDX data: dims {dims} need {need} bytes, got {len(data)}")
+    if len(data) > need:
+        raise ValueError(f"{source}: IDX file has trailing bytes after dims {dims}")
+    return np.frombuffer(data, dtype, count=math.prod(dims)).reshape(dims)
 
 
 def _find_idx_file(folder: Path, stem: str) -> Path:
@@ -189,12 +237,15 @@ def load_idx(folder: str | os.PathLike[str], split: Split = "train") -> Labelled
     if not folder.is_dir():
         raise FileNotFoundError(f"IDX folder not found: {folder}")
     img_path, lab_path = (_find_idx_file(folder, stem) for stem in IDX_FILES[split])
-    images = _parse_idx(_read_maybe_gz(img_path), str(img_path))
-    labels = _parse_idx(_read_maybe_gz(lab_path), str(lab_path))
+    images = _read_idx(img_path)
+    labels = _read_idx(lab_path)
     if images.ndim != 3 or images.dtype != np.uint8:
         raise ValueError(f"{img_path}: expected uint8 images with 3 dims (N, H, W), got {images.dtype} {images.shape}")
-    if labels.ndim != 1:
-        raise ValueError(f"{lab_path}: expected 1-D labels, got shape {labels.shape}")
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{lab_path}: expected 1-D integer labels, got {labels.dtype} {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() > MAX_LABEL):
+        raise ValueError(f"{lab_path}: expected labels in [0, {MAX_LABEL}], got [{int(labels.min())}, "
+                         f"{int(labels.max())}]")
     if labels.shape[0] != images.shape[0]:
         raise ValueError(f"count mismatch: {img_path} has {images.shape[0]} images, {lab_path} has {labels.shape[0]} labels")
     return LabelledImages(images[..., None].copy(), labels.astype(np.int64))
@@ -203,34 +254,136 @@ def load_idx(folder: str | os.PathLike[str], split: Split = "train") -> Labelled
 # --------------------------------------------------------------------------- npz
 
 
+_NPZ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, RuntimeError, NotImplementedError,
+               zlib.error, struct.error, SyntaxError, tokenize.TokenError, OverflowError, MemoryError, TypeError,
+               KeyError, IndexError, UnicodeDecodeError)
+
+
+def _member_data_offset(path: Path, info: zipfile.ZipInfo) -> int:
+    """Offset in the zip file of a stored member's first byte (past its local header)."""
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+    if len(local) != 30 or local[:4] != b"PK\x03\x04":
+        raise ValueError(f"{path}: bad zip local header for member '{info.filename}'")
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    return info.header_offset + 30 + name_len + extra_len
+
+
+def npz_member(path: str | os.PathLike[str], member: str, *, memmap: bool = False,
+               max_bytes: int = MAX_ARRAY_BYTES) -> np.ndarray:
+    """One array of an npz (``member`` without ``.npy``), read with bounded memory.
+
+    The ``.npy`` header is parsed first and its shape x dtype must account for the member's size
+    exactly; object arrays are refused. ``memmap=True`` maps a stored (uncompressed) member instead of
+    reading it (any size); otherwise at most ``max_bytes`` are read (and the CRC is checked). Every
+    failure is a ValueError naming the file, expected vs got.
+
+    Example:
+        >>> import tempfile
+        >>> path = tempfile.mkdtemp() + "/a.npz"
+        >>> np.savez_compressed(path, y=np.arange(3))
+        >>> npz_member(path, "y").tolist()
+        [0, 1, 2]
+    """
+    path = Path(path)
+    name = member + ".npy"
+    try:
+        with zipfile.ZipFile(path) as zf:
+            try:
+                info = zf.getinfo(name)
+            except KeyError:
+                raise ValueError(f"{path}: no '{name}' member (has {zf.namelist()})") from None
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise ValueError(f"{path}: member '{name}': expected stored or deflated, got compression "
+                                 f"method {info.compress_type}")
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version in ((2, 0), (3, 0)):
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise ValueError(f"{path}: member '{name}': unsupported .npy version {version}")
+                header_len = f.tell()
+            if dtype.hasobject:
+                raise ValueError(f"{path}: '{name}' holds Python objects; refusing to load it")
+            nbytes = math.prod(shape) * dtype.itemsize
+            if header_len + nbytes != info.file_size:
+                raise ValueError(f"{path}: member '{name}': header says {dtype} {tuple(shape)} = {nbytes} bytes, "
+                                 f"the member holds {info.file_size - header_len}")
+            order: Literal["F", "C"] = "F" if fortran else "C"
+            if memmap and info.compress_type == zipfile.ZIP_STORED:
+                offset = _member_data_offset(path, info) + header_len
+                size = os.path.getsize(path)
+                if size < offset + nbytes:
+                    raise ValueError(f"{path}: truncated ('{name}' needs {offset + nbytes} bytes, file has {size})")
+                if nbytes == 0:
+                    return np.zeros(shape, dtype, order=order)
+                return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(shape), order=order)
+            if memmap:
+                logger.warning("%s: member %s is compressed; reading it fully into memory (%d bytes)",
+                               path, name, info.file_size)
+            if nbytes > max_bytes:
+                raise ValueError(f"{path}: member '{name}': expected at most {max_bytes} bytes to read into "
+                                 f"memory, got {dtype} {tuple(shape)} = {nbytes} bytes")
+            with zf.open(info) as member_file:
+                reader: Any = member_file
+                reader.read(header_len)
+                data = bytearray(nbytes)
+                view, filled = memoryview(data), 0
+                while filled < nbytes:
+                    n = reader.readinto(view[filled:])
+                    if not n:
+                        raise ValueError(f"{path}: member '{name}': truncated, expected {nbytes} data bytes, "
+                                         f"got {filled}")
+                    filled += n
+                reader.read(1)  # reach the end of the member so zipfile checks its CRC
+            return np.frombuffer(data, dtype).reshape(tuple(shape), order=order)
+    except ValueError:
+        raise
+    except _NPZ_ERRORS as exc:
+        raise ValueError(f"{path}: expected a readable npz, got {type(exc).__name__}: {exc}") from exc
+
+
+def npz_keys(path: str | os.PathLike[str]) -> list[str]:
+    """The array names in an npz (its ``.npy`` members), or a ValueError naming the file."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
+    except _NPZ_ERRORS as exc:
+        raise ValueError(f"{path}: expected a readable npz (a zip of .npy files), got "
+                         f"{type(exc).__name__}: {exc}") from exc
+
+
 def load_npz(path: str | os.PathLike[str], split: Split = "train") -> LabelledImages:
     """Load ``x``/``y`` (+ optional ``session``) or ``x_train``/``y_train``/``x_test``/``y_test`` from an npz.
 
-    Grayscale (N, H, W) images get a channel axis. Pickled objects are refused (``allow_pickle=False``).
+    Grayscale (N, H, W) images get a channel axis. Images must be uint8 (never cast); pickled objects
+    are refused; members are read with :func:`npz_member`.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"npz file not found: {path}")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            keys = set(z.files)
-            if {"x", "y"} <= keys:
-                x, y = z["x"], z["y"]
-                session = z["session"] if "session" in keys else None
-            elif {f"x_{split}", f"y_{split}"} <= keys:
-                x, y = z[f"x_{split}"], z[f"y_{split}"]
-                session = z[f"session_{split}"] if f"session_{split}" in keys else None
-            else:
-                raise ValueError(f"{path}: expected keys x, y or x_{split}, y_{split}; got {sorted(keys)}")
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path}: not a readable npz ({exc})") from exc
+    keys = set(npz_keys(path))
+    if {"x", "y"} <= keys:
+        names = ("x", "y", "session")
+    elif {f"x_{split}", f"y_{split}"} <= keys:
+        names = (f"x_{split}", f"y_{split}", f"session_{split}")
+    else:
+        raise ValueError(f"{path}: expected keys x, y or x_{split}, y_{split}; got {sorted(keys)}")
+    x = npz_member(path, names[0])
+    if x.dtype != np.uint8:
+        raise ValueError(f"{path}: '{names[0]}': expected uint8 images, got {x.dtype} "
+                         f"(convert explicitly; values are never cast)")
+    y = npz_member(path, names[1])
+    session = npz_member(path, names[2]) if names[2] in keys else None
     if x.ndim == 3:
         x = x[..., None]
-    if x.dtype != np.uint8:
-        raise ValueError(f"{path}: expected uint8 images, got {x.dtype}")
-    return LabelledImages(x, np.asarray(y), session)
+    return LabelledImages(x, y, session)
 
 
 # --------------------------------------------------------------------------- image folder
@@ -251,16 +404,13 @@ def load_image_folder(root: str | os.PathLike[str], image_size: int | None = Non
     labels: list[int] = []
     first: tuple[tuple[int, ...], Path] | None = None
     for label, name in enumerate(classes):
-        files = sorted(f for f in (root / name).iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+        # Non-regular files with an image extension are not skipped: load_image names them.
+        files = sorted(f for f in (root / name).iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
         for f in files:
-            try:
-                with Image.open(f) as opened:
-                    im = opened.convert("RGB")
-                    if image_size is not None:
-                        im = im.resize((image_size, image_size), Image.Resampling.BILINEAR)
-                    arr = np.asarray(im)
-            except OSError as exc:
-                raise ValueError(f"{f}: not a readable image ({exc})") from exc
+            target = None if image_size is None else (image_size, image_size)
+            arr = load_image(f, target_size=target)
+            if image_size is not None and arr.shape[:2] != target:
+                arr = np.asarray(Image.fromarray(arr).resize((image_size, image_size), Image.Resampling.BILINEAR))
             if first is None:
                 first = (arr.shape, f)
             elif arr.shape != first[0]:
