@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import sys
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 import numpy as np
 
@@ -210,16 +210,23 @@ def _seconds(text: str) -> float:
     return value
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (``edge-agent learn: error: ...``), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser (exposed for documentation and tests)."""
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="edge-agent",
         description="Continual learning on the device: a frozen backbone, a small trainable head, "
                     "a replay buffer and atomic checkpoints.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log warnings and info")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    common = argparse.ArgumentParser(add_help=False)
+    common = _OneLineParser(add_help=False)
     common.add_argument("--model", required=True, help="model directory with manifest.json")
     common.add_argument("--state", required=True, help="state directory (checkpoints)")
     common.add_argument("--runtime", default="auto", choices=("auto", "litert", "onnx"),
