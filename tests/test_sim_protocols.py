@@ -335,3 +335,67 @@ def test_parse_protocol_spec():
         parse_protocol_spec("few_shot:5")
     with pytest.raises(ValueError, match="unknown protocol"):
         parse_protocol_spec("fewshot:shots=5")
+
+
+# --------------------------------------------------------------------------- issue 12 item 6
+
+
+def test_list_and_range_protocol_params_parse_from_the_command_line():
+    from firmware_sim.commands.run import _parse_params
+    from firmware_sim.data.protocols import parse_int_list, parse_protocol_value
+
+    params = _parse_params(["pretrain_classes=[5,6,7,8,9]", "stream_classes=0-4", "class_order=3,1,2",
+                            "seed=7", "shuffle=false", "replay_per_experience=none", "protocol=few_shot"])
+    assert params == {"pretrain_classes": [5, 6, 7, 8, 9], "stream_classes": [0, 1, 2, 3, 4],
+                      "class_order": [3, 1, 2], "seed": 7, "shuffle": False, "replay_per_experience": None,
+                      "protocol": "few_shot"}
+    assert parse_int_list("0-2,7") == [0, 1, 2, 7] and parse_protocol_value("-3") == -3
+    with pytest.raises(ValueError, match="LOW <= HIGH, got 9 > 5"):
+        parse_int_list("9-5")
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        _parse_params(["pretrain_classes"])
+    # the parsed lists build the classic "pretrain on 5-9, learn 0-4" split ...
+    y = np.repeat(np.arange(10), 4)
+    train = LabelledImages(_images(np.arange(y.size)), y)
+    test = LabelledImages(_images(np.arange(500, 500 + y.size)), y)
+    r = split_transfer(train, test, **_parse_params(["pretrain_classes=[5,6,7,8,9]"]))
+    assert r.pretrain_label_map == {5: 0, 6: 1, 7: 2, 8: 3, 9: 4} and r.label_map == {0: 0, 1: 1, 2: 2, 3: 3, 4: 4}
+    # ... and a range given as text straight to the Python API means the same
+    same = split_transfer(train, test, pretrain_classes="5-9")  # type: ignore[arg-type]
+    assert same.pretrain_label_map == r.pretrain_label_map
+    with pytest.raises(ValueError, match="a range such as 5-9, got 'five'"):
+        split_transfer(train, test, pretrain_classes="five")  # type: ignore[arg-type]
+
+
+def test_domain_incremental_holds_test_sessions_out():
+    train, _ = _data()
+    s = domain_incremental(train, train, test_sessions=[4])
+    assert [b.name for b in s] == ["session_1", "session_2", "session_3"]
+    trained = np.concatenate([b.indices for b in s])
+    assert set(train.session[trained].tolist()) == {1, 2, 3}
+    assert set(train.session[s.test.indices].tolist()) == {4}
+    assert len(s.test) == N_CLASSES * PER_CLASS // SESSIONS
+    assert not set(trained.tolist()) & set(s.test.indices.tolist())
+    assert not _hashes(np.concatenate([b.images() for b in s])) & _hashes(s.test.images())
+    assert s.params["test_sessions"] == [4] and "sessions [4] held out" in s.description
+    two = make_protocol("domain_incremental", train=train, test=train, test_sessions="3-4")
+    assert [b.name for b in two] == ["session_1", "session_2"]
+    with pytest.raises(ValueError, match=r"test_sessions: \[7\] not among the test images' sessions"):
+        domain_incremental(train, train, test_sessions=7)
+    with pytest.raises(ValueError, match="expected at least one training session left"):
+        domain_incremental(train, train, test_sessions="1-4")
+    _, no_session_test = _data()
+    with pytest.raises(ValueError, match="test_sessions: expected a `session` array on the test images"):
+        domain_incremental(train, no_session_test, test_sessions=[4])
+
+
+def test_protocol_parameters_are_listed_with_defaults():
+    from firmware_sim.data.protocols import protocol_help, protocol_parameters
+
+    params = protocol_parameters()
+    assert set(params) == set(PROTOCOLS)
+    assert params["domain_incremental"]["test_sessions"] is None and params["nic_like"]["batch_size"] == 300
+    text = protocol_help()
+    for name in PROTOCOLS:
+        assert f"  {name}: " in text
+    assert "classes_per_experience=1" in text and "pretrain_classes=None" in text and "batch_size=300" in text

@@ -57,6 +57,7 @@ class ExperimentSpec:
     labels: str = "object"
     seed: int = 0
     protocol_params: dict[str, Any] = field(default_factory=dict)
+    test_split: float | None = None
     cache_dir: str | None = None
     options: SimOptions = SimOptions()
     plots: bool = True
@@ -119,7 +120,7 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path | None) -> dict[str
         for run in spec.runs:
             stream = open_stream(spec.data, spec.scenario, run, test=spec.test, labels=spec.labels,
                                  image_size=image_size, seed=spec.seed, params=spec.protocol_params,
-                                 progress=spec.options.progress)
+                                 progress=spec.options.progress, test_split=spec.test_split)
             max_label = stream.n_classes
             for label, config in spec.configs.items():
                 if config.max_classes < max_label:
@@ -129,10 +130,12 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path | None) -> dict[str
             streams_info.append({"run": run, "name": stream.name, "description": stream.description,
                                  "n_batches": len(stream.train_batches), "n_train_frames": stream.n_train_frames,
                                  "n_test_frames": len(stream.test), "n_classes": stream.n_classes,
+                                 "test_split": stream.test_split,
                                  "embedding": embedding_summary(embedded)})
             for label, config in spec.configs.items():
                 result = run_agent(label, config, embedded, backbone, spec.options)
                 result.run = run
+                result.test_split = stream.test_split
                 per_config[label].append(result)
                 log.info("%s run %d: final accuracy %.3f", label, run, result.final_accuracy)
         backbone_info = embedded.backbone_info
@@ -146,6 +149,7 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path | None) -> dict[str
         "runs": spec.runs,
         "test": spec.test,
         "labels": spec.labels,
+        "test_split": streams_info[0]["test_split"] if streams_info else "",
         "streams": streams_info,
         "configs": {label: {"config": spec.configs[label].to_dict(), "summary": summarise(results),
                             "runs": [r.to_dict() for r in results]}
@@ -169,6 +173,8 @@ def write_outputs(report: dict[str, Any], out_dir: Path, plots: bool = True) -> 
                 rows.append({"strategy": label, "run": result["run"], **point})
     write_curve_csv(out_dir, rows)
     table = markdown_table(summary_rows(report), TABLE_COLUMNS) + "\n"
+    if report.get("test_split"):
+        table = f"Test split: {report['test_split']}.\n\n{table}"
     atomic_write(out_dir / "summary.md", lambda handle: handle.write(table), text=True)
     write_report(out_dir, report)
     if not plots:

@@ -21,6 +21,7 @@ from edge.buffer import POLICIES, STORAGES
 from edge.heads import HEADS, OPTIMIZERS
 from edge.strategies import STRATEGIES
 from firmware_sim.data.core50 import SCENARIOS
+from firmware_sim.data.protocols import parse_protocol_params, protocol_help
 from firmware_sim.loop.device_loop import SimOptions
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ class RunOptions:
     test: str = "full"
     labels: str = "object"
     protocol_param: tuple[str, ...] = ()
+    test_split: float | None = None
     runtime: str = "auto"
     precision: str = "fp32"
     threads: int | None = None
@@ -100,7 +102,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="CORe50 test set: full, or reduced (every 20th frame, as NICv2 papers use)")
     p.add_argument("--labels", choices=("object", "category"), default=_D.labels, help="50 objects or 10 categories")
     p.add_argument("--protocol-param", action="append", default=list(_D.protocol_param), metavar="KEY=VALUE",
-                   help="parameter of an idx/npz/folder protocol, e.g. classes_per_experience=2 (repeatable)")
+                   help="parameter of an idx/npz/folder protocol, e.g. classes_per_experience=2 or "
+                        "pretrain_classes=5-9 / [5,6,7,8,9] (repeatable; every parameter is listed below)")
+    p.add_argument("--test-split", type=float, default=_D.test_split, metavar="FRACTION",
+                   help="idx/npz/folder data without its own test split: hold out this fraction of every "
+                        "class as the test set (stratified, seeded with --seed; default 0.2)")
     rt = p.add_argument_group("backbone runtime")
     rt.add_argument("--runtime", choices=("auto", "litert", "onnx"), default=_D.runtime, help="inference runtime")
     rt.add_argument("--precision", choices=("fp32", "int8"), default=_D.precision, help="model file precision")
@@ -137,7 +143,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("run", help="replay a stream through one strategy and report the metrics",
                               description="Replay a stream through the edge agent (frozen backbone + head + "
-                                          "replay) and write report.json, curve.csv, summary.md and plots.")
+                                          "replay) and write report.json, curve.csv, summary.md and plots.",
+                              epilog=protocol_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common(p)
     p.add_argument("--strategy", choices=sorted(STRATEGIES), default="replay", help="strategy (default replay)")
     p.add_argument("--out", required=True, help="output directory")
@@ -146,7 +153,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("compare", help="several strategies on the same stream, one table and one plot",
                               description="Replay one stream through several strategies, reusing the "
                                           "embeddings, and write one table (summary.md, report.json) and "
-                                          "one overlay plot.")
+                                          "one overlay plot.",
+                              epilog=protocol_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common(p)
     p.add_argument("--strategies", default="naive,replay",
                    help=f"comma list of strategies (default naive,replay; known: {', '.join(sorted(STRATEGIES))})")
@@ -155,7 +163,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _parse_params(items: Sequence[str]) -> dict[str, Any]:
-    return parse_key_values(items, "--protocol-param")
+    """``--protocol-param KEY=VALUE`` items: lists (``[5,6]``, ``5,6``) and ranges (``5-9``) parse as lists."""
+    return parse_protocol_params(items, "--protocol-param")
 
 
 def strategy_params(items: Sequence[str], strategy: str) -> dict[str, Any]:
@@ -168,10 +177,7 @@ def strategy_params(items: Sequence[str], strategy: str) -> dict[str, Any]:
             raise ValueError(f"--strategy-param: expected STRATEGY.KEY=VALUE with a known strategy, got {item!r}")
         if not dot or prefix == strategy:
             mine.append(f"{name}{sep}{value}")
-    try:
-        return _parse_params(mine)
-    except ValueError as exc:
-        raise ValueError(str(exc).replace("--protocol-param", "--strategy-param")) from exc
+    return parse_key_values(mine, "--strategy-param")
 
 
 def _config(options: RunOptions, strategy: str) -> AgentConfig:
@@ -208,6 +214,7 @@ def _spec(options: RunOptions, configs: dict[str, AgentConfig]) -> ExperimentSpe
         configs=configs, runs=list(range(options.run, options.run + options.runs)), runtime=options.runtime,
         precision=options.precision, num_threads=options.threads, test=options.test, labels=options.labels,
         seed=options.seed, protocol_params=_parse_params(options.protocol_param), cache_dir=options.cache,
+        test_split=options.test_split,
         options=SimOptions(eval_every=options.eval_every, latency_frames=options.latency_frames,
                            progress=not options.no_progress and sys.stderr.isatty()),
         plots=not options.no_plots,
@@ -221,7 +228,8 @@ def _print_result(report: dict[str, Any], out: str | None) -> None:
     stream = report["streams"][0]
     emb = stream["embedding"]
     print(f"{report['scenario']} on {report['data']}: {stream['n_batches']} batches, "
-          f"{stream['n_train_frames']} training frames, {stream['n_test_frames']} test frames; "
+          f"{stream['n_train_frames']} training frames, {stream['n_test_frames']} test frames "
+          f"({report.get('test_split') or 'test split not recorded'}); "
           f"backbone {report['backbone']['name']} ({report['backbone']['runtime']} {report['backbone']['precision']}), "
           f"embedding {emb['mean_ms']:.3f} ms/frame ({emb['fps']:.0f} fps)"
           + (f"; {len(report['runs'])} runs" if len(report["runs"]) > 1 else ""))

@@ -32,6 +32,7 @@ from __future__ import annotations
 import ast
 import inspect
 import logging
+import re
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Literal, NamedTuple, Sequence
 
@@ -51,7 +52,12 @@ __all__ = [
     "few_shot",
     "make_protocol",
     "nic_like",
+    "parse_int_list",
+    "parse_protocol_params",
     "parse_protocol_spec",
+    "parse_protocol_value",
+    "protocol_help",
+    "protocol_parameters",
     "split_transfer",
 ]
 
@@ -116,9 +122,13 @@ def _resolve_order(what: str, available: list[int], order: Any, rng: np.random.G
     if order is None:
         return list(available)
     if isinstance(order, str):
-        if order != "random":
-            raise ValueError(f"{what}: expected None, 'random' or a list, got {order!r}")
-        return [available[i] for i in rng.permutation(len(available))]
+        if order.strip() == "random":
+            return [available[i] for i in rng.permutation(len(available))]
+        try:
+            order = parse_int_list(order)
+        except ValueError:
+            raise ValueError(f"{what}: expected None, 'random', a list of integers or a range such as 5-9, "
+                             f"got {order!r}") from None
     try:
         out = [int(c) for c in order]
     except (TypeError, ValueError):
@@ -303,35 +313,63 @@ def few_shot(train: LabelledImages, test: LabelledImages, shots: int = 5, seed: 
     return _few_shot(_View.of(train), _View.of(test), shots, seed, classes_per_batch, class_order, shuffle)
 
 
+def _held_out_sessions(test_sessions: Any, test: _View, rng: np.random.Generator) -> list[int]:
+    if test.session is None:
+        raise ValueError("domain_incremental test_sessions: expected a `session` array on the test images, "
+                         "got session=None")
+    available = np.unique(test.session[test.pool]).tolist()
+    if isinstance(test_sessions, (int, np.integer)) and not isinstance(test_sessions, bool):
+        test_sessions = [int(test_sessions)]
+    if isinstance(test_sessions, str) and test_sessions.strip() == "random":
+        raise ValueError("test_sessions: expected a session id, a list or a range such as 9-10, got 'random'")
+    try:
+        return _resolve_order("test_sessions", available, test_sessions, rng)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("not in the training data", "not among the test images' sessions")) from None
+
+
 def _domain_incremental(train: _View, test: _View, session_order: ClassOrder = None, seed: int = 0,
-                        shuffle: bool = True) -> Stream:
+                        shuffle: bool = True, test_sessions: ClassOrder | int = None) -> Stream:
     _check_pair(train, test)
     if train.session is None:
         raise ValueError("domain_incremental: expected a `session` array on the training LabelledImages "
                          "(one session/domain id per image), got session=None; use a source that records "
                          "sessions (CORe50) or build LabelledImages(x, y, session=...)")
     rng = np.random.default_rng(seed)
-    sessions = np.unique(train.session[train.pool]).tolist()
-    order = _resolve_order("session_order", sessions, session_order, rng)
+    train_sessions = train.session
+    held: list[int] = []
+    if test_sessions is not None:
+        held = _held_out_sessions(test_sessions, test, rng)
+        if test.session is not None:  # checked by _held_out_sessions
+            test = replace(test, pool=test.pool[np.isin(test.session[test.pool], held)])
+        train = replace(train, pool=train.pool[~np.isin(train_sessions[train.pool], held)])
+        if train.pool.size == 0:
+            raise ValueError(f"domain_incremental test_sessions: expected at least one training session left, "
+                             f"got none (every session is in test_sessions {held})")
+    pool_sessions = train_sessions[train.pool]
+    order = _resolve_order("session_order", np.unique(pool_sessions).tolist(), session_order, rng)
     planned: list[_Planned] = []
-    pool_sessions = train.session[train.pool]
     for s in order:
         idx = train.pool[pool_sessions == s]
         idx, rep = _finish(idx, np.zeros(idx.size, bool), shuffle, rng)
         planned.append((f"session_{s}", idx, rep))
     classes = train.classes()
+    where = f"sessions {held} held out" if held else "all sessions"
     description = (f"{len(order)} experiences, one per session (order {order}), all classes in each; "
-                   f"test: {len(classes)} classes, evaluated throughout")
-    params = {"session_order": order, "seed": seed, "shuffle": shuffle}
+                   f"test: {len(classes)} classes ({where}), evaluated throughout")
+    params = {"session_order": order, "seed": seed, "shuffle": shuffle, "test_sessions": held or None}
     return _assemble("domain_incremental", train, test, planned, classes, description, params,
                      n_classes=len(train.class_names), class_names=train.class_names)
 
 
 def domain_incremental(train: LabelledImages, test: LabelledImages, session_order: ClassOrder = None,
-                       seed: int = 0, shuffle: bool = True) -> Stream:
+                       seed: int = 0, shuffle: bool = True, test_sessions: ClassOrder | int = None) -> Stream:
     """One experience per ``train.session`` value (ascending, ``"random"`` or a given order).
 
-    The test set is every test image of the training classes, whatever its session.
+    The test set is every test image of the training classes, whatever its session. With
+    ``test_sessions`` (a session id, a list or a range such as ``9-10``) those sessions are held out:
+    no training batch holds a frame of them, and the test set is the ``test`` images of those
+    sessions only (pass the same source as ``train`` and ``test`` to split one source by session).
 
     Example:
         >>> from firmware_sim.data.sources import LabelledImages
@@ -339,8 +377,11 @@ def domain_incremental(train: LabelledImages, test: LabelledImages, session_orde
         >>> test = LabelledImages(np.zeros((2, 2, 2, 1), np.uint8), np.array([0, 1]))
         >>> [b.name for b in domain_incremental(train, test).train_batches]
         ['session_1', 'session_2', 'session_4']
+        >>> s = domain_incremental(train, train, test_sessions=4)
+        >>> [b.name for b in s.train_batches], s.test.indices.tolist()
+        (['session_1', 'session_2'], [4, 5])
     """
-    return _domain_incremental(_View.of(train), _View.of(test), session_order, seed, shuffle)
+    return _domain_incremental(_View.of(train), _View.of(test), session_order, seed, shuffle, test_sessions)
 
 
 def _nic_like(train: _View, test: _View, batch_size: int = 300, seed: int = 0, first_batch_classes: int = 0,
@@ -591,17 +632,103 @@ def _split_top_level(text: str) -> list[str]:
     return parts
 
 
-def _parse_value(text: str) -> Any:
+_INT_LIST = re.compile(r"^\s*\[?\s*(-?\d+(\s*-\s*\d+)?)(\s*,\s*-?\d+(\s*-\s*\d+)?)*\s*,?\s*\]?\s*$")
+
+
+def parse_int_list(text: str) -> list[int]:
+    """Integers from text: ``"5-9"`` (inclusive range), ``"0-4,7"``, ``"5,6,7"`` or ``"[5, 6, 7]"``.
+
+    Example:
+        >>> parse_int_list("5-9"), parse_int_list("0-2,7"), parse_int_list("[3, 1]")
+        ([5, 6, 7, 8, 9], [0, 1, 2, 7], [3, 1])
+        >>> parse_int_list("9-5")
+        Traceback (most recent call last):
+        ...
+        ValueError: '9-5': expected a range LOW-HIGH with LOW <= HIGH, got 9 > 5
+    """
+    if not isinstance(text, str) or not _INT_LIST.match(text) or (text.strip().startswith("[")
+                                                                   != text.strip().endswith("]")):
+        raise ValueError(f"expected integers such as 5-9, 0-4,7 or [5,6,7], got {text!r}")
+    out: list[int] = []
+    for part in filter(None, (p.strip() for p in text.strip().strip("[]").split(","))):
+        low, dash, high = part.lstrip("-").partition("-")
+        if not dash:
+            out.append(int(part))
+            continue
+        a, b = int(part[: len(part) - len(high) - 1].strip()), int(high)
+        if a > b:
+            raise ValueError(f"{text!r}: expected a range LOW-HIGH with LOW <= HIGH, got {a} > {b}")
+        out.extend(range(a, b + 1))
+    return out
+
+
+def parse_protocol_value(text: str) -> Any:
+    """One protocol parameter value from text: None, true/false, int, float, a list (``[5,6]``,
+    ``5,6`` or a range ``5-9``), else the bare word (e.g. ``random``).
+
+    Example:
+        >>> [parse_protocol_value(t) for t in ("none", "True", "3", "0.5", "[5,6,7]", "5-9", "random")]
+        [None, True, 3, 0.5, [5, 6, 7], [5, 6, 7, 8, 9], 'random']
+    """
     t = text.strip()
     low = t.lower()
     if low in ("none", "null"):
         return None
     if low in ("true", "false"):
         return low == "true"
+    if _INT_LIST.match(t) and ("-" in t.lstrip("-[ ") or "," in t or t.startswith("[")):
+        return parse_int_list(t)
     try:
-        return ast.literal_eval(t)
+        value = ast.literal_eval(t)
     except (ValueError, SyntaxError):
         return t  # a bare word such as random
+    return list(value) if isinstance(value, tuple) else value
+
+
+_parse_value = parse_protocol_value
+
+
+def parse_protocol_params(items: Sequence[str], option: str = "--protocol-param") -> dict[str, Any]:
+    """``KEY=VALUE`` command-line items -> protocol parameters (values as :func:`parse_protocol_value`).
+
+    Example:
+        >>> parse_protocol_params(["pretrain_classes=[5,6,7,8,9]", "stream_classes=0-4", "seed=2"])
+        {'pretrain_classes': [5, 6, 7, 8, 9], 'stream_classes': [0, 1, 2, 3, 4], 'seed': 2}
+    """
+    params: dict[str, Any] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"{option}: expected KEY=VALUE, got {item!r}")
+        params[key.strip()] = parse_protocol_value(value)
+    return params
+
+
+def protocol_parameters() -> dict[str, dict[str, Any]]:
+    """Every protocol's parameters and their defaults (``inspect`` of the functions of :data:`PROTOCOLS`).
+
+    Example:
+        >>> protocol_parameters()["few_shot"]
+        {'shots': 5, 'seed': 0, 'classes_per_batch': None, 'class_order': None, 'shuffle': True}
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name, fn in PROTOCOLS.items():
+        sig = inspect.signature(fn)
+        out[name] = {p.name: p.default for p in list(sig.parameters.values())[2:]
+                     if p.kind is not inspect.Parameter.VAR_KEYWORD}
+    return out
+
+
+def protocol_help() -> str:
+    """The text ``edge-sim run --help`` shows: each protocol with its parameters and defaults."""
+    lines = ["protocols for idx/npz/folder data (--scenario NAME, --protocol-param KEY=VALUE; lists as "
+             "[5,6,7] or ranges as 5-9):"]
+    for name, params in protocol_parameters().items():
+        shown = ", ".join(f"{k}={v!r}" if not isinstance(v, str) else f"{k}={v}" for k, v in params.items())
+        lines.append(f"  {name}: {shown}")
+        if name == "split_transfer":
+            lines.append("      (+ the parameters of its inner protocol)")
+    return "\n".join(lines)
 
 
 def parse_protocol_spec(spec: str) -> tuple[str, dict[str, Any]]:

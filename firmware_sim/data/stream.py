@@ -109,6 +109,7 @@ class Stream:
     label_map: dict[int, int] | None = None
     pretrain: LabelledImages | None = field(default=None, repr=False)
     pretrain_test: LabelledImages | None = field(default=None, repr=False)
+    test_split: str = ""  # where the test set comes from, e.g. "held-out 20 % stratified, seed 0"
 
     def __len__(self) -> int:
         return len(self.train_batches)
@@ -139,4 +140,5 @@ class Stream:
             "n_test_samples": len(self.test),
             "n_classes": self.n_classes,
             "label_map": None if self.label_map is None else {str(k): v for k, v in self.label_map.items()},
+            "test_split": self.test_split,
         }

@@ -56,7 +56,8 @@ class RunResult:
 
     ``inference`` (end-to-end single-frame predict latency, `LatencyRecorder.result` plus
     ``frames_timed``) is None when no backbone was given or no frame was timed. ``run`` is set by the
-    experiment that replays several runs.
+    experiment that replays several runs; ``test_split`` (e.g. ``"held-out 20 % stratified, seed 0"``)
+    says where the test set came from.
     """
 
     label: str
@@ -79,6 +80,7 @@ class RunResult:
     memory: MemoryUsage
     classes_seen: list[int]
     run: int | None = None
+    test_split: str | None = None
 
     @property
     def inference_p50_ms(self) -> float:
@@ -109,4 +111,6 @@ class RunResult:
         }
         if self.run is not None:
             out["run"] = self.run
+        if self.test_split is not None:
+            out["test_split"] = self.test_split
         return out
