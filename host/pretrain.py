@@ -64,6 +64,7 @@ class PretrainConfig:
     calibration_frames: int = 256
     heldout_frames: int = 64
     max_train_frames: int | None = None
+    classes: tuple[int, ...] | None = None  # pretrain on these source labels only (relabelled 0..m-1)
 
     def backbone_spec(self) -> BackboneSpec:
         return BackboneSpec.parse(
@@ -97,19 +98,117 @@ def prepare_images(images: LabelledImages, input_size: int, channels: int) -> np
     return x
 
 
-def channel_stats(x_uint8: np.ndarray, scale: float = 1.0 / 255.0) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of ``x * scale`` (used as the manifest's preprocessing)."""
-    x = x_uint8.astype(np.float64) * scale
-    mean = x.mean(axis=(0, 1, 2))
-    std = x.std(axis=(0, 1, 2))
+def channel_stats(x_uint8: np.ndarray, scale: float = 1.0 / 255.0, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of ``x * scale`` (used as the manifest's preprocessing).
+
+    Exact integer sums of the uint8 values, ``chunk`` frames at a time: no float copy of the set.
+    """
+    if x_uint8.dtype != np.uint8 or x_uint8.ndim != 4 or not len(x_uint8):
+        raise PretrainError(f"channel_stats: expected non-empty uint8 (N, H, W, C) frames, "
+                            f"got {x_uint8.dtype} {x_uint8.shape}")
+    channels = x_uint8.shape[3]
+    total = np.zeros(channels, np.int64)
+    squares = np.zeros(channels, np.int64)
+    for start in range(0, len(x_uint8), chunk):
+        part = x_uint8[start:start + chunk].reshape(-1, channels).astype(np.int64)
+        total += part.sum(axis=0)
+        squares += (part * part).sum(axis=0)
+    count = x_uint8.size // channels
+    mean = total / count
+    var = np.maximum(squares / count - mean * mean, 0.0)
+    std = np.sqrt(var) * scale
     std = np.where(std < 1e-6, 1.0, std)
-    return [float(v) for v in mean], [float(v) for v in std]
+    return [float(v) for v in mean * scale], [float(v) for v in std]
 
 
 def normalise(x_uint8: np.ndarray, mean: list[float], std: list[float], scale: float = 1.0 / 255.0) -> np.ndarray:
-    """The manifest's preprocessing, ``(x * scale - mean) / std``, in float32."""
-    x = x_uint8.astype(np.float32) * np.float32(scale)
-    return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    """The manifest's preprocessing, ``(x * scale - mean) / std``, in float32 (one float32 array, in place)."""
+    x = x_uint8.astype(np.float32)
+    x *= np.float32(scale)
+    x -= np.asarray(mean, np.float32)
+    x /= np.asarray(std, np.float32)
+    return x
+
+
+def select_classes(images: LabelledImages, classes: tuple[int, ...] | list[int]) -> tuple[LabelledImages, dict[int, int]]:
+    """Only the images of ``classes`` (source labels), relabelled ``0..m-1`` in the given order.
+
+    Returns the subset and the map source label -> pretraining label (recorded in ``pretrain.json``).
+    """
+    wanted = [int(c) for c in classes]
+    present = set(np.unique(images.y).tolist())
+    missing = sorted(set(wanted) - present)
+    if missing or len(set(wanted)) != len(wanted) or len(wanted) < 2:
+        raise PretrainError(f"--classes: expected at least 2 distinct labels of the data (present: "
+                            f"{sorted(present)}), got {wanted}" + (f"; missing {missing}" if missing else ""))
+    lut = np.full(int(images.y.max()) + 1, -1, np.int64)
+    lut[wanted] = np.arange(len(wanted))
+    mask = lut[images.y] >= 0
+    names = list(images.class_names or [])
+    session = None if images.session is None else images.session[mask]
+    subset = LabelledImages(images.x[mask], lut[images.y[mask]], session,
+                            [names[c] if c < len(names) else str(c) for c in wanted])
+    return subset, {c: i for i, c in enumerate(wanted)}
+
+
+#: Bytes per input value of a trained frame that pretraining holds at once: the float32 normalised
+#: copy and the copy TensorFlow makes of it for `fit` (every frame is also held once as uint8).
+PRETRAIN_BYTES_PER_VALUE = 4 + 4
+
+
+def check_memory(n_frames: int, input_size: int, channels: int, n_trained: int | None = None,
+                 available: int | None = None) -> int:
+    """Refuse a pretraining set that would not fit in memory; returns the estimated bytes.
+
+    ``n_frames`` are held as uint8 at the backbone's input size, ``n_trained`` of them (default all:
+    training + validation) also as float32 twice (:data:`PRETRAIN_BYTES_PER_VALUE`). ``available``
+    defaults to psutil's available memory. TensorFlow's own ~1 GB is not counted.
+
+    Example:
+        >>> round(check_memory(60_000, 32, 3, available=8 * 1024 ** 3) / 1024 ** 3, 2)   # fashion-MNIST, 32 px
+        1.54
+    """
+    values = input_size * input_size * channels
+    trained = n_frames if n_trained is None else min(n_trained, n_frames)
+    need = int(n_frames) * values + int(trained) * values * PRETRAIN_BYTES_PER_VALUE
+    if available is None:
+        import psutil
+
+        available = int(psutil.virtual_memory().available)
+    if need > available:
+        gib = 1024 ** 3
+        raise PretrainError(
+            f"pretraining {n_frames} frames at {input_size}x{input_size}x{channels} needs about "
+            f"{need / gib:.1f} GiB (uint8 frames + float32 copies), only {available / gib:.1f} GiB available; "
+            "use --max-train-frames, --classes or a smaller --input-size"
+        )
+    return need
+
+
+class _RunningMoments:
+    """Per-channel mean and variance over batches (Chan et al.'s pairwise update, float64)."""
+
+    def __init__(self, channels: int) -> None:
+        self.count = 0
+        self.mean = np.zeros(channels, np.float64)
+        self.m2 = np.zeros(channels, np.float64)
+
+    def update(self, values: np.ndarray) -> None:
+        v = np.asarray(values, np.float64).reshape(-1, self.mean.shape[0])
+        n = v.shape[0]
+        if n == 0:
+            return
+        batch_mean = v.mean(axis=0)
+        batch_m2 = ((v - batch_mean) ** 2).sum(axis=0)
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + batch_m2 + delta * delta * (self.count * n / total)
+        self.count = total
+
+    @property
+    def variance(self) -> np.ndarray:
+        return self.m2 / max(self.count, 1)
 
 
 def stratified_split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -128,19 +227,20 @@ def recalibrate_batchnorm(backbone: Any, x: np.ndarray, batch_size: int = 256) -
     """Set every BatchNorm layer's moving mean/variance to the exact statistics of ``x``.
 
     Layers are processed in graph order, each with the already recalibrated layers before it, so
-    the statistics are the ones the frozen backbone will see. Returns the number of layers set.
+    the statistics are the ones the frozen backbone will see. The statistics are accumulated
+    ``batch_size`` frames at a time (running float64 moments per channel), so memory stays at one
+    batch of feature maps whatever the size of ``x``. Returns the number of layers set.
     """
     import keras
 
     bn_layers = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
     for layer in bn_layers:
         probe = keras.Model(backbone.input, layer.input)
-        feats = probe.predict(x, batch_size=batch_size, verbose=0).astype(np.float64)
-        axes = tuple(range(feats.ndim - 1))
-        mean = feats.mean(axis=axes)
-        var = feats.var(axis=axes)
-        layer.moving_mean.assign(mean.astype(np.float32))
-        layer.moving_variance.assign(var.astype(np.float32))
+        moments = _RunningMoments(int(layer.input.shape[-1]))
+        for start in range(0, len(x), batch_size):
+            moments.update(np.asarray(probe.predict_on_batch(x[start:start + batch_size])))
+        layer.moving_mean.assign(moments.mean.astype(np.float32))
+        layer.moving_variance.assign(moments.variance.astype(np.float32))
     return len(bn_layers)
 
 
@@ -172,12 +272,18 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, progress: bool = True)
 
     spec = config.backbone_spec()
     images = load_source(config.data, split="train")
+    class_map: dict[int, int] | None = None
+    if config.classes is not None:
+        images, class_map = select_classes(images, config.classes)
     n_classes = int(images.y.max()) + 1 if len(images.y) else 0
     if len(images.y) < 2 or len(np.unique(images.y)) < 2:
         raise PretrainError(
             f"pretraining data {config.data!r}: expected at least 2 classes and 2 images, "
             f"got {len(np.unique(images.y))} classes in {len(images.y)} images"
         )
+    n_trained = None if config.max_train_frames is None else (
+        config.max_train_frames + int(np.ceil(len(images.y) * config.val_fraction)) + n_classes)
+    check_memory(len(images.y), spec.input_size, spec.channels, n_trained)
     x_all = prepare_images(images, spec.input_size, spec.channels)
     y_all = images.y.astype(np.int64)
     train_idx, val_idx = stratified_split(y_all, config.val_fraction, config.seed)
@@ -245,6 +351,7 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, progress: bool = True)
         "input_shape": [spec.input_size, spec.input_size, spec.channels],
         "embedding_size": int(backbone.output_shape[-1]),
         "n_classes": n_classes,
+        "classes": None if class_map is None else {str(k): v for k, v in class_map.items()},
         "n_train": int(len(train_idx)),
         "n_val": int(len(val_idx)),
         "preprocessing": {"scale": 1.0 / 255.0, "mean": mean, "std": std, "channel_order": "RGB"},

@@ -124,3 +124,93 @@ def test_bad_pretraining_data_gives_a_clear_error(setup: str, message: str, tmp_
     assert code == 2
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "run" / "backbone.keras").exists()
+
+
+# --------------------------------------------------------------------------- issue 12 items 2 and 6
+
+
+def _reference_recalibration(backbone, x: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The former recalibration: every layer's full float64 feature maps at once."""
+    import keras
+
+    out = []
+    for layer in [lay for lay in backbone.layers if isinstance(lay, keras.layers.BatchNormalization)]:
+        probe = keras.Model(backbone.input, layer.input)
+        feats = probe.predict(x, batch_size=256, verbose=0).astype(np.float64)
+        axes = tuple(range(feats.ndim - 1))
+        layer.moving_mean.assign(feats.mean(axis=axes).astype(np.float32))
+        layer.moving_variance.assign(feats.var(axis=axes).astype(np.float32))
+        out.append((layer.moving_mean.numpy().copy(), layer.moving_variance.numpy().copy()))
+    return out
+
+
+def test_streaming_batchnorm_recalibration_equals_the_full_one() -> None:
+    import keras
+
+    from host.backbones import BackboneSpec, build_backbone
+    from host.pretrain import recalibrate_batchnorm
+
+    keras.utils.set_random_seed(0)
+    backbone = build_backbone(BackboneSpec.parse("tiny_cnn", input_size=32, channels=3, embedding_size=16))
+    x = (np.random.default_rng(1).normal(size=(203, 32, 32, 3)) * 2 + 0.5).astype(np.float32)
+    expected = _reference_recalibration(backbone, x)
+    assert expected, "tiny_cnn has BatchNorm layers"
+    for layer in [lay for lay in backbone.layers if isinstance(lay, keras.layers.BatchNormalization)]:
+        layer.moving_mean.assign(np.zeros(layer.moving_mean.shape, np.float32))  # forget them
+        layer.moving_variance.assign(np.ones(layer.moving_variance.shape, np.float32))
+    n = recalibrate_batchnorm(backbone, x, batch_size=64)  # 203 frames: batches of 64, 64, 64, 11
+    assert n == len(expected)
+    bn = [lay for lay in backbone.layers if isinstance(lay, keras.layers.BatchNormalization)]
+    for layer, (mean, var) in zip(bn, expected):
+        np.testing.assert_allclose(layer.moving_mean.numpy(), mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(layer.moving_variance.numpy(), var, rtol=1e-5, atol=1e-6)
+
+
+def test_channel_stats_and_normalise_match_float64_references() -> None:
+    from host.pretrain import channel_stats, normalise
+
+    x = np.random.default_rng(2).integers(0, 256, (1000, 6, 6, 3), dtype=np.uint8)
+    mean, std = channel_stats(x, chunk=64)
+    ref = x.astype(np.float64) / 255.0
+    np.testing.assert_allclose(mean, ref.mean(axis=(0, 1, 2)), rtol=1e-12)
+    np.testing.assert_allclose(std, ref.std(axis=(0, 1, 2)), rtol=1e-10)
+    out = normalise(x, mean, std)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, (ref - np.array(mean)) / np.array(std), rtol=1e-5, atol=1e-5)
+
+
+def test_memory_too_short_fails_with_a_clear_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from host.pretrain import PretrainError, check_memory
+
+    assert check_memory(100, 32, 3, available=10 ** 9) == 100 * 32 * 32 * 3 * 9
+    with pytest.raises(PretrainError, match=r"needs about 1.5 GiB .* only 1.0 GiB available; use --max-train"):
+        check_memory(60_000, 32, 3, available=1024 ** 3)
+    spec = _make_source("npz", tmp_path)
+
+    class Short:
+        available = 1000  # bytes
+
+    import psutil
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Short())
+    code = host_main(["-q", "pretrain", "--data", spec, "--out", str(tmp_path / "run"), "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "GiB available" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "backbone.keras").exists()
+
+
+def test_pretrain_on_a_class_subset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    x, y = _blobs(6, 10, 24, 3)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    out = tmp_path / "run"
+    code = host_main(["-q", "pretrain", "--data", f"npz:{tmp_path / 'd.npz'}", "--classes", "3-5",
+                      "--out", str(out), "--epochs", "1", "--embedding-size", "8"])
+    assert code == 0
+    record = json.loads((out / "pretrain.json").read_text())
+    assert record["n_classes"] == 3 and record["classes"] == {"3": 0, "4": 1, "5": 2}
+    assert record["n_train"] + record["n_val"] == 30 and record["config"]["classes"] == [3, 4, 5]
+    code = host_main(["-q", "pretrain", "--data", f"npz:{tmp_path / 'd.npz'}", "--classes", "4-9",
+                      "--out", str(tmp_path / "bad"), "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--classes: expected at least 2 distinct labels" in err and "missing [6, 7, 8, 9]" in err
