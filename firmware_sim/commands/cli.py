@@ -4,7 +4,8 @@ Each subcommand lives in its own module with two functions, ``register(subparser
 parser and sets ``func``) and the handler it points to. To add a command (``run``, ``compare``),
 write ``firmware_sim/commands/<name>.py`` and append its module name to :data:`COMMAND_MODULES`.
 
-Expected errors (bad input, missing files) print one line to stderr and exit 2; 0 means success.
+Expected errors (bad input, missing or unreadable files) print one line to stderr and exit 2; Ctrl-C
+prints one line and exits 130 (no traceback); 0 means success.
 
 Example:
     >>> main(["generate", "--frames", "0", "--out", "/tmp/never-written"])
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -63,9 +64,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.func = lambda _args: main_job()
     try:
         return int(args.func(args) or 0)
-    except (CliError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as exc:
-        sys.stderr.write(f"edge-sim {args.command}: error: {exc}\n")
+    except (CliError, ValueError, OSError) as exc:  # OSError: missing, unreadable or unwritable files
+        sys.stderr.write(f"edge-sim {args.command}: error: {_one_line(exc)}\n")
         return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line (a crafted file name or value may hold newlines)."""
+    text = str(exc) or type(exc).__name__
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``edge-sim``; 0 success, 2 an expected error (one line on stderr), 130 interrupted (Ctrl-C)."""
+    try:
+        return _main(argv)
     except KeyboardInterrupt:
         sys.stderr.write("edge-sim: interrupted\n")
         return 130

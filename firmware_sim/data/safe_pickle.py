@@ -112,7 +112,7 @@ def _read_regular(path: str, max_bytes: int) -> bytes:
         if info.st_size > max_bytes:
             raise ValueError(f"{path}: expected a pickle of at most {max_bytes} bytes, got {info.st_size}")
         try:
-            return handle.read(max_bytes + 1)
+            return handle.read(min(info.st_size, max_bytes) + 1)  # read(n) allocates n bytes up front
         except OSError as exc:
             raise ValueError(f"{path}: expected a readable pickle file, got {type(exc).__name__}: {exc}") from exc
 

@@ -64,7 +64,9 @@ _IDX_DTYPES: dict[int, np.dtype[Any]] = {0x08: np.dtype(np.uint8), 0x09: np.dtyp
 #: Largest label a source may hold: a class name is made for every label up to the largest one.
 MAX_LABEL = 99_999
 #: Largest array (bytes) a parser reads into memory: an IDX payload or a compressed npz member.
-MAX_ARRAY_BYTES = 4 << 30
+MAX_ARRAY_BYTES = 2 << 30
+#: Deflate cannot inflate by more than about 1032:1; a member claiming more is corrupt or crafted.
+_MAX_DEFLATE_RATIO = 1032
 
 
 @dataclass(frozen=True)
@@ -327,6 +329,10 @@ def npz_member(path: str | os.PathLike[str], member: str, *, memmap: bool = Fals
             if nbytes > max_bytes:
                 raise ValueError(f"{path}: member '{name}': expected at most {max_bytes} bytes to read into "
                                  f"memory, got {dtype} {tuple(shape)} = {nbytes} bytes")
+            packed = info.compress_size if info.compress_type == zipfile.ZIP_DEFLATED else info.file_size
+            if info.file_size > packed * _MAX_DEFLATE_RATIO + 1024:
+                raise ValueError(f"{path}: member '{name}': expected at most {_MAX_DEFLATE_RATIO}x its "
+                                 f"{packed} stored bytes, got a claimed {info.file_size} bytes")
             with zf.open(info) as member_file:
                 reader: Any = member_file
                 reader.read(header_len)
