@@ -1,8 +1,16 @@
 """Edge side: runs a frozen backbone and trains a small head on the device.
 
-Imports only the standard library and NumPy at module level; the inference runtimes
-(`ai_edge_litert`, `tflite_runtime`, `onnxruntime`) are imported lazily when a backbone is opened.
-TensorFlow is never imported here.
+What lives here: the manifest (`manifest`, its schema is the consumer's), backbone runtimes behind
+one interface (`runtimes`, `preprocess`), the seams (`base`: the `Head` protocol and the
+`Standardizer`), trainable heads (`heads` in NumPy, `tflite_head` inside a ``.tflite`` file), the
+replay buffer (`buffer`), continual-learning strategies (`strategies`), the `Agent` (`agent`),
+atomic checkpoints (`checkpoint`, `atomic`), errors (`errors`) and the on-device CLI (`cli`).
+
+What must never be imported from here: ``tensorflow`` / ``keras`` (a device has neither; a test
+checks that a full learn/predict cycle never loads them), ``host`` (the workstation tool) and
+``firmware_sim`` (the simulator drives this package, never the reverse). At module level only the
+standard library and NumPy are imported; the inference runtimes (`ai_edge_litert`,
+`tflite_runtime`, `onnxruntime`) are imported lazily when a backbone or a ``.tflite`` head is opened.
 
 Example:
     >>> import edge
@@ -12,11 +20,13 @@ Example:
 """
 
 from edge.agent import Agent, AgentConfig
+from edge.base import Head, Standardizer
 from edge.buffer import ReplayBuffer
 from edge.checkpoint import Checkpoint, CheckpointStore
 from edge.errors import (
     ChecksumError,
     CheckpointError,
+    ConfigError,
     EdgeError,
     IncompatibleCheckpointError,
     InputError,
@@ -43,7 +53,9 @@ __all__ = [
     "CheckpointError",
     "CheckpointStore",
     "ChecksumError",
+    "ConfigError",
     "EdgeError",
+    "Head",
     "IncompatibleCheckpointError",
     "InputError",
     "LiteRTBackbone",
@@ -57,6 +69,7 @@ __all__ = [
     "ReplayBuffer",
     "RuntimeUnavailableError",
     "SoftmaxHead",
+    "Standardizer",
     "Strategy",
     "load_manifest",
     "make_head",

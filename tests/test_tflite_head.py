@@ -252,3 +252,36 @@ def test_tflite_head_trains_in_a_process_without_tensorflow() -> None:
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("ok ")
+
+
+@pytest.mark.parametrize("path,kind,optimizer", [(SOFTMAX_SGD, "softmax", "sgd"), (MLP_ADAM, "mlp", "adam")],
+                         ids=["softmax-sgd", "mlp-adam"])
+def test_both_backends_implement_the_head_protocol_alike(path: Path, kind: str, optimizer: str) -> None:
+    from edge.base import Head
+
+    kw = dict(optimizer=optimizer, weight_decay=1e-4, seed=4)
+    ref = make_head(kind, 256, 50, **kw)
+    tfl = TFLiteHead(path, 256, 50, kind=kind, **kw)
+    assert isinstance(ref, Head) and isinstance(tfl, Head)
+    assert tfl.output_layer == ref.output_layer
+    x = np.random.default_rng(0).normal(size=(8, 256)).astype(np.float32)
+    y = np.arange(8) % 3
+    ref.step(x, y)
+    tfl.step(x, y)
+    np.testing.assert_allclose(tfl.get_output_weights(), ref.get_output_weights(), rtol=RTOL, atol=ATOL)
+    # Writing the output layer (and zeroing its optimizer slots) does the same on both backends.
+    vectors = np.random.default_rng(1).normal(size=ref.get_output_weights().shape).astype(np.float32)
+    for head in (ref, tfl):
+        head.set_output_weights(vectors, reset_optimizer=True)
+        np.testing.assert_array_equal(head.get_output_weights(), vectors)
+    w, b = ref.output_layer
+    assert all(not tfl.state_dict()[k].any() for k in tfl.state_dict() if k.startswith("opt.") and
+               k.rsplit(".", 1)[1] in (w, b))
+    with pytest.raises(InputError, match="expected shape"):
+        tfl.set_output_weights(vectors[:, :-1])
+    # reset(seed): the initial weights the NumPy head draws for that seed (cumulative relies on it).
+    tfl.reset(11)
+    fresh = make_head(kind, 256, 50, **{**kw, "seed": 11})
+    for key, value in fresh.state_dict().items():
+        np.testing.assert_array_equal(tfl.state_dict()[key], value, err_msg=key)
+    assert tfl.seed == 4 and tfl.classes_.tolist() == []
