@@ -38,6 +38,7 @@ from edge.errors import (
 )
 from edge.heads import MLPHead, SoftmaxHead, make_head
 from edge.manifest import SCHEMA_VERSION, Manifest, load_manifest
+from edge.models import default_model_dir
 from edge.runtimes import Backbone, LiteRTBackbone, OnnxBackbone, open_backbone
 from edge.strategies import STRATEGIES, Strategy, make_strategy
 
@@ -71,6 +72,7 @@ __all__ = [
     "SoftmaxHead",
     "Standardizer",
     "Strategy",
+    "default_model_dir",
     "load_manifest",
     "make_head",
     "make_strategy",

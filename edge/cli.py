@@ -32,8 +32,10 @@ from edge.errors import CheckpointError, EdgeError, InputError
 from edge.heads import HEADS
 from edge.images import load_image
 from edge.lock import DEFAULT_TIMEOUT_S, StateLock
+from edge.models import default_model_dir
 from edge.runtimes import open_backbone
 from edge.strategies import STRATEGIES
+from edge.version import package_version
 
 logger = logging.getLogger("edge.cli")
 
@@ -113,7 +115,7 @@ def _config_from_args(args: argparse.Namespace) -> AgentConfig:
 
 def _open(args: argparse.Namespace, exclusive: bool = False) -> tuple[Agent, CheckpointStore, int | None]:
     """Backbone + the newest usable checkpoint (older ones when it cannot be restored)."""
-    backbone = open_backbone(args.model, runtime=args.runtime, precision=args.precision,
+    backbone = open_backbone(args.model or default_model_dir(), runtime=args.runtime, precision=args.precision,
                              num_threads=args.threads)
     store = CheckpointStore(args.state, backbone.manifest.fingerprint, validate_config=validate_agent_config,
                             exclusive=exclusive)
@@ -224,10 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Continual learning on the device: a frozen backbone, a small trainable head, "
                     "a replay buffer and atomic checkpoints.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log warnings and info")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     common = _OneLineParser(add_help=False)
-    common.add_argument("--model", required=True, help="model directory with manifest.json")
+    common.add_argument("--model", default=None, help="model directory with manifest.json "
+                        "(default: the model shipped in the package, edge.models.default_model_dir())")
     common.add_argument("--state", required=True, help="state directory (checkpoints)")
     common.add_argument("--runtime", default="auto", choices=("auto", "litert", "onnx"),
                         help="inference runtime (default: auto = LiteRT if installed)")

@@ -37,9 +37,10 @@ SCENARIO_HELP = (f"for core50/synthetic data: {', '.join(SCENARIOS)}; for idx/np
 
 
 def default_model_dir() -> Path:
-    """``models/default`` of this checkout (next to the package), else of the working directory."""
-    beside = Path(__file__).resolve().parents[2] / "models" / "default"
-    return beside if (beside / "manifest.json").is_file() else Path("models") / "default"
+    """The shipped default model (`edge.models.default_model_dir`: package data, else the checkout's)."""
+    from edge.models import default_model_dir as packaged
+
+    return packaged()
 
 
 @dataclass(frozen=True)
