@@ -98,7 +98,8 @@ def prepare_images(images: LabelledImages, input_size: int, channels: int) -> np
     return x
 
 
-def channel_stats(x_uint8: np.ndarray, scale: float = 1.0 / 255.0, chunk: int = 4096) -> tuple[list[float], list[float]]:
+def channel_stats(x_uint8: np.ndarray, scale: float = 1.0 / 255.0,
+                  chunk: int = 4096) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of ``x * scale`` (used as the manifest's preprocessing).
 
     Exact integer sums of the uint8 values, ``chunk`` frames at a time: no float copy of the set.
@@ -130,7 +131,8 @@ def normalise(x_uint8: np.ndarray, mean: list[float], std: list[float], scale: f
     return x
 
 
-def select_classes(images: LabelledImages, classes: tuple[int, ...] | list[int]) -> tuple[LabelledImages, dict[int, int]]:
+def select_classes(images: LabelledImages,
+                   classes: tuple[int, ...] | list[int]) -> tuple[LabelledImages, dict[int, int]]:
     """Only the images of ``classes`` (source labels), relabelled ``0..m-1`` in the given order.
 
     Returns the subset and the map source label -> pretraining label (recorded in ``pretrain.json``).
