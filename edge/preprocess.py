@@ -96,22 +96,7 @@ def preprocess(frames: np.ndarray, input_shape: tuple[int, int, int],
     Computes ``(x * scale - mean) / std`` per channel after channel adaptation and resize.
     """
     batch = as_frame_batch(frames)
-    height, width, channels = input_shape
-    if batch.shape[1:3] != (height, width):
-        batch = resize_frames(batch, height, width, preprocessing.resize)
-    x = batch.astype(np.float32, copy=False)
-    if channels == 3 and x.shape[3] == 1:
-        x = np.repeat(x, 3, axis=3)
-    elif channels == 1 and x.shape[3] == 3:
-        x = (x @ _LUMA)[..., np.newaxis]
-    if preprocessing.channel_order == "BGR" and channels == 3:
-        x = x[..., ::-1]
-    std = np.asarray(preprocessing.std, dtype=np.float32)
-    mult = np.float32(preprocessing.scale) / std
-    offset = -np.asarray(preprocessing.mean, dtype=np.float32) / std
-    out = x * mult  # new array: the caller's frames are never modified
-    out += offset
-    return out.astype(np.float32, copy=False)
+    return normalise_pixels(adapt_pixels(batch, input_shape, preprocessing), preprocessing)
 
 
 def quantize(values: np.ndarray, params: QuantParams) -> np.ndarray:
@@ -125,3 +110,116 @@ def dequantize(q: np.ndarray, params: QuantParams) -> np.ndarray:
     """Int8/uint8 -> float32 with ``v = (q - zero_point) * scale``."""
     return ((np.asarray(q, dtype=np.float32) - np.float32(params.zero_point))
             * np.float32(params.scale)).astype(np.float32, copy=False)
+
+
+def adapt_pixels(batch: np.ndarray, input_shape: tuple[int, int, int],
+                 preprocessing: Preprocessing) -> np.ndarray:
+    """A validated batch -> pixel values at the model's size, channels and channel order.
+
+    No normalisation: uint8 stays uint8 when no resize or luma conversion is needed, otherwise the
+    result is float32 pixel values in [0, 255].
+    """
+    height, width, channels = input_shape
+    x = batch
+    if x.shape[1:3] != (height, width):
+        x = resize_frames(x, height, width, preprocessing.resize)
+    if channels == 3 and x.shape[3] == 1:
+        x = np.repeat(x, 3, axis=3)
+    elif channels == 1 and x.shape[3] == 3:
+        x = (x.astype(np.float32, copy=False) @ _LUMA)[..., np.newaxis]
+    if preprocessing.channel_order == "BGR" and channels == 3:
+        x = x[..., ::-1]
+    return x
+
+
+def pixel_lut(preprocessing: Preprocessing, channels: int, quant: QuantParams | None = None) -> np.ndarray:
+    """``(channels, 256)`` table: pixel value -> model input, per channel.
+
+    The values are computed with the same float32 operations as `preprocess` (and `quantize` when
+    ``quant`` is given), so a table lookup gives bit-identical model input for uint8 pixels.
+    """
+    pixels = np.arange(256, dtype=np.float32)[:, np.newaxis].repeat(channels, axis=1)
+    std = np.asarray(preprocessing.std, dtype=np.float32)
+    mult = np.float32(preprocessing.scale) / std
+    offset = -np.asarray(preprocessing.mean, dtype=np.float32) / std
+    table = pixels * mult
+    table += offset
+    table = table.astype(np.float32, copy=False)
+    if quant is not None:
+        table = quantize(table, quant)
+    return np.ascontiguousarray(table.T)
+
+
+class InputMapper:
+    """Validated frames -> the model file's input tensor, built once per backbone.
+
+    ``input_dtype`` is the file's input tensor dtype: ``"uint8"`` (normalisation inside the graph:
+    camera bytes pass unchanged), ``"float32"`` (normalised in NumPy) or ``"int8"`` (normalised and
+    quantized with ``quant``). For uint8 frames of the model's size and channel count the float32
+    and int8 inputs come from a per-channel lookup table (`pixel_lut`), bit-identical to
+    `preprocess` (+ `quantize`). Any other frame (another size, channel count, float pixels) takes
+    the general path: resize / channel adaptation, then the same arithmetic; for a uint8 model the
+    float pixels are rounded to the nearest integer.
+
+    Example:
+        >>> from edge.manifest import Preprocessing
+        >>> m = InputMapper((2, 2, 3), Preprocessing(), "float32")
+        >>> m(np.full((1, 2, 2, 3), 255, np.uint8)).max()
+        np.float32(1.0)
+    """
+
+    def __init__(self, input_shape: tuple[int, int, int], preprocessing: Preprocessing,
+                 input_dtype: str, quant: QuantParams | None = None) -> None:
+        if input_dtype not in ("uint8", "float32", "int8"):
+            raise InputError(f"model input dtype: expected uint8, float32 or int8, got {input_dtype!r}")
+        if input_dtype == "int8" and quant is None:
+            raise InputError("model input dtype int8: expected quantization parameters, got none")
+        self.input_shape = tuple(int(v) for v in input_shape)
+        self.preprocessing = preprocessing
+        self.input_dtype = input_dtype
+        self.quant = quant
+        self._dtype = np.dtype(input_dtype)
+        channels = self.input_shape[2]
+        self._bgr = preprocessing.channel_order == "BGR" and channels == 3
+        self._lut: np.ndarray | None = None
+        self._lut1: np.ndarray | None = None
+        if input_dtype != "uint8":
+            self._lut = pixel_lut(preprocessing, channels, quant if input_dtype == "int8" else None)
+            if (self._lut == self._lut[:1]).all():  # the same map on every channel: one lookup
+                self._lut1 = np.ascontiguousarray(self._lut[0])
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """``batch``: frames already validated by `as_frame_batch` (4-D, uint8 or float pixels)."""
+        if batch.dtype == np.uint8 and batch.shape[1:] == self.input_shape:
+            return self._lookup(batch[..., ::-1] if self._bgr else batch)
+        pixels = adapt_pixels(batch, self.input_shape, self.preprocessing)  # type: ignore[arg-type]
+        if self.input_dtype == "uint8":
+            if pixels.dtype == np.uint8:
+                return np.ascontiguousarray(pixels)
+            return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+        if pixels.dtype == np.uint8:
+            return self._lookup(pixels)
+        x = normalise_pixels(pixels, self.preprocessing)
+        return quantize(x, self.quant) if self.input_dtype == "int8" else x  # type: ignore[arg-type]
+
+
+    def _lookup(self, src: np.ndarray) -> np.ndarray:
+        """uint8 pixels in the model's channel order -> model input."""
+        if self._lut is None:
+            return np.ascontiguousarray(src)
+        if self._lut1 is not None:
+            return np.take(self._lut1, src)
+        out = np.empty(src.shape, dtype=self._dtype)
+        for c in range(src.shape[3]):
+            out[..., c] = np.take(self._lut[c], src[..., c])
+        return out
+
+
+def normalise_pixels(pixels: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
+    """``(x * scale - mean) / std`` per channel in float32 (a new array)."""
+    std = np.asarray(preprocessing.std, dtype=np.float32)
+    mult = np.float32(preprocessing.scale) / std
+    offset = -np.asarray(preprocessing.mean, dtype=np.float32) / std
+    out = pixels.astype(np.float32, copy=False) * mult
+    out += offset
+    return out.astype(np.float32, copy=False)

@@ -42,7 +42,7 @@ from edge.errors import (
     RuntimeUnavailableError,
 )
 from edge.manifest import Manifest, ModelFile, QuantParams, load_manifest
-from edge.preprocess import dequantize, preprocess, quantize
+from edge.preprocess import InputMapper, as_frame_batch, quantize
 
 logger = logging.getLogger(__name__)
 
@@ -68,13 +68,19 @@ class BackboneInfo:
 
 
 class Backbone:
-    """Interface of a frozen feature extractor: uint8 frames -> ``(N, embedding_size)`` float32.
+    """Interface of a frozen feature extractor: frames -> ``(N, embedding_size)`` float32.
 
-    Subclasses implement `_run` (float model input -> embeddings) and `close`.
+    `embed` validates the frames once (`edge.preprocess.as_frame_batch`); `embed_batch` is the
+    trusted path for frames already validated that way (the agent validates at its boundary).
+    The frames become the file's input tensor through an `edge.preprocess.InputMapper`: unchanged
+    camera bytes for a uint8-input model (manifest ``input.dtype == "uint8"``, normalisation in
+    the graph), a per-channel lookup table for the float32 and int8 inputs of older manifests.
+    Subclasses set ``_mapper`` and implement `_run` (model input -> embeddings) and `close`.
     """
 
     manifest: Manifest
     info: BackboneInfo
+    _mapper: InputMapper
 
     @property
     def embedding_size(self) -> int:
@@ -83,31 +89,35 @@ class Backbone:
 
     def embed(self, frames: np.ndarray) -> np.ndarray:
         """Frames (uint8 ``(N, H, W, C)`` or ``(H, W, C)``) -> float32 ``(N, embedding_size)``."""
-        x = preprocess(frames, self.manifest.input_shape, self.manifest.preprocessing)
-        # preprocess accepted only finite pixel values and the manifest's affine map (std > 0) keeps
-        # them finite: skip a second full pass over the input (bench/: up to ~10 % at batch 32).
-        return self._embed_input(x, check_finite=False)
+        return self._run(self._mapper(as_frame_batch(frames)))
+
+    def embed_batch(self, batch: np.ndarray) -> np.ndarray:
+        """Trusted path: a batch already returned by `as_frame_batch` -> embeddings (no re-check)."""
+        return self._run(self._mapper(batch))
 
     def embed_preprocessed(self, x: np.ndarray) -> np.ndarray:
-        """Already-preprocessed float32 input ``(N, H, W, C)`` -> embeddings."""
-        return self._embed_input(x, check_finite=True)
+        """Already-preprocessed float32 input ``(N, H, W, C)`` (normalised, not quantized) -> embeddings.
 
-    def _embed_input(self, x: np.ndarray, check_finite: bool) -> np.ndarray:
+        For a uint8-input model the values are mapped back to pixels (inverse of the normalisation,
+        rounded), since its graph does the normalisation.
+        """
         x = np.asarray(x)
         expected = (None, *self.manifest.input_shape)
         if x.ndim != 4 or x.shape[1:] != tuple(self.manifest.input_shape) or x.shape[0] == 0:
             raise InputError(f"model input: expected shape {expected} with N >= 1, got {x.shape}")
         if not np.issubdtype(x.dtype, np.floating):
             raise InputError(f"model input: expected float32, got {x.dtype}")
-        if check_finite and not np.isfinite(x).all():
+        if not np.isfinite(x).all():
             raise InputError("model input: expected finite values, got NaN or inf")
-        out = self._run(np.ascontiguousarray(x, dtype=np.float32))
-        if out.shape != (x.shape[0], self.embedding_size):
-            raise ModelLoadError(
-                f"{self.info.file}: expected output shape {(x.shape[0], self.embedding_size)}, "
-                f"got {out.shape}"
-            )
-        return out
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        mapper = self._mapper
+        if mapper.input_dtype == "uint8":
+            pre = self.manifest.preprocessing
+            pixels = (x * np.asarray(pre.std, np.float32) + np.asarray(pre.mean, np.float32)) / np.float32(pre.scale)
+            return self._run(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+        if mapper.input_dtype == "int8":
+            return self._run(quantize(x, mapper.quant))  # type: ignore[arg-type]
+        return self._run(x)
 
     def _run(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -192,23 +202,47 @@ def _bucket(n: int, max_batch: int) -> int:
     return min(size, max_batch)
 
 
+class _Slot:
+    """One interpreter resized to one batch size, with its tensors' indices and a padded input."""
+
+    __slots__ = ("interp", "i_in", "i_out", "padded")
+
+    def __init__(self, interp: Any, i_in: int, i_out: int, padded: np.ndarray) -> None:
+        self.interp = interp
+        self.i_in = i_in
+        self.i_out = i_out
+        self.padded = padded  # preallocated (size, H, W, C) input for a short tail
+
+
+def _model_input_dtype(manifest: Manifest, entry: ModelFile) -> str:
+    """The input tensor dtype a file must have under its manifest."""
+    if manifest.input_dtype == "uint8":
+        return "uint8"
+    if entry.precision == "int8" and entry.input_quantization is not None:
+        return entry.input_quantization.dtype
+    return "float32"
+
+
 class LiteRTBackbone(Backbone):
     """A ``.tflite`` backbone on ai_edge_litert (fallback: tflite_runtime).
 
     Batching: inputs are cut into chunks of ``max_batch`` frames and each chunk size is rounded up
-    to a power of two (the tail is zero-padded). One interpreter is built per such size, once, and
-    kept in a small LRU cache (``max_cached_sizes=6`` holds every size 1..32), so a stream of
-    varying batch sizes allocates tensors at most log2(max_batch)+1 times. Measured on the 2-core dev box (models/default, 32x32, 2 threads,
-    same run, best of 10): a 300-frame ``embed`` took 50.2 ms (fp32) / 20.2 ms (int8) with
-    batch-1 invokes in a loop (``max_batch=1``) vs 48.6 ms / 17.5 ms resized to chunks of 32
-    (medians on a loaded box: 60.2 / 27.3 vs 50.2 / 18.2 ms). The gain is modest for this tiny
-    model (3 % fp32, 13 % int8) but batching is never slower; chunk sizes 8 to 64 are within noise
-    of each other. A fresh resize + allocate_tensors + first invoke cost 7.9 ms vs 4.7 ms for a
-    warm invoke of 32 frames (fp32), which is why sizes are cached rather than resized back and
-    forth.
+    to a power of two (the tail is zero-padded into a buffer allocated once per size). One
+    interpreter is built per such size, once, and kept in a small LRU cache
+    (``max_cached_sizes=6`` holds every size 1..32), so a stream of varying batch sizes allocates
+    tensors at most log2(max_batch)+1 times; the batch size -> bucket table is computed at load.
+    Measured on the 2-core dev box (models/default, 32x32, 2 threads, same run, best of 10): a
+    300-frame ``embed`` took 50.2 ms (fp32) / 20.2 ms (int8) with batch-1 invokes in a loop
+    (``max_batch=1``) vs 48.6 ms / 17.5 ms resized to chunks of 32. A fresh resize +
+    allocate_tensors + first invoke cost 7.9 ms vs 4.7 ms for a warm invoke of 32 frames (fp32),
+    which is why sizes are cached rather than resized back and forth.
 
-    int8 files: the float input is quantized and the output dequantized with the manifest's
-    parameters, which are checked against the interpreter's own at load.
+    Hot path per chunk: ``set_tensor``, ``invoke``, then the output is read through a view of the
+    interpreter's buffer (``tensor()``, released before the next invoke) straight into the result
+    (dequantized in place for int8): the only allocation per call is the returned array.
+
+    int8 files: the manifest's input/output parameters are checked against the interpreter's own
+    at load. A uint8-input file (``input.dtype == "uint8"``) takes the camera bytes unchanged.
 
     Example:
         >>> from edge.runtimes import LiteRTBackbone
@@ -226,20 +260,28 @@ class LiteRTBackbone(Backbone):
         self.precision = precision
         self.num_threads = num_threads
         self.max_batch = int(max_batch)
+        if self.max_batch < 1:
+            raise ConfigError(f"max_batch: expected >= 1, got {max_batch}")
         self.max_cached_sizes = int(max_cached_sizes)
         self._entry: ModelFile = manifest.file("tflite", precision)
         self._path = Path(model_dir) / self._entry.path
         self._interpreter_cls, package = import_litert_interpreter()
         self._model_content = self._path.read_bytes()
-        self._cache: OrderedDict[int, tuple[Any, int, int]] = OrderedDict()
+        self._cache: OrderedDict[int, _Slot] = OrderedDict()
+        self._buckets = [0] + [_bucket(n, self.max_batch) for n in range(1, self.max_batch + 1)]
+        self._in_dtype = np.dtype(_model_input_dtype(manifest, self._entry))
         self._in_q: QuantParams | None = None
         self._out_q: QuantParams | None = None
+        self._out_scale = np.float32(1.0)
+        self._out_zero = np.float32(0.0)
         self.info = BackboneInfo(runtime=package, precision=precision, file=str(self._path),
                                  threads=num_threads, providers=("CPU",))
         self._check_model()
+        self._mapper = InputMapper(manifest.input_shape, manifest.preprocessing, self._in_dtype.name,
+                                   self._in_q if self._in_dtype == np.int8 else None)
 
     # -- building
-    def _new_interpreter(self, batch: int) -> tuple[Any, int, int]:
+    def _new_slot(self, batch: int) -> _Slot:
         try:
             interp = self._interpreter_cls(model_content=self._model_content,
                                            num_threads=self.num_threads)
@@ -253,25 +295,36 @@ class LiteRTBackbone(Backbone):
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"{self._path}: the LiteRT interpreter cannot load it: {exc}") from exc
         out = interp.get_output_details()
-        return interp, int(inp[0]["index"]), int(out[0]["index"])
+        padded = np.zeros((batch, *self.manifest.input_shape), dtype=self._in_dtype)
+        return _Slot(interp, int(inp[0]["index"]), int(out[0]["index"]), padded)
 
     def _check_model(self) -> None:
-        interp, _, _ = self._interpreter(1)
+        interp = self._slot(1).interp
         inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
         want_shape = (1, *self.manifest.input_shape)
         if tuple(int(v) for v in inp["shape"]) != want_shape:
             raise ModelLoadError(f"{self._path}: input shape expected {want_shape} "
                                  f"(from the manifest), got {tuple(inp['shape'])}")
-        if int(out["shape"][-1]) != self.embedding_size:
-            raise ModelLoadError(f"{self._path}: embedding size expected {self.embedding_size}, "
-                                 f"got {int(out['shape'][-1])}")
+        if tuple(int(v) for v in out["shape"]) != (1, self.embedding_size):
+            raise ModelLoadError(f"{self._path}: embedding size expected {self.embedding_size} "
+                                 f"(output shape {(1, self.embedding_size)}), "
+                                 f"got output shape {tuple(int(v) for v in out['shape'])}")
         in_dtype = np.dtype(inp["dtype"])
+        if in_dtype != self._in_dtype:
+            raise ModelLoadError(f"{self._path}: {self.precision} file expected a {self._in_dtype} input "
+                                 f"(manifest input.dtype {self.manifest.input_dtype!r}), got {in_dtype}")
         if self.precision == "fp32":
-            if in_dtype != np.float32:
-                raise ModelLoadError(f"{self._path}: fp32 file expected a float32 input, got {in_dtype}")
+            if np.dtype(out["dtype"]) != np.float32:
+                raise ModelLoadError(f"{self._path}: fp32 file expected a float32 output, got {out['dtype']}")
             return
         self._in_q = self._checked_quant(self._entry.input_quantization, inp, "input")
         self._out_q = self._checked_quant(self._entry.output_quantization, out, "output")
+        if self._in_dtype == np.uint8 and (self._in_q.scale != 1.0 or self._in_q.zero_point != 0):
+            raise ModelLoadError(f"{self._path}: a uint8-input int8 file expected input quantization "
+                                 f"scale=1, zero_point=0 (camera bytes unchanged), got "
+                                 f"scale={self._in_q.scale}, zero_point={self._in_q.zero_point}")
+        self._out_scale = np.float32(self._out_q.scale)
+        self._out_zero = np.float32(self._out_q.zero_point)
 
     def _checked_quant(self, params: QuantParams | None, detail: dict[str, Any], what: str) -> QuantParams:
         scale, zero_point = (float(v) for v in detail["quantization"])
@@ -288,15 +341,17 @@ class LiteRTBackbone(Backbone):
             )
         return params
 
-    def _interpreter(self, batch: int) -> tuple[Any, int, int]:
-        hit = self._cache.get(batch)
+    def _slot(self, batch: int) -> _Slot:
+        cache = self._cache
+        hit = cache.get(batch)
         if hit is not None:
-            self._cache.move_to_end(batch)
+            if len(cache) > 1:
+                cache.move_to_end(batch)
             return hit
-        built = self._new_interpreter(batch)
-        self._cache[batch] = built
-        while len(self._cache) > max(1, self.max_cached_sizes):
-            self._cache.popitem(last=False)
+        built = self._new_slot(batch)
+        cache[batch] = built
+        while len(cache) > max(1, self.max_cached_sizes):
+            cache.popitem(last=False)
         return built
 
     # -- running
@@ -305,19 +360,26 @@ class LiteRTBackbone(Backbone):
             raise ModelLoadError(f"{self._path}: backbone is closed")
         n = x.shape[0]
         out = np.empty((n, self.embedding_size), dtype=np.float32)
-        feed = quantize(x, self._in_q) if self._in_q is not None else x
-        for start in range(0, n, self.max_batch):
-            chunk = feed[start:start + self.max_batch]
-            size = _bucket(len(chunk), self.max_batch)
-            if size != len(chunk):
-                padded = np.zeros((size, *chunk.shape[1:]), dtype=chunk.dtype)
-                padded[: len(chunk)] = chunk
-                chunk = padded
-            interp, i_in, i_out = self._interpreter(size)
-            interp.set_tensor(i_in, chunk)
+        step = self.max_batch
+        for start in range(0, n, step):
+            k = min(step, n - start)
+            size = self._buckets[k]
+            slot = self._slot(size)
+            chunk = x[start:start + k] if n > step or start else x
+            if size != k:
+                slot.padded[:k] = chunk
+                chunk = slot.padded
+            interp = slot.interp
+            interp.set_tensor(slot.i_in, chunk)
             interp.invoke()
-            raw = interp.get_tensor(i_out).reshape(size, -1)[: min(self.max_batch, n - start)]
-            out[start:start + len(raw)] = dequantize(raw, self._out_q) if self._out_q else raw
+            view = interp.tensor(slot.i_out)()
+            dst = out[start:start + k]
+            if self._out_q is None:
+                dst[...] = view[:k]
+            else:
+                np.subtract(view[:k], self._out_zero, out=dst, dtype=np.float32)
+                dst *= self._out_scale
+            del view  # no reference to the interpreter's buffer may outlive this invoke
         return out
 
     def close(self) -> None:
@@ -410,15 +472,28 @@ class OnnxBackbone(Backbone):
         self._fixed_batch = shape[0] if isinstance(shape[0], int) else None
         if tuple(shape[1:]) != tuple(manifest.input_shape):
             raise ModelLoadError(f"{path}: input shape expected (N, {manifest.input_shape}), got {shape}")
+        want = {"uint8": "tensor(uint8)", "float32": "tensor(float)"}[manifest.input_dtype]
+        if inputs[0].type != want:
+            raise ModelLoadError(f"{path}: input type expected {want} (manifest input.dtype "
+                                 f"{manifest.input_dtype!r}), got {inputs[0].type}")
+        outputs = self._session.get_outputs()
+        self._output_names = [outputs[0].name]
+        self._step = self._fixed_batch or self.max_batch
+        self._mapper = InputMapper(manifest.input_shape, manifest.preprocessing, manifest.input_dtype)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        if self._session is None:
+        session = self._session
+        if session is None:
             raise ModelLoadError(f"{self.info.file}: backbone is closed")
-        step = self._fixed_batch or self.max_batch
-        parts = [self._session.run(None, {self._input_name: x[i:i + step]})[0]
-                 for i in range(0, x.shape[0], step)]
-        out = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        return np.asarray(out, dtype=np.float32).reshape(x.shape[0], -1)
+        step, n = self._step, x.shape[0]
+        if n <= step:  # the common case: one run, its output returned as is
+            out = session.run(self._output_names, {self._input_name: x})[0]
+        else:
+            out = np.concatenate([session.run(self._output_names, {self._input_name: x[i:i + step]})[0]
+                                  for i in range(0, n, step)])
+        if out.dtype != np.float32 or out.shape != (n, self.embedding_size):
+            out = np.asarray(out, dtype=np.float32).reshape(n, self.embedding_size)
+        return out
 
     def close(self) -> None:
         """Drop the session (idempotent)."""

@@ -233,3 +233,51 @@ def test_edge_agent_status_prints_nothing_on_stderr(tmp_path):
                           str(tmp_path / "state")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stderr == "" and "model: default" in out.stdout
+
+
+# ----------------------------------------------------------------------------- the lean input path
+from edge.manifest import Preprocessing, QuantParams  # noqa: E402
+from edge.preprocess import InputMapper, as_frame_batch, preprocess, quantize  # noqa: E402
+
+_PRE = [
+    Preprocessing(scale=1 / 255, mean=(0.52, 0.54, 0.47), std=(0.19, 0.18, 0.16)),
+    Preprocessing(scale=1 / 127.5, mean=(1.0, 1.0, 1.0), std=(1.0, 1.0, 1.0)),  # one shared table
+    Preprocessing(scale=1 / 255, mean=(0.1, 0.2, 0.3), std=(0.5, 0.4, 0.3), channel_order="BGR"),
+]
+
+
+@pytest.mark.parametrize("pre", _PRE)
+def test_lookup_tables_give_the_same_bits_as_preprocess_and_quantize(pre):
+    """The per-channel tables of the float32 and int8 inputs are exact, not approximations."""
+    frames = np.random.default_rng(0).integers(0, 256, size=(5, 6, 7, 3), dtype=np.uint8)
+    frames[0, 0, 0] = (0, 255, 128)  # both ends of the range
+    want = preprocess(frames, (6, 7, 3), pre)
+    got = InputMapper((6, 7, 3), pre, "float32")(as_frame_batch(frames))
+    assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    q = QuantParams(scale=0.0173, zero_point=-3, dtype="int8")
+    got8 = InputMapper((6, 7, 3), pre, "int8", q)(as_frame_batch(frames))
+    assert got8.dtype == np.int8 and np.array_equal(got8, quantize(want, q))
+
+
+def test_uint8_model_input_passes_camera_bytes_unchanged_and_rounds_other_frames():
+    pre = _PRE[0]
+    frames = np.random.default_rng(1).integers(0, 256, size=(3, 4, 4, 3), dtype=np.uint8)
+    mapper = InputMapper((4, 4, 3), pre, "uint8")
+    got = mapper(frames)
+    assert got.dtype == np.uint8 and np.array_equal(got, frames)
+    floats = np.minimum(frames.astype(np.float32) + 0.4, 255)  # float pixel values are rounded to the nearest byte
+    assert np.array_equal(mapper(as_frame_batch(floats)), frames)
+    gray = frames[..., :1]  # another channel count takes the general path (replicated to RGB)
+    assert np.array_equal(mapper(as_frame_batch(gray)), np.repeat(gray, 3, axis=3))
+    bgr = InputMapper((4, 4, 3), Preprocessing(channel_order="BGR"), "uint8")
+    assert np.array_equal(bgr(frames), frames[..., ::-1])
+
+
+@pytest.mark.parametrize("case", ["litert-fp32", "litert-int8", "onnx-fp32"])
+def test_embed_equals_the_preprocessed_path_bit_for_bit(case):
+    """embed (table lookup, views, in-place dequantization) == the reference preprocess path."""
+    bb = backbone(case)
+    frames = _frames(37)
+    x = preprocess(frames, bb.manifest.input_shape, bb.manifest.preprocessing)
+    np.testing.assert_array_equal(bb.embed(frames), bb.embed_preprocessed(x))
+    np.testing.assert_array_equal(bb.embed_batch(as_frame_batch(frames[:1])), bb.embed(frames[:1]))
