@@ -47,6 +47,8 @@ FORMATS = ("tflite", "onnx")
 PRECISIONS = ("fp32", "int8")
 QUANT_DTYPES = ("int8", "uint8")
 RESIZE_METHODS = ("bilinear", "nearest", "bicubic", "area")
+#: Model input dtypes: float32 (normalised in NumPy) or uint8 (camera bytes; normalisation in the graph).
+INPUT_DTYPES = ("float32", "uint8")
 #: Version of the fingerprint's definition (part of the hashed text).
 FINGERPRINT_VERSION = 2
 #: Bounds of the parser: bytes of manifest.json and nesting depth of its JSON.
@@ -269,7 +271,7 @@ class Manifest:
         layout = inp.get("layout", "NHWC")
         _expect(layout == "NHWC", "input.layout", "'NHWC'", layout)
         input_dtype = inp.get("dtype", "float32")
-        _expect(input_dtype == "float32", "input.dtype", "'float32'", input_dtype)
+        _expect(input_dtype in INPUT_DTYPES, "input.dtype", "/".join(INPUT_DTYPES), input_dtype)
 
         pre = _get(data, "preprocessing", dict)
         _known_keys(pre, ("scale", "mean", "std", "channel_order", "resize"), "preprocessing")
