@@ -232,15 +232,25 @@ class Agent:
         if self.backbone is None:
             raise InputError("frames: this agent has no backbone (embedding-only); "
                              "expected precomputed embeddings, got frames")
-        batch = as_frame_batch(frames)
-        return self._check_embeddings(self.backbone.embed(batch))
+        return self._embed_batch(as_frame_batch(frames))
+
+    def _embed_batch(self, batch: np.ndarray) -> np.ndarray:
+        """Trusted path: frames validated by `as_frame_batch` -> float32 ``(N, embedding_size)``
+        (the backbone's output shape and dtype are fixed at load)."""
+        if self.backbone is None:
+            raise InputError("frames: this agent has no backbone (embedding-only); "
+                             "expected precomputed embeddings, got frames")
+        return self.backbone.embed_batch(batch)
 
     # ------------------------------------------------------------------ verbs
     def learn_many(self, frames: np.ndarray, labels: Any) -> None:
         """Embed a batch of frames once, then let the strategy learn from it. Returns None."""
         batch = as_frame_batch(frames)
         y = self._check_labels(labels, batch.shape[0])
-        self._learn(self.embed(batch), y)
+        x = self._embed_batch(batch)
+        if not np.isfinite(x).all():  # never let a broken backbone output reach the learned state
+            raise InputError("embeddings: expected finite values from the backbone, got NaN or inf")
+        self._learn(x, y)
 
     def learn_embeddings(self, emb: np.ndarray, labels: Any) -> None:
         """Learn from precomputed embeddings ``(N, embedding_size)``. Returns None."""
@@ -264,7 +274,11 @@ class Agent:
 
     def predict_proba_embeddings(self, emb: np.ndarray) -> np.ndarray:
         """``(N, max_classes)`` probabilities; 0 for classes never seen."""
-        z = self._standardize(self._check_embeddings(emb))
+        return self._proba(self._check_embeddings(emb))
+
+    def _proba(self, x: np.ndarray) -> np.ndarray:
+        """Trusted path: validated embeddings -> probabilities (one standardisation, one softmax)."""
+        z = self._standardize(x)
         if self.strategy.owns_classifier:
             return self.strategy.predict_proba(self.head, z)
         return self._require_head().predict_proba(z)
@@ -281,11 +295,11 @@ class Agent:
 
     def predict_proba_many(self, frames: np.ndarray) -> np.ndarray:
         """Frames -> ``(N, max_classes)`` probabilities."""
-        return self.predict_proba_embeddings(self.embed(frames))
+        return self._proba(self.embed(frames))
 
     def predict_many(self, frames: np.ndarray) -> np.ndarray:
         """Frames -> predicted labels (int64)."""
-        return self.predict_embeddings(self.embed(frames))
+        return self._proba(self.embed(frames)).argmax(axis=1).astype(np.int64)
 
     def evaluate(self, frames: np.ndarray, labels: Any) -> float:
         """Accuracy in [0, 1] on frames."""
