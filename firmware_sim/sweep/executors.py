@@ -1,0 +1,196 @@
+"""Where sweep jobs run: a local process pool (default) or a Ray cluster.
+
+An executor takes named jobs (``{job_id: (function, kwargs)}``) and yields ``(job_id, result)`` as
+each finishes, ``result`` being the function's return value or the exception it raised. Both
+retry a job whose worker process died (a crash, the OOM killer, a lost node) up to ``max_retries``
+times; an exception raised by the job itself is not retried (it would fail again).
+
+Ray is imported only by :class:`RayExecutor` (``pip install 'edge-continual[sweep-ray]'``).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Callable, Iterator
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Executor", "LocalExecutor", "RayExecutor", "default_workers", "make_executor"]
+
+Job = tuple[Callable[..., Any], dict[str, Any]]
+
+
+class WorkerDied(RuntimeError):
+    """A job's worker process died more often than ``max_retries`` allows."""
+
+
+def default_workers() -> int:
+    """The CPUs this process may use (affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="job", disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+class Executor:
+    """Interface: ``run(jobs, desc)`` yields finished jobs; ``share(value)`` makes a value shippable."""
+
+    name = "base"
+    retries = 0  # worker deaths retried so far
+
+    def run(self, jobs: dict[str, Job], desc: str = "") -> Iterator[tuple[str, Any]]:  # pragma: no cover
+        raise NotImplementedError
+
+    def share(self, value: Any) -> Any:
+        """A handle to ``value`` for jobs' kwargs (the object store on Ray); None: jobs read the disk cache."""
+        return None
+
+    def close(self) -> None:
+        """Release the executor's resources."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class LocalExecutor(Executor):
+    """``concurrent.futures.ProcessPoolExecutor`` (spawned workers) of ``workers`` processes.
+
+    When a worker dies the pool breaks; the unfinished jobs are resubmitted to a new pool, each
+    counting one attempt, up to ``max_retries`` retries per job.
+    """
+
+    name = "local"
+
+    def __init__(self, workers: int | None = None, max_retries: int = 3, progress: bool = False) -> None:
+        if workers is not None and workers < 1:
+            raise ValueError(f"--workers: expected >= 1, got {workers}")
+        if max_retries < 0:
+            raise ValueError(f"--max-retries: expected >= 0, got {max_retries}")
+        self.workers = workers or default_workers()
+        self.max_retries = max_retries
+        self.progress = progress
+        self.retries = 0
+
+    def run(self, jobs: dict[str, Job], desc: str = "") -> Iterator[tuple[str, Any]]:
+        pending = dict(jobs)
+        attempts = {job_id: 0 for job_id in jobs}
+        context = multiprocessing.get_context("spawn")  # never fork a process holding runtime threads
+        with _progress(len(jobs), desc, self.progress) as bar:
+            while pending:
+                broken: list[str] = []
+                with ProcessPoolExecutor(max_workers=min(self.workers, len(pending)), mp_context=context) as pool:
+                    futures: dict[Future[Any], str] = {}
+                    for job_id, (fn, kwargs) in pending.items():
+                        attempts[job_id] += 1
+                        futures[pool.submit(fn, **kwargs)] = job_id
+                    remaining = set(futures)
+                    while remaining:
+                        done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+                        for future in done:
+                            job_id = futures[future]
+                            exc = future.exception()
+                            if isinstance(exc, BrokenProcessPool):
+                                broken.append(job_id)
+                                continue
+                            del pending[job_id]
+                            bar.update(1)
+                            yield job_id, exc if exc is not None else future.result()
+                for job_id in broken:
+                    if attempts[job_id] > self.max_retries:
+                        del pending[job_id]
+                        bar.update(1)
+                        yield job_id, WorkerDied(f"job {job_id}: its worker died {attempts[job_id]} times; "
+                                                 f"expected at most {self.max_retries} retries")
+                if pending:
+                    self.retries += 1
+                    log.warning("a worker died; resubmitting %d unfinished job(s) to a new pool", len(pending))
+
+
+class RayExecutor(Executor):
+    """One Ray task per job (``num_cpus`` each, ``max_retries`` on worker death), on ``address``.
+
+    ``address=None`` starts a local Ray instance with ``workers`` CPUs (or all of them); an address
+    (``HOST:PORT``, or ``"auto"``) connects to a running cluster, as ``ray.init`` does.
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, workers: int | None = None, num_cpus: float = 1.0,
+                 max_retries: int = 3, progress: bool = False) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise ValueError("--executor ray: expected Ray to be installed "
+                             "(pip install 'edge-continual[sweep-ray]'), got no module 'ray'") from None
+        if max_retries < 0:
+            raise ValueError(f"--max-retries: expected >= 0, got {max_retries}")
+        self._ray = ray
+        self.num_cpus = num_cpus
+        self.max_retries = max_retries
+        self.progress = progress
+        self.retries = 0
+        self._started = not ray.is_initialized()
+        if self._started:
+            if address:
+                ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+            else:
+                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.WARNING)
+        self._remote: dict[Callable[..., Any], Any] = {}
+
+    def _task(self, fn: Callable[..., Any]) -> Any:
+        if fn not in self._remote:
+            self._remote[fn] = self._ray.remote(num_cpus=self.num_cpus, max_retries=self.max_retries,
+                                                retry_exceptions=False)(fn)
+        return self._remote[fn]
+
+    def share(self, value: Any) -> Any:
+        return self._ray.put(value)
+
+    def run(self, jobs: dict[str, Job], desc: str = "") -> Iterator[tuple[str, Any]]:
+        ray = self._ray
+        refs = {self._task(fn).remote(**kwargs): job_id for job_id, (fn, kwargs) in jobs.items()}
+        remaining = list(refs)
+        with _progress(len(refs), desc, self.progress) as bar:
+            while remaining:
+                done, remaining = ray.wait(remaining, num_returns=1)
+                for ref in done:
+                    try:
+                        value: Any = ray.get(ref)
+                    except ray.exceptions.RayTaskError as exc:  # the job raised: report its own exception
+                        cause = exc.as_instanceof_cause()
+                        value = cause if isinstance(cause, Exception) else exc
+                    except ray.exceptions.WorkerCrashedError as exc:
+                        value = WorkerDied(f"job {refs[ref]}: its worker died more than {self.max_retries} "
+                                           f"times ({exc})")
+                    bar.update(1)
+                    yield refs[ref], value
+
+    def close(self) -> None:
+        if self._started and self._ray.is_initialized():
+            self._ray.shutdown()
+
+
+def make_executor(kind: str, *, workers: int | None = None, address: str | None = None, max_retries: int = 3,
+                  progress: bool = False) -> Executor:
+    """``local`` (process pool) or ``ray``; an address is only meaningful with ``ray``."""
+    if kind == "local":
+        if address:
+            raise ValueError(f"--ray-address: expected only with --executor ray, got {address!r} with local")
+        return LocalExecutor(workers, max_retries=max_retries, progress=progress)
+    if kind == "ray":
+        return RayExecutor(address, workers, max_retries=max_retries, progress=progress)
+    raise ValueError(f"--executor: expected local or ray, got {kind!r}")
