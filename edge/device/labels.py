@@ -1,0 +1,197 @@
+"""Class names <-> label indices, stored next to the agent's state as ``labels.*`` arrays.
+
+The agent learns integer labels in ``[0, max_classes)``; people teach names ("cup"). A `LabelMap`
+keeps the names, the number of samples taught per index and the *retired* indices (classes that were
+forgotten: they are masked out of every prediction and never handed out again, because a strategy
+that owns its classifier keeps their statistics). It is saved in the same checkpoint as the agent:
+`split_state` takes the ``labels.*`` keys out before `edge.agent.Agent.load_state_dict` sees the
+rest, and `LabelMap.state_dict` puts them back before a save, so the agent's own state format is
+unchanged.
+
+Integers keep working: a label given as digits (``"3"``) is that index, and an index without a name
+is shown as its digits.
+
+Example:
+    >>> labels = LabelMap(max_classes=4)
+    >>> labels.index_for("cup", create=True), labels.index_for("mug", create=True)
+    (0, 1)
+    >>> labels.rename("cup", "bowl")
+    0
+    >>> labels.name_of(0)
+    'bowl'
+    >>> LabelMap.from_state(labels.state_dict(), max_classes=4).names
+    {0: 'bowl', 1: 'mug'}
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from edge.errors import InputError
+
+PREFIX = "labels."
+#: A class name: 1-64 printable characters, not only digits (digits mean an index), no ``/``.
+MAX_NAME_CHARS = 64
+_MAX_JSON_BYTES = 1 << 20
+
+
+class UnknownClassError(InputError, KeyError):
+    """A class name or index that the state does not know."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+def check_name(name: Any) -> str:
+    """A valid class name, else `InputError` naming expected vs got."""
+    if not isinstance(name, str):
+        raise InputError(f"class name: expected a string, got {type(name).__name__}")
+    ok = (0 < len(name) <= MAX_NAME_CHARS and name == name.strip() and "/" not in name
+          and name.isprintable() and not name.isdigit())
+    if not ok:
+        raise InputError(f"class name: expected 1-{MAX_NAME_CHARS} printable characters without '/', "
+                         f"surrounding spaces or only digits, got {name!r:.80}")
+    return name
+
+
+class LabelMap:
+    """Names of label indices, samples taught per index, retired (forgotten) indices."""
+
+    def __init__(self, max_classes: int) -> None:
+        if max_classes < 1:
+            raise InputError(f"max_classes: expected >= 1, got {max_classes}")
+        self.max_classes = int(max_classes)
+        self.names: dict[int, str] = {}
+        self.counts = np.zeros(self.max_classes, dtype=np.int64)
+        self.retired = np.zeros(self.max_classes, dtype=bool)
+
+    # ---------------------------------------------------------------- lookup
+    def name_of(self, index: int) -> str:
+        """The name of an index, or its digits when it has none."""
+        return self.names.get(int(index), str(int(index)))
+
+    def find(self, label: str | int) -> int | None:
+        """The index of a name or of a digits/int label; None when unknown."""
+        if isinstance(label, (int, np.integer)) and not isinstance(label, bool):
+            index = int(label)
+        elif isinstance(label, str) and label.isdigit():
+            index = int(label)
+        elif isinstance(label, str):
+            for i, name in self.names.items():
+                if name == label:
+                    return i
+            return None
+        else:
+            raise InputError(f"label: expected a name or an int, got {type(label).__name__}")
+        if not 0 <= index < self.max_classes:
+            raise InputError(f"label: expected an index in [0, {self.max_classes - 1}] "
+                             f"(max_classes={self.max_classes}), got {index}")
+        return None if self.retired[index] else index
+
+    def index_for(self, label: str | int, create: bool = False, used: Iterable[int] = ()) -> int:
+        """The index of ``label``; with ``create`` a new name gets the lowest free index (not named,
+        not retired, not in ``used``, e.g. classes the agent learned by number)."""
+        index = self.find(label)
+        if index is not None:
+            return index
+        if isinstance(label, str) and not label.isdigit():
+            check_name(label)
+            if not create:
+                raise UnknownClassError(f"class {label!r}: expected one of {self.known()}, got an unknown name")
+            taken = set(self.names) | set(int(i) for i in used) | set(np.flatnonzero(self.retired).tolist())
+            for i in range(self.max_classes):
+                if i not in taken:
+                    self.names[i] = label
+                    return i
+            raise InputError(f"class {label!r}: expected a free index (max_classes={self.max_classes}), "
+                             "got every index in use")
+        raise UnknownClassError(f"class {label!r}: expected a known class, got a forgotten index")
+
+    def known(self) -> list[str]:
+        """Names (sorted by index)."""
+        return [self.names[i] for i in sorted(self.names)]
+
+    # ---------------------------------------------------------------- changes
+    def add_counts(self, index: int, n: int) -> None:
+        """Count ``n`` more samples taught as ``index``."""
+        self.counts[int(index)] += int(n)
+
+    def rename(self, old: str | int, new: str) -> int:
+        """Give a class a new name (unique); returns its index."""
+        check_name(new)
+        index = self.find(old)
+        if index is None:
+            raise UnknownClassError(f"class {old!r}: expected one of {self.known()}, got an unknown name")
+        other = self.find(new)
+        if other is not None and other != index:
+            raise InputError(f"class name {new!r}: expected an unused name, got the name of class {other}")
+        self.names[index] = new
+        return index
+
+    def forget(self, label: str | int) -> int:
+        """Retire a class: its name is freed and its index is masked from predictions; returns it."""
+        index = self.find(label)
+        if index is None:
+            raise UnknownClassError(f"class {label!r}: expected one of {self.known()}, got an unknown name")
+        self.names.pop(index, None)
+        self.retired[index] = True
+        self.counts[index] = 0
+        return index
+
+    def mask(self, proba: np.ndarray) -> np.ndarray:
+        """Probabilities with retired classes zeroed and rows renormalised (a new array)."""
+        if not self.retired.any():
+            return proba
+        out = np.array(proba, dtype=np.float64)
+        out[..., self.retired] = 0.0
+        total = out.sum(axis=-1, keepdims=True)
+        return np.divide(out, total, out=np.zeros_like(out), where=total > 0)
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """``labels.names`` (UTF-8 JSON as uint8), ``labels.counts``, ``labels.retired``."""
+        text = json.dumps({str(i): n for i, n in sorted(self.names.items())}, ensure_ascii=False)
+        return {f"{PREFIX}names": np.frombuffer(text.encode("utf-8"), dtype=np.uint8).copy(),
+                f"{PREFIX}counts": self.counts.copy(), f"{PREFIX}retired": self.retired.copy()}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, np.ndarray], max_classes: int) -> LabelMap:
+        """Inverse of `state_dict` (keys with the ``labels.`` prefix); a state without them gives an
+        empty map. Raises `InputError` on anything malformed."""
+        labels = cls(max_classes)
+        if f"{PREFIX}names" not in state:
+            return labels
+        raw = np.asarray(state[f"{PREFIX}names"])
+        if raw.dtype != np.uint8 or raw.ndim != 1 or raw.size > _MAX_JSON_BYTES:
+            raise InputError(f"labels.names: expected UTF-8 JSON bytes (uint8, 1-D, <= {_MAX_JSON_BYTES}), "
+                             f"got {raw.dtype}{raw.shape}")
+        try:
+            names = json.loads(raw.tobytes().decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise InputError(f"labels.names: expected a JSON object, got undecodable bytes ({exc})") from exc
+        if not isinstance(names, dict):
+            raise InputError(f"labels.names: expected a JSON object, got {type(names).__name__}")
+        for key, name in names.items():
+            if not key.isdigit() or not 0 <= int(key) < max_classes:
+                raise InputError(f"labels.names: expected indices in [0, {max_classes - 1}], got {key!r:.20}")
+            labels.names[int(key)] = check_name(name)
+        if len(set(labels.names.values())) != len(labels.names):
+            raise InputError("labels.names: expected unique names, got a duplicate")
+        for key, dtype in (("counts", np.int64), ("retired", np.bool_)):
+            arr = np.asarray(state.get(f"{PREFIX}{key}", getattr(labels, key)))
+            if arr.shape != (max_classes,) or arr.dtype != dtype:
+                raise InputError(f"labels.{key}: expected {np.dtype(dtype)}({max_classes},), got {arr.dtype}{arr.shape}")
+            setattr(labels, key, arr.copy())
+        return labels
+
+
+def split_state(state: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """A checkpoint's arrays -> (the agent's, the ``labels.*`` ones)."""
+    agent: dict[str, np.ndarray] = {}
+    labels: dict[str, np.ndarray] = {}
+    for key, value in state.items():
+        (labels if key.startswith(PREFIX) else agent)[key] = value
+    return agent, labels

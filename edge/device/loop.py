@@ -1,0 +1,522 @@
+"""`DeviceLoop`: predict on every frame, learn when taught, checkpoint after every learned batch.
+
+Threads: the source is read by a `FrameGrabber` (latest-frame semantics for cameras); the loop
+itself (``run``, the caller's thread) fits each frame to the model input, embeds it once, predicts
+every ``every``-th frame and collects the embeddings of taught frames; one learner thread trains on
+a *copy* of the agent and swaps it in with one assignment, so prediction keeps using the current
+head while a batch trains and never sees a half-updated one. After each learned batch the state is
+checkpointed (`edge.checkpoint.CheckpointStore`); `stop` (SIGTERM/SIGINT in ``edge-agent run``)
+finishes the batch in flight and writes a final checkpoint. The caller holds the state folder's
+`edge.lock.StateLock`.
+
+Teaching: `teach` (HTTP ``POST /teach``) queues a request; the next ``frames`` frames (or the frames
+of the next ``seconds`` of source time) are learned as that label. Frames that carry a label (a
+folder's ``DIR/<label>/`` files, a simulated teacher) are learned in batches of ``teach_batch``.
+
+The loop depends on nothing but an `edge.agent.Agent`, a `Source` and a clock, so ``edge-sim
+device`` drives this same loop with a simulated camera, teacher and frame clock.
+
+Example (a two-class stream, taught from labelled frames):
+    >>> import numpy as np, io
+    >>> from edge.agent import Agent
+    >>> from edge.runtimes import open_backbone
+    >>> from edge.device.sources import Frame, IterableSource
+    >>> agent = Agent(open_backbone("models/default"))
+    >>> red, blue = np.zeros((32, 32, 3), np.uint8), np.zeros((32, 32, 3), np.uint8)
+    >>> red[..., 0], blue[..., 2] = 200, 200
+    >>> frames = [Frame(red, i / 30, label="red") for i in range(20)]
+    >>> frames += [Frame(blue, 1 + i / 30, label="blue") for i in range(20)]
+    >>> frames += [Frame(red, 2.0, name="a.png"), Frame(blue, 2.1, name="b.png")]
+    >>> loop = DeviceLoop(agent, IterableSource(frames), events=EventWriter(None),
+    ...                   options=LoopOptions(exit_at_end=True))
+    >>> loop.run()
+    >>> loop.learned_batches, loop.latest_prediction()["label"]
+    (2, 'blue')
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from edge.agent import Agent
+from edge.checkpoint import CheckpointStore
+from edge.device.events import EventWriter
+from edge.device.labels import LabelMap, UnknownClassError, split_state
+from edge.device.resize import RESIZE_POLICIES, fit_frame
+from edge.device.sources import Frame, FrameGrabber, Source
+from edge.errors import ConfigError, EdgeError, InputError
+
+logger = logging.getLogger(__name__)
+
+#: Most frames one teach request may collect, and its longest duration in seconds.
+MAX_TEACH_FRAMES = 1000
+MAX_TEACH_SECONDS = 60.0
+#: Teach requests waiting to collect frames at most (more: `TeachQueueFull`).
+MAX_PENDING_TEACH = 8
+
+
+class TeachQueueFull(EdgeError, RuntimeError):
+    """Too many teach requests are waiting; retry once some are learned."""
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    """How the loop predicts and teaches.
+
+    Args:
+        every: predict every K-th frame (every frame is still embedded while a teach collects).
+        window: predictions averaged (probabilities) for the answer.
+        unknown_threshold: a smoothed top probability below this is ``unknown`` (0 disables).
+        resize: ``squash``, ``crop`` or ``letterbox`` (`edge.device.resize`).
+        exit_at_end: `DeviceLoop.run` returns once the source is exhausted and every teach is learned.
+        teach_batch: frames per learned batch for frames that carry their own label.
+        checkpoint: save after every learned batch and at the end (needs a store).
+        poll_s: how long the loop waits for a frame before checking for stop/exhaustion.
+    """
+
+    every: int = 1
+    window: int = 5
+    unknown_threshold: float = 0.5
+    resize: str = "squash"
+    exit_at_end: bool = False
+    teach_batch: int = 32
+    checkpoint: bool = True
+    poll_s: float = 0.05
+
+    def __post_init__(self) -> None:
+        checks = [
+            (1 <= self.every <= 10_000, "every", "an int in [1, 10000]", self.every),
+            (1 <= self.window <= 1_000, "window", "an int in [1, 1000]", self.window),
+            (0.0 <= self.unknown_threshold <= 1.0, "unknown_threshold", "in [0, 1]", self.unknown_threshold),
+            (self.resize in RESIZE_POLICIES, "resize", RESIZE_POLICIES, self.resize),
+            (1 <= self.teach_batch <= MAX_TEACH_FRAMES, "teach_batch", f"in [1, {MAX_TEACH_FRAMES}]",
+             self.teach_batch),
+            (0.0 < self.poll_s <= 5.0, "poll_s", "in (0, 5]", self.poll_s),
+        ]
+        for ok, name, expected, got in checks:
+            if not ok:
+                raise ConfigError(f"LoopOptions.{name}: expected {expected}, got {got!r}")
+
+
+def is_unknown(score: float, threshold: float) -> bool:
+    """Open-set rejection of one smoothed answer: its score is below the threshold.
+
+    The score is the agent's open-set score when it has one (``Agent.predict_scores``), else the
+    top smoothed probability; one function, so the rule can change in one place.
+    """
+    return threshold > 0.0 and not score >= threshold
+
+
+def open_set_scores(agent: Agent, emb: np.ndarray, proba: np.ndarray) -> np.ndarray:
+    """One score per row: the agent's open-set score (``predict_scores``) where it has one, else the
+    top probability."""
+    scorer = getattr(agent, "predict_scores", None)
+    if callable(scorer):
+        try:
+            return np.asarray(scorer(emb), dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):  # not calibrated yet
+            pass
+    return np.asarray(proba, dtype=np.float64).max(axis=1)
+
+
+@dataclass
+class _Teach:
+    index: int
+    name: str
+    frames: int | None
+    seconds: float | None
+    started: float | None = None
+    collected: list[np.ndarray] | None = None
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process (psutil)."""
+    import psutil
+
+    return int(psutil.Process(os.getpid()).memory_info().rss)
+
+
+def copy_agent(agent: Agent) -> Agent:
+    """A new agent with the same backbone, config and (copied) state."""
+    clone = Agent(agent.backbone, agent.config)
+    clone.load_state_dict(agent.state_dict())
+    return clone
+
+
+class DeviceLoop:
+    """The device runtime: one source, one agent, a learner thread, checkpoints.
+
+    Args:
+        agent: the `Agent` (with a backbone: frames are embedded by it).
+        source: a `edge.device.sources.Source`.
+        store: where checkpoints go (None: none are written).
+        labels: the names of the agent's classes (a fresh map when None).
+        options: `LoopOptions`.
+        events: an `EventWriter` (stdout in ``edge-agent run``).
+        clock: monotonic seconds (injectable: the simulator runs a frame clock).
+    """
+
+    def __init__(self, agent: Agent, source: Source, *, store: CheckpointStore | None = None,
+                 labels: LabelMap | None = None, options: LoopOptions | None = None,
+                 events: EventWriter | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        if agent.backbone is None:
+            raise ConfigError("DeviceLoop: expected an agent with a backbone (frames are embedded), got none")
+        self.options = options if options is not None else LoopOptions()
+        self.source = source
+        self.store = store
+        self.labels = labels if labels is not None else LabelMap(agent.config.max_classes)
+        if self.labels.max_classes != agent.config.max_classes:
+            raise ConfigError(f"labels: expected max_classes {agent.config.max_classes}, got {self.labels.max_classes}")
+        self.events = events if events is not None else EventWriter(None)
+        self.clock = clock
+        self._agent = agent
+        self.input_hw = tuple(agent.backbone.manifest.input_shape[:2])
+        self.grabber = FrameGrabber(source)
+        self._state_lock = threading.RLock()  # learner swap, rename, forget, checkpoint
+        self._teach_lock = threading.Lock()
+        self._pending: deque[_Teach] = deque()
+        self._learn_q: queue.Queue[tuple[int, np.ndarray] | None] = queue.Queue(maxsize=2 * MAX_PENDING_TEACH)
+        self._learning = 0  # batches queued or training
+        self._stop = threading.Event()
+        self._labelled: list[np.ndarray] = []
+        self._labelled_index: int | None = None
+        self._window: deque[np.ndarray] = deque(maxlen=self.options.window)
+        self._latest: dict[str, Any] | None = None
+        self._last_answer: tuple[Any, bool] | None = None
+        self._latency_ms: deque[float] = deque(maxlen=1000)
+        self._frame_times: deque[float] = deque(maxlen=120)
+        self.frames = 0
+        self.predictions = 0
+        self.learned_batches = 0
+        self.learn_errors = 0
+        self._reported_drops = 0
+        self.last_checkpoint: dict[str, Any] | None = None
+        self._learner = threading.Thread(target=self._learn_worker, name="edge-learner", daemon=True)
+
+    # --------------------------------------------------------------- public
+    @property
+    def agent(self) -> Agent:
+        """The current agent (replaced, never mutated, when a batch is learned)."""
+        return self._agent
+
+    def stop(self) -> None:
+        """Ask `run` to finish (thread- and signal-safe)."""
+        self._stop.set()
+
+    def teach(self, label: str | int, frames: int | None = None, seconds: float | None = None) -> dict[str, Any]:
+        """Learn the next ``frames`` frames (or ``seconds`` of frames) as ``label``; returns the request."""
+        if (frames is None) == (seconds is None):
+            raise InputError("teach: expected exactly one of frames or seconds, got "
+                             + ("both" if frames is not None else "neither"))
+        if frames is not None:
+            if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) \
+                    or not 1 <= frames <= MAX_TEACH_FRAMES:
+                raise InputError(f"teach frames: expected an int in [1, {MAX_TEACH_FRAMES}], got {frames!r:.40}")
+            frames = int(frames)
+        if seconds is not None:
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
+                    or not (math.isfinite(seconds) and 0.0 < seconds <= MAX_TEACH_SECONDS):
+                raise InputError(f"teach seconds: expected a number in (0, {MAX_TEACH_SECONDS:g}], "
+                                 f"got {seconds!r:.40}")
+            seconds = float(seconds)
+        with self._teach_lock:
+            if len(self._pending) >= MAX_PENDING_TEACH:
+                raise TeachQueueFull(f"teach: expected at most {MAX_PENDING_TEACH} waiting requests, got "
+                                     f"{len(self._pending)} already waiting (retry after they are learned)")
+            with self._state_lock:
+                index = self.labels.index_for(label, create=True, used=self._agent.classes_seen().tolist())
+                name = self.labels.name_of(index)
+            request = _Teach(index, name, frames, seconds)
+            self._pending.append(request)
+            position = len(self._pending)
+        self.events.emit("teach", label=name, index=index, frames=frames, seconds=seconds, queued=position)
+        return {"label": name, "index": index, "frames": frames, "seconds": seconds, "queued": position}
+
+    def rename(self, name: str, to: str) -> dict[str, Any]:
+        """Rename a class (checkpointed); returns ``{"index", "label"}``."""
+        with self._state_lock:
+            index = self.labels.rename(name, to)
+            self._save(reason="rename")
+        return {"index": index, "label": to}
+
+    def forget(self, name: str) -> dict[str, Any]:
+        """Forget a class: its replay rows and seen mark go, its index is retired (checkpointed)."""
+        with self._state_lock:
+            index = self.labels.find(name)
+            if index is None:
+                raise UnknownClassError(f"class {name!r}: expected one of {self.labels.known()}, got an unknown name")
+            state = self._agent.state_dict()
+            keep = np.asarray(state["buffer.labels"]) != index
+            for key in ("buffer.data", "buffer.labels", "buffer.scales"):
+                if state[key].shape[:1] == keep.shape:
+                    state[key] = state[key][keep]
+            state["buffer.seen_per_class"] = state["buffer.seen_per_class"].copy()
+            state["buffer.seen_per_class"][index] = 0
+            if "head.seen" in state:
+                state["head.seen"] = state["head.seen"].copy()
+                state["head.seen"][index] = False
+            clone = copy_agent(self._agent)
+            try:
+                clone.load_state_dict(state)
+            except (InputError, ValueError) as exc:  # a strategy's own statistics: masked only
+                logger.warning("forget %r: state kept, class masked from predictions (%s)", name, exc)
+            else:
+                self._agent = clone
+            self.labels.forget(index)
+            self._window.clear()
+            self._save(reason="forget")
+        return {"index": index, "forgotten": name}
+
+    def latest_prediction(self) -> dict[str, Any] | None:
+        """The latest answer: ``label``, ``index``, ``score``, ``unknown``, ``frame_time``, ``frame``."""
+        latest = self._latest
+        return None if latest is None else dict(latest)
+
+    def latency_ms(self) -> dict[str, float | None]:
+        """Per-prediction latency (fit + embed + predict), p50 / p99 over the last 1000."""
+        values = np.asarray(self._latency_ms, dtype=np.float64)
+        if not values.size:
+            return {"p50": None, "p99": None}
+        return {"p50": float(np.percentile(values, 50)), "p99": float(np.percentile(values, 99))}
+
+    def fps(self) -> float:
+        """Frames processed per second over the last ~120 frames (loop clock)."""
+        times = self._frame_times
+        if len(times) < 2 or times[-1] <= times[0]:
+            return 0.0
+        return (len(times) - 1) / (times[-1] - times[0])
+
+    def status(self) -> dict[str, Any]:
+        """What ``GET /status`` answers."""
+        agent = self._agent
+        backbone = agent.backbone
+        assert backbone is not None
+        counts = self.labels.counts
+        classes = [{"index": int(i), "name": self.labels.name_of(int(i)), "samples": int(counts[i])}
+                   for i in agent.classes_seen().tolist() if not self.labels.retired[i]]
+        mem = agent.memory_bytes()
+        with self._teach_lock:
+            pending = [{"label": t.name, "frames": t.frames, "seconds": t.seconds,
+                        "collected": len(t.collected or [])} for t in self._pending]
+        return {
+            "model": backbone.manifest.name, "fingerprint": backbone.manifest.fingerprint,
+            "runtime": backbone.info.runtime, "precision": backbone.info.precision,
+            "strategy": agent.config.strategy, "step": agent.step_, "classes": classes,
+            "buffer": {"fill": len(agent.buffer), "capacity": agent.buffer.capacity, "bytes": mem["buffer"]},
+            "state_bytes": mem["total"],
+            "state_bytes_on_disk": None if self.store is None else self.store.disk_bytes(),
+            "rss_bytes": rss_bytes(), "fps": round(self.fps(), 3), "frames": self.frames,
+            "predictions": self.predictions, "dropped_frames": self.grabber.dropped,
+            "learned_batches": self.learned_batches, "learning": self._learning, "teach_pending": pending,
+            "latency_ms": self.latency_ms(), "last_checkpoint": self.last_checkpoint,
+        }
+
+    # --------------------------------------------------------------- running
+    def run(self) -> None:
+        """Process frames until `stop`, or (``exit_at_end``) the source's end; then checkpoint."""
+        self._learner.start()
+        self.grabber.start()
+        try:
+            while not self._stop.is_set():
+                frame = self.grabber.get(self.options.poll_s)
+                self._report_drops()
+                if frame is None:
+                    if self.grabber.exhausted:
+                        if self.grabber.error is not None:
+                            self.events.emit("error", where="source", message=str(self.grabber.error))
+                        self._flush_teach(at_end=True)
+                        if self.options.exit_at_end or self.grabber.error is not None:
+                            break
+                        self._stop.wait(self.options.poll_s)
+                    elif self._labelled:  # a folder is idle: learn what its label folders gave
+                        self._flush_labelled()
+                    continue
+                try:
+                    self._process(frame)
+                except (EdgeError, ValueError) as exc:
+                    self.events.emit("error", where="frame", frame=self.frames, name=frame.name, message=str(exc))
+        finally:
+            self.grabber.stop()
+            self._learn_q.put(None)
+            self._learner.join()
+            with self._state_lock:
+                if self._agent.step_ > 0:
+                    self._save(reason="final", final=True)
+
+    def _report_drops(self) -> None:
+        dropped = self.grabber.dropped
+        if dropped > self._reported_drops and (dropped - self._reported_drops >= 30 or self.frames % 30 == 0):
+            self.events.emit("dropped", frames=dropped - self._reported_drops, total=dropped)
+            self._reported_drops = dropped
+
+    def _process(self, frame: Frame) -> None:
+        opts = self.options
+        agent = self._agent  # one reference per frame: a swap mid-frame cannot mix two heads
+        start = time.perf_counter()
+        image = fit_frame(frame.image, self.input_hw, opts.resize)  # type: ignore[arg-type]
+        self.frames += 1
+        self._frame_times.append(self.clock())
+        teach = self._current_teach()
+        if frame.label is None and self._labelled:  # a run of labelled files ended: learn it first
+            self._flush_labelled()
+            if not self.grabber.drop:
+                self._learn_q.join()
+        predict = frame.label is None and (frame.name is not None or (self.frames - 1) % opts.every == 0)
+        if not (teach is not None or predict or frame.label is not None):
+            return
+        emb = agent.embed(image[None])
+        if frame.label is not None:
+            self._add_labelled(frame.label, emb[0])
+        elif teach is not None:
+            self._collect(teach, emb[0], frame.timestamp)
+        if predict and agent.classes_seen().size:
+            self._predict(agent, emb, frame, start)
+
+    def _predict(self, agent: Agent, emb: np.ndarray, frame: Frame, start: float) -> None:
+        proba = self.labels.mask(agent.predict_proba_embeddings(emb))[0]
+        if frame.name is None:  # a stream: smooth over the last frames; a file stands alone
+            self._window.append(proba)
+            smooth = np.mean(self._window, axis=0)
+        else:
+            smooth = proba
+        index = int(smooth.argmax())
+        score = float(open_set_scores(agent, emb, smooth[None])[0])
+        unknown = is_unknown(score, self.options.unknown_threshold) or smooth[index] <= 0.0
+        label = "unknown" if unknown else self.labels.name_of(index)
+        self._latency_ms.append((time.perf_counter() - start) * 1000.0)
+        self.predictions += 1
+        self._latest = {"label": label, "index": None if unknown else index, "score": round(score, 6),
+                        "unknown": bool(unknown), "frame_time": frame.timestamp, "frame": self.frames,
+                        "name": frame.name}
+        answer = (label, unknown)
+        if frame.name is not None or answer != self._last_answer:
+            fields = {"label": label, "index": None if unknown else index, "score": round(score, 6),
+                      "unknown": bool(unknown), "frame": self.frames, "frame_time": round(frame.timestamp, 6)}
+            if frame.name is not None:
+                fields["file"] = frame.name
+            self.events.emit("prediction", **fields)
+        self._last_answer = answer
+
+    # --------------------------------------------------------------- teaching
+    def _current_teach(self) -> _Teach | None:
+        with self._teach_lock:
+            return self._pending[0] if self._pending else None
+
+    def _collect(self, teach: _Teach, emb: np.ndarray, timestamp: float) -> None:
+        if teach.collected is None:
+            teach.collected, teach.started = [], timestamp
+        teach.collected.append(emb)
+        assert teach.started is not None
+        done = (len(teach.collected) >= teach.frames if teach.frames is not None
+                else timestamp - teach.started >= (teach.seconds or 0.0))
+        if done:
+            with self._teach_lock:
+                self._pending.popleft()
+            self._submit(teach.index, np.stack(teach.collected))
+
+    def _flush_teach(self, at_end: bool) -> None:
+        """At the source's end: learn partial collections, drop requests that saw no frame."""
+        self._flush_labelled()
+        with self._teach_lock:
+            pending, self._pending = list(self._pending), deque()
+        for teach in pending:
+            if teach.collected:
+                self._submit(teach.index, np.stack(teach.collected))
+            else:
+                self.events.emit("error", where="teach", label=teach.name,
+                                 message="teach: expected frames to learn, got none (the source ended)")
+        if at_end:
+            self._learn_q.join()
+
+    def _add_labelled(self, label: str, emb: np.ndarray) -> None:
+        with self._state_lock:
+            try:
+                index = self.labels.index_for(label, create=True, used=self._agent.classes_seen().tolist())
+            except InputError as exc:
+                self.events.emit("error", where="teach", label=label, message=str(exc))
+                return
+        if self._labelled_index is not None and index != self._labelled_index:
+            self._flush_labelled()
+        self._labelled_index = index
+        self._labelled.append(emb)
+        if len(self._labelled) >= self.options.teach_batch:
+            self._flush_labelled()
+
+    def _flush_labelled(self) -> None:
+        if self._labelled and self._labelled_index is not None:
+            self._submit(self._labelled_index, np.stack(self._labelled))
+        self._labelled, self._labelled_index = [], None
+
+    def _submit(self, index: int, emb: np.ndarray) -> None:
+        self._learning += 1
+        self._learn_q.put((index, emb))
+
+    # --------------------------------------------------------------- learner
+    def _learn_worker(self) -> None:
+        while True:
+            item = self._learn_q.get()
+            try:
+                if item is None:
+                    return
+                self._learn_one(*item)
+            finally:
+                self._learn_q.task_done()
+
+    def _learn_one(self, index: int, emb: np.ndarray) -> None:
+        start = time.perf_counter()
+        try:
+            with self._state_lock:
+                clone = copy_agent(self._agent)
+                clone.learn_embeddings(emb, np.full(emb.shape[0], index, dtype=np.int64))
+                self._agent = clone  # the swap: one assignment
+                self.labels.add_counts(index, emb.shape[0])
+                self.learned_batches += 1
+                ms = (time.perf_counter() - start) * 1000.0
+                self.events.emit("learned", label=self.labels.name_of(index), index=index,
+                                 frames=int(emb.shape[0]), step=clone.step_, ms=round(ms, 3))
+                self._save(reason="learned")
+        except (EdgeError, ValueError, MemoryError) as exc:
+            self.learn_errors += 1
+            self.events.emit("error", where="learn", label=self.labels.name_of(index), message=str(exc))
+        finally:
+            self._learning -= 1
+
+    # --------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The agent's state plus the ``labels.*`` arrays: what a checkpoint holds."""
+        with self._state_lock:
+            state = self._agent.state_dict()
+            state.update(self.labels.state_dict())
+            return state
+
+    def _save(self, reason: str, final: bool = False) -> None:
+        if self.store is None or not self.options.checkpoint:
+            return
+        agent = self._agent
+        try:
+            path = self.store.save(self.state_dict(), agent.config.to_dict(), agent.step_)
+        except (EdgeError, OSError) as exc:
+            self.events.emit("error", where="checkpoint", message=str(exc))
+            return
+        self.last_checkpoint = {"step": agent.step_, "time": time.time(), "path": str(path)}
+        self.events.emit("checkpoint", step=agent.step_, path=str(path), reason=reason, final=final)
+
+
+def restore_agent(backbone: Any, ckpt: Any) -> tuple[Agent, LabelMap]:
+    """An agent and its `LabelMap` from a checkpoint written by the loop or ``edge-agent learn``."""
+    from edge.agent import AgentConfig
+
+    agent_state, label_state = split_state(ckpt.state)
+    agent = Agent(backbone, AgentConfig.from_dict(ckpt.config))
+    agent.load_state_dict(agent_state)
+    return agent, LabelMap.from_state(label_state, agent.config.max_classes)
