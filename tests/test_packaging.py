@@ -1,0 +1,135 @@
+"""Packaging: the wheel carries the default model, and an installed (not editable) ``edge`` runs
+``edge-agent`` from any folder without ``--model`` (issue 13, deployment).
+
+One wheel is built per test module (``pip wheel . --no-deps``, ~15 s) and installed with ``--no-deps``
+into a fresh virtual environment under ``tmp_path``. The runtime dependencies (NumPy, Pillow, the
+LiteRT runtime) come from this test interpreter's site-packages through a ``.pth`` line, which is
+appended *after* the new environment's own site-packages: the ``edge`` package and its metadata
+are the wheel's, and a test checks ``edge.__file__`` to prove it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_DIR = ROOT / "models" / "default"
+PACKAGED = "edge/models/default"
+
+
+def _project_version() -> str:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+ (a Jetson's 3.10 skips this one check)
+    with open(ROOT / "pyproject.toml", "rb") as fh:
+        return str(tomllib.load(fh)["project"]["version"])
+
+
+def _run(cmd: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _manifest_files(manifest: dict) -> list[tuple[str, str]]:
+    """(path, sha256) of every file the manifest names: backbones and heads."""
+    entries = list(manifest["files"]) + list(manifest.get("heads", []))
+    return [(e["path"], e["sha256"]) for e in entries]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    if not (MODEL_DIR / "manifest.json").is_file():
+        pytest.skip(f"the default model is missing: {MODEL_DIR}/manifest.json")
+    out = tmp_path_factory.mktemp("wheel")
+    proc = _run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q", "-w", str(out)],
+                cwd=out, timeout=300)
+    assert proc.returncode == 0, f"pip wheel: expected exit 0, got {proc.returncode}: {proc.stderr[-2000:]}"
+    wheels = sorted(out.glob("edge_continual-*.whl"))
+    assert len(wheels) == 1, f"expected one edge_continual wheel, got {[w.name for w in out.iterdir()]}"
+    return wheels[0]
+
+
+@pytest.fixture(scope="module")
+def venv(wheel, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("venv") / "venv"
+    proc = _run([sys.executable, "-m", "venv", "--without-pip", str(root)], cwd=root.parent)
+    assert proc.returncode == 0, proc.stderr
+    py = root / "bin" / "python"
+    site = Path(_run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                     cwd=root).stdout.strip())
+    # Dependencies from this interpreter, after the venv's own site-packages (see the module docstring).
+    (site / "zz_test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    proc = _run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "-q", str(wheel)],
+                cwd=root.parent, timeout=300)
+    assert proc.returncode == 0, f"pip install: expected exit 0, got {proc.returncode}: {proc.stderr[-2000:]}"
+    return root
+
+
+def test_wheel_carries_the_default_model_with_matching_hashes(wheel):
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        manifest_bytes = zf.read(f"{PACKAGED}/manifest.json")
+        manifest = json.loads(manifest_bytes)
+        assert manifest_bytes == (MODEL_DIR / "manifest.json").read_bytes()
+        files = _manifest_files(manifest)
+        assert {p for p, _ in files} >= {"backbone_fp32.tflite", "backbone_int8.tflite", "backbone.onnx"}
+        for path, sha in files:
+            member = f"{PACKAGED}/{path}"
+            assert member in names, f"wheel: expected {member}, got none"
+            got = hashlib.sha256(zf.read(member)).hexdigest()
+            assert got == sha, f"{member}: sha256 expected {sha}, got {got}"
+        # A link in git, files in the wheel: no symlink entries (external_attr file type 0o12).
+        info = zf.getinfo(f"{PACKAGED}/manifest.json")
+        assert (info.external_attr >> 16) & 0o170000 != 0o120000
+
+
+def test_default_model_is_one_copy_in_git():
+    """edge/models/default is a symbolic link (mode 120000) to models/default, not a second copy."""
+    proc = _run(["git", "ls-files", "-s", PACKAGED], cwd=ROOT)
+    if proc.returncode != 0 or not proc.stdout:
+        pytest.skip(f"not a git checkout with {PACKAGED} tracked: {proc.stderr.strip()}")
+    assert proc.stdout.split()[0] == "120000", f"{PACKAGED}: expected a symlink (120000), got {proc.stdout}"
+    import edge
+    from firmware_sim.commands.run import default_model_dir as sim_default
+
+    assert edge.default_model_dir().resolve() == MODEL_DIR.resolve()
+    assert sim_default() == edge.default_model_dir()
+
+
+def test_installed_wheel_runs_edge_agent_from_any_folder(venv, tmp_path):
+    py, agent = venv / "bin" / "python", venv / "bin" / "edge-agent"
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    proc = _run([str(py), "-c", "import edge, json; print(json.dumps([edge.__file__, "
+                 "str(edge.default_model_dir())]))"], cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    edge_file, model_dir = json.loads(proc.stdout)
+    assert Path(edge_file).is_relative_to(venv), f"edge: expected inside {venv}, got {edge_file}"
+    assert Path(model_dir).is_relative_to(venv), f"default model: expected inside {venv}, got {model_dir}"
+
+    proc = _run([str(agent), "--version"], cwd=work)
+    assert (proc.returncode, proc.stdout.strip()) == (0, f"edge-agent {_project_version()}"), proc.stderr
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(2):
+        path = work / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
+        images.append(path.name)
+    state = tmp_path / "state"
+    proc = _run([str(agent), "learn", "--state", str(state), "--label", "1", *images], cwd=work)
+    assert proc.returncode == 0, f"learn: expected exit 0, got {proc.returncode}: {proc.stderr}"
+    proc = _run([str(agent), "status", "--state", str(state), "--json"], cwd=work)
+    assert proc.returncode == 0, f"status: expected exit 0, got {proc.returncode}: {proc.stderr}"
+    status = json.loads(proc.stdout)
+    assert (status["model"], status["step"], status["classes_seen"]) == ("default", 1, [1])
