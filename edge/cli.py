@@ -8,6 +8,13 @@ never lose an update: the second waits up to ``--lock-timeout`` seconds, then fa
     edge-agent learn   --model models/default --state state/ --label 3 img1.png img2.png
     edge-agent predict --model models/default --state state/ img3.png
     edge-agent status  --model models/default --state state/
+    edge-agent run     --model models/default --state state/ --source camera:0 [--http 127.0.0.1:8080]
+    edge-agent teach   --label cup --frames 30 [--http 127.0.0.1:8080]
+
+``run`` is the long-running device runtime (`edge.device.loop.DeviceLoop`): it holds the lock for
+its lifetime (a second ``run`` on the same state is refused at once), predicts on every frame,
+learns what it is taught (``teach``, ``POST /teach``, ``folder:DIR/<label>/`` files) and
+checkpoints after each learned batch and on SIGTERM/SIGINT. Labels are names or indices everywhere.
 
 Expected errors (bad image, corrupt model, foreign checkpoint, a held lock, ...) print one line on
 stderr and exit with status 2; Ctrl-C prints one line and exits with 130. Warnings (e.g. a corrupt
@@ -20,6 +27,9 @@ import argparse
 import json
 import logging
 import math
+import os
+import re
+import signal
 import sys
 from typing import Callable, NoReturn, Sequence
 
@@ -27,9 +37,13 @@ import numpy as np
 
 from edge.agent import Agent, AgentConfig
 from edge.buffer import POLICIES, STORAGES
-from edge.checkpoint import CONFIG_LIMITS, Checkpoint, CheckpointStore, resume, validate_agent_config
+from edge.checkpoint import CONFIG_LIMITS, CheckpointStore, resume, validate_agent_config
+from edge.device.labels import LabelMap, check_name
 from edge.errors import CheckpointError, EdgeError, InputError
-from edge.heads import HEADS
+from edge.agent import HEAD_BACKENDS
+from edge.checkpoint import FLOAT_LIMITS
+from edge.device.resize import RESIZE_POLICIES
+from edge.heads import HEADS, OPTIMIZERS
 from edge.images import load_image
 from edge.lock import DEFAULT_TIMEOUT_S, StateLock
 from edge.models import default_model_dir
@@ -106,66 +120,107 @@ def _strategy_params(items: Sequence[str]) -> dict[str, object]:
     return parse_key_values(items, "--strategy-param")
 
 
+#: AgentConfig fields settable by a flag of the same meaning in edge-agent and edge-sim (dest names).
+_CONFIG_FLAGS = ("head", "hidden", "optimizer", "lr", "epochs", "batch_size", "max_classes", "strategy",
+                 "buffer_capacity", "buffer_policy", "buffer_storage", "replay_ratio", "seed", "head_backend",
+                 "head_file")
+
+
+def _asked_config(args: argparse.Namespace) -> dict[str, object]:
+    """The AgentConfig settings asked for explicitly: ``--config FILE`` values, then given flags."""
+    asked: dict[str, object] = {}
+    if getattr(args, "config", None):
+        from edge.device.config import load_config_values
+
+        asked.update(load_config_values(args.config))
+    for name in _CONFIG_FLAGS:
+        value = getattr(args, name, None)
+        if value is not None:
+            asked[name] = value
+    if getattr(args, "strategy_param", None):
+        asked["strategy_params"] = _strategy_params(args.strategy_param)
+    return asked
+
+
 def _config_from_args(args: argparse.Namespace) -> AgentConfig:
-    return AgentConfig(head=args.head, strategy=args.strategy, max_classes=args.max_classes,
-                       strategy_params=_strategy_params(args.strategy_param),
-                       buffer_capacity=args.buffer_capacity, buffer_policy=args.buffer_policy,
-                       buffer_storage=args.buffer_storage, seed=args.seed)
+    return AgentConfig.from_dict(_asked_config(args))
 
 
-def _open(args: argparse.Namespace, exclusive: bool = False) -> tuple[Agent, CheckpointStore, int | None]:
-    """Backbone + the newest usable checkpoint (older ones when it cannot be restored)."""
+def _open(args: argparse.Namespace, exclusive: bool = False) -> tuple[Agent, CheckpointStore, int | None, LabelMap]:
+    """Backbone + the newest usable checkpoint (older ones when it cannot be restored) + class names.
+
+    Settings asked for explicitly (``--config``, flags) must match a stored state's config.
+    """
+    from edge.device.config import check_stored
+    from edge.device.loop import restore_agent
+
+    asked = _asked_config(args)
     backbone = open_backbone(args.model or default_model_dir(), runtime=args.runtime, precision=args.precision,
                              num_threads=args.threads)
     store = CheckpointStore(args.state, backbone.manifest.fingerprint, validate_config=validate_agent_config,
                             exclusive=exclusive)
-
-    def restore(ckpt: Checkpoint) -> Agent:
-        agent = Agent(backbone, AgentConfig.from_dict(ckpt.config))
-        agent.load_state_dict(ckpt.state)
-        return agent
-
-    resumed = resume(store, restore)
+    resumed = resume(store, lambda ckpt: restore_agent(backbone, ckpt))
     if resumed is not None:
-        return resumed[0], store, resumed[1].step
-    config = _config_from_args(args)
+        (agent, labels), ckpt = resumed
+        check_stored(ckpt.config, asked)
+        return agent, store, ckpt.step, labels
     try:
-        validate_agent_config(config.to_dict())
+        validate_agent_config(AgentConfig.from_dict(asked).to_dict())
     except CheckpointError as exc:
         raise InputError(str(exc).replace("config.", "option ", 1)) from exc
-    return Agent(backbone, config), store, None
+    config = AgentConfig.from_dict(asked)
+    return Agent(backbone, config), store, None, LabelMap(config.max_classes)
+
+
+def _label_arg(text: str) -> str | int:
+    """``--label``: an int index in [0, max_classes) or a class name."""
+    if re.fullmatch(r"[+-]?\d+", text.strip()):
+        return _int_in(0, CONFIG_LIMITS["max_classes"][1] - 1)(text)
+    try:
+        return check_name(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _save_with_labels(store: CheckpointStore, agent: Agent, labels: LabelMap) -> "os.PathLike[str]":
+    state = agent.state_dict()
+    state.update(labels.state_dict())
+    return store.save(state, agent.config.to_dict(), agent.step_)
 
 
 def _cmd_learn(args: argparse.Namespace) -> int:
     with StateLock(args.state, timeout_s=args.lock_timeout):
-        agent, store, _ = _open(args, exclusive=True)
+        agent, store, _, labels = _open(args, exclusive=True)
         max_classes = agent.config.max_classes
-        if not 0 <= args.label < max_classes:
+        if isinstance(args.label, int) and not 0 <= args.label < max_classes:
             raise InputError(f"--label: expected an int in [0, {max_classes - 1}] (max_classes={max_classes}), "
                              f"got {args.label}")
+        index = labels.index_for(args.label, create=True, used=agent.classes_seen().tolist())
         frames = _frames_for(agent, args.images)
-        agent.learn_many(frames, np.full(len(frames), args.label, dtype=np.int64))
-        path = store.save(agent.state_dict(), agent.config.to_dict(), agent.step_)
-    print(f"learned {len(frames)} image(s) as label {args.label}; step {agent.step_}; saved {path}")
+        agent.learn_many(frames, np.full(len(frames), index, dtype=np.int64))
+        labels.add_counts(index, len(frames))
+        path = _save_with_labels(store, agent, labels)
+    print(f"learned {len(frames)} image(s) as label {labels.name_of(index)}; step {agent.step_}; saved {path}")
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    agent, _, step = _open(args)
+    agent, _, step, labels = _open(args)
     if step is None:
         raise InputError(f"state {args.state}: expected a learned state, got none (run learn first)")
-    proba = agent.predict_proba_many(_frames_for(agent, args.images))
+    proba = labels.mask(agent.predict_proba_many(_frames_for(agent, args.images)))
     for path, row in zip(args.images, proba):
         label = int(row.argmax())
         if args.json:
-            print(json.dumps({"path": path, "label": label, "probability": round(float(row[label]), 6)}))
+            print(json.dumps({"path": path, "label": label, "name": labels.name_of(label),
+                              "probability": round(float(row[label]), 6)}))
         else:
-            print(f"{tsv_field(path)}\t{label}\t{row[label]:.4f}")
+            print(f"{tsv_field(path)}\t{tsv_field(labels.name_of(label))}\t{row[label]:.4f}")
     return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    agent, store, step = _open(args)
+    agent, store, step, labels = _open(args)
     mem = agent.memory_bytes()
     info = {
         "model": agent.backbone.manifest.name if agent.backbone is not None else None,
@@ -173,6 +228,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         "precision": agent.backbone.info.precision if agent.backbone is not None else None,
         "step": step or 0,
         "classes_seen": agent.classes_seen().tolist(),
+        "class_names": {str(i): labels.name_of(i) for i in agent.classes_seen().tolist()},
         "buffer_fill": len(agent.buffer),
         "buffer_capacity": agent.buffer.capacity,
         "buffer_bytes": mem["buffer"],
@@ -189,6 +245,84 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from edge.device.events import EventWriter
+    from edge.device.loop import DeviceLoop, LoopOptions
+    from edge.device.sources import open_source
+
+    options = LoopOptions(every=args.every, window=args.window, unknown_threshold=args.unknown_threshold,
+                          resize=args.resize, exit_at_end=args.exit_at_end, teach_batch=args.teach_batch)
+    server = None
+    if not args.no_http:
+        from edge.device.http import parse_bind
+
+        host, port = parse_bind(args.http)
+    stream = open(args.events, "a", encoding="utf-8") if args.events else sys.stdout
+    received: list[int] = []
+    try:
+        with StateLock(args.state, timeout_s=args.lock_timeout):
+            agent, store, step, labels = _open(args, exclusive=True)
+            source = open_source(args.source, watch=not args.exit_at_end)
+            events = EventWriter(stream)
+            loop = DeviceLoop(agent, source, store=store, labels=labels, options=options, events=events)
+            if not args.no_http:
+                from edge.device.http import HTTPServer
+
+                server = HTTPServer(loop, host, port, token=args.token).start()
+
+            def on_signal(signum: int, _frame: object) -> None:
+                received.append(signum)
+                loop.stop()
+
+            previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+            try:
+                events.emit("started", pid=os.getpid(), source=args.source, step=step or 0,
+                            http=None if server is None else f"{server.host}:{server.port}",
+                            model=agent.backbone.manifest.name if agent.backbone else None,
+                            strategy=agent.config.strategy)
+                loop.run()
+            finally:
+                if server is not None:
+                    server.stop()
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+            events.emit("stopped", step=loop.agent.step_, frames=loop.frames, dropped=loop.grabber.dropped,
+                        signal=signal.Signals(received[0]).name if received else None)
+    finally:
+        if stream is not sys.stdout:
+            stream.close()
+    return EXIT_INTERRUPTED if received and received[0] == signal.SIGINT else 0
+
+
+def _cmd_teach(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    from edge.device.http import parse_bind
+
+    host, port = parse_bind(args.http)
+    label: object = int(args.label) if args.label.isdigit() else args.label
+    body = {"label": label, **({"frames": args.frames} if args.frames is not None else {"seconds": args.seconds})}
+    headers = {"Content-Type": "application/json"}
+    if args.token:
+        headers["Authorization"] = f"Bearer {args.token}"
+    url_host = f"[{host}]" if ":" in host else host
+    request = urllib.request.Request(f"http://{url_host}:{port}/teach", data=json.dumps(body).encode(),
+                                     headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - http to the given agent
+            print(response.read().decode("utf-8", "replace").strip())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read().decode("utf-8", "replace")).get("error", "")
+        except ValueError:
+            message = ""
+        raise InputError(f"teach: the agent answered {exc.code}: {message or exc.reason}") from None
+    except urllib.error.URLError as exc:
+        raise InputError(f"teach: expected a running agent at {host}:{port}, got {exc.reason}") from None
+    return 0
+
+
 def _int_in(lo: int, hi: int) -> Callable[[str], int]:
     """An argparse type: an int in [lo, hi], else a one-line usage error naming expected vs got."""
     def parse(text: str) -> int:
@@ -198,6 +332,19 @@ def _int_in(lo: int, hi: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected an int, got {text!r:.40}") from None
         if not lo <= value <= hi:
             raise argparse.ArgumentTypeError(f"expected an int in [{lo}, {hi}], got {text:.40}")
+        return value
+    return parse
+
+
+def _float_in(lo: float, hi: float) -> Callable[[str], float]:
+    """An argparse type: a finite float in [lo, hi]."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r:.40}") from None
+        if not (math.isfinite(value) and lo <= value <= hi):
+            raise argparse.ArgumentTypeError(f"expected a number in [{lo:g}, {hi:g}], got {text:.40}")
         return value
     return parse
 
@@ -240,22 +387,41 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--threads", type=_int_in(1, 256), default=None, help="inference threads")
     common.add_argument("--lock-timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                         help=f"learn: wait this long for another writer's lock (default {DEFAULT_TIMEOUT_S:g})")
-    fresh = common.add_argument_group("new state (used on first boot only; later runs use the "
-                                      "configuration stored in the checkpoint)")
-    fresh.add_argument("--head", default="softmax", choices=sorted(HEADS))
-    fresh.add_argument("--strategy", default="replay", choices=sorted(STRATEGIES),
+    fresh = common.add_argument_group(
+        "agent configuration (defaults: AgentConfig's; a new state is created with it; a stored state keeps "
+        "its own, and a setting given here or in --config that differs from it is an error)")
+    fresh.add_argument("--config", default=None, metavar="FILE",
+                       help="AgentConfig as JSON or TOML (the same file works for edge-sim); flags override it")
+    fresh.add_argument("--head", default=None, choices=sorted(HEADS))
+    fresh.add_argument("--hidden", type=_int_in(*CONFIG_LIMITS["hidden"]), default=None, help="MLP head hidden units")
+    fresh.add_argument("--optimizer", default=None, choices=OPTIMIZERS)
+    fresh.add_argument("--lr", type=_float_in(*FLOAT_LIMITS["lr"]), default=None, help="learning rate")
+    fresh.add_argument("--epochs", type=_int_in(*CONFIG_LIMITS["epochs"]), default=None,
+                       help="epochs over each incoming batch")
+    fresh.add_argument("--batch-size", type=_int_in(*CONFIG_LIMITS["batch_size"]), default=None)
+    fresh.add_argument("--head-backend", default=None, choices=HEAD_BACKENDS)
+    fresh.add_argument("--head-file", default=None, help="head .tflite file (head backend tflite)")
+    fresh.add_argument("--strategy", default=None, choices=sorted(STRATEGIES),
                        help="continual-learning strategy (default replay; see docs/strategies.md)")
     fresh.add_argument("--strategy-param", action="append", default=[], metavar="KEY=VALUE",
                        help="strategy hyperparameter, e.g. shrinkage=0.001 (repeatable)")
-    fresh.add_argument("--max-classes", type=_int_in(*CONFIG_LIMITS["max_classes"]), default=50)
-    fresh.add_argument("--buffer-capacity", type=_int_in(*CONFIG_LIMITS["buffer_capacity"]), default=1000)
-    fresh.add_argument("--buffer-policy", default="class_balanced", choices=POLICIES)
-    fresh.add_argument("--buffer-storage", default="int8", choices=STORAGES)
-    fresh.add_argument("--seed", type=_int_in(*CONFIG_LIMITS["seed"]), default=0)
+    fresh.add_argument("--max-classes", type=_int_in(*CONFIG_LIMITS["max_classes"]), default=None,
+                       help="head capacity (default 50)")
+    fresh.add_argument("--buffer-capacity", type=_int_in(*CONFIG_LIMITS["buffer_capacity"]), default=None,
+                       help="replay buffer capacity in patterns (default 1000; --buffer as in edge-sim)")
+    fresh.add_argument("--buffer", dest="buffer_capacity", type=_int_in(*CONFIG_LIMITS["buffer_capacity"]),
+                       default=None, help=argparse.SUPPRESS)
+    fresh.add_argument("--buffer-policy", default=None, choices=POLICIES)
+    fresh.add_argument("--buffer-storage", default=None, choices=STORAGES,
+                       help="replay buffer storage (default int8; --buffer-dtype as in edge-sim)")
+    fresh.add_argument("--buffer-dtype", dest="buffer_storage", default=None, choices=STORAGES, help=argparse.SUPPRESS)
+    fresh.add_argument("--replay-ratio", type=_float_in(*FLOAT_LIMITS["replay_ratio"]), default=None,
+                       help="share of replayed patterns per mini-batch")
+    fresh.add_argument("--seed", type=_int_in(*CONFIG_LIMITS["seed"]), default=None)
 
     p = sub.add_parser("learn", parents=[common], help="learn images as one label")
-    p.add_argument("--label", type=_int_in(0, CONFIG_LIMITS["max_classes"][1] - 1), required=True,
-                   help="class label of every image (in [0, max_classes))")
+    p.add_argument("--label", type=_label_arg, required=True,
+                   help="class of every image: a name (e.g. cup) or an index in [0, max_classes)")
     p.add_argument("images", nargs="+", help="image files (any size; resized to the model input)")
     p.set_defaults(func=_cmd_learn)
 
@@ -268,6 +434,40 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", parents=[common], help="classes seen, buffer fill, state size")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("run", parents=[common], help="the device runtime: watch a source, predict, learn when taught",
+                       description="Read frames from a camera, stream, video file or folder, predict on each, "
+                                   "learn when taught (HTTP API or DIR/<label>/ files), checkpoint after each "
+                                   "learned batch and on SIGTERM/SIGINT. Events are JSON lines.")
+    p.add_argument("--source", required=True,
+                   help="camera:N, /dev/videoN, a video file, rtsp://..., gst:PIPELINE, folder:DIR or picamera2[:N]")
+    p.add_argument("--http", default="127.0.0.1:8080", metavar="HOST:PORT",
+                   help="HTTP API address (default 127.0.0.1:8080; port 0: any free one; a non-loopback "
+                        "host needs --token)")
+    p.add_argument("--no-http", action="store_true", help="no HTTP API")
+    p.add_argument("--token", default=os.environ.get("EDGE_AGENT_TOKEN"),
+                   help="bearer token every request must send (default: $EDGE_AGENT_TOKEN)")
+    p.add_argument("--events", default=None, metavar="FILE", help="append events here (default: stdout)")
+    p.add_argument("--every", type=_int_in(1, 10_000), default=1, metavar="K", help="predict every K-th frame")
+    p.add_argument("--window", type=_int_in(1, 1000), default=5, help="predictions averaged per answer (default 5)")
+    p.add_argument("--unknown-threshold", type=_float_in(0.0, 1.0), default=0.5,
+                   help="answer 'unknown' below this smoothed score (default 0.5; 0 disables)")
+    p.add_argument("--resize", default="squash", choices=RESIZE_POLICIES,
+                   help="fit frames to the model input: squash, crop (fit shortest) or letterbox (fit longest)")
+    p.add_argument("--teach-batch", type=_int_in(1, 1000), default=32,
+                   help="frames per learned batch for DIR/<label>/ files (default 32)")
+    p.add_argument("--exit-at-end", action="store_true",
+                   help="end once a file or folder source is exhausted and every teach batch is learned")
+    p.set_defaults(func=_cmd_run, lock_timeout=0.0)
+
+    p = sub.add_parser("teach", help="teach a running agent (edge-agent run) over its HTTP API")
+    p.add_argument("--label", required=True, help="class name (or index)")
+    amount = p.add_mutually_exclusive_group(required=True)
+    amount.add_argument("--frames", type=_int_in(1, 1000), help="learn the next N frames")
+    amount.add_argument("--seconds", type=_float_in(0.001, 60.0), help="learn the frames of the next S seconds")
+    p.add_argument("--http", default="127.0.0.1:8080", metavar="HOST:PORT", help="the agent's address")
+    p.add_argument("--token", default=os.environ.get("EDGE_AGENT_TOKEN"), help="bearer token")
+    p.set_defaults(func=_cmd_teach)
     return parser
 
 

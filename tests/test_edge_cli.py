@@ -81,7 +81,7 @@ def test_console_script_help():
     (["--label", str(2**70)], r"--label: expected an int in \[0, 99999\], got 1180591620717411303424"),
     (["--label", "0", "--max-classes", "100000000"], r"--max-classes: expected an int in \[2, 100000\]"),
     (["--label", "0", "--buffer-capacity", "10000000000"], r"--buffer-capacity: expected an int in"),
-    (["--label", "x"], "--label: expected an int, got 'x'"),
+    (["--label", "a/b"], "--label: class name: expected 1-64 printable characters without '/'"),  # names are labels now
     (["--label", "0", "--lock-timeout", "nan"], r"--lock-timeout: expected seconds in \[0, 86400\]"),
 ])
 def test_out_of_range_options_are_one_line_usage_errors(tmp_path, pngs, capsys, extra, pattern):

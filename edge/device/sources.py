@@ -272,7 +272,7 @@ class Picamera2Source:
     def __init__(self, camera: int = 0, size: tuple[int, int] = (640, 480),
                  clock: Callable[[], float] = time.monotonic) -> None:
         try:
-            from picamera2 import Picamera2  # type: ignore[import-not-found]
+            from picamera2 import Picamera2
         except ImportError as exc:
             raise InputError("source picamera2: expected the picamera2 package (Raspberry Pi OS: "
                              "apt install python3-picamera2), got none") from exc

@@ -1,0 +1,262 @@
+"""The HTTP API of a running agent (Starlette on uvicorn) and its Prometheus ``/metrics``.
+
+Routes (JSON in and out; errors are ``{"error": "..."}`` with a 4xx status):
+
+* ``GET /status``: model fingerprint, classes (names, sample counts), buffer and state bytes, RSS,
+  fps, dropped frames, latency, last checkpoint;
+* ``GET /prediction``: the latest label, score, unknown flag and frame time (404 before the first);
+* ``POST /teach`` ``{"label": "cup", "frames": 30}`` or ``{"label": "cup", "seconds": 2}``;
+* ``POST /classes/<name>/rename`` ``{"to": "mug"}``; ``POST /classes/<name>/forget``;
+* ``GET /metrics``: Prometheus text format (``prometheus_client``).
+
+Bodies are limited to `MAX_BODY_BYTES` (413 beyond; read in chunks, never trusted from
+``Content-Length`` alone). With a token every request needs ``Authorization: Bearer <token>``
+(401 otherwise); `serve` refuses to bind anything but a loopback address without one.
+
+Why Starlette + uvicorn: both are small pure-Python packages with aarch64-neutral wheels (uvicorn's
+optional C speedups are not needed), the server runs in a thread of the agent's process, and the
+measured cost is in the README (RSS of the running agent with and without the server).
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+import socket
+import threading
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+from edge.device.labels import UnknownClassError
+from edge.device.loop import DeviceLoop, TeachQueueFull
+from edge.errors import EdgeError, InputError
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+logger = logging.getLogger(__name__)
+
+#: Largest request body accepted, in bytes.
+MAX_BODY_BYTES = 4096
+
+
+class HTTPError(EdgeError, ValueError):
+    """A request the API refuses (status and message)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (``localhost`` counts)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_bind(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (or ``PORT``, or ``[v6]:PORT``) -> (host, port); host defaults to 127.0.0.1."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise InputError(f"--http: expected HOST:PORT with a port in [0, 65535], got {text!r:.60}")
+    return host, int(port)
+
+
+def _metrics_collector(loop: DeviceLoop) -> Any:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    class LoopCollector:
+        """Reads the loop's counters at scrape time (nothing is updated per frame)."""
+
+        def collect(self) -> Any:
+            status = loop.status()
+            counters = {"frames": ("Frames processed", status["frames"]),
+                        "predictions": ("Predictions made", status["predictions"]),
+                        "dropped_frames": ("Frames dropped by the latest-frame reader", status["dropped_frames"]),
+                        "learned_batches": ("Teach batches learned", status["learned_batches"])}
+            for name, (doc, value) in counters.items():
+                yield CounterMetricFamily(f"edge_agent_{name}", doc, value=value)
+            latency = status["latency_ms"]
+            gauges = {"fps": ("Frames per second", status["fps"]),
+                      "rss_bytes": ("Resident set size of the agent process", status["rss_bytes"]),
+                      "buffer_bytes": ("Replay buffer bytes", status["buffer"]["bytes"]),
+                      "buffer_fill": ("Replay buffer rows", status["buffer"]["fill"]),
+                      "state_bytes": ("Learned state bytes in memory", status["state_bytes"]),
+                      "step": ("Learning steps so far", status["step"]),
+                      "classes": ("Classes known", len(status["classes"])),
+                      "prediction_latency_p99_seconds": ("Prediction latency p99 (last 1000)",
+                                                         (latency["p99"] or 0.0) / 1000.0)}
+            for name, (doc, value) in gauges.items():
+                yield GaugeMetricFamily(f"edge_agent_{name}", doc, value=value)
+            ckpt = status["last_checkpoint"]
+            yield GaugeMetricFamily("edge_agent_last_checkpoint_step", "Step of the last checkpoint",
+                                    value=-1 if ckpt is None else ckpt["step"])
+
+    return LoopCollector()
+
+
+def build_app(loop: DeviceLoop, token: str | None = None, max_body: int = MAX_BODY_BYTES) -> Starlette:
+    """The Starlette application of the API over ``loop``."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(_metrics_collector(loop))
+    expected = None if token is None else f"Bearer {token}".encode()
+
+    def check_token(request: Request) -> None:
+        if expected is None:
+            return
+        given = request.headers.get("authorization", "").encode("latin-1", "replace")
+        if not hmac.compare_digest(given, expected):
+            raise HTTPError(401, "authorization: expected 'Authorization: Bearer <token>', got "
+                            + ("a wrong token" if given else "none"))
+
+    async def body_json(request: Request) -> dict[str, Any]:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > max_body):
+            raise HTTPError(413, f"body: expected at most {max_body} bytes, got Content-Length {length:.20}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body:
+                raise HTTPError(413, f"body: expected at most {max_body} bytes, got more")
+            chunks.append(chunk)
+        raw = b"".join(chunks)
+        if not raw.strip():
+            return {}
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise HTTPError(400, f"body: expected a JSON object, got malformed JSON ({exc})") from exc
+        if not isinstance(data, dict):
+            raise HTTPError(400, f"body: expected a JSON object, got {type(data).__name__}")
+        return data
+
+    def only(data: dict[str, Any], allowed: set[str]) -> None:
+        extra = sorted(set(data) - allowed)
+        if extra:
+            raise HTTPError(400, f"body: expected keys among {sorted(allowed)}, got {extra}")
+
+    def endpoint(fn: Callable[[Request], Awaitable[Any]]) -> Callable[[Request], Awaitable[Response]]:
+        async def handle(request: Request) -> Response:
+            try:
+                check_token(request)
+                result = await fn(request)
+            except HTTPError as exc:
+                return JSONResponse({"error": str(exc)}, status_code=exc.status)
+            except UnknownClassError as exc:
+                return JSONResponse({"error": str(exc)}, status_code=404)
+            except TeachQueueFull as exc:
+                return JSONResponse({"error": str(exc)}, status_code=429)
+            except (EdgeError, ValueError) as exc:
+                return JSONResponse({"error": str(exc)}, status_code=400)
+            if isinstance(result, Response):
+                return result
+            return JSONResponse(result)
+        return handle
+
+    async def status(request: Request) -> Any:
+        return await run_in_threadpool(loop.status)
+
+    async def prediction(request: Request) -> Any:
+        latest = loop.latest_prediction()
+        if latest is None:
+            raise HTTPError(404, "prediction: expected a learned class and a frame, got none yet (teach first)")
+        return latest
+
+    async def teach(request: Request) -> Any:
+        data = await body_json(request)
+        only(data, {"label", "frames", "seconds"})
+        if "label" not in data:
+            raise HTTPError(400, "teach: expected a 'label' (a class name), got none")
+        return await run_in_threadpool(loop.teach, data["label"], data.get("frames"), data.get("seconds"))
+
+    async def rename(request: Request) -> Any:
+        data = await body_json(request)
+        only(data, {"to"})
+        if not isinstance(data.get("to"), str):
+            raise HTTPError(400, f"rename: expected {{\"to\": NEW_NAME}}, got {data!r:.80}")
+        return await run_in_threadpool(loop.rename, request.path_params["name"], data["to"])
+
+    async def forget(request: Request) -> Any:
+        data = await body_json(request)
+        only(data, set())
+        return await run_in_threadpool(loop.forget, request.path_params["name"])
+
+    async def metrics(request: Request) -> Any:
+        text = await run_in_threadpool(generate_latest, registry)
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
+
+    routes = [Route("/status", endpoint(status), methods=["GET"]),
+              Route("/prediction", endpoint(prediction), methods=["GET"]),
+              Route("/teach", endpoint(teach), methods=["POST"]),
+              Route("/classes/{name}/rename", endpoint(rename), methods=["POST"]),
+              Route("/classes/{name}/forget", endpoint(forget), methods=["POST"]),
+              Route("/metrics", endpoint(metrics), methods=["GET"])]
+    return Starlette(routes=routes)
+
+
+class HTTPServer:
+    """uvicorn serving `build_app` in a daemon thread.
+
+    Args:
+        loop: the `DeviceLoop`.
+        host, port: where to listen (port 0: any free port, see ``port`` after `start`).
+        token: required bearer token (mandatory for a non-loopback host).
+    """
+
+    def __init__(self, loop: DeviceLoop, host: str = "127.0.0.1", port: int = 8080,
+                 token: str | None = None, max_body: int = MAX_BODY_BYTES) -> None:
+        if not is_loopback(host) and not token:
+            raise InputError(f"--http {host}:{port}: expected --token for a non-loopback address, got none "
+                             "(anyone on the network could teach the device)")
+        if token is not None and (len(token) < 8 or not token.isprintable() or " " in token):
+            raise InputError("--token: expected at least 8 printable characters without spaces, got "
+                             f"{len(token)} characters")
+        self.host, self.port = host, int(port)
+        self.app = build_app(loop, token, max_body)
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> HTTPServer:
+        """Bind (errors surface here, in the caller's thread) and serve in a thread; returns self."""
+        import uvicorn
+
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+        except OSError as exc:
+            sock.close()
+            raise InputError(f"--http {self.host}:{self.port}: expected a free address, got {exc.strerror or exc}") from exc
+        sock.listen(64)
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False,
+                                timeout_graceful_shutdown=2)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
+                                        name="edge-http", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop serving (waits up to ``timeout``)."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)
