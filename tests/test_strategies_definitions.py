@@ -15,7 +15,7 @@ from edge.buffer import ReplayBuffer
 from edge.errors import InputError
 from edge.heads import MLPHead, SoftmaxHead
 from edge.strategies import STRATEGIES, cwr_consolidate, make_strategy
-from edge.strategies.base import minibatches
+from edge.strategies.base import minibatches, unit_grad
 
 DIM, K = 8, 5
 CFG = SimpleNamespace(epochs=2, batch_size=7, replay_ratio=0.5, max_classes=K)
@@ -156,7 +156,8 @@ def test_replay_with_an_empty_buffer_is_naive(batches):
     assert pn.keys() == pr.keys() and all(np.array_equal(pn[k], pr[k]) for k in pn)
 
 
-@pytest.mark.parametrize("name,params", [("ewc", {"ewc_lambda": 0.0}), ("lwf", {"alpha": 0.0})])
+@pytest.mark.parametrize("name,params", [("ewc", {"ewc_lambda": 0.0}),
+                                         ("lwf", {"alpha": 0.0, "train_units": "seen"})])
 @pytest.mark.parametrize("head", ["softmax", "mlp"])
 def test_switched_off_regularisers_are_naive(name, params, head):
     batches = stream(4)
@@ -203,7 +204,7 @@ def test_ewc_penalty_gradient_is_lambda_fisher_times_distance():
 
 
 def test_lwf_logit_gradient_matches_finite_differences():
-    s = make_strategy("lwf", alpha=0.7, temperature=2.0)
+    s = make_strategy("lwf", alpha=0.7, temperature=2.0, train_units="seen", t_squared=True)
     head = SoftmaxHead(DIM, K, seed=0)
     (x0, y0), (x1, y1) = stream(7, n_batches=2)
     run(s, [(x0, y0)], head=head)
@@ -273,10 +274,11 @@ def test_cwr_consolidation_matches_a_hand_computed_two_batch_example():
     np.testing.assert_allclose(past, [20, 1, 9])
 
 
+@pytest.mark.parametrize("units", ["all", "seen"])
 @pytest.mark.parametrize("head_cls", [SoftmaxHead, MLPHead])
-def test_cwr_star_strategy_resets_trains_and_consolidates(head_cls):
-    """The strategy = reset (tw from cw for old classes, 0 else) + plain steps + `cwr_consolidate`."""
-    s = make_strategy("cwr_star")
+def test_cwr_star_strategy_resets_trains_and_consolidates(head_cls, units):
+    """The strategy = reset (tw from cw for old classes, 0 else) + steps + `cwr_consolidate`."""
+    s = make_strategy("cwr_star", train_units=units)
     head = head_cls(DIM, K, lr=0.05, seed=2)
     head._ensure_init()
     batches = stream(8, n_batches=4)
@@ -295,8 +297,9 @@ def test_cwr_star_strategy_resets_trains_and_consolidates(head_cls):
             if key.split(".", 1)[1] in (w_name, b_name):
                 ref.opt_state_[key][...] = 0
         lower = {n: p.copy() for n, p in ref.params_.items() if n not in (w_name, b_name)}
+        hook = unit_grad(ref, units)
         for idx in minibatches(len(y), CFG.epochs, CFG.batch_size, ref_rng):
-            ref.step(x[idx], y[idx])
+            ref.step(x[idx], y[idx], logit_grad=hook)
         tw = np.concatenate([ref.params_[w_name].T, ref.params_[b_name][:, None]], 1)
         want_cw, want_past = cwr_consolidate(cw, past, tw, cur)
         s.learn(head, buffer, x, y, rng, CFG)

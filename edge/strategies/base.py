@@ -6,7 +6,7 @@ from typing import Any, Iterator, Mapping, Protocol
 
 import numpy as np
 
-from edge.base import Head
+from edge.base import Head, LogitGrad
 from edge.buffer import ReplayBuffer
 from edge.errors import ConfigError, InputError
 
@@ -161,6 +161,53 @@ def masked_softmax(scores: np.ndarray, seen: np.ndarray) -> np.ndarray:
     np.exp(z, out=z)
     z /= z.sum(axis=1, keepdims=True)
     return z.astype(np.float32)
+
+
+#: Which output units the softmax of the training loss spans (`unit_grad`): every unit of the
+#: head (``"all"``: the papers' and Avalanche's single-head training, where never-seen classes are
+#: pushed down too) or only the classes seen so far (``"seen"``: the head's own mask).
+TRAIN_UNITS = ("all", "seen")
+
+
+def check_train_units(owner: str, value: str) -> str:
+    """``value`` if it is one of `TRAIN_UNITS`, else `ConfigError` naming expected vs got."""
+    if value not in TRAIN_UNITS:
+        raise ConfigError(f"{owner}: train_units expected one of {TRAIN_UNITS}, got {value!r}")
+    return value
+
+
+def unit_grad(head: Head, train_units: str) -> LogitGrad | None:
+    """A `Head.step` ``logit_grad`` hook that makes the cross-entropy span ``train_units``.
+
+    The head's own loss is the cross-entropy of a softmax over its seen classes; its gradient with
+    respect to the logits is ``(p_seen - onehot) / n``. Over all units it is ``(p_all - onehot) / n``,
+    so adding ``(p_all - p_seen) / n`` turns one into the other exactly. None for ``"seen"``.
+    """
+    if train_units == "seen":
+        return None
+
+    def grad(logits: np.ndarray) -> np.ndarray:
+        seen = np.zeros(logits.shape[1], bool)
+        seen[head.classes_] = True     # the step has already marked this mini-batch's labels
+        z = logits.astype(np.float64)
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        p_all = e / e.sum(axis=1, keepdims=True)
+        e_seen = np.where(seen, e, 0.0)
+        p_seen = e_seen / e_seen.sum(axis=1, keepdims=True)
+        return ((p_all - p_seen) / logits.shape[0]).astype(np.float32)
+
+    return grad
+
+
+def add_grads(*hooks: LogitGrad | None) -> LogitGrad | None:
+    """One ``logit_grad`` hook summing the given ones (None when all are None)."""
+    live = [h for h in hooks if h is not None]
+    if not live:
+        return None
+    if len(live) == 1:
+        return live[0]
+    return lambda logits: sum((h(logits) for h in live[1:]), live[0](logits))
 
 
 def require_head(head: Head | None, owner: str) -> Head:

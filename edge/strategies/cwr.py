@@ -44,8 +44,10 @@ from edge.strategies.base import (
     Strategy,
     check_state,
     minibatches,
+    check_train_units,
     replay_minibatches,
     require_head,
+    unit_grad,
 )
 
 
@@ -84,28 +86,47 @@ class CWRStarStrategy(Strategy):
     Args:
         freeze_below: keep the layers below the output layer (an MLP head's hidden layer) fixed
             after the first batch, as CWR* does with the feature extractor (default True).
+        train_units: the output units the training softmax spans: ``"all"`` (default: every unit
+            of the head, as in the papers' single-head network and Avalanche's ``CWRStarPlugin``;
+            units of other classes start each batch at 0 and are pushed down, which is what lets
+            a batch of ONE class learn anything) or ``"seen"`` (only classes seen so far; a batch
+            of one new class then has nothing to compete with and learns nothing).
+        consolidate_bias: treat each class's output bias as one more CWR weight (reset, trained,
+            mean-shifted and averaged with the rest of its vector; default True) or leave the
+            biases out of CWR and let them train on every batch (False: what Avalanche's
+            ``CWRStarPlugin`` does with a biased layer; the papers' layer has no bias).
+        reset_momentum: zero the optimizer's slots of the output layer at each reset (default
+            True: ``tw`` is a fresh variable, as in the papers) or keep them (False: Avalanche
+            resets the weights but keeps the optimizer state across experiences).
     """
 
     name = "cwr_star"
     replay = False
 
-    def __init__(self, freeze_below: bool = True) -> None:
+    def __init__(self, freeze_below: bool = True, train_units: str = "all",
+                 consolidate_bias: bool = True, reset_momentum: bool = True) -> None:
         self.freeze_below = freeze_below
+        self.train_units = train_units
+        self.consolidate_bias = consolidate_bias
+        self.reset_momentum = reset_momentum
 
     def params(self) -> dict[str, Any]:
-        return {"freeze_below": self.freeze_below}
+        return {"freeze_below": self.freeze_below, "train_units": self.train_units,
+                "consolidate_bias": self.consolidate_bias, "reset_momentum": self.reset_momentum}
 
     def _batch_counts(self, labels: np.ndarray, buffer: ReplayBuffer, k: int) -> np.ndarray:
         return np.bincount(labels, minlength=k).astype(np.int64)
 
     def _train(self, head: Head, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,
                rng: np.random.Generator, cfg: LearnSettings) -> None:
+        hook = unit_grad(head, self.train_units)
         for idx in minibatches(emb.shape[0], cfg.epochs, cfg.batch_size, rng):
-            head.step(emb[idx], labels[idx])
+            head.step(emb[idx], labels[idx], logit_grad=hook)
 
     def learn(self, head: Head | None, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,
               rng: np.random.Generator, cfg: LearnSettings) -> None:
         head = require_head(head, self.name)
+        check_train_units(self.name, self.train_units)
         output = head.output_layer
         k = int(head.max_classes)
         if getattr(self, "past_", None) is None:
@@ -121,7 +142,9 @@ class CWRStarStrategy(Strategy):
         start = np.zeros_like(cw)
         old = cls[self.past_[cls] > 0]
         start[old] = cw[old]
-        head.set_output_weights(start, reset_optimizer=True)
+        if not self.consolidate_bias:   # the bias is not a CWR weight: it keeps training
+            start[:, -1] = cw[:, -1]
+        head.set_output_weights(start, reset_optimizer=self.reset_momentum)
         frozen = {}
         if self.freeze_below and self.n_batches_ > 0:
             frozen = {n: p for n, p in head.get_weights().items() if n not in output}
@@ -131,7 +154,11 @@ class CWRStarStrategy(Strategy):
             head.set_weights(frozen)
         # 3. consolidate, 4. write cw into the head for prediction.
         tw = head.get_output_weights()
-        cw, past = cwr_consolidate(cw, self.past_, tw, cur)
+        if self.consolidate_bias:
+            cw, past = cwr_consolidate(cw, self.past_, tw, cur)
+        else:
+            cw[:, :-1], past = cwr_consolidate(cw[:, :-1], self.past_, tw[:, :-1], cur)
+            cw[:, -1] = tw[:, -1]
         head.set_output_weights(cw)
         self.past_ = past.astype(np.int64)
         self.n_batches_ += 1
@@ -161,17 +188,20 @@ class AR1HeadStrategy(CWRStarStrategy):
     Args:
         replay_ratio: share of each mini-batch drawn from the buffer (default: the agent's).
         freeze_below: keep the hidden layer fixed after the first batch (default False: AR1*).
+        train_units: as for `CWRStarStrategy` (default ``"all"``).
     """
 
     name = "ar1_head"
     uses_buffer = True
 
-    def __init__(self, replay_ratio: float | None = None, freeze_below: bool = False) -> None:
-        super().__init__(freeze_below=freeze_below)
+    def __init__(self, replay_ratio: float | None = None, freeze_below: bool = False,
+                 train_units: str = "all") -> None:
+        super().__init__(freeze_below=freeze_below, train_units=train_units)
         self.replay_ratio = replay_ratio
 
     def params(self) -> dict[str, Any]:
-        return {"replay_ratio": self.replay_ratio, "freeze_below": self.freeze_below}
+        return {"replay_ratio": self.replay_ratio, "freeze_below": self.freeze_below,
+                "train_units": self.train_units}
 
     def _batch_counts(self, labels: np.ndarray, buffer: ReplayBuffer, k: int) -> np.ndarray:
         counts = np.bincount(labels, minlength=k).astype(np.int64)
@@ -182,5 +212,6 @@ class AR1HeadStrategy(CWRStarStrategy):
     def _train(self, head: Head, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,
                rng: np.random.Generator, cfg: LearnSettings) -> None:
         ratio = cfg.replay_ratio if self.replay_ratio is None else self.replay_ratio
+        hook = unit_grad(head, self.train_units)
         for x, y in replay_minibatches(emb, labels, buffer, ratio, rng, cfg):
-            head.step(x, y)
+            head.step(x, y, logit_grad=hook)

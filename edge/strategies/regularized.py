@@ -14,7 +14,16 @@ import numpy as np
 from edge.base import FisherHead, Head, LogitGrad, ParamGrad
 from edge.buffer import ReplayBuffer
 from edge.errors import ConfigError, InputError
-from edge.strategies.base import LearnSettings, Strategy, check_state, minibatches, require_head
+from edge.strategies.base import (
+    LearnSettings,
+    Strategy,
+    add_grads,
+    check_state,
+    check_train_units,
+    minibatches,
+    require_head,
+    unit_grad,
+)
 
 
 class EWCStrategy(Strategy):
@@ -108,23 +117,33 @@ class LwFStrategy(Strategy):
 
     At the start of each batch the current head is the frozen "previous model": its logits on the
     batch are computed once (no copy of the weights is kept). Each step adds
-    ``alpha * T^2 * KL(softmax(old / T) || softmax(new / T))`` over the classes the previous head
-    had seen, whose gradient with respect to the new logits of those classes is
-    ``alpha * T * (softmax(new / T) - softmax(old / T)) / n``. Memory: nothing between batches.
+    ``alpha * KL(softmax(old / T) || softmax(new / T))`` over the classes the previous head had
+    seen (Li & Hoiem's loss, and Avalanche's), whose gradient with respect to the new logits of
+    those classes is ``alpha / T * (softmax(new / T) - softmax(old / T)) / n``; with
+    ``t_squared=True`` the term is multiplied by ``T^2`` (Hinton et al.'s distillation scaling, which
+    keeps the gradient's size independent of ``T``). Memory: nothing between batches.
 
     Args:
-        alpha: weight of the distillation term (0: exactly ``naive``).
+        alpha: weight of the distillation term (0 with ``train_units="seen"``: exactly ``naive``).
         temperature: distillation temperature ``T``.
+        train_units: the output units the cross-entropy's softmax spans: ``"all"`` (default: the
+            single head of Li & Hoiem's class-incremental form and of Avalanche's ``LwF``, where
+            units of classes not seen yet are pushed down too) or ``"seen"`` (the head's mask).
+        t_squared: multiply the distillation term by ``T^2`` (default False: the paper's loss).
     """
 
     name = "lwf"
 
-    def __init__(self, alpha: float = 1.0, temperature: float = 2.0) -> None:
+    def __init__(self, alpha: float = 2.0, temperature: float = 2.0, train_units: str = "all",
+                 t_squared: bool = False) -> None:
         self.alpha = alpha
         self.temperature = temperature
+        self.train_units = train_units
+        self.t_squared = t_squared
 
     def params(self) -> dict[str, Any]:
-        return {"alpha": self.alpha, "temperature": self.temperature}
+        return {"alpha": self.alpha, "temperature": self.temperature, "train_units": self.train_units,
+                "t_squared": self.t_squared}
 
     def learn(self, head: Head | None, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,
               rng: np.random.Generator, cfg: LearnSettings) -> None:
@@ -132,12 +151,14 @@ class LwFStrategy(Strategy):
             raise ConfigError(f"lwf: expected alpha >= 0 and temperature > 0, got {self.alpha} and "
                               f"{self.temperature}")
         head = require_head(head, self.name)
+        check_train_units(self.name, self.train_units)
+        units = unit_grad(head, self.train_units)
         old_classes = head.classes_
         old_p = None
         if old_classes.size:
             t = float(self.temperature)
             old_p = _softmax(head.decision_function(emb)[:, old_classes] / t)
-            scale = np.float32(float(self.alpha) * t)
+            scale = np.float32(float(self.alpha) * (t if self.t_squared else 1.0 / t))
         for idx in minibatches(emb.shape[0], cfg.epochs, cfg.batch_size, rng):
             hook: LogitGrad | None = None
             if old_p is not None:
@@ -151,7 +172,7 @@ class LwFStrategy(Strategy):
 
                 hook = distill
 
-            head.step(emb[idx], labels[idx], logit_grad=hook)
+            head.step(emb[idx], labels[idx], logit_grad=add_grads(units, hook))
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

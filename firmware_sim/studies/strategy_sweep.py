@@ -28,13 +28,18 @@ GRID: dict[str, list[dict[str, Any]]] = {
     "replay": [{"replay_ratio": r} for r in (0.25, 0.5, 0.75)],
     "ar1_head": [{"replay_ratio": r} for r in (0.25, 0.5, 0.75)],
     "ewc": [{"ewc_lambda": lam, "gamma": g} for lam in (1.0, 10.0, 100.0, 1000.0) for g in (0.9, 1.0)],
-    "lwf": [{"alpha": a, "temperature": t} for a in (0.5, 1.0, 2.0) for t in (1.0, 2.0)],
+    "lwf": [{"alpha": a, "temperature": t, "train_units": u} for u in ("all", "seen")
+            for a in (0.5, 1.0, 2.0) for t in (1.0, 2.0)],
     "slda": [{"shrinkage": s} for s in (1e-4, 1e-2, 1e-1)],
+    # The choices the CWR* papers leave open on a head with a bias (see edge.strategies.cwr).
+    "cwr_star": [{"train_units": u, "consolidate_bias": b, "reset_momentum": m}
+                 for u in ("all", "seen") for b in (True, False) for m in (True, False)],
 }
 #: The literature's values: kept unless another candidate scores more than `MARGIN` higher.
 PREFERRED: dict[str, dict[str, Any]] = {
     "slda": {"shrinkage": 1e-4},                    # Hayes & Kanan 2020
-    "lwf": {"alpha": 1.0, "temperature": 2.0},      # Li & Hoiem 2017 (T = 2)
+    "lwf": {"alpha": 1.0, "temperature": 2.0, "train_units": "all"},   # Li & Hoiem 2017 (T = 2), one head
+    "cwr_star": {"train_units": "all", "consolidate_bias": True, "reset_momentum": True},  # the papers
 }
 MARGIN = 0.01  # one point of accuracy: about the run-to-run spread on these streams
 SCENARIOS = ("nc", "nicv2_391")
