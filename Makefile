@@ -4,12 +4,27 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
+# Second environment: the LiteRT fallback as an older device has it (tflite-runtime, NumPy 1.x, no
+# ai-edge-litert, no onnxruntime). `make test` runs a slice of the edge tests in it (test-tflrt).
+TFLRT_VENV ?= .venv-tflrt
+TFLRT_BIN   = $(TFLRT_VENV)/bin
 
-.PHONY: run test setup-run setup-test bench default-model pretrained-model clean
+.PHONY: run test setup-run setup-test setup-tflrt test-tflrt bench default-model pretrained-model clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(TFLRT_BIN)/python:
+	$(PYTHON) -m venv $(TFLRT_VENV)
+	$(TFLRT_BIN)/python -m pip install --quiet --upgrade pip
+
+# NumPy at the lowest version the edge side supports (pyproject: numpy>=1.24); tflite-runtime 2.14 is
+# the newest release and has a cp311 wheel. The project goes in without its dependencies.
+setup-tflrt: $(TFLRT_BIN)/python
+	$(TFLRT_BIN)/python -m pip install --quiet "numpy>=1.24,<1.25" "tflite-runtime==2.14.*" \
+		"pillow>=10,<14" "psutil>=5.9,<8" "tqdm>=4.66,<5" "pytest>=8,<10" "hypothesis>=6.100,<7"
+	$(TFLRT_BIN)/python -m pip install --quiet --no-deps -e .
 
 setup-run: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[edge,sim]"
@@ -23,10 +38,23 @@ run: setup-run
 # Type check first (config: [tool.mypy] in pyproject.toml), then the suite: tests/ plus the doctests of
 # edge/ and firmware_sim/ (testpaths). The bench suites run too, in quick mode (one pass, no timing), so
 # they cannot rot; `-o addopts=-ra` drops --doctest-modules there so bench/ is not doctest-imported.
-test: setup-test
+test: setup-test setup-tflrt
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 	$(BIN)/python -m pytest bench/ -q --benchmark-disable -p no:cacheprovider -o addopts=-ra
+	$(TFLRT_TESTS)
+
+# The fallback slice, in .venv-tflrt: tests/test_tflite_runtime_compat.py (asserts tflite_runtime
+# served every backbone and compares with ai_edge_litert run by the main venv) plus the contract
+# checks on the int8 backbone and on the .tflite heads. Kept small: the whole suite runs in the main venv.
+define TFLRT_TESTS
+EDGE_TEST_LITERT_PACKAGE=tflite_runtime EDGE_TEST_REFERENCE_PYTHON=$(abspath $(BIN)/python) \
+	$(TFLRT_BIN)/python -m pytest -q -p no:cacheprovider tests/test_tflite_runtime_compat.py
+$(TFLRT_BIN)/python -m pytest -q -p no:cacheprovider tests/test_edge_contract.py -k "litert-int8 or tflite"
+endef
+
+test-tflrt: setup-test setup-tflrt
+	$(TFLRT_TESTS)
 
 # Full benchmark grid -> bench/results/<host>.json and <host>.md (see bench/README.md).
 bench: setup-test
@@ -45,4 +73,4 @@ pretrained-model: setup-test
 	$(BIN)/edge-host build --backbone efficientnet_lite0 --input-size 128 --weights package --name efficientnet_lite0_128 --out models --overwrite
 
 clean:
-	rm -rf $(VENV) .pytest_cache .benchmarks
+	rm -rf $(VENV) $(TFLRT_VENV) .pytest_cache .benchmarks
