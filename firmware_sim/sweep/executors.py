@@ -13,8 +13,11 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
+import tempfile
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 log = logging.getLogger(__name__)
@@ -65,11 +68,21 @@ class Executor:
         self.close()
 
 
+def _tracked(marker: str, fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+    """Run ``fn(**kwargs)`` in a worker with ``marker`` present while it executes."""
+    Path(marker).touch()
+    try:
+        return fn(**kwargs)
+    finally:
+        os.unlink(marker)
+
+
 class LocalExecutor(Executor):
     """``concurrent.futures.ProcessPoolExecutor`` (spawned workers) of ``workers`` processes.
 
-    When a worker dies the pool breaks; the unfinished jobs are resubmitted to a new pool, each
-    counting one attempt, up to ``max_retries`` retries per job.
+    When a worker dies the pool breaks; the unfinished jobs are resubmitted to a new pool. The
+    break costs one attempt to every job that was executing at that moment (a pool cannot tell
+    which worker died; jobs still queued are not charged); a job fails after ``max_retries`` retries.
     """
 
     name = "local"
@@ -86,16 +99,24 @@ class LocalExecutor(Executor):
 
     def run(self, jobs: dict[str, Job], desc: str = "") -> Iterator[tuple[str, Any]]:
         pending = dict(jobs)
-        attempts = {job_id: 0 for job_id in jobs}
+        attempts = {job_id: 0 for job_id in jobs}  # worker deaths while the job was executing
         context = multiprocessing.get_context("spawn")  # never fork a process holding runtime threads
-        with _progress(len(jobs), desc, self.progress) as bar:
+        markers = Path(tempfile.mkdtemp(prefix="edge-sim-sweep-"))
+        marker = {job_id: str(markers / f"{i}.running") for i, job_id in enumerate(jobs)}
+        try:
+            yield from self._rounds(pending, attempts, marker, context, desc)
+        finally:
+            shutil.rmtree(markers, ignore_errors=True)
+
+    def _rounds(self, pending: dict[str, Job], attempts: dict[str, int], marker: dict[str, str], context: Any,
+                desc: str) -> Iterator[tuple[str, Any]]:
+        with _progress(len(pending), desc, self.progress) as bar:
             while pending:
                 broken: list[str] = []
                 with ProcessPoolExecutor(max_workers=min(self.workers, len(pending)), mp_context=context) as pool:
                     futures: dict[Future[Any], str] = {}
                     for job_id, (fn, kwargs) in pending.items():
-                        attempts[job_id] += 1
-                        futures[pool.submit(fn, **kwargs)] = job_id
+                        futures[pool.submit(_tracked, marker[job_id], fn, kwargs)] = job_id
                     remaining = set(futures)
                     while remaining:
                         done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
@@ -108,12 +129,17 @@ class LocalExecutor(Executor):
                             del pending[job_id]
                             bar.update(1)
                             yield job_id, exc if exc is not None else future.result()
+                running = [j for j in broken if os.path.exists(marker[j])]  # executing when the worker died
+                for job_id in running or broken:  # none executing (a worker died starting): charge them all
+                    attempts[job_id] += 1
+                    if os.path.exists(marker[job_id]):
+                        os.unlink(marker[job_id])
                 for job_id in broken:
                     if attempts[job_id] > self.max_retries:
                         del pending[job_id]
                         bar.update(1)
-                        yield job_id, WorkerDied(f"job {job_id}: its worker died {attempts[job_id]} times; "
-                                                 f"expected at most {self.max_retries} retries")
+                        yield job_id, WorkerDied(f"job {job_id}: a worker died while it ran, {attempts[job_id]} "
+                                                 f"time(s); expected at most {self.max_retries} retries")
                 if pending:
                     self.retries += 1
                     log.warning("a worker died; resubmitting %d unfinished job(s) to a new pool", len(pending))
