@@ -262,7 +262,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         with StateLock(args.state, timeout_s=args.lock_timeout):
             agent, store, step, labels = _open(args, exclusive=True)
-            source = open_source(args.source, watch=not args.exit_at_end)
+            source = open_source(args.source, watch=not args.exit_at_end, pace=args.realtime)
             events = EventWriter(stream)
             loop = DeviceLoop(agent, source, store=store, labels=labels, options=options, events=events)
             if not args.no_http:
@@ -456,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fit frames to the model input: squash, crop (fit shortest) or letterbox (fit longest)")
     p.add_argument("--teach-batch", type=_int_in(1, 1000), default=32,
                    help="frames per learned batch for DIR/<label>/ files (default 32)")
+    p.add_argument("--realtime", action="store_true",
+                   help="play a video file at its own frame rate, as a camera would (frames may be dropped)")
     p.add_argument("--exit-at-end", action="store_true",
                    help="end once a file or folder source is exhausted and every teach batch is learned")
     p.set_defaults(func=_cmd_run, lock_timeout=0.0)

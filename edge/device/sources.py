@@ -111,9 +111,11 @@ class OpenCVSource:
     Args:
         spec: the ``--source`` text (see the module docstring).
         clock: timestamps of live frames (files use the position OpenCV reports).
+        pace: play a video file at its own frame rate, as a camera delivers frames (it becomes a
+            realtime source: frames the loop cannot keep up with are dropped).
     """
 
-    def __init__(self, spec: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, spec: str, clock: Callable[[], float] = time.monotonic, pace: bool = False) -> None:
         cv2 = _import_cv2()
         self.spec = spec
         self.clock = clock
@@ -147,6 +149,10 @@ class OpenCVSource:
         self._cv2 = cv2
         self._count = 0
         self.fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        self.pace = bool(pace) and not self.realtime
+        self._t0: float | None = None
+        if self.pace:
+            self.realtime = True
 
     def read(self) -> Frame | None:
         if self._cap is None:
@@ -154,12 +160,19 @@ class OpenCVSource:
         ok, bgr = self._cap.read()
         if not ok or bgr is None:
             return None
-        if self.realtime:
+        if self.realtime and not self.pace:
             timestamp = self.clock()
         else:  # position of the frame in the file; frame count / fps where the container has none
             msec = float(self._cap.get(self._cv2.CAP_PROP_POS_MSEC) or 0.0)
             timestamp = msec / 1000.0 if msec > 0 or self._count == 0 or self.fps <= 0 else self._count / self.fps
         self._count += 1
+        if self.pace:
+            now = time.monotonic()
+            if self._t0 is None:
+                self._t0 = now - timestamp
+            delay = self._t0 + timestamp - now
+            if delay > 0:
+                time.sleep(delay)
         if bgr.ndim == 2:
             rgb = np.repeat(bgr[:, :, None], 3, axis=2)
         else:
@@ -295,8 +308,10 @@ class Picamera2Source:
             self._cam = None
 
 
-def open_source(spec: str, *, watch: bool = True, clock: Callable[[], float] = time.monotonic) -> Source:
-    """A source from a ``--source`` spec (see the module docstring). ``watch`` applies to folders."""
+def open_source(spec: str, *, watch: bool = True, pace: bool = False,
+                clock: Callable[[], float] = time.monotonic) -> Source:
+    """A source from a ``--source`` spec (see the module docstring). ``watch`` applies to folders,
+    ``pace`` to video files (`OpenCVSource`)."""
     if not isinstance(spec, str) or not spec:
         raise InputError(f"source: expected a spec such as camera:0 or folder:DIR, got {spec!r}")
     if spec.startswith("folder:"):
@@ -306,7 +321,7 @@ def open_source(spec: str, *, watch: bool = True, clock: Callable[[], float] = t
         if not index.isdigit():
             raise InputError(f"source {spec!r}: expected picamera2 or picamera2:N, got {index!r}")
         return Picamera2Source(int(index), clock=clock)
-    return OpenCVSource(spec, clock=clock)
+    return OpenCVSource(spec, clock=clock, pace=pace)
 
 
 class FrameGrabber:
