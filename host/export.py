@@ -62,6 +62,9 @@ class ExportOptions:
     onnx: bool = True
     opset: int = DEFAULT_OPSET
     overwrite: bool = False
+    #: uint8 NHWC input with the normalisation inside the graph (manifest ``input.dtype: uint8``);
+    #: False writes the older float32-input files (the device normalises in NumPy).
+    uint8_input: bool = True
 
 
 def check_output_dir(target: Path, name: str, overwrite: bool) -> None:
@@ -100,8 +103,34 @@ def convert_tflite_fp32(model: Any) -> bytes:
     return converter.convert()
 
 
-def convert_tflite_int8(model: Any, representative: np.ndarray) -> bytes:
-    """Full-integer TFLite (int8 input, weights, activations and output), builtin ops only."""
+def with_pixel_input(model: Any, preprocessing: Preprocessing, dtype: str = "uint8") -> Any:
+    """``model`` behind an input of raw pixels (``dtype`` uint8 or float32 values in [0, 255]):
+    the manifest's normalisation ``x * (scale / std) - mean / std`` becomes the graph's first op,
+    with the same float32 constants as `edge.preprocess.normalise_pixels`."""
+    import keras
+
+    std = np.asarray(preprocessing.std, np.float32)
+    mult = (np.float32(preprocessing.scale) / std).astype(np.float32)
+    offset = (-np.asarray(preprocessing.mean, np.float32) / std).astype(np.float32)
+    shape = tuple(int(v) for v in model.input_shape[1:])
+    pixels = keras.Input(shape=shape, dtype=dtype, name="pixels")
+    x = keras.layers.Rescaling(scale=mult, offset=offset, name="normalise")(pixels)
+    return keras.Model(pixels, model(x), name=f"{model.name}_pixels")
+
+
+def pixel_calibration(frames_uint8: np.ndarray) -> np.ndarray:
+    """Calibration frames as float pixels, with one pixel set to 0 and one to 255 in the first
+    frame, so the converter measures the input range [0, 255] exactly: its uint8 input then gets
+    scale 1 and zero point 0 and the device passes camera bytes unchanged."""
+    x = frames_uint8.astype(np.float32)
+    x[0, 0, 0, :] = 0.0
+    x[0, 0, -1, :] = 255.0
+    return x
+
+
+def convert_tflite_int8(model: Any, representative: np.ndarray, input_type: str = "int8") -> bytes:
+    """Full-integer TFLite (``input_type`` int8 or uint8 input; int8 weights, activations and
+    output), builtin ops only."""
     import tensorflow as tf
 
     def samples() -> Iterator[list[np.ndarray]]:
@@ -112,18 +141,20 @@ def convert_tflite_int8(model: Any, representative: np.ndarray) -> bytes:
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = samples
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
+    converter.inference_input_type = tf.uint8 if input_type == "uint8" else tf.int8
     converter.inference_output_type = tf.int8
     return converter.convert()
 
 
 def convert_onnx(model: Any, path: Path, opset: int) -> None:
-    """ONNX file of a Keras model via tf2onnx, input ``input`` of shape (N, H, W, C)."""
+    """ONNX file of a Keras model via tf2onnx, input ``input`` of shape (N, H, W, C) and the
+    model's input dtype (float32, or uint8 for `with_pixel_input` models)."""
     import tensorflow as tf
     import tf2onnx
 
     shape = (None, *model.input_shape[1:])
-    signature = (tf.TensorSpec(shape, tf.float32, name="input"),)
+    dtype = tf.uint8 if str(model.inputs[0].dtype).endswith("uint8") else tf.float32
+    signature = (tf.TensorSpec(shape, dtype, name="input"),)
     tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset, output_path=str(path))
 
 
@@ -202,30 +233,42 @@ def export_model(
     def prep(frames: np.ndarray) -> np.ndarray:
         return normalise(frames, list(preprocessing.mean), list(preprocessing.std), preprocessing.scale)
 
+    u8 = options.uint8_input
+    deployed = with_pixel_input(model, preprocessing) if u8 else model
+
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-export-", dir=out_root))
     staging.chmod(0o755)  # mkdtemp makes it private; a model directory is meant to be shared
     try:
-        log.info("converting %s to TFLite fp32", name)
-        fp32 = convert_tflite_fp32(model)
+        log.info("converting %s to TFLite fp32 (%s input)", name, "uint8" if u8 else "float32")
+        fp32 = convert_tflite_fp32(deployed)
         ops = check_builtin_ops(fp32, FP32_TFLITE)
         (staging / FP32_TFLITE).write_bytes(fp32)
         files = [describe_file(staging, FP32_TFLITE, "tflite", "fp32")]
         if options.int8:
             log.info("converting %s to TFLite int8 (%d calibration frames)", name, len(representative_uint8))
-            int8 = convert_tflite_int8(model, prep(representative_uint8))
+            if u8:
+                int8 = convert_tflite_int8(with_pixel_input(model, preprocessing, "float32"),
+                                           pixel_calibration(representative_uint8), input_type="uint8")
+            else:
+                int8 = convert_tflite_int8(model, prep(representative_uint8))
             check_builtin_ops(int8, INT8_TFLITE)
             in_q, out_q = quant_params_of(int8)
+            if u8 and (in_q.dtype, in_q.scale, in_q.zero_point) != ("uint8", 1.0, 0):
+                raise ExportError(f"{INT8_TFLITE} input quantization: expected uint8 scale=1 zero_point=0 "
+                                  f"(camera bytes unchanged), got {in_q.dtype} scale={in_q.scale} "
+                                  f"zero_point={in_q.zero_point}")
             (staging / INT8_TFLITE).write_bytes(int8)
             files.append(describe_file(staging, INT8_TFLITE, "tflite", "int8", in_q, out_q))
         if options.onnx:
             log.info("converting %s to ONNX (opset %d)", name, options.opset)
-            convert_onnx(model, staging / ONNX_FILE, options.opset)
+            convert_onnx(deployed, staging / ONNX_FILE, options.opset)
             files.append(describe_file(staging, ONNX_FILE, "onnx", "fp32"))
 
         manifest = Manifest(
             name=name,
             architecture=architecture,
             input_shape=input_shape,  # type: ignore[arg-type]
+            input_dtype="uint8" if u8 else "float32",
             preprocessing=preprocessing,
             embedding_size=int(model.output_shape[-1]),
             embedding_mean=None if embedding_mean is None else tuple(embedding_mean),

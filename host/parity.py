@@ -1,7 +1,9 @@
 """Parity check: the exported files must compute the embedding the Keras backbone computes.
 
 Runs held-out frames through every file of a model directory with the real edge runtimes
-(`edge.runtimes`, LiteRT and ONNX Runtime) and compares with the TensorFlow reference.
+(`edge.runtimes`, LiteRT and ONNX Runtime) and compares with the TensorFlow reference. The frames
+go in as the device gets them (uint8), so for a uint8-input export (normalisation inside the
+graph) the check covers the folded normalisation too; each result records the file's input dtype.
 
 Example:
     >>> from host.parity import compare_embeddings
@@ -74,7 +76,7 @@ def check_parity(model_dir: str | Path, manifest: Manifest, frames_uint8: np.nda
         tolerance = manifest.tolerances[entry.precision]
         problems = within_tolerance(metrics, tolerance)
         results[entry.path] = {**metrics, "runtime": runtime, "tolerance": tolerance,
-                               "passed": not problems}
+                               "input_dtype": _input_dtype(manifest, entry), "passed": not problems}
         if problems:
             failures.append(f"{_describe(entry)}: " + "; ".join(problems))
     if failures:
@@ -100,6 +102,13 @@ def embed_with_edge_runtime(model_dir: Path, manifest: Manifest, entry: ModelFil
         backbone = OnnxBackbone(model_dir, manifest, providers="cpu")
     with backbone:
         return backbone.embed(frames_uint8)
+
+
+def _input_dtype(manifest: Manifest, entry: ModelFile) -> str:
+    """The dtype the file's input tensor takes (uint8 camera bytes, float32, or int8 quantized)."""
+    if manifest.input_dtype == "uint8":
+        return "uint8"
+    return entry.input_quantization.dtype if entry.input_quantization is not None else "float32"
 
 
 def _describe(entry: ModelFile) -> str:

@@ -64,7 +64,11 @@ def test_export_writes_three_verified_files_and_a_complete_manifest(model_dir: P
     assert manifest.input_shape == (32, 32, 3) and manifest.embedding_size == 32
     assert len(manifest.embedding_mean or ()) == 32 and all(s > 0 for s in manifest.embedding_std or ())
     int8 = manifest.file("tflite", "int8")
-    assert int8.input_quantization is not None and int8.input_quantization.dtype == "int8"
+    # uint8 input, normalisation inside the graph: the device passes camera bytes unchanged
+    assert manifest.input_dtype == "uint8"
+    assert int8.input_quantization is not None
+    assert (int8.input_quantization.dtype, int8.input_quantization.scale, int8.input_quantization.zero_point) \
+        == ("uint8", 1.0, 0)
     assert int8.output_quantization is not None and int8.output_quantization.scale > 0
     assert int8.bytes < manifest.file("tflite", "fp32").bytes
     producer = manifest.producer
@@ -94,7 +98,7 @@ def test_artifacts_run_in_a_process_that_never_imports_tensorflow(model_dir: Pat
 import sys, numpy as np
 from edge.manifest import load_manifest
 m = load_manifest({str(model_dir)!r})
-x = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
+x = np.random.default_rng(0).integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8)  # camera bytes
 from ai_edge_litert.interpreter import Interpreter
 outs = []
 for prec in ("fp32", "int8"):
@@ -102,11 +106,7 @@ for prec in ("fp32", "int8"):
     it = Interpreter(model_path={str(model_dir)!r} + "/" + f.path)
     it.allocate_tensors()
     d = it.get_input_details()[0]
-    xi = x[:1]
-    if f.input_quantization:
-        q = f.input_quantization
-        xi = np.clip(np.round(xi / q.scale) + q.zero_point, -128, 127).astype(np.int8)
-    it.set_tensor(d["index"], xi); it.invoke()
+    it.set_tensor(d["index"], x[:1]); it.invoke()
     outs.append(it.get_tensor(it.get_output_details()[0]["index"]).shape)
 import onnxruntime as ort
 s = ort.InferenceSession({str(model_dir)!r} + "/" + m.file("onnx").path, providers=["CPUExecutionProvider"])
@@ -129,12 +129,12 @@ def test_parity_failure_is_detected_for_a_wrong_file(model_dir: Path, run_dir: P
     for weight in model.weights:
         if weight.name.endswith("kernel"):
             weight.assign(np.random.default_rng(3).normal(size=weight.shape).astype(np.float32) * 0.1)
-    from host.export import convert_tflite_fp32
+    from host.export import convert_tflite_fp32, with_pixel_input
 
     broken = tmp_path / "broken"
     shutil.copytree(model_dir, broken)
-    (broken / FP32_TFLITE).write_bytes(convert_tflite_fp32(model))
     manifest = load_manifest(broken, verify=False)
+    (broken / FP32_TFLITE).write_bytes(convert_tflite_fp32(with_pixel_input(model, manifest.preprocessing)))
     files = tuple(describe_file(broken, FP32_TFLITE, "tflite", "fp32") if f.path == FP32_TFLITE else f
                   for f in manifest.files)
     manifest = manifest.with_updates(files=files)
@@ -213,3 +213,29 @@ def test_cli_export_from_run_prints_sizes_and_parity(run_dir: Path, tmp_path: Pa
     assert "backbone_int8.tflite" in out and "min cos" in out
     assert load_manifest(tmp_path / "viacli").name == "viacli"
     assert os.listdir(tmp_path) == ["viacli"]
+
+
+def test_uint8_input_files_take_camera_bytes_and_match_the_float32_export(run_dir: Path, model_dir: Path,
+                                                                        tmp_path: Path) -> None:
+    """Every uint8-input file has a uint8 input tensor; the older float32-input export still
+    works and computes the same embeddings (fp32 within the fp32 tolerance)."""
+    import onnxruntime as ort
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edge.runtimes import open_backbone
+
+    for name in (FP32_TFLITE, INT8_TFLITE):
+        detail = Interpreter(model_path=str(model_dir / name)).get_input_details()[0]
+        assert np.dtype(detail["dtype"]) == np.uint8, (name, detail["dtype"])
+    session = ort.InferenceSession(str(model_dir / ONNX_FILE), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(uint8)"
+    assert all(r["input_dtype"] == "uint8" for r in load_manifest(model_dir).parity["results"].values())
+
+    old = export_run(run_dir, name="float-input", out_root=tmp_path,
+                     options=ExportOptions(uint8_input=False, int8=False))
+    assert load_manifest(old).input_dtype == "float32"
+    frames = np.load(run_dir / "calibration.npz")["heldout"][:16]
+    for runtime in ("litert", "onnx"):
+        with open_backbone(model_dir, runtime=runtime) as new_bb, open_backbone(old, runtime=runtime) as old_bb:
+            a, b = new_bb.embed(frames), old_bb.embed(frames)
+        assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max(), runtime
