@@ -258,7 +258,7 @@ def build_efficientnet_lite0_model(
     emb_mean, emb_std = embedding_stats(
         model.predict(normalise(rep, list(pre.mean), list(pre.std), pre.scale), batch_size=64, verbose=0))
     tolerances = {k: dict(v) for k, v in DEFAULT_TOLERANCES.items()}
-    if int8_min_cosine is not None:
+    if int8 and int8_min_cosine is not None:  # no int8 file, no per-model int8 limit to record
         tolerances["int8"]["min_cosine"] = float(int8_min_cosine)
     gated = input_size >= 224
 

@@ -179,3 +179,22 @@ def test_manifest_producer_records_weights_and_calibration(model_128) -> None:
     assert producer["weights"]["file"] == "efficientnet-lite0-57934424.pth"
     assert "no torch" in producer["weights"]["read_by"]
     assert "random crops" in producer["calibration"]
+
+
+def test_export_calibrates_on_user_frames_with_data(tmp_path: Path, imagenet_sample: Path) -> None:
+    """`edge-host export --backbone efficientnet_lite0 --data ...`: frames from a source, fp32 only."""
+    from firmware_sim.data.generator import make_pretraining_set
+
+    x, y = make_pretraining_set(n_objects=4, frames=4, sessions=2, image_size=32, seed=3)
+    np.savez(tmp_path / "frames.npz", x=x, y=y)
+    code = host_main(["-q", "export", "--backbone", "efficientnet_lite0", "--input-size", "64",
+                      "--data", f"npz:{tmp_path / 'frames.npz'}", "--name", "eff64", "--out",
+                      str(tmp_path / "models"), "--no-int8", "--no-onnx",
+                      "--imagenet-sample", str(imagenet_sample)])
+    assert code == 0
+    manifest = load_manifest(tmp_path / "models" / "eff64", verify=True)
+    assert [f.path for f in manifest.files] == [FP32_TFLITE]
+    assert manifest.producer["calibration"].startswith("256 frames of npz:")
+    assert manifest.tolerances["int8"]["min_cosine"] == 0.98  # default: no int8 file, nothing to justify
+    assert "int8_tolerance_justification" not in manifest.producer
+    assert set(manifest.producer["imagenet_check"]["results"]) == {FP32_TFLITE}
