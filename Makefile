@@ -30,7 +30,7 @@ setup-run: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[edge,sim]"
 
 setup-test: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[edge,sim,host,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[edge,sim,host,dev,sweep-ray]"
 
 run: setup-run
 	$(BIN)/edge-sim
