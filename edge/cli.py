@@ -156,7 +156,7 @@ def _open(args: argparse.Namespace, exclusive: bool = False) -> tuple[Agent, Che
 
     asked = _asked_config(args)
     backbone = open_backbone(args.model or default_model_dir(), runtime=args.runtime, precision=args.precision,
-                             num_threads=args.threads)
+                             num_threads=args.threads, providers=args.providers)
     store = CheckpointStore(args.state, backbone.manifest.fingerprint, validate_config=validate_agent_config,
                             exclusive=exclusive)
     resumed = resume(store, lambda ckpt: restore_agent(backbone, ckpt))
@@ -382,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--state", required=True, help="state directory (checkpoints)")
     common.add_argument("--runtime", default="auto", choices=("auto", "litert", "onnx"),
                         help="inference runtime (default: auto = LiteRT if installed)")
+    common.add_argument("--providers", default="cpu", choices=("cpu", "cuda", "tensorrt"),
+                        help="ONNX Runtime providers with --runtime onnx (cuda, tensorrt: onnxruntime-gpu, e.g. a Jetson)")
     common.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
                         help="backbone precision (int8 runs on LiteRT)")
     common.add_argument("--threads", type=_int_in(1, 256), default=None, help="inference threads")
