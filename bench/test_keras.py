@@ -34,6 +34,7 @@ def _edge_agent(model_dir, strategy: str = "replay"):
     return Agent(bb, AgentConfig(strategy=strategy, max_classes=N_CLASSES))
 
 
+@pytest.mark.keras_fit
 @pytest.mark.parametrize("epochs", [1, C.KERAS_EPOCHS], ids=lambda e: f"e{e}")
 def test_keras_fit(benchmark, same_backbone, epochs, figures, quick):
     """model.fit on one 300-frame batch, next to the edge agent's learn_many on the same frames."""
