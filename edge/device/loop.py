@@ -82,6 +82,8 @@ class LoopOptions:
         teach_batch: frames per learned batch for frames that carry their own label.
         checkpoint: save after every learned batch and at the end (needs a store).
         poll_s: how long the loop waits for a frame before checking for stop/exhaustion.
+        predict_labelled: also predict frames that carry a label, before learning them (prequential
+            evaluation in ``edge-sim device``).
     """
 
     every: int = 1
@@ -92,6 +94,7 @@ class LoopOptions:
     teach_batch: int = 32
     checkpoint: bool = True
     poll_s: float = 0.05
+    predict_labelled: bool = False
 
     def __post_init__(self) -> None:
         checks = [
@@ -201,6 +204,8 @@ class DeviceLoop:
         self.learn_errors = 0
         self._reported_drops = 0
         self.last_checkpoint: dict[str, Any] | None = None
+        #: Called after every frame with the frame and its processing seconds (the simulator's frame clock).
+        self.frame_listeners: list[Callable[[Frame, float], None]] = []
         self._learner = threading.Thread(target=self._learn_worker, name="edge-learner", daemon=True)
 
     # --------------------------------------------------------------- public
@@ -208,6 +213,11 @@ class DeviceLoop:
     def agent(self) -> Agent:
         """The current agent (replaced, never mutated, when a batch is learned)."""
         return self._agent
+
+    @property
+    def learning(self) -> int:
+        """Batches queued or training now (0: the learner is idle and every learned batch is saved)."""
+        return self._learning
 
     def stop(self) -> None:
         """Ask `run` to finish (thread- and signal-safe)."""
@@ -341,10 +351,13 @@ class DeviceLoop:
                     elif self._labelled:  # a folder is idle: learn what its label folders gave
                         self._flush_labelled()
                     continue
+                started = time.perf_counter()
                 try:
                     self._process(frame)
                 except (EdgeError, ValueError) as exc:
                     self.events.emit("error", where="frame", frame=self.frames, name=frame.name, message=str(exc))
+                for listener in self.frame_listeners:
+                    listener(frame, time.perf_counter() - started)
         finally:
             self.grabber.stop()
             self._learn_q.put(None)
@@ -371,7 +384,7 @@ class DeviceLoop:
             self._flush_labelled()
             if not self.grabber.drop:
                 self._learn_q.join()
-        predict = frame.label is None and (frame.name is not None or (self.frames - 1) % opts.every == 0)
+        predict = (frame.label is None or opts.predict_labelled) and (frame.name is not None or (self.frames - 1) % opts.every == 0)
         if not (teach is not None or predict or frame.label is not None):
             return
         emb = agent.embed(image[None])
