@@ -58,3 +58,46 @@ def test_garbage_file_is_value_error(tmp_path):
     path.write_bytes(b"this is not a pickle at all")
     with pytest.raises(ValueError, match="junk.pkl"):
         safe_load_pickle(path)
+
+
+def test_shared_references_count_each_time_and_cycles_stop_at_the_budget(tmp_path):
+    inner = list(range(100))
+    path = tmp_path / "LUP.pkl"
+    path.write_bytes(pickle.dumps([inner] * 100, protocol=2))  # 101 + 100 x 101 = 10,201 elements reachable
+    assert len(safe_load_pickle(path, max_elements=10_201)) == 100
+    with pytest.raises(ValueError, match="expected at most 10200 elements"):
+        safe_load_pickle(path, max_elements=10_200)
+    cycle = []
+    cycle.append(cycle)
+    path.write_bytes(pickle.dumps(cycle, protocol=2))
+    with pytest.raises(ValueError, match="expands too far"):
+        safe_load_pickle(path, max_elements=1000)
+
+
+def test_huge_memo_index_does_not_allocate(tmp_path):
+    import tracemalloc
+
+    # EMPTY_LIST, LONG_BINPUT 2**31, STOP: the C unpickler grows its memo array to 2**32 slots (32 GB).
+    path = tmp_path / "memo.pkl"
+    path.write_bytes(b"\x80\x02]r\x00\x00\x00\x80.")
+    tracemalloc.start()
+    try:
+        assert safe_load_pickle(path) == []
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+def test_other_types_and_non_regular_files_are_refused(tmp_path):
+    path = tmp_path / "set.pkl"
+    path.write_bytes(pickle.dumps({"a": frozenset({1})}, protocol=4))  # FROZENSET opcode, no global
+    with pytest.raises(ValueError, match="got a frozenset"):
+        safe_load_pickle(path)
+    if hasattr(os, "mkfifo"):
+        fifo = tmp_path / "fifo.pkl"
+        os.mkfifo(fifo)
+        with pytest.raises(ValueError, match="expected a regular pickle file, got a FIFO"):
+            safe_load_pickle(fifo)
+    with pytest.raises(ValueError, match="expected a pickle of at most 10 bytes, got"):
+        safe_load_pickle(path, max_bytes=10)
