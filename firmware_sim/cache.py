@@ -2,7 +2,9 @@
 
 Because the backbone is frozen, a test set's embeddings depend only on the backbone (fingerprint,
 runtime, precision) and the data (the stream's ``identity``); they are computed once and reused by
-every later run. The generated CORe50-format set (:mod:`firmware_sim.data.streams`) lives in the same
+every later run. For CORe50 data the identity covers what is read for the test set (the size, mtime and
+ctime of every test PNG, or of ``core50_imgs.npz``, see :mod:`firmware_sim.data.core50`), so replacing
+a test image is a cache miss. The generated CORe50-format set (:mod:`firmware_sim.data.streams`) lives in the same
 directory.
 
 Example:
