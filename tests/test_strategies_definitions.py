@@ -243,7 +243,7 @@ def test_lwf_logit_gradient_matches_finite_differences():
 @settings(max_examples=10, deadline=None)
 @given(batches_st)
 def test_cumulative_equals_training_once_on_everything_seen(batches):
-    s = make_strategy("cumulative")
+    s = make_strategy("cumulative", epochs=CFG.epochs)
     head = SoftmaxHead(DIM, K, lr=0.05, seed=3)
     rng = np.random.default_rng(0)
     buffer = ReplayBuffer(0, DIM, max_classes=K)

@@ -8,8 +8,15 @@ import numpy as np
 
 from edge.base import Head
 from edge.buffer import ReplayBuffer
-from edge.errors import InputError
-from edge.strategies.base import LearnSettings, Strategy, check_state, replay_minibatches, require_head
+from edge.errors import ConfigError, InputError
+from edge.strategies.base import (
+    LearnSettings,
+    Strategy,
+    check_state,
+    minibatches,
+    replay_minibatches,
+    require_head,
+)
 
 
 class NaiveStrategy(Strategy):
@@ -52,38 +59,65 @@ class ReplayStrategy(Strategy):
             head.step(x, y)
 
 
+#: Checkpoint key of cumulative's stored rows: standardised embeddings (older files stored raw rows
+#: under ``x``, with no marker; they are refused rather than read wrong).
+STORED_KEY = "x_standardised"
+
+
 class CumulativeStrategy(Strategy):
-    """Retrain the head from scratch on every embedding seen so far: the joint-training upper bound.
+    """Train the head on every embedding seen so far, to convergence: the joint-training upper bound.
 
     UNBOUNDED MEMORY AND QUADRATIC COMPUTE: every embedding ever seen is kept (float32, growing
-    without limit) and each batch retrains over all of them, so this is a reference for the
-    simulator, not something to ship on a device. Definition (exact): after each batch the head
-    equals a freshly constructed head (same seed) trained with
-    ``partial_fit(all_x, all_y, epochs, batch_size, rng)`` on the concatenation of all batches so
-    far, in arrival order, with the agent's generator as it was when the batch arrived.
+    without limit) and each batch trains over all of them, so this is a reference for the
+    simulator, not something to ship on a device.
+
+    Default (``epochs=None``): after each batch the head trains on all the data seen so far, one
+    epoch at a time, until the epoch's mean training loss improves by less than ``tol`` (relative)
+    over the previous epoch, or ``max_epochs`` epochs. It starts from the head of the previous
+    batch (``warm_start``): on the softmax head the regularised cross-entropy is strictly convex,
+    so the optimum it converges to does not depend on where it starts, and starting close to it
+    only saves epochs. ``warm_start=False`` retrains from the initial weights every batch.
+
+    With ``epochs`` set (the old definition, exact): after each batch the head equals a freshly
+    constructed head (same seed) trained with ``partial_fit(all_x, all_y, epochs, batch_size, rng)``
+    on the concatenation of all batches so far, in arrival order, with the agent's generator as it
+    was when the batch arrived.
 
     Args:
-        epochs: passes over all the data at each retraining (default: the agent's ``epochs``).
+        epochs: fixed passes over all the data at each retraining, from scratch (None: to convergence).
+        max_epochs: cap on the epochs of one retraining to convergence (default 30).
+        tol: relative improvement of the epoch's mean loss below which training stops (default 0.01).
+        warm_start: start each retraining to convergence from the previous head (default True).
     """
 
     name = "cumulative"
     supports_tflite_head = True
+    #: Epochs the last retraining ran (not state; for reports and tests).
+    epochs_run_: int = 0
 
-    def __init__(self, epochs: int | None = None) -> None:
+    def __init__(self, epochs: int | None = None, max_epochs: int = 30, tol: float = 0.01,
+                 warm_start: bool = True) -> None:
         self.epochs = epochs
+        self.max_epochs = max_epochs
+        self.tol = tol
+        self.warm_start = warm_start
 
     def params(self) -> dict[str, Any]:
-        return {"epochs": self.epochs}
+        return {"epochs": self.epochs, "max_epochs": self.max_epochs, "tol": self.tol,
+                "warm_start": self.warm_start}
 
     def learn(self, head: Head | None, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,
               rng: np.random.Generator, cfg: LearnSettings) -> None:
         head = require_head(head, self.name)
+        if self.epochs is None and (int(self.max_epochs) < 1 or not float(self.tol) >= 0):
+            raise ConfigError(f"cumulative: expected max_epochs >= 1 and tol >= 0, got {self.max_epochs} "
+                              f"and {self.tol}")
         n, d = emb.shape
         size = getattr(self, "size_", 0)
         if size == 0:
             self.x_ = np.zeros((max(n, 64), d), np.float32)
             self.y_ = np.zeros(max(n, 64), np.int64)
-            self.init_seed_ = int(head.seed)  # every retraining starts from this head's initial weights
+            self.init_seed_ = int(head.seed)  # every retraining from scratch starts from these weights
         elif self.x_.shape[1] != d:
             raise InputError(f"embeddings: expected shape (N, {self.x_.shape[1]}), got {emb.shape}")
         if size + n > self.x_.shape[0]:  # amortised growth: double the allocation
@@ -93,28 +127,46 @@ class CumulativeStrategy(Strategy):
         self.x_[size:size + n] = emb
         self.y_[size:size + n] = labels
         self.size_ = size + n
-        head.reset(self.init_seed_)
-        epochs = cfg.epochs if self.epochs is None else self.epochs
-        head.partial_fit(self.x_[:self.size_], self.y_[:self.size_], epochs=epochs,
-                         batch_size=cfg.batch_size, rng=rng)
+        x, y = self.x_[:self.size_], self.y_[:self.size_]
+        if self.epochs is not None:
+            head.reset(self.init_seed_)
+            head.partial_fit(x, y, epochs=self.epochs, batch_size=cfg.batch_size, rng=rng)
+            self.epochs_run_ = int(self.epochs)
+            return
+        if not self.warm_start:
+            head.reset(self.init_seed_)
+        previous = np.inf
+        for epoch in range(1, int(self.max_epochs) + 1):
+            losses = [head.step(x[idx], y[idx]) * len(idx)
+                      for idx in minibatches(self.size_, 1, cfg.batch_size, rng)]
+            loss = float(sum(losses)) / self.size_
+            self.epochs_run_ = epoch
+            if previous - loss < float(self.tol) * abs(previous):
+                break
+            previous = loss
 
     def state_dict(self) -> dict[str, np.ndarray]:
         size = getattr(self, "size_", 0)
         if size == 0:
             return {}
-        return {"x": self.x_[:size].copy(), "y": self.y_[:size].copy(),
+        return {STORED_KEY: self.x_[:size].copy(), "y": self.y_[:size].copy(),
                 "init_seed": np.array(self.init_seed_, np.int64)}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         if not state:
             self.size_ = 0
             return
-        arrays = check_state("cumulative", state, {"x": (np.float32, (None, None)), "y": (np.int64, (None,)),
-                                                   "init_seed": (np.int64, ())})
-        if arrays["y"].shape[0] != arrays["x"].shape[0]:
-            raise InputError(f"cumulative state: expected one label per row ({arrays['x'].shape[0]}), "
+        if "x" in state and STORED_KEY not in state:
+            raise InputError(f"cumulative state: expected standardised rows under {STORED_KEY!r}, got raw "
+                             "rows under 'x' (a checkpoint written before the agent standardised them; "
+                             "reading it would mix raw and standardised embeddings): relearn the stream "
+                             "or start from a newer checkpoint")
+        arrays = check_state("cumulative", state, {STORED_KEY: (np.float32, (None, None)),
+                                                   "y": (np.int64, (None,)), "init_seed": (np.int64, ())})
+        if arrays["y"].shape[0] != arrays[STORED_KEY].shape[0]:
+            raise InputError(f"cumulative state: expected one label per row ({arrays[STORED_KEY].shape[0]}), "
                              f"got {arrays['y'].shape[0]}")
-        self.x_, self.y_ = arrays["x"].copy(), arrays["y"].copy()
+        self.x_, self.y_ = arrays[STORED_KEY].copy(), arrays["y"].copy()
         self.init_seed_ = int(arrays["init_seed"])
         self.size_ = int(self.x_.shape[0])
 
