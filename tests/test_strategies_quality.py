@@ -153,3 +153,43 @@ def test_an_old_cumulative_checkpoint_with_raw_rows_is_refused():
     b = Agent(None, AgentConfig(strategy="cumulative", max_classes=K), embedding_size=DIM)
     b.load_state_dict(state)
     np.testing.assert_array_equal(b.strategy.x_[:4], a.strategy.x_[:4])
+
+
+# ------------------------------------------------- item 5: NCM with the stream's own statistics
+def test_ncm_running_standardisation_fixes_mismatched_pretraining_statistics():
+    """Issue 12 item 5: when the backbone's pretraining statistics do not match the stream (here:
+    a few nuisance dimensions 30x wider than the informative ones), NCM on the agent's fixed
+    standardisation is dominated by them; the stream's running std puts every dimension on one
+    scale again."""
+    rng = np.random.default_rng(4)
+    (x, y), (xt, yt) = clusters(5, spread=1.0)
+    noise = 30.0
+
+    def widen(a: np.ndarray) -> np.ndarray:
+        a = a.copy()
+        a[:, :4] = rng.normal(size=(a.shape[0], 4)) * noise
+        return a
+
+    x, xt = widen(x), widen(xt)
+    acc = {}
+    for mode in ("fixed", "running"):
+        a = Agent(None, AgentConfig(strategy="ncm", strategy_params={"standardize": mode}, max_classes=K),
+                  embedding_size=DIM, embedding_mean=np.zeros(DIM), embedding_std=np.ones(DIM))
+        for c in range(0, K, 2):
+            m = (y == c) | (y == c + 1)
+            a.learn_embeddings(x[m], y[m])
+        acc[mode] = a.evaluate_embeddings(xt, yt)
+    assert acc["running"] > acc["fixed"] + 0.15, acc
+    assert make_strategy("ncm").standardize == "fixed"   # the documented sweep's choice
+
+
+def test_ncm_running_state_round_trips_and_old_state_is_refused():
+    a = Agent(None, AgentConfig(strategy="ncm", strategy_params={"standardize": "running"}, max_classes=K),
+              embedding_size=DIM)
+    (x, y), (xt, _) = clusters(6)
+    a.learn_embeddings(x, y)
+    b = Agent(None, a.config, embedding_size=DIM)
+    b.load_state_dict(a.state_dict())
+    np.testing.assert_array_equal(a.predict_proba_embeddings(xt), b.predict_proba_embeddings(xt))
+    with pytest.raises(InputError, match="expected keys \\['count', 'sq', 'sum'\\]"):
+        make_strategy("ncm").load_state_dict({"sum": np.zeros((K, DIM)), "count": np.zeros(K, np.int64)})

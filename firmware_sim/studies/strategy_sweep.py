@@ -31,6 +31,7 @@ GRID: dict[str, list[dict[str, Any]]] = {
     "lwf": [{"alpha": a, "temperature": t, "train_units": u} for u in ("all", "seen")
             for a in (0.5, 1.0, 2.0) for t in (1.0, 2.0)],
     "slda": [{"shrinkage": s} for s in (1e-4, 1e-2, 1e-1)],
+    "ncm": [{"standardize": m} for m in ("fixed", "running")],
     # The choices the CWR* papers leave open on a head with a bias (see edge.strategies.cwr).
     "cwr_star": [{"train_units": u, "consolidate_bias": b, "reset_momentum": m}
                  for u in ("all", "seen") for b in (True, False) for m in (True, False)],
