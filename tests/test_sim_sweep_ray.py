@@ -49,7 +49,9 @@ def test_ray_sweep_matches_local_retries_a_dead_worker_and_resumes(tmp_path: Pat
     started = time.perf_counter()
     body = f"ip link set lo up && exec {sys.executable} {Path(__file__)} {tmp_path} {observed}"
     proc = subprocess.run([*NAMESPACE, "sh", "-c", body], capture_output=True, text=True, timeout=420,
-                          cwd=str(REPO), env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+                          cwd=str(REPO), env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0",
+                                                   # loopback-only cluster: no token (none written to ~/.ray)
+                                                   "RAY_AUTH_MODE": "disabled"})
     assert proc.returncode == 0, f"namespace body failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     got = json.loads(observed.read_text())
     wall = time.perf_counter() - started

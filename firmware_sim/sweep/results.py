@@ -74,7 +74,11 @@ def merge(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for record in records:
         groups.setdefault(str(record["group"]), []).append(record)
     cells = {str(r["key"]): Cell.from_dict(r["cell"]) for r in records}
-    varying = varying_keys(list(cells.values()))
+    by_strategy: dict[str, list[Cell]] = {}
+    for cell in cells.values():
+        by_strategy.setdefault(str(cell.agent["strategy"]), []).append(cell)
+    # a label names what varies among one strategy's cells (naive's buffer size, fixed, is not shown)
+    varying = {name: varying_keys(members) - {"scenario"} for name, members in by_strategy.items()}
     merged = []
     for group, members in groups.items():
         members = sorted(members, key=lambda r: int(r["cell"]["sim"]["run"]))
@@ -84,7 +88,7 @@ def merge(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         first = cells[str(members[0]["key"])]
         merged.append({
             "group": group,
-            "label": describe(first, varying),
+            "label": describe(first, varying[str(first.agent["strategy"])]),
             "scenario": first.sim["scenario"],
             "strategy": first.agent["strategy"],
             "config": {"sim": {k: v for k, v in first.sim.items() if k != "run"}, "agent": first.agent},

@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from edge.atomic import atomic_write
 from firmware_sim.measure.metrics import mean_std
@@ -64,6 +64,18 @@ def _resolve_head_files(cells: list[Cell]) -> list[Cell]:
     return out
 
 
+class _Idle(Executor):
+    """Stands in for the requested executor when every cell is finished."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def run(self, jobs: dict[str, Any], desc: str = "") -> Iterator[tuple[str, Any]]:
+        if jobs:
+            raise ValueError(f"no executor for {len(jobs)} job(s): expected none")
+        return iter(())
+
+
 def _crash_hook() -> tuple[str, str] | None:
     value = os.environ.get(CRASH_ENV)
     if not value:
@@ -94,23 +106,30 @@ def run_sweep(grid: Grid | str | Path, out_dir: str | Path, *, executor: str | E
     crash = _crash_hook()
     threads = cells[0].sim["threads"]
 
-    stream_of: dict[str, str] = {}  # cell key -> stream key
-    specs: dict[str, dict[str, Any]] = {}  # stream key -> spec
-    resolved: dict[str, str] = {}
-    for cell in todo:
-        text = json.dumps(cell.stream_spec, sort_keys=True)
-        if text not in resolved:
-            resolved[text], _ = resolve_stream(cell.stream_spec, threads)
-            specs.setdefault(resolved[text], cell.stream_spec)
-        stream_of[cell.key] = resolved[text]
     failures: dict[str, str] = {}
     computed: list[float] = []
     passes = 0
     embed_seconds: list[float] = []
     own = not isinstance(executor, Executor)
-    runner = make_executor(executor, workers=workers, address=ray_address, max_retries=max_retries,
-                           progress=progress) if isinstance(executor, str) else executor
+    if todo:
+        runner = make_executor(executor, workers=workers, address=ray_address, max_retries=max_retries,
+                               progress=progress) if isinstance(executor, str) else executor
+    else:  # nothing to run: no pool, no cluster connection
+        runner = _Idle(str(executor) if isinstance(executor, str) else executor.name)
+    specs: dict[str, dict[str, Any]] = {}  # stream key -> spec (specs naming the same content share one)
     try:
+        # each distinct stream's content key (opening a CORe50 stream parses its label pickles: in parallel)
+        spec_of = {json.dumps(c.stream_spec, sort_keys=True): c.stream_spec for c in todo}
+        resolved: dict[str, str] = {}
+        for text, value in runner.run({t: (resolve_stream, {"spec": s, "threads": threads})
+                                       for t, s in spec_of.items()}, desc="streams"):
+            if isinstance(value, BaseException):
+                raise ValueError(f"stream {spec_of[text]['data']} {spec_of[text]['scenario']} run "
+                                 f"{spec_of[text]['run']}: {value}") from value
+            resolved[text] = value[0]
+        stream_of = {c.key: resolved[json.dumps(c.stream_spec, sort_keys=True)] for c in todo}
+        for text, key in resolved.items():
+            specs.setdefault(key, spec_of[text])
         shared = runner.name == "ray"
         missing = {k: (embed_task, {"spec": spec, "key": k, "cache_dir": str(cache.directory), "threads": threads,
                                     "return_arrays": shared})

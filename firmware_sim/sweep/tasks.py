@@ -12,11 +12,13 @@ creating MARKER; a retry finds MARKER and runs normally.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
 import socket
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -30,6 +32,27 @@ CRASH_ENV = "EDGE_SIM_SWEEP_CRASH_ONCE"
 CRASH_EXIT_CODE = 17
 
 
+_STREAMS: OrderedDict[str, Any] = OrderedDict()  # this worker's recently opened streams
+_STREAMS_KEPT = 4
+
+
+def _cell_stream(spec: Mapping[str, Any], image_size: int) -> Any:
+    """The stream ``spec`` names, opened once per worker process (CORe50's label pickles take seconds
+    to parse safely, and a worker runs many cells of one stream)."""
+    from firmware_sim.sweep.embeddings import open_cell_stream
+
+    names = ("data", "scenario", "run", "test", "labels", "seed", "protocol_params", "test_split")
+    key = json.dumps({**{n: spec[n] for n in names}, "image_size": image_size}, sort_keys=True)
+    if key in _STREAMS:
+        _STREAMS.move_to_end(key)
+        return _STREAMS[key]
+    stream = open_cell_stream(spec, image_size)
+    _STREAMS[key] = stream
+    while len(_STREAMS) > _STREAMS_KEPT:
+        _STREAMS.popitem(last=False)
+    return stream
+
+
 def _open_backbone(sim: Mapping[str, Any]) -> Any:
     from edge.runtimes import open_backbone
 
@@ -39,10 +62,10 @@ def _open_backbone(sim: Mapping[str, Any]) -> Any:
 
 def resolve_stream(spec: Mapping[str, Any], threads: int | None) -> tuple[str, dict[str, Any]]:
     """The content key of the stream ``spec`` names and a description of it (opens backbone and stream)."""
-    from firmware_sim.sweep.embeddings import open_cell_stream, stream_key
+    from firmware_sim.sweep.embeddings import stream_key
 
     with _open_backbone({**spec, "threads": threads}) as backbone:
-        stream = open_cell_stream(spec, backbone.manifest.input_shape[0])
+        stream = _cell_stream(spec, backbone.manifest.input_shape[0])
         return stream_key(backbone, stream, spec), {
             "name": stream.name, "n_batches": len(stream.train_batches), "n_train_frames": stream.n_train_frames,
             "n_test_frames": len(stream.test), "n_classes": stream.n_classes, "test_split": stream.test_split}
@@ -53,12 +76,12 @@ def embed_task(spec: Mapping[str, Any], key: str, cache_dir: str, threads: int |
     """Embed the stream ``spec`` once into the cache under ``key``; return its meta (and arrays for Ray)."""
     from firmware_sim.cache import EmbeddingCache
     from firmware_sim.loop.device_loop import embed_stream, embedding_summary
-    from firmware_sim.sweep.embeddings import StreamCache, open_cell_stream, stream_key
+    from firmware_sim.sweep.embeddings import StreamCache, stream_key
 
     cache = StreamCache(cache_dir)
     started = time.perf_counter()
     with _open_backbone({**spec, "threads": threads}) as backbone:
-        stream = open_cell_stream(spec, backbone.manifest.input_shape[0])
+        stream = _cell_stream(spec, backbone.manifest.input_shape[0])
         got = stream_key(backbone, stream, spec)
         if got != key:
             raise ValueError(f"stream {spec['data']} {spec['scenario']} run {spec['run']}: expected content key "
@@ -97,7 +120,7 @@ def run_cell(cell: Mapping[str, Any], stream_key: str, cache_dir: str,
     from firmware_sim.loop.device_loop import EmbeddedStream, SimOptions, run_agent
     from firmware_sim.measure.metrics import LatencyRecorder
     from firmware_sim.measure.report import to_jsonable
-    from firmware_sim.sweep.embeddings import StreamCache, open_cell_stream
+    from firmware_sim.sweep.embeddings import StreamCache
     from firmware_sim.sweep.embeddings import stream_key as key_of
 
     _maybe_crash(str(cell["key"]), crash)
@@ -113,7 +136,7 @@ def run_cell(cell: Mapping[str, Any], stream_key: str, cache_dir: str,
         train, test, meta = list(embedded["train"]), np.asarray(embedded["test"]), dict(embedded["meta"])
     config = AgentConfig.from_dict(dict(cell["agent"]))
     with _open_backbone(sim) as backbone:
-        stream = open_cell_stream(sim, backbone.manifest.input_shape[0])
+        stream = _cell_stream(sim, backbone.manifest.input_shape[0])
         if key_of(backbone, stream, sim) != stream_key:
             raise ValueError(f"cell {cell['key']}: the stream's content key changed since it was embedded "
                              f"(expected {stream_key}); did the data or model change during the sweep?")
