@@ -295,3 +295,25 @@ def test_soak_10000_frames_keeps_rss_flat(backbone):
     assert loop.frames == 10_000 and loop.learned_batches >= 20 and loop.predictions > 9_000
     growth = samples[9_999] - samples[4_000]
     assert growth < 4 * 2**20, f"RSS grew {growth / 2**20:.1f} MiB between frame 4,000 and 9,999 ({samples})"
+
+
+def test_one_config_file_for_edge_sim_and_edge_agent(tmp_path):
+    """The same --config file gives the same AgentConfig in both tools (flags spelled the same)."""
+    from edge.cli import _config_from_args, build_parser
+    from firmware_sim.commands.cli import build_parser as sim_parser
+    from firmware_sim.commands.run import _config, options_from_args
+
+    path = tmp_path / "tuned.toml"
+    path.write_text('strategy = "slda"\nbuffer_capacity = 300\nlr = 0.05\n[strategy_params]\nshrinkage = 0.01\n')
+    sim_args = sim_parser().parse_args(["run", "--config", str(path), "--out", str(tmp_path / "o")])
+    sim = _config(options_from_args(sim_args), "slda")
+    agent = _config_from_args(build_parser().parse_args(["run", "--state", "s", "--source", "camera:0",
+                                                         "--config", str(path)]))
+    assert sim == agent and (agent.strategy, agent.buffer_capacity, agent.lr) == ("slda", 300, 0.05)
+    assert agent.strategy_params == {"shrinkage": 0.01}
+    both = ["--buffer", "200", "--buffer-dtype", "float16", "--lr", "0.02", "--max-classes", "20"]
+    sim = _config(options_from_args(sim_parser().parse_args(["run", "--config", str(path), *both, "--out", "x"])),
+                  "slda")
+    agent = _config_from_args(build_parser().parse_args(["run", "--state", "s", "--source", "camera:0",
+                                                         "--config", str(path), *both]))
+    assert sim == agent and (agent.buffer_capacity, agent.buffer_storage, agent.max_classes) == (200, "float16", 20)

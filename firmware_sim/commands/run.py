@@ -80,6 +80,7 @@ class RunOptions:
     no_plots: bool = False
     no_progress: bool = False
     out: str | None = None
+    config: str | None = None  # --config FILE: AgentConfig as JSON/TOML, the same file edge-agent takes
 
 
 _D = RunOptions()
@@ -133,6 +134,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                          "(ewc.ewc_lambda=10) it applies to that strategy only. See docs/strategies.md")
     ag.add_argument("--max-classes", type=int, default=_D.max_classes, help="head capacity (default 50)")
     ag.add_argument("--seed", type=int, default=_D.seed, help="random seed")
+    ag.add_argument("--config", default=_D.config, metavar="FILE",
+                    help="AgentConfig as JSON or TOML (the file edge-agent --config takes); flags other than "
+                         "their defaults override it, and its strategy is used when --strategy is not given")
     out = p.add_argument_group("measurement and output")
     out.add_argument("--eval-every", type=int, default=_D.eval_every, help="evaluate after every K batches (default 1)")
     out.add_argument("--latency-frames", type=int, default=_D.latency_frames, help="frames timed end to end at batch 1")
@@ -147,7 +151,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           "replay) and write report.json, curve.csv, summary.md and plots.",
                               epilog=protocol_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common(p)
-    p.add_argument("--strategy", choices=sorted(STRATEGIES), default="replay", help="strategy (default replay)")
+    p.add_argument("--strategy", choices=sorted(STRATEGIES), default=None,
+                   help="strategy (default: the --config file's, else replay)")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=run_command)
 
@@ -188,10 +193,19 @@ def _config(options: RunOptions, strategy: str) -> AgentConfig:
         "buffer_storage": options.buffer_dtype, "replay_ratio": options.replay_ratio,
     }
     given: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
-    backend = options.head_backend
-    config = AgentConfig(head=options.head, hidden=options.hidden, optimizer=options.optimizer, strategy=strategy,
-                         max_classes=options.max_classes, seed=options.seed, head_backend=backend,
-                         strategy_params=strategy_params(options.strategy_param, strategy), **given)
+    values: dict[str, Any] = {}
+    if options.config:
+        from edge.device.config import load_config_values
+
+        values = load_config_values(options.config)
+    flags = {"head": options.head, "hidden": options.hidden, "optimizer": options.optimizer,
+             "max_classes": options.max_classes, "seed": options.seed, "head_backend": options.head_backend}
+    values.update({k: v for k, v in flags.items() if k not in values or v != getattr(_D, k)})
+    if options.strategy_param or values.get("strategy", strategy) != strategy:
+        values["strategy_params"] = strategy_params(options.strategy_param, strategy)
+    values.update(given, strategy=strategy)
+    backend = values["head_backend"]
+    config = AgentConfig.from_dict(values)
     if backend == "tflite":  # the simulator's agent works on embeddings: name the head file explicitly
         if options.head_file is not None:
             head_file = Path(options.head_file)
@@ -258,7 +272,13 @@ def compare(options: RunOptions, strategies: Sequence[str]) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    return run(options_from_args(args), args.strategy)
+    options = options_from_args(args)
+    strategy = args.strategy
+    if strategy is None and options.config:
+        from edge.device.config import load_config_values
+
+        strategy = load_config_values(options.config).get("strategy")
+    return run(options, strategy or "replay")
 
 
 def compare_command(args: argparse.Namespace) -> int:
