@@ -23,7 +23,7 @@ from typing import NoReturn, Sequence
 __all__ = ["COMMAND_MODULES", "CliError", "build_parser", "main"]
 
 #: Modules (under ``firmware_sim.commands``) that each provide ``register(subparsers)``.
-COMMAND_MODULES: list[str] = ["generate", "run", "sweep"]
+COMMAND_MODULES: list[str] = ["generate", "run", "sweep", "device"]
 
 
 class CliError(ValueError):

@@ -1,0 +1,193 @@
+"""``edge-sim device`` outputs: ``report.json``, ``summary.md`` and plots (timeline, latency, RSS).
+
+The timeline plot shows each frame's processing time against the deadline over stream time, with
+teach bursts (learned batches), dropped frames, frames while the device was off and power cuts marked.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.atomic import atomic_write
+from firmware_sim.measure.machine import machine_line
+from firmware_sim.measure.report import _new_figure, _save, markdown_table, write_report
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SUMMARY_COLUMNS", "summary_markdown", "summary_rows", "write_device_outputs"]
+
+SUMMARY_COLUMNS = ["run", "final acc %", "prequential acc %", "frames", "dropped", "off", "deadline misses",
+                   "latency p50 ms", "p95 ms", "p99 ms", "RSS peak MiB", "state KiB", "written MiB/h", "cuts",
+                   "bursts lost", "wall s"]
+
+
+def _pct(v: Any) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}"
+
+
+def _num(v: Any, fmt: str = "{:.2f}") -> str:
+    return "n/a" if v is None else fmt.format(v)
+
+
+def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per run (uninterrupted, power cuts)."""
+    rows = []
+    for name, entry in report["runs"].items():
+        r, m = entry["results"], entry["measured"]
+        rows.append({
+            "run": name + ("" if r["completed"] else " (FAILED)"),
+            "final acc %": _pct(r["final_accuracy"]), "prequential acc %": _pct(r["prequential_accuracy"]),
+            "frames": r["frames_processed"], "dropped": r["frames_dropped"], "off": r["frames_while_off"],
+            "deadline misses": m["deadline_misses"], "latency p50 ms": _num(m["latency_ms"]["p50"], "{:.3f}"),
+            "p95 ms": _num(m["latency_ms"]["p95"], "{:.3f}"), "p99 ms": _num(m["latency_ms"]["p99"], "{:.3f}"),
+            "RSS peak MiB": _num(None if m["rss_peak_bytes"] is None else m["rss_peak_bytes"] / 2**20, "{:.0f}"),
+            "state KiB": _num(None if m["state_bytes_on_disk"] is None else m["state_bytes_on_disk"] / 1024, "{:.0f}"),
+            "written MiB/h": _num(None if m["bytes_written_per_hour"] is None
+                                  else m["bytes_written_per_hour"] / 2**20, "{:.1f}"),
+            "cuts": r["power_cut_totals"]["cuts"], "bursts lost": r["power_cut_totals"]["bursts_lost"],
+            "wall s": _num(m["wall_s"], "{:.1f}"),
+        })
+    return rows
+
+
+def summary_markdown(report: dict[str, Any]) -> str:
+    """``summary.md``: what was run (data, model, strategy, device, machine), then the table and failures."""
+    o, b, bud = report["options"], report["backbone"], report["budgets"]
+    s = report["stream"]
+    lines = [
+        f"# edge-sim device: {report['scenario']} on {report['data']}",
+        "",
+        f"- data: {report['data']}, scenario {report['scenario']} run {report['run']}: {s['frames']} frames in "
+        f"{s['batches']} batches, {s['test_frames']} test frames ({report['test']}), {s['classes']} classes",
+        f"- model: {b['name']} ({b['runtime']} {b['precision']}, threads {b['threads'] or 'runtime default'}), "
+        f"strategy {report['strategy']}",
+        f"- device: {bud['device']} ({bud['source']}); RAM budget "
+        f"{bud['ram_budget_mb'] or 'none'} MB, flash budget {bud['flash_budget_mb'] or 'none'} MB",
+        f"- clock: {'wall time (--realtime)' if o['realtime'] else 'simulated'}, {o['fps']:g} fps, deadline "
+        f"{o['frame_deadline_ms'] or 1000 / o['fps']:.1f} ms; teacher: share {o['label_share']:g}, delay "
+        f"{o['label_delay_s']:g} s, bursts of {o['burst']} frames; power cuts {o['power_cuts']} "
+        f"(outage {o['outage_s']:g} s), seed {o['seed']}",
+        f"- machine: {machine_line(report['machine'])}",
+        "",
+        markdown_table(summary_rows(report), SUMMARY_COLUMNS),
+        "",
+    ]
+    cost = report.get("power_cut_cost")
+    if cost:
+        lines.append(f"Power cuts cost {_num(None if cost['final_accuracy'] is None else -100 * cost['final_accuracy'], '{:.2f}')} "
+                     f"points of final accuracy and "
+                     f"{_num(None if cost['prequential_accuracy'] is None else -100 * cost['prequential_accuracy'], '{:.2f}')} "
+                     "points of prequential accuracy against the same run uninterrupted.")
+        lines.append("")
+    for name, entry in report["runs"].items():
+        failure = entry["results"]["failure"]
+        if failure:
+            lines.append(f"**{name} failed**: {failure}")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _plot_timeline(path: Path, name: str, entry: dict[str, Any], deadline_ms: float) -> None:
+    fig = _new_figure(10.0, 4.0)
+    if fig is None:
+        return
+    tl = entry["measured"]["timeline"]
+    start = np.asarray([np.nan if v is None else v for v in tl["start_s"]], float)
+    proc = np.asarray([np.nan if v is None else v for v in tl["proc_ms"]], float)
+    ax = fig.add_subplot()
+    ok = ~np.isnan(start)
+    ax.plot(start[ok], proc[ok], ",", color="tab:blue", label="frame processing ms")
+    ax.axhline(deadline_ms, color="tab:red", linewidth=0.8, label=f"deadline {deadline_ms:.1f} ms")
+    fps = len(start) / max(np.nanmax(start) if ok.any() else 1.0, 1e-9)
+    if tl["learned_t"]:
+        ax.vlines(tl["learned_t"], 0, deadline_ms * 0.1, color="tab:green", linewidth=0.3, label="teach burst learned")
+    idx = np.arange(len(start))
+    for key, color, label in (("dropped", "tab:orange", "dropped"), ("off", "tab:gray", "device off")):
+        marks = np.asarray(tl[key], int)
+        if marks.size:
+            ax.plot(idx[marks] / fps, np.full(marks.size, deadline_ms * 1.05), "|", color=color, label=label)
+    for cut in entry["results"]["power_cuts"]:
+        ax.axvline(cut["t"], color="black", linestyle="--", linewidth=0.8)
+    if entry["results"]["power_cuts"]:
+        ax.plot([], [], "k--", label="power cut")
+    ax.set_yscale("log")
+    ax.set_xlabel("stream time (s)")
+    ax.set_ylabel("ms")
+    ax.set_title(f"{name}: per-frame processing, teach bursts, drops and power cuts")
+    ax.legend(loc="upper right", fontsize="small")
+    _save(fig, path)
+
+
+def _plot_latency(path: Path, report: dict[str, Any]) -> None:
+    fig = _new_figure(6.0, 3.8)
+    if fig is None:
+        return
+    ax = fig.add_subplot()
+    for name, entry in report["runs"].items():
+        proc = np.asarray([v for v in entry["measured"]["timeline"]["proc_ms"] if v is not None], float)
+        if proc.size:
+            ax.hist(proc, bins=60, alpha=0.5, label=name)
+    ax.set_xlabel("frame processing ms (fit + embed + predict + collect)")
+    ax.set_ylabel("frames")
+    ax.set_yscale("log")
+    ax.legend(fontsize="small")
+    ax.set_title("Latency histogram while learning")
+    _save(fig, path)
+
+
+def _plot_rss(path: Path, report: dict[str, Any]) -> None:
+    fig = _new_figure(6.5, 3.8)
+    if fig is None:
+        return
+    ax = fig.add_subplot()
+    for name, entry in report["runs"].items():
+        points = entry["measured"]["rss_over_time"]
+        ax.plot([p["t"] for p in points], [p["rss_bytes"] / 2**20 for p in points], label=name, linewidth=1)
+    budget = report["budgets"]["ram_budget_mb"]
+    if budget:
+        ax.axhline(budget, color="tab:red", linewidth=0.8, label=f"RAM budget {budget:g} MB")
+    ax.set_xlabel("stream time (s)")
+    ax.set_ylabel("child RSS (MiB)")
+    ax.legend(fontsize="small")
+    ax.set_title("Device RSS over time")
+    _save(fig, path)
+
+
+def _plot_accuracy(path: Path, report: dict[str, Any]) -> None:
+    fig = _new_figure(7.0, 4.0)
+    if fig is None:
+        return
+    ax = fig.add_subplot()
+    fps = report["options"]["fps"]
+    for name, entry in report["runs"].items():
+        r = entry["results"]
+        ax.plot([p["frame"] / fps for p in r["prequential_curve"]], [p["accuracy"] for p in r["prequential_curve"]],
+                label=f"{name}: prequential (cumulative)")
+        ax.plot([e["t"] for e in r["test_curve"]], [e["accuracy"] for e in r["test_curve"]], linewidth=0.8,
+                label=f"{name}: held-out test after each burst")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("stream time (s)")
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize="small")
+    _save(fig, path)
+
+
+def write_device_outputs(report: dict[str, Any], out_dir: Path, plots: bool = True) -> None:
+    """``report.json``, ``summary.md`` and (with matplotlib) ``timeline_<run>.png``, ``latency.png``,
+    ``rss.png``, ``accuracy.png``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = summary_markdown(report)
+    atomic_write(out_dir / "summary.md", lambda handle: handle.write(text), text=True)
+    write_report(out_dir, report)
+    if not plots:
+        return
+    deadline = report["runs"][next(iter(report["runs"]))]["measured"]["deadline_ms"]
+    for name, entry in report["runs"].items():
+        _plot_timeline(out_dir / f"timeline_{name}.png", name, entry, deadline)
+    _plot_latency(out_dir / "latency.png", report)
+    _plot_rss(out_dir / "rss.png", report)
+    _plot_accuracy(out_dir / "accuracy.png", report)

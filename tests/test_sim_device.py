@@ -1,0 +1,106 @@
+"""`edge-sim device`: the edge.device loop in a child process at a frame clock, budgets, power cuts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from firmware_sim.commands.cli import main as sim_main
+from firmware_sim.data.generator import GeneratorConfig, generate_core50
+from firmware_sim.device.sim import cut_plan
+from firmware_sim.device.teacher import teach_plan
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = str(REPO / "models" / "default")
+FRAMES = 1200  # the first 1,200 frames of a generated NICv2-391 stream (8 frames per object and session)
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("core50")
+    generate_core50(root, GeneratorConfig(frames=8, runs=1, seed=4, forms=("arrays",)), progress=False)
+    return root
+
+
+def _device(generated: Path, out: Path, *extra: str) -> tuple[int, dict]:
+    code = sim_main(["device", "--model", MODEL, "--data", f"synthetic:{generated}", "--scenario", "nicv2_391",
+                     "--out", str(out), "--cache", str(out.parent / "cache"), "--no-progress", "--no-plots",
+                     "--test", "reduced", "--max-frames", str(FRAMES), *extra])
+    return code, json.loads((out / "report.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def cut_report(generated: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    code, report = _device(generated, tmp_path_factory.mktemp("cuts") / "out", "--power-cuts", "20",
+                           "--outage", "0.1")
+    assert code == 0
+    return report
+
+
+def test_teacher_plan_share_delay_and_bursts() -> None:
+    labels = np.repeat(np.arange(4), 40)
+    plan = teach_plan(labels, [0, 40, 80, 120], fps=20, share=0.25, delay_s=0.5, burst=5)
+    assert abs(plan.n_taught / labels.size - 0.25) < 0.05
+    taught = np.flatnonzero(plan.labels >= 0)
+    assert taught.min() == 10  # 0.5 s at 20 fps before the first label
+    assert np.array_equal(plan.labels[taught], labels[taught - 10])  # what the teacher saw 0.5 s earlier
+    assert plan.n_bursts == 8 and np.bincount(plan.bursts[plan.bursts >= 0]).tolist() == [5] * 8
+    with pytest.raises(ValueError, match="expected a fraction"):
+        teach_plan(labels, [0], fps=20, share=0.0, delay_s=0, burst=5)
+
+
+def test_cut_plan_is_seeded_and_half_during_checkpoints() -> None:
+    a, b = cut_plan(20, 1200, 120, seed=3), cut_plan(20, 1200, 120, seed=3)
+    assert a == b and a != cut_plan(20, 1200, 120, seed=4)
+    assert sum(c.kind.startswith("checkpoint-") for c in a) == 10
+    assert {c.kind for c in a} == {"frame", "checkpoint-open", "checkpoint-rename"}
+
+
+def test_twenty_power_cuts_finish_close_to_the_uninterrupted_run(cut_report: dict) -> None:
+    base, cut = cut_report["runs"]["uninterrupted"]["results"], cut_report["runs"]["power_cuts"]["results"]
+    assert base["completed"] and cut["completed"]
+    totals = cut["power_cut_totals"]
+    assert totals["cuts"] == 20 and totals["during_checkpoint"] == 10
+    assert totals["max_bursts_lost_per_cut"] <= 1 and totals["updates_lost"] >= 1
+    kinds = {c["kind"] for c in cut["power_cuts"]}
+    assert kinds == {"frame", "checkpoint-open", "checkpoint-rename"}
+    assert all(c["recovery_s"] > 0 and c["frames_off"] >= 0 for c in cut["power_cuts"])
+    assert abs(cut["final_accuracy"] - base["final_accuracy"]) <= 0.02
+    assert base["final_accuracy"] > 0.2  # it learned (50 classes: chance is 0.02)
+    assert cut["frames_while_off"] > 0 and base["frames_while_off"] == 0
+    measured = cut_report["runs"]["power_cuts"]["measured"]
+    assert measured["bytes_written"] > measured["state_bytes_on_disk"] > 0
+    assert cut_report["machine"]["cores"] >= 1 and "numpy" in cut_report["machine"]["versions"]
+
+
+def test_same_seed_same_report(generated: Path, tmp_path: Path) -> None:
+    runs = [_device(generated, tmp_path / name, "--max-frames", "400")[1] for name in ("a", "b")]
+    a, b = (r["runs"]["uninterrupted"]["results"] for r in runs)
+    assert a == b
+    assert a["prequential_accuracy"] is not None and len(a["test_curve"]) == a["learned_batches"] > 0
+
+
+def test_deadline_misses_zero_at_20_fps_and_present_beyond_the_machine(generated: Path, tmp_path: Path) -> None:
+    _, ok = _device(generated, tmp_path / "ok", "--max-frames", "300")
+    m = ok["runs"]["uninterrupted"]["measured"]
+    assert m["deadline_misses"] == 0 and ok["runs"]["uninterrupted"]["results"]["frames_dropped"] == 0
+    assert m["latency_ms"]["p50"] <= m["latency_ms"]["p95"] <= m["latency_ms"]["p99"]
+    _, fast = _device(generated, tmp_path / "fast", "--max-frames", "300", "--fps", "1000000")
+    m, r = fast["runs"]["uninterrupted"]["measured"], fast["runs"]["uninterrupted"]["results"]
+    assert m["deadline_misses"] > 0 and r["frames_dropped"] > 0
+    assert r["frames_processed"] + r["frames_dropped"] == 300
+
+
+def test_ram_budget_below_the_agents_need_fails_cleanly_with_the_figure(
+        generated: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, report = _device(generated, tmp_path / "ram", "--max-frames", "100", "--ram-budget", "100")
+    assert code == 3
+    failure = report["runs"]["uninterrupted"]["results"]["failure"]
+    assert failure["kind"] == "ram_budget" and failure["ram_budget_mb"] == 100
+    assert failure["peak_rss_bytes"] > 0 and failure["where"]
+    err = capsys.readouterr().err
+    assert "ram_budget" in err and "peak RSS" in err and "budget 100 MB" in err
+    assert (tmp_path / "ram" / "summary.md").read_text().count("FAILED") == 1
