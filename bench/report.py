@@ -34,6 +34,8 @@ TARGETS = {
     "buffer": "buffer update of a 15,000-row batch <= 5 % of the time to embed it",
     "rss": "edge process peak RSS <= 1/5 of the Keras baseline's",
     "update": "update per 300-frame batch >= 10x faster than Keras fit, at comparable accuracy",
+    "device_fps": "edge-agent run loop frames/s >= 0.9x bare Backbone.embed at batch 1 (same frames)",
+    "device_latency": "prediction latency p99 while a teach batch learns < 33 ms (one frame at 30 fps)",
 }
 
 
@@ -152,6 +154,23 @@ def evaluate_targets(raw: dict[str, Any]) -> dict[str, Any]:
                        f"{_fmt(kE, '.3f')} ({C.KERAS_EPOCHS} ep)"),
             "speedup_vs_fit_1_epoch": s1, f"speedup_vs_fit_{C.KERAS_EPOCHS}_epochs": sE,
             "accuracy_comparable": comparable}
+    dev = fig.get("device_loop", {})
+    if "fps_vs_bare_embed" in dev:
+        d = dev["fps_vs_bare_embed"]
+        targets["device_fps"] = {"target": TARGETS["device_fps"], "met": d["loop_throughput_vs_bare"] >= 0.9,
+                                 "figure": (f"{d['loop_throughput_vs_bare']:.2f}x ({d['loop_fps']:.0f} vs "
+                                            f"{d['bare_embed_fps']:.0f} frames/s, {d['frames']} frames)"),
+                                 "ratio": d["loop_throughput_vs_bare"]}
+    if "latency_while_learning" in dev:
+        d = dev["latency_while_learning"]
+        rss = dev.get("rss", {})
+        targets["device_latency"] = {
+            "target": TARGETS["device_latency"], "met": d["p99_ms"] < 1000 / 30,
+            "figure": (f"p99 {d['p99_ms']:.2f} ms, p50 {d['p50_ms']:.2f} ms over {d['predictions']} predictions, "
+                       f"{d['learned_batches']} batches learned (median {_fmt(d['learn_ms_median'])} ms)"
+                       + (f"; RSS {_mib(rss['with_http_bytes'])} MiB with the HTTP API, "
+                          f"{_mib(rss['without_http_bytes'])} MiB without" if rss else "")),
+            "p99_ms": d["p99_ms"]}
     for name, text in TARGETS.items():
         targets.setdefault(name, {"target": text, "met": None, "figure": "not measured in this run"})
     return targets

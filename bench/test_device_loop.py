@@ -1,0 +1,164 @@
+"""The device loop (`edge-agent run`): frames/s against bare embedding, prediction latency while a
+teach batch learns, and the RSS of the running agent with and without its HTTP server.
+
+Targets (bench/report.py TARGETS): loop throughput >= 0.9x `Backbone.embed` at batch 1 on the same
+frames; prediction latency p99 while learning below one frame period at 30 fps (33 ms) on the
+default model. No test asserts a time; each asserts that its figure was measured.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import _common as C
+from bench._timing import interleaved
+from bench.conftest import frames_for_model
+
+MODEL = C.ROOT / "models" / "default"
+
+
+def _agent(threads: int = C.THREADS):
+    from edge.agent import Agent
+    from edge.runtimes import open_backbone
+
+    return Agent(open_backbone(MODEL, num_threads=threads))
+
+
+def _taught(agent, frames: np.ndarray) -> None:
+    agent.learn_many(frames[:20], np.zeros(20, np.int64))
+    agent.learn_many(frames[20:40], np.ones(20, np.int64))
+
+
+def test_loop_frames_per_second_vs_bare_embedding(benchmark, figures, quick):
+    """The whole loop per frame (grabber thread, fit, embed, predict, smoothing, events) vs
+    `Backbone.embed` of the same frames one at a time."""
+    from edge.device.events import EventWriter
+    from edge.device.loop import DeviceLoop, LoopOptions
+    from edge.device.sources import IterableSource
+
+    pytest.importorskip("ai_edge_litert", reason="the default backbone runs on LiteRT")
+    n = 50 if quick else 600
+    frames = frames_for_model(MODEL, n, seed=3)
+    stream = [(frame, i / 30) for i, frame in enumerate(frames)]
+    agent = _agent()
+    _taught(agent, frames)
+    backbone = agent.backbone
+    options = LoopOptions(exit_at_end=True, checkpoint=False)
+
+    def loop_once() -> None:
+        loop = DeviceLoop(agent, IterableSource(stream), options=options, events=EventWriter(None))
+        loop.run()
+        assert loop.predictions == n
+
+    def bare_once() -> None:
+        for frame in frames:
+            backbone.embed(frame[None])
+
+    benchmark.pedantic(loop_once, rounds=1 if quick else 3, iterations=1)
+    t = interleaved(loop_once, bare_once, reps=1 if quick else 7, warmup=0 if quick else 1)
+    agent.close()
+    ratio = t["b_median_s"] / t["a_median_s"]
+    figures.setdefault("device_loop", {})["fps_vs_bare_embed"] = {
+        **t, "frames": n, "loop_fps": n / t["a_median_s"], "bare_embed_fps": n / t["b_median_s"],
+        "loop_throughput_vs_bare": ratio}
+    benchmark.extra_info.update(kind="device_loop", frames=n, loop_throughput_vs_bare=ratio)
+    assert np.isfinite(ratio) and ratio > 0
+
+
+def test_prediction_latency_while_learning(benchmark, figures, quick):
+    """A 60 fps camera-like source (frames dropped when late) with a 64-frame teach request every
+    120 frames: latency of each prediction (fit + embed + predict) while batches learn."""
+    from edge.device.events import EventWriter
+    from edge.device.loop import DeviceLoop, LoopOptions
+    from edge.device.sources import IterableSource
+
+    pytest.importorskip("ai_edge_litert", reason="the default backbone runs on LiteRT")
+    n = 120 if quick else 1200
+    frames = frames_for_model(MODEL, 64, seed=5)
+    agent = _agent()
+    _taught(agent, frames)
+    learned: list[float] = []
+    events = EventWriter(None)
+    events.listeners.append(lambda e: learned.append(e["ms"]) if e["event"] == "learned" else None)
+
+    def paced():
+        start = time.perf_counter()
+        for i in range(n):
+            delay = start + i / 60 - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            yield frames[i % 64], i / 60
+
+    loop = DeviceLoop(agent, IterableSource(paced(), realtime=True), events=events,
+                      options=LoopOptions(exit_at_end=True, checkpoint=False, unknown_threshold=0.0))
+
+    def teacher() -> None:
+        for k in range(n // 120):
+            loop.teach("cup" if k % 2 else "ball", frames=64)
+            time.sleep(2.0)
+
+    threading.Thread(target=teacher, daemon=True).start()
+    benchmark.pedantic(loop.run, rounds=1, iterations=1)
+    agent.close()
+    lat = np.asarray(loop._latency_ms, dtype=np.float64)
+    figures.setdefault("device_loop", {})["latency_while_learning"] = {
+        "predictions": int(lat.size), "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+        "max_ms": float(lat.max()), "learned_batches": len(learned),
+        "learn_ms_median": float(np.median(learned)) if learned else None,
+        "dropped_frames": loop.grabber.dropped, "frame_period_ms_at_30fps": 1000 / 30}
+    benchmark.extra_info.update(kind="device_latency", p99_ms=float(np.percentile(lat, 99)))
+    assert lat.size > 0 and np.isfinite(lat).all()
+
+
+def _run_rss(extra: list[str], folder: Path, state: Path) -> int:
+    """RSS (bytes) of `edge-agent run` once it has learned its folder's files."""
+    import json
+
+    import psutil
+
+    cmd = [sys.executable, "-m", "edge.cli", "run", "--state", str(state), "--source", f"folder:{folder}",
+           "--teach-batch", "16", *extra]
+    proc = subprocess.Popen(cmd, cwd=C.ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if json.loads(line)["event"] == "checkpoint":
+                break
+        time.sleep(0.5)
+        rss = psutil.Process(proc.pid).memory_info().rss
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        return int(rss)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_rss_of_the_running_agent(benchmark, figures, quick):
+    """Resident memory of `edge-agent run` on a folder (default model, 16 frames learned), with the
+    Starlette/uvicorn API and without it (--no-http): what the HTTP server costs."""
+    pytest.importorskip("starlette", reason="the HTTP API needs starlette")
+    pytest.importorskip("ai_edge_litert", reason="the default backbone runs on LiteRT")
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "inbox" / "cup"
+        folder.mkdir(parents=True)
+        for i, frame in enumerate(frames_for_model(MODEL, 16, seed=7)):
+            Image.fromarray(frame).save(folder / f"{i:02d}.png")
+        with_http = benchmark.pedantic(_run_rss, args=(["--http", "127.0.0.1:0"], folder.parent, Path(tmp) / "s1"),
+                                       rounds=1, iterations=1)
+        without = _run_rss(["--no-http"], folder.parent, Path(tmp) / "s2")
+    figures.setdefault("device_loop", {})["rss"] = {
+        "with_http_bytes": with_http, "without_http_bytes": without, "http_server_bytes": with_http - without}
+    assert with_http > 0 and without > 0
