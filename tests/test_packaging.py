@@ -90,6 +90,11 @@ def test_wheel_carries_the_default_model_with_matching_hashes(wheel):
         # A link in git, files in the wheel: no symlink entries (external_attr file type 0o12).
         info = zf.getinfo(f"{PACKAGED}/manifest.json")
         assert (info.external_attr >> 16) & 0o170000 != 0o120000
+        # The teach page of edge-agent run (GET /) travels too, byte for byte.
+        for name in ("index.html", "page.css", "page.js"):
+            member = f"edge/device/static/{name}"
+            assert member in names, f"wheel: expected {member}, got none"
+            assert zf.read(member) == (ROOT / member).read_bytes(), f"{member}: differs from the source"
 
 
 def test_default_model_is_one_copy_in_git():

@@ -6,8 +6,11 @@ Routes (JSON in and out; errors are ``{"error": "..."}`` with a 4xx status):
   fps, dropped frames, latency, last checkpoint;
 * ``GET /prediction``: the latest label, score, unknown flag and frame time (404 before the first);
 * ``POST /teach`` ``{"label": "cup", "frames": 30}`` or ``{"label": "cup", "seconds": 2}``;
+* ``POST /teach/finish`` ``{"label": "cup"}``: end that class's waiting teach now and learn what it
+  collected (the page's hold-to-record button: press ``{"label": "cup", "seconds": 60}``, release);
 * ``POST /classes/<name>/rename`` ``{"to": "mug"}``; ``POST /classes/<name>/forget``;
-* ``GET /metrics``: Prometheus text format (``prometheus_client``).
+* ``GET /metrics``: Prometheus text format (``prometheus_client``);
+* the teach page: ``GET /``, ``/stream.mjpg``, ``/frame.jpg``, ``/events`` (`edge.device.page`).
 
 Bodies are limited to `MAX_BODY_BYTES` (413 beyond; read in chunks, never trusted from
 ``Content-Length`` alone). With a token every request needs ``Authorization: Bearer <token>``
@@ -27,9 +30,11 @@ import logging
 import socket
 import threading
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from urllib.parse import unquote
 
 from edge.device.labels import UnknownClassError
 from edge.device.loop import DeviceLoop, TeachQueueFull
+from edge.device.page import TOKEN_COOKIE, page_routes
 from edge.errors import EdgeError, InputError
 
 if TYPE_CHECKING:
@@ -117,12 +122,15 @@ def build_app(loop: DeviceLoop, token: str | None = None, max_body: int = MAX_BO
     registry.register(_metrics_collector(loop))
     expected = None if token is None else f"Bearer {token}".encode()
 
-    def check_token(request: Request) -> None:
+    def check_token(request: Request, cookie: bool = False) -> None:
         if expected is None:
             return
         given = request.headers.get("authorization", "").encode("latin-1", "replace")
+        if not given and cookie and TOKEN_COOKIE in request.cookies:  # <img>, EventSource: no headers
+            given = ("Bearer " + unquote(request.cookies[TOKEN_COOKIE])).encode("utf-8", "replace")
         if not hmac.compare_digest(given, expected):
-            raise HTTPError(401, "authorization: expected 'Authorization: Bearer <token>', got "
+            raise HTTPError(401, "authorization: expected 'Authorization: Bearer <token>'"
+                            + (f" or the {TOKEN_COOKIE} cookie" if cookie else "") + ", got "
                             + ("a wrong token" if given else "none"))
 
     async def body_json(request: Request) -> dict[str, Any]:
@@ -151,10 +159,11 @@ def build_app(loop: DeviceLoop, token: str | None = None, max_body: int = MAX_BO
         if extra:
             raise HTTPError(400, f"body: expected keys among {sorted(allowed)}, got {extra}")
 
-    def endpoint(fn: Callable[[Request], Awaitable[Any]]) -> Callable[[Request], Awaitable[Response]]:
+    def endpoint(fn: Callable[[Request], Awaitable[Any]],
+                 cookie: bool = False) -> Callable[[Request], Awaitable[Response]]:
         async def handle(request: Request) -> Response:
             try:
-                check_token(request)
+                check_token(request, cookie)
                 result = await fn(request)
             except HTTPError as exc:
                 return JSONResponse({"error": str(exc)}, status_code=exc.status)
@@ -185,6 +194,13 @@ def build_app(loop: DeviceLoop, token: str | None = None, max_body: int = MAX_BO
             raise HTTPError(400, "teach: expected a 'label' (a class name), got none")
         return await run_in_threadpool(loop.teach, data["label"], data.get("frames"), data.get("seconds"))
 
+    async def teach_finish(request: Request) -> Any:
+        data = await body_json(request)
+        only(data, {"label"})
+        if "label" not in data:
+            raise HTTPError(400, "teach finish: expected a 'label' (a class name), got none")
+        return await run_in_threadpool(loop.finish_teach, data["label"])
+
     async def rename(request: Request) -> Any:
         data = await body_json(request)
         only(data, {"to"})
@@ -204,9 +220,11 @@ def build_app(loop: DeviceLoop, token: str | None = None, max_body: int = MAX_BO
     routes = [Route("/status", endpoint(status), methods=["GET"]),
               Route("/prediction", endpoint(prediction), methods=["GET"]),
               Route("/teach", endpoint(teach), methods=["POST"]),
+              Route("/teach/finish", endpoint(teach_finish), methods=["POST"]),
               Route("/classes/{name}/rename", endpoint(rename), methods=["POST"]),
               Route("/classes/{name}/forget", endpoint(forget), methods=["POST"]),
-              Route("/metrics", endpoint(metrics), methods=["GET"])]
+              Route("/metrics", endpoint(metrics), methods=["GET"]),
+              *page_routes(loop, endpoint)]
     return Starlette(routes=routes)
 
 

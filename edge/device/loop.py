@@ -63,6 +63,8 @@ MAX_TEACH_FRAMES = 1000
 MAX_TEACH_SECONDS = 60.0
 #: Teach requests waiting to collect frames at most (more: `TeachQueueFull`).
 MAX_PENDING_TEACH = 8
+#: Classes listed with their smoothed probability in each answer (``top``).
+TOP_CLASSES = 5
 
 
 class TeachQueueFull(EdgeError, RuntimeError):
@@ -140,6 +142,7 @@ class _Teach:
     seconds: float | None
     started: float | None = None
     collected: list[np.ndarray] | None = None
+    finished: bool = False  # learned or ended (`DeviceLoop.finish_teach`): collects no more
 
 
 def rss_bytes() -> int:
@@ -190,11 +193,13 @@ class DeviceLoop:
         self._pending: deque[_Teach] = deque()
         self._learn_q: queue.Queue[tuple[int, np.ndarray] | None] = queue.Queue(maxsize=2 * MAX_PENDING_TEACH)
         self._learning = 0  # batches queued or training
+        self._count_lock = threading.Lock()  # _learning is changed by the loop, HTTP and learner threads
         self._stop = threading.Event()
         self._labelled: list[np.ndarray] = []
         self._labelled_index: int | None = None
         self._window: deque[np.ndarray] = deque(maxlen=self.options.window)
         self._latest: dict[str, Any] | None = None
+        self._latest_frame: tuple[np.ndarray, int, float] | None = None
         self._last_answer: tuple[Any, bool] | None = None
         self._latency_ms: deque[float] = deque(maxlen=1000)
         self._frame_times: deque[float] = deque(maxlen=120)
@@ -287,6 +292,32 @@ class DeviceLoop:
             self._save(reason="forget")
         return {"index": index, "forgotten": name}
 
+    def finish_teach(self, label: str | int) -> dict[str, Any]:
+        """End the oldest waiting teach of ``label`` now (a hold-to-record button released): the
+        frames it collected are learned, one that collected none is dropped. Returns
+        ``{"label", "index", "frames"}`` (frames: how many will be learned)."""
+        with self._state_lock:
+            index = self.labels.find(label)
+            if index is None:
+                raise UnknownClassError(f"class {label!r}: expected one of {self.labels.known()}, got an unknown name")
+            name = self.labels.name_of(index)
+        with self._teach_lock:
+            teach = next((t for t in self._pending if t.index == index), None)
+            if teach is None:
+                raise InputError(f"finish teach {name!r}: expected a waiting teach of that class, got none "
+                                 "(it was already learned or never started)")
+            teach.finished = True
+            self._pending = deque(t for t in self._pending if t is not teach)
+            collected = list(teach.collected or [])
+        if collected:
+            self._submit(index, np.stack(collected))
+        self.events.emit("teach", label=name, index=index, finished=True, collected=len(collected))
+        return {"label": name, "index": index, "frames": len(collected)}
+
+    def latest_frame(self) -> tuple[np.ndarray, int, float] | None:
+        """The newest frame the loop took: ``(RGB image, frame number, source time)`` (the live view)."""
+        return self._latest_frame
+
     def latest_prediction(self) -> dict[str, Any] | None:
         """The latest answer: ``label``, ``index``, ``score``, ``unknown``, ``frame_time``, ``frame``."""
         latest = self._latest
@@ -378,6 +409,7 @@ class DeviceLoop:
         start = time.perf_counter()
         image = fit_frame(frame.image, self.input_hw, opts.resize)  # type: ignore[arg-type]
         self.frames += 1
+        self._latest_frame = (frame.image, self.frames, frame.timestamp)
         self._frame_times.append(self.clock())
         teach = self._current_teach()
         if frame.label is None and self._labelled:  # a run of labelled files ended: learn it first
@@ -408,9 +440,11 @@ class DeviceLoop:
         label = "unknown" if unknown else self.labels.name_of(index)
         self._latency_ms.append((time.perf_counter() - start) * 1000.0)
         self.predictions += 1
+        top = [{"label": self.labels.name_of(int(i)), "p": round(float(smooth[i]), 4)}
+               for i in np.argsort(-smooth, kind="stable")[:TOP_CLASSES] if smooth[i] > 0.0]
         self._latest = {"label": label, "index": None if unknown else index, "score": round(score, 6),
                         "unknown": bool(unknown), "frame_time": frame.timestamp, "frame": self.frames,
-                        "name": frame.name}
+                        "name": frame.name, "top": top}
         answer = (label, unknown)
         if frame.name is not None or answer != self._last_answer:
             fields = {"label": label, "index": None if unknown else index, "score": round(score, 6),
@@ -426,15 +460,19 @@ class DeviceLoop:
             return self._pending[0] if self._pending else None
 
     def _collect(self, teach: _Teach, emb: np.ndarray, timestamp: float) -> None:
-        if teach.collected is None:
-            teach.collected, teach.started = [], timestamp
-        teach.collected.append(emb)
-        assert teach.started is not None
-        done = (len(teach.collected) >= teach.frames if teach.frames is not None
-                else timestamp - teach.started >= (teach.seconds or 0.0))
+        with self._teach_lock:  # `finish_teach` may end this request from the HTTP thread
+            if teach.finished:
+                return
+            if teach.collected is None:
+                teach.collected, teach.started = [], timestamp
+            teach.collected.append(emb)
+            assert teach.started is not None
+            done = (len(teach.collected) >= teach.frames if teach.frames is not None
+                    else timestamp - teach.started >= (teach.seconds or 0.0))
+            if done:
+                teach.finished = True
+                self._pending = deque(t for t in self._pending if t is not teach)
         if done:
-            with self._teach_lock:
-                self._pending.popleft()
             self._submit(teach.index, np.stack(teach.collected))
 
     def _flush_teach(self, at_end: bool) -> None:
@@ -471,7 +509,8 @@ class DeviceLoop:
         self._labelled, self._labelled_index = [], None
 
     def _submit(self, index: int, emb: np.ndarray) -> None:
-        self._learning += 1
+        with self._count_lock:
+            self._learning += 1
         self._learn_q.put((index, emb))
 
     # --------------------------------------------------------------- learner
@@ -502,7 +541,8 @@ class DeviceLoop:
             self.learn_errors += 1
             self.events.emit("error", where="learn", label=self.labels.name_of(index), message=str(exc))
         finally:
-            self._learning -= 1
+            with self._count_lock:
+                self._learning -= 1
 
     # --------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, np.ndarray]:

@@ -1,0 +1,374 @@
+// The teach page of edge-agent. Plain JavaScript, no build step: it talks only to the agent's public
+// HTTP API (GET /status, GET /events, GET /stream.mjpg, POST /teach, POST /teach/finish,
+// POST /classes/<name>/rename and /forget), so everything it does can be scripted.
+"use strict";
+(() => {
+  const TOKEN_KEY = "edge-agent-token";
+  const TOKEN_COOKIE = "edge_token";
+  const HOLD_MAX_S = 60;          // the API's longest teach (MAX_TEACH_SECONDS)
+  const STATUS_MS = 1000;         // status refresh
+  const HOLD_STATUS_MS = 250;     // status refresh while recording (the sample counter)
+  const $ = (id) => document.getElementById(id);
+
+  let token = localStorage.getItem(TOKEN_KEY) || "";
+  let events = null;
+  let statusTimer = null;
+  let hold = null;                // {label, started: Promise, timer}
+  let lastStatus = null;
+  let lastRate = null;            // {t, predictions} for answers per second
+  let classesKey = "";
+  let editing = null;             // name of the class being renamed
+  let lastAnnounced = "";
+
+  class ApiError extends Error {
+    constructor(status, message) { super(message); this.status = status; }
+  }
+
+  function setCookie() {
+    document.cookie = `${TOKEN_COOKIE}=${encodeURIComponent(token)}; path=/; SameSite=Strict`;
+  }
+
+  async function api(method, path, body) {
+    const headers = {};
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    if (token) headers.Authorization = `Bearer ${token}`;
+    const resp = await fetch(path, {method, headers, cache: "no-store",
+                                    body: body === undefined ? undefined : JSON.stringify(body)});
+    let data = null;
+    try { data = await resp.json(); } catch (err) { data = null; }
+    if (!resp.ok) {
+      const message = (data && data.error) || `${method} ${path}: HTTP ${resp.status}`;
+      if (resp.status === 401) askToken(message);
+      throw new ApiError(resp.status, message);
+    }
+    return data;
+  }
+
+  // ------------------------------------------------------------ token (non-loopback binds)
+  function askToken(message) {
+    stopStreams();
+    const dialog = $("token-dialog");
+    $("token-error").textContent = token ? message : "";
+    if (!dialog.open) dialog.showModal();
+    $("token-input").focus();
+  }
+
+  $("token-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    token = $("token-input").value.trim();
+    localStorage.setItem(TOKEN_KEY, token);
+    setCookie();
+    $("token-dialog").close();
+    connect();
+  });
+
+  // ------------------------------------------------------------ connection
+  function setConnection(text, live) {
+    const el = $("connection");
+    el.textContent = text;
+    el.classList.toggle("live", live);
+  }
+
+  function stopStreams() {
+    if (events) { events.close(); events = null; }
+    if (statusTimer) { clearTimeout(statusTimer); statusTimer = null; }
+    $("live").removeAttribute("src");
+    setConnection("offline", false);
+  }
+
+  function startStreams() {
+    const img = $("live");
+    img.onerror = () => { setTimeout(() => { if (events) img.src = `/stream.mjpg?t=${Date.now()}`; }, 2000); };
+    img.src = `/stream.mjpg?t=${Date.now()}`;
+    events = new EventSource("/events");
+    events.addEventListener("open", () => setConnection("live", true));
+    events.addEventListener("prediction", (e) => showPrediction(JSON.parse(e.data)));
+    events.addEventListener("view", (e) => showView(JSON.parse(e.data)));
+    events.addEventListener("error", () => {
+      setConnection("reconnecting", false);
+      if (events && events.readyState === EventSource.CLOSED) {  // refused (e.g. 401): check why
+        events = null;
+        setTimeout(connect, 2000);
+      }
+    });
+  }
+
+  async function connect() {
+    if (token) setCookie();
+    try {
+      showStatus(await api("GET", "/status"));
+    } catch (err) {
+      if (err.status !== 401) { setConnection("offline", false); setTimeout(connect, 2000); }
+      return;
+    }
+    if (!events) startStreams();
+    scheduleStatus();
+  }
+
+  function scheduleStatus() {
+    if (statusTimer) clearTimeout(statusTimer);
+    statusTimer = setTimeout(async () => {
+      statusTimer = null;
+      try {
+        showStatus(await api("GET", "/status"));
+      } catch (err) {
+        if (err.status === 401) return;
+        setConnection("offline", false);
+      }
+      scheduleStatus();
+    }, hold ? HOLD_STATUS_MS : STATUS_MS);
+  }
+
+  // ------------------------------------------------------------ answer
+  function showPrediction(p) {
+    const panel = $("answer-panel");
+    const answer = $("answer");
+    panel.classList.remove("none");
+    panel.classList.toggle("is-unknown", p.unknown);
+    answer.textContent = p.unknown ? "unknown" : p.label;
+    answer.dataset.label = p.label;
+    answer.dataset.unknown = String(p.unknown);
+    answer.dataset.frameTime = String(p.frame_time);
+    answer.dataset.frame = String(p.frame);
+    $("answer-detail").textContent = p.unknown
+      ? `not sure: none of the classes fits (score ${p.score.toFixed(2)})`
+      : `score ${p.score.toFixed(2)} · frame ${p.frame}`;
+    const label = p.unknown ? "unknown" : p.label;
+    if (label !== lastAnnounced) { $("answer-live").textContent = `It sees: ${label}`; lastAnnounced = label; }
+    showBars(p.top || [], p.unknown ? null : p.label);
+  }
+
+  function showBars(top, winner) {
+    const list = $("bars");
+    while (list.children.length > top.length) list.lastElementChild.remove();
+    top.forEach((entry, i) => {
+      let li = list.children[i];
+      if (!li) {
+        li = document.createElement("li");
+        li.innerHTML = '<span class="name"></span><span class="track"><span class="fill"></span></span><span class="pct"></span>';
+        list.appendChild(li);
+      }
+      const pct = Math.round(entry.p * 100);
+      li.querySelector(".name").textContent = entry.label;
+      li.querySelector(".fill").style.width = `${Math.max(0, Math.min(100, entry.p * 100))}%`;
+      li.querySelector(".pct").textContent = `${pct}%`;
+      li.classList.toggle("top", entry.label === winner);
+      li.setAttribute("aria-label", `${entry.label} ${pct} percent`);
+      li.dataset.label = entry.label;
+    });
+  }
+
+  function showView(v) {
+    const view = $("st-view");
+    view.textContent = `${v.fps.toFixed(1)} fps (max ${v.max_fps}, ${v.clients} watching)`;
+    view.dataset.fps = String(v.fps);
+    view.dataset.encoded = String(v.encoded);
+    $("view-caption").textContent = v.encoded ? `live · ${v.fps.toFixed(1)} frames/s` : "no frames yet";
+  }
+
+  // ------------------------------------------------------------ status
+  const mib = (n) => `${(n / 1048576).toFixed(1)} MiB`;
+  const kib = (n) => (n >= 1048576 ? mib(n) : `${(n / 1024).toFixed(1)} KiB`);
+
+  function showStatus(s) {
+    lastStatus = s;
+    setConnection(events ? "live" : "connected", true);
+    $("model-line").textContent = `${s.model} · ${s.runtime} ${s.precision} · ${s.strategy}`;
+    $("st-fps").textContent = `${s.fps.toFixed(1)} fps · ${s.frames} frames`;
+    const now = performance.now();
+    if (lastRate && now > lastRate.t) {
+      const rate = (s.predictions - lastRate.predictions) / ((now - lastRate.t) / 1000);
+      $("st-answers").textContent = `${rate.toFixed(1)} /s · ${s.predictions} total`;
+      $("st-answers").dataset.rate = String(rate);
+    }
+    lastRate = {t: now, predictions: s.predictions};
+    $("st-dropped").textContent = String(s.dropped_frames);
+    $("st-rss").textContent = mib(s.rss_bytes);
+    $("st-buffer").textContent = `${s.buffer.fill} / ${s.buffer.capacity} rows · ${kib(s.buffer.bytes)}`;
+    $("st-step").textContent = `step ${s.step} · ${s.learned_batches} batches` + (s.learning ? " · learning…" : "");
+    const ckpt = s.last_checkpoint;
+    $("st-checkpoint").textContent = ckpt ? `step ${ckpt.step} at ${new Date(ckpt.time * 1000).toLocaleTimeString()}` : "none yet";
+    $("st-model").textContent = s.model;
+    $("st-fingerprint").textContent = s.fingerprint;
+    showClasses(s.classes);
+    showCounter(s);
+  }
+
+  function showCounter(s) {
+    const out = $("teach-count");
+    if (hold) {
+      const mine = (s.teach_pending || []).find((t) => t.label === hold.label);
+      if (mine) { out.textContent = `${mine.collected} frames`; out.dataset.collected = String(mine.collected); }
+      return;
+    }
+    const name = $("class-name").value.trim();
+    const known = s.classes.find((c) => c.name === name);
+    out.textContent = known ? `${known.samples} for “${known.name}”` : "0";
+  }
+
+  // ------------------------------------------------------------ classes
+  function showClasses(classes) {
+    const key = JSON.stringify(classes);
+    const datalist = $("known-classes");
+    if (key === classesKey || editing !== null) return;  // keep focus and an open rename as they are
+    classesKey = key;
+    datalist.replaceChildren(...classes.map((c) => { const o = document.createElement("option"); o.value = c.name; return o; }));
+    const focused = document.activeElement;
+    const refocus = focused && focused.closest("#class-list li")
+      ? {name: focused.closest("li").dataset.name, action: focused.dataset.action} : null;
+    const list = $("class-list");
+    list.replaceChildren(...classes.map(classRow));
+    $("classes-empty").hidden = classes.length > 0;
+    if (refocus) {
+      const again = list.querySelector(`li[data-name="${CSS.escape(refocus.name)}"] [data-action="${refocus.action}"]`);
+      if (again) again.focus();
+    }
+  }
+
+  function button(text, action, handler) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = text;
+    b.dataset.action = action;
+    b.addEventListener("click", handler);
+    return b;
+  }
+
+  function classRow(c) {
+    const li = document.createElement("li");
+    li.dataset.name = c.name;
+    li.dataset.samples = String(c.samples);
+    const name = document.createElement("span");
+    name.className = "cname";
+    name.textContent = c.name;
+    const samples = document.createElement("span");
+    samples.className = "samples";
+    samples.textContent = `${c.samples} sample${c.samples === 1 ? "" : "s"}`;
+    const rename = button("Rename", "rename", () => startRename(li, c.name));
+    rename.setAttribute("aria-label", `Rename ${c.name}`);
+    const forget = button("Forget", "forget", () => confirmForget(forget, c.name));
+    forget.setAttribute("aria-label", `Forget ${c.name}`);
+    li.append(name, samples, rename, forget);
+    return li;
+  }
+
+  function classMessage(text, error) {
+    const el = $("classes-message");
+    el.textContent = text;
+    el.classList.toggle("error", Boolean(error));
+  }
+
+  function startRename(li, name) {
+    editing = name;
+    const input = document.createElement("input");
+    input.value = name;
+    input.maxLength = 64;
+    input.setAttribute("aria-label", `New name for ${name}`);
+    const done = () => { editing = null; classesKey = ""; if (lastStatus) showClasses(lastStatus.classes); };
+    const save = async () => {
+      const to = input.value.trim();
+      if (!to || to === name) { done(); return; }
+      try {
+        await api("POST", `/classes/${encodeURIComponent(name)}/rename`, {to});
+        classMessage(`renamed “${name}” to “${to}”`);
+        editing = null;
+        showStatus(await api("GET", "/status"));
+      } catch (err) {
+        classMessage(err.message, true);
+        input.focus();
+      }
+    };
+    input.addEventListener("keydown", (e) => {
+      if (e.key === "Enter") { e.preventDefault(); save(); }
+      if (e.key === "Escape") { e.preventDefault(); done(); }
+    });
+    li.replaceChildren(input, button("Save", "save", save), button("Cancel", "cancel", done));
+    input.focus();
+    input.select();
+  }
+
+  function confirmForget(b, name) {
+    if (b.dataset.armed !== "1") {
+      b.dataset.armed = "1";
+      b.textContent = "Really forget?";
+      b.classList.add("danger");
+      setTimeout(() => { b.dataset.armed = ""; b.textContent = "Forget"; b.classList.remove("danger"); }, 4000);
+      return;
+    }
+    api("POST", `/classes/${encodeURIComponent(name)}/forget`)
+      .then(async () => { classMessage(`forgot “${name}”`); showStatus(await api("GET", "/status")); })
+      .catch((err) => classMessage(err.message, true));
+  }
+
+  // ------------------------------------------------------------ hold to record
+  const holdButton = $("hold");
+
+  function teachMessage(text, error) {
+    const el = $("teach-message");
+    el.textContent = text;
+    el.classList.toggle("error", Boolean(error));
+  }
+
+  function startHold() {
+    if (hold) return;
+    const label = $("class-name").value.trim();
+    if (!label) {
+      teachMessage("type a class name first", true);
+      $("class-name").focus();
+      return;
+    }
+    const started = api("POST", "/teach", {label, seconds: HOLD_MAX_S});
+    hold = {label, started, timer: setTimeout(endHold, HOLD_MAX_S * 1000 - 250)};
+    holdButton.classList.add("recording");
+    holdButton.setAttribute("aria-pressed", "true");
+    holdButton.textContent = "Recording… release to learn";
+    $("teach-count").textContent = "0 frames";
+    teachMessage(`recording “${label}”`);
+    started.catch((err) => { teachMessage(err.message, true); });
+    scheduleStatus();
+  }
+
+  function endHold() {
+    if (!hold) return;
+    const h = hold;
+    hold = null;
+    clearTimeout(h.timer);
+    holdButton.classList.remove("recording");
+    holdButton.setAttribute("aria-pressed", "false");
+    holdButton.textContent = "Hold to record";
+    h.started
+      .then(() => api("POST", "/teach/finish", {label: h.label}))
+      .then((r) => {
+        $("teach-count").textContent = `${r.frames} frames`;
+        $("teach-count").dataset.collected = String(r.frames);
+        teachMessage(r.frames ? `learning ${r.frames} frames of “${r.label}”` : "no frames collected: hold it longer", !r.frames);
+        return api("GET", "/status").then(showStatus);
+      })
+      .catch((err) => { if (!(err instanceof ApiError) || err.status !== 401) teachMessage(err.message, true); });
+  }
+
+  holdButton.addEventListener("pointerdown", (e) => {
+    if (e.button !== 0) return;
+    e.preventDefault();
+    holdButton.focus();
+    holdButton.setPointerCapture(e.pointerId);
+    startHold();
+  });
+  for (const type of ["pointerup", "pointercancel", "lostpointercapture"]) holdButton.addEventListener(type, endHold);
+  holdButton.addEventListener("contextmenu", (e) => e.preventDefault());
+  holdButton.addEventListener("keydown", (e) => {
+    if (e.key !== " " && e.key !== "Enter") return;
+    e.preventDefault();
+    if (!e.repeat) startHold();
+  });
+  holdButton.addEventListener("keyup", (e) => {
+    if (e.key !== " " && e.key !== "Enter") return;
+    e.preventDefault();
+    endHold();
+  });
+  holdButton.addEventListener("blur", endHold);
+  $("teach-form").addEventListener("submit", (e) => { e.preventDefault(); holdButton.focus(); });
+  $("class-name").addEventListener("input", () => { if (lastStatus) showCounter(lastStatus); });
+
+  connect();
+})();
