@@ -38,6 +38,7 @@ from edge.base import Head, Standardizer
 from edge.buffer import POLICIES, STORAGES, ReplayBuffer, _rng_from_array, _rng_state_array
 from edge.errors import ConfigError, InputError
 from edge.heads import HEADS, OPTIMIZERS, make_head
+from edge.openset import UNKNOWN, OpenSet
 from edge.preprocess import as_frame_batch
 from edge.runtimes import Backbone
 from edge.strategies import STRATEGIES, Strategy, make_strategy, tflite_head_strategies
@@ -167,6 +168,8 @@ class Agent:
                                    cfg.buffer_storage, cfg.max_classes, seed=cfg.seed + 1,
                                    standardizer=self.standardizer)
         self.rng_ = np.random.default_rng(cfg.seed + 2)
+        #: Open-set rejection (`edge.openset`): class statistics + calibrated novelty threshold.
+        self.openset = OpenSet(self.embedding_size, cfg.max_classes)
         self.step_ = 0
         self.n_learned_ = 0
 
@@ -262,7 +265,9 @@ class Agent:
         return x if self.standardizer is None else self.standardizer(x)
 
     def _learn(self, x: np.ndarray, y: np.ndarray) -> None:
-        self.strategy.learn(self.head, self.buffer, self._standardize(x), y, self.rng_, self.config)
+        z = self._standardize(x)
+        self.strategy.learn(self.head, self.buffer, z, y, self.rng_, self.config)
+        self.openset.update(z, y)
         self.strategy.remember(self.buffer, x, y)
         self.step_ += 1
         self.n_learned_ += int(x.shape[0])
@@ -283,9 +288,27 @@ class Agent:
             return self.strategy.predict_proba(self.head, z)
         return self._require_head().predict_proba(z)
 
-    def predict_embeddings(self, emb: np.ndarray) -> np.ndarray:
-        """Most probable seen class per row (int64)."""
-        return self.predict_proba_embeddings(emb).argmax(axis=1).astype(np.int64)
+    def predict_embeddings(self, emb: np.ndarray, unknown: bool = False) -> np.ndarray:
+        """Most probable seen class per row (int64); with ``unknown``, `UNKNOWN` (-1) where the
+        row's novelty is above the calibrated threshold (`novelty_embeddings`). Closed-set by
+        default: accuracies (``evaluate*``, edge-sim) are computed from it."""
+        return self._predict(self._check_embeddings(emb), unknown)
+
+    def _predict(self, x: np.ndarray, unknown: bool) -> np.ndarray:
+        """Trusted path: validated embeddings -> labels, `UNKNOWN` above the threshold if asked."""
+        pred = self._proba(x).argmax(axis=1).astype(np.int64)
+        if unknown:
+            pred[self.openset.is_unknown(self._standardize(x))] = UNKNOWN
+        return pred
+
+    def novelty_embeddings(self, emb: np.ndarray) -> np.ndarray:
+        """Open-set score per row (float64): normalised squared distance to the nearest learned
+        class mean (`edge.openset`); above ``self.openset.threshold`` the answer is unknown."""
+        return self.openset.novelty(self._standardize(self._check_embeddings(emb)))
+
+    def novelty_many(self, frames: np.ndarray) -> np.ndarray:
+        """Frames -> open-set score per frame (see `novelty_embeddings`)."""
+        return self.openset.novelty(self._standardize(self.embed(frames)))
 
     def evaluate_embeddings(self, emb: np.ndarray, labels: Any) -> float:
         """Accuracy in [0, 1] on precomputed embeddings."""
@@ -297,15 +320,16 @@ class Agent:
         """Frames -> ``(N, max_classes)`` probabilities."""
         return self._proba(self.embed(frames))
 
-    def predict_many(self, frames: np.ndarray) -> np.ndarray:
-        """Frames -> predicted labels (int64)."""
-        return self._proba(self.embed(frames)).argmax(axis=1).astype(np.int64)
+    def predict_many(self, frames: np.ndarray, unknown: bool = True) -> np.ndarray:
+        """Frames -> predicted labels (int64): `edge.openset.UNKNOWN` (-1) for a frame unlike
+        anything learned (``unknown=False``: always a learned class)."""
+        return self._predict(self.embed(frames), unknown)
 
     def evaluate(self, frames: np.ndarray, labels: Any) -> float:
         """Accuracy in [0, 1] on frames."""
         batch = as_frame_batch(frames)
         y = self._check_labels(labels, batch.shape[0])
-        return float((self.predict_many(batch) == y).mean())
+        return float((self.predict_many(batch, unknown=False) == y).mean())
 
     # ------------------------------------------------------------------ state
     def classes_seen(self) -> np.ndarray:
@@ -323,6 +347,7 @@ class Agent:
             parts.insert(0, ("head", self.head))
         for prefix, part in parts:
             state.update({f"{prefix}.{k}": v for k, v in part.state_dict().items()})
+        state.update({f"openset.{k}": v for k, v in self.openset.state_dict().items()})
         state["agent.rng"] = _rng_state_array(self.rng_)
         state["agent.step"] = np.array(self.step_, dtype=np.int64)
         state["agent.n_learned"] = np.array(self.n_learned_, dtype=np.int64)
@@ -330,11 +355,12 @@ class Agent:
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Restore everything from `state_dict` output; nothing changes if any part is invalid."""
-        parts: dict[str, dict[str, np.ndarray]] = {"head": {}, "buffer": {}, "strategy": {}, "agent": {}}
+        parts: dict[str, dict[str, np.ndarray]] = {"head": {}, "buffer": {}, "strategy": {}, "agent": {},
+                                                   "openset": {}}
         for key, value in state.items():
             prefix, _, name = key.partition(".")
             if prefix not in parts:
-                raise InputError(f"agent state: expected keys prefixed head./buffer./strategy./agent., "
+                raise InputError(f"agent state: expected keys prefixed head./buffer./strategy./agent./openset., "
                                  f"got {key!r}")
             parts[prefix][name] = value
         missing = {"rng", "step", "n_learned"} - set(parts["agent"])
@@ -362,7 +388,11 @@ class Agent:
         strategy = make_strategy(self.config.strategy, **self.config.strategy_params)
         strategy.load_state_dict(parts["strategy"])
         rng = _rng_from_array(parts["agent"]["rng"])
+        openset = OpenSet(self.embedding_size, self.config.max_classes)
+        if parts["openset"]:  # checkpoints written before open-set rejection have none: it relearns
+            openset.load_state_dict(parts["openset"])
         self.head, self.buffer, self.strategy, self.rng_ = head, buffer, strategy, rng
+        self.openset = openset
         self.step_ = int(parts["agent"]["step"])
         self.n_learned_ = int(parts["agent"]["n_learned"])
 

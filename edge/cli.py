@@ -45,6 +45,7 @@ from edge.checkpoint import FLOAT_LIMITS
 from edge.device.resize import RESIZE_POLICIES
 from edge.heads import HEADS, OPTIMIZERS
 from edge.images import load_image
+from edge.openset import UNKNOWN
 from edge.lock import DEFAULT_TIMEOUT_S, StateLock
 from edge.models import default_model_dir
 from edge.runtimes import open_backbone
@@ -208,14 +209,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     agent, _, step, labels = _open(args)
     if step is None:
         raise InputError(f"state {args.state}: expected a learned state, got none (run learn first)")
-    proba = labels.mask(agent.predict_proba_many(_frames_for(agent, args.images)))
-    for path, row in zip(args.images, proba):
+    emb = agent.embed(_frames_for(agent, args.images))
+    proba = labels.mask(agent.predict_proba_embeddings(emb))
+    # Open-set rejection (edge.openset), on unless --closed-set: "unknown" above the calibrated novelty.
+    novelty = agent.novelty_embeddings(emb)
+    unknown = np.zeros(len(novelty), bool) if args.closed_set else novelty > agent.openset.threshold
+    for path, row, nov, unk in zip(args.images, proba, novelty, unknown):
         label = int(row.argmax())
+        name = "unknown" if unk else labels.name_of(label)
         if args.json:
-            print(json.dumps({"path": path, "label": label, "name": labels.name_of(label),
-                              "probability": round(float(row[label]), 6)}))
+            print(json.dumps({"path": path, "label": UNKNOWN if unk else label, "name": name,
+                              "probability": round(float(row[label]), 6), "unknown": bool(unk),
+                              "novelty": round(float(nov), 6) if np.isfinite(nov) else None}))
         else:
-            print(f"{tsv_field(path)}\t{tsv_field(labels.name_of(label))}\t{row[label]:.4f}")
+            print(f"{tsv_field(path)}\t{tsv_field(name)}\t{row[label]:.4f}")
     return 0
 
 
@@ -430,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", parents=[common], help="print label and probability per image")
     p.add_argument("--json", action="store_true",
                    help="one JSON object per image and line (default: TSV with escaped file names)")
+    p.add_argument("--closed-set", action="store_true",
+                   help="always answer a learned class (default: 'unknown' for an image unlike anything learned)")
     p.add_argument("images", nargs="+", help="image files")
     p.set_defaults(func=_cmd_predict)
 

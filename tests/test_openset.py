@@ -1,0 +1,112 @@
+"""Open-set rejection (issue 12, "Knowing what it does not know"): a novelty score per prediction,
+a threshold calibrated on the agent's own data, `UNKNOWN` from `predict_many` and ``unknown`` from
+``edge-agent predict``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from _edge_common import backbone
+from edge.agent import Agent, AgentConfig
+from edge.errors import InputError
+from edge.openset import UNKNOWN, OpenSet, accuracy_at_false_accept, auroc
+from edge.strategies import STRATEGIES
+
+
+def object_views(seed: int, n: int):
+    """``n`` generated views (uint8 frames) of one object, and of a different object."""
+    from firmware_sim.data.generator import make_pretraining_set
+
+    x, y = make_pretraining_set(n_objects=2, frames=n, sessions=1, seed=seed)
+    return x[y == 0], x[y == 1]
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_after_one_class_from_five_images_a_black_frame_is_unknown(strategy):
+    bb = backbone("litert-fp32")
+    size = bb.manifest.input_shape[0]
+    views, _ = object_views(3, 12)
+    views = np.stack([np.asarray(v) for v in views])
+    assert views.shape[1] == size, views.shape
+    head = "mlp" if strategy == "ar1_head" else "softmax"
+    agent = Agent(bb, AgentConfig(strategy=strategy, head=head, buffer_capacity=50))
+    agent.learn_many(views[:5], np.zeros(5, np.int64))
+    black = np.zeros((1, *views.shape[1:]), np.uint8)
+    assert agent.predict_many(black).tolist() == [UNKNOWN]
+    assert agent.predict_many(black, unknown=False).tolist() == [0]          # closed set: the one class
+    assert agent.predict_proba_many(black)[0, 0] == pytest.approx(1.0)       # unchanged
+    # the training views themselves are known (calibrated at a 5 % false-reject rate)
+    assert (agent.predict_many(views[:5]) == 0).mean() >= 0.8
+
+
+def test_novelty_threshold_is_calibrated_to_the_false_reject_rate():
+    rng = np.random.default_rng(0)
+    o = OpenSet(embedding_size=16, max_classes=5)
+    centres = rng.normal(size=(5, 16)) * 6
+    for c in range(5):
+        o.update(centres[c] + rng.normal(size=(200, 16)), np.full(200, c))
+    held_out = np.concatenate([centres[c] + rng.normal(size=(400, 16)) for c in range(5)])
+    rejected = o.is_unknown(held_out).mean()
+    assert 0.02 <= rejected <= 0.09, rejected
+    far = rng.normal(size=(100, 16)) * 6 + 30
+    assert o.is_unknown(far).all()
+    assert OpenSet(4, 3).threshold == float("inf")             # nothing learned: never unknown
+
+
+def test_openset_state_round_trips_through_a_checkpoint_and_old_files_still_load(tmp_path):
+    rng = np.random.default_rng(1)
+    a = Agent(None, AgentConfig(strategy="ncm", max_classes=4), embedding_size=8)
+    a.learn_embeddings(rng.normal(size=(30, 8)), rng.integers(0, 2, 30))
+    state = a.state_dict()
+    assert {"openset.count", "openset.scores"} <= set(state)
+    b = Agent(None, a.config, embedding_size=8)
+    b.load_state_dict(state)
+    probe = rng.normal(size=(10, 8)) * 3
+    np.testing.assert_array_equal(a.predict_embeddings(probe, unknown=True), b.predict_embeddings(probe, unknown=True))
+    old = {k: v for k, v in state.items() if not k.startswith("openset.")}
+    c = Agent(None, a.config, embedding_size=8)
+    c.load_state_dict(old)                         # written before open-set rejection: it relearns
+    assert c.openset.threshold == float("inf")
+    bad = dict(state, **{"openset.count": np.zeros(3, np.int64)})
+    with pytest.raises(InputError, match="openset state 'count': expected int64"):
+        Agent(None, a.config, embedding_size=8).load_state_dict(bad)
+
+
+def test_auroc_and_accuracy_at_false_accept():
+    assert auroc(np.array([0.0, 1.0]), np.array([2.0, 3.0])) == 1.0
+    assert auroc(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == 0.0
+    assert auroc(np.array([1.0, 1.0]), np.array([1.0])) == 0.5
+    rng = np.random.default_rng(0)
+    k, u = rng.normal(size=500), rng.normal(size=500) + 1.0
+    assert 0.70 < auroc(k, u) < 0.82           # separation of 1 std: Phi(1 / sqrt 2) = 0.76
+    acc, t = accuracy_at_false_accept(k, np.ones(500, bool), u, 0.05)
+    assert (u <= t).mean() == pytest.approx(0.05, abs=0.01)
+    assert acc == pytest.approx((k <= t).mean())
+
+
+def test_edge_agent_predict_prints_unknown_for_a_black_frame(tmp_path, capsys):
+    from PIL import Image
+
+    from edge.cli import main
+
+    views, _ = object_views(4, 6)
+    paths = []
+    for i, v in enumerate(views[:5]):
+        paths.append(str(tmp_path / f"cup{i}.png"))
+        Image.fromarray(np.asarray(v)).save(paths[-1])
+    black = tmp_path / "black.png"
+    Image.fromarray(np.zeros_like(np.asarray(views[0]))).save(black)
+    state = str(tmp_path / "state")
+    assert main(["learn", "--state", state, "--label", "cup", *paths]) == 0
+    capsys.readouterr()
+    assert main(["predict", "--state", state, "--json", str(black), paths[0]]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rows[0]["name"] == "unknown" and rows[0]["label"] == UNKNOWN and rows[0]["unknown"] is True
+    assert rows[1]["name"] == "cup" and rows[1]["unknown"] is False
+    assert main(["predict", "--state", state, str(black)]) == 0
+    assert capsys.readouterr().out.split("\t")[1] == "unknown"
+    assert main(["predict", "--state", state, "--closed-set", str(black)]) == 0
+    assert capsys.readouterr().out.split("\t")[1] == "cup"
