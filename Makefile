@@ -9,7 +9,7 @@ BIN     = $(VENV)/bin
 TFLRT_VENV ?= .venv-tflrt
 TFLRT_BIN   = $(TFLRT_VENV)/bin
 
-.PHONY: run test setup-run setup-test setup-tflrt test-tflrt bench default-model pretrained-model clean
+.PHONY: run test setup-run setup-test setup-browser setup-tflrt test-tflrt bench default-model pretrained-model clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,20 @@ setup-tflrt: $(TFLRT_BIN)/python
 setup-run: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[edge,sim]"
 
-setup-test: $(BIN)/python
+setup-test: $(BIN)/python setup-browser
 	$(BIN)/python -m pip install --quiet -e ".[edge,sim,host,dev,sweep-ray]"
+
+# The teach page's browser test (tests/test_device_page.py) drives Debian's chromium + chromium-driver
+# (browsers cannot be downloaded by pip). Installed with apt-get in CI (CI=true) or when missing and
+# root; otherwise the test skips with the reason. On CI a failed install fails the setup.
+setup-browser:
+	@if [ "$${CI:-}" = "true" ] || ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 \
+			|| { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; } \
+			|| { echo "setup-browser: apt-get install chromium chromium-driver failed"; [ "$${CI:-}" != "true" ]; }; \
+		else echo "setup-browser: chromium/chromedriver missing (as root: apt-get install chromium chromium-driver); the browser test will skip"; fi; \
+	fi
 
 run: setup-run
 	$(BIN)/edge-sim

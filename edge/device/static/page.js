@@ -19,6 +19,7 @@
   let classesKey = "";
   let editing = null;             // name of the class being renamed
   let lastAnnounced = "";
+  let lastAnswerAt = 0;           // performance.now() of the latest prediction event
 
   class ApiError extends Error {
     constructor(status, message) { super(message); this.status = status; }
@@ -123,7 +124,8 @@
   function showPrediction(p) {
     const panel = $("answer-panel");
     const answer = $("answer");
-    panel.classList.remove("none");
+    panel.classList.remove("none", "stale");
+    lastAnswerAt = performance.now();
     panel.classList.toggle("is-unknown", p.unknown);
     answer.textContent = p.unknown ? "unknown" : p.label;
     answer.dataset.label = p.label;
@@ -164,6 +166,11 @@
     view.dataset.fps = String(v.fps);
     view.dataset.encoded = String(v.encoded);
     $("view-caption").textContent = v.encoded ? `live · ${v.fps.toFixed(1)} frames/s` : "no frames yet";
+    const panel = $("answer-panel");
+    if (lastAnswerAt && performance.now() - lastAnswerAt > 3000 && !panel.classList.contains("stale")) {
+      panel.classList.add("stale");  // the source stopped (or nothing is predicted): say so
+      $("answer-detail").textContent = "no new answer for a while: the source has no new frames";
+    }
   }
 
   // ------------------------------------------------------------ status
@@ -189,7 +196,8 @@
     const ckpt = s.last_checkpoint;
     $("st-checkpoint").textContent = ckpt ? `step ${ckpt.step} at ${new Date(ckpt.time * 1000).toLocaleTimeString()}` : "none yet";
     $("st-model").textContent = s.model;
-    $("st-fingerprint").textContent = s.fingerprint;
+    $("st-fingerprint").textContent = `${s.fingerprint.slice(0, 16)}…`;
+    $("st-fingerprint").title = s.fingerprint;
     showClasses(s.classes);
     showCounter(s);
   }
