@@ -35,7 +35,7 @@ def _device(generated: Path, out: Path, *extra: str) -> tuple[int, dict]:
 @pytest.fixture(scope="module")
 def cut_report(generated: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     code, report = _device(generated, tmp_path_factory.mktemp("cuts") / "out", "--power-cuts", "20",
-                           "--outage", "0.1")
+                           "--outage", "0.1", "--max-frames", "3200", "--test", "full")  # the whole stream
     assert code == 0
     return report
 
@@ -65,6 +65,7 @@ def test_twenty_power_cuts_finish_close_to_the_uninterrupted_run(cut_report: dic
     totals = cut["power_cut_totals"]
     assert totals["cuts"] == 20 and totals["during_checkpoint"] == 10
     assert totals["max_bursts_lost_per_cut"] <= 1 and totals["updates_lost"] >= 1
+    assert totals["max_bursts_touched_per_cut"] <= 2  # the lost burst and the first frame of the next
     kinds = {c["kind"] for c in cut["power_cuts"]}
     assert kinds == {"frame", "checkpoint-open", "checkpoint-rename"}
     assert all(c["recovery_s"] > 0 and c["frames_off"] >= 0 for c in cut["power_cuts"])
@@ -80,7 +81,8 @@ def test_same_seed_same_report(generated: Path, tmp_path: Path) -> None:
     runs = [_device(generated, tmp_path / name, "--max-frames", "400")[1] for name in ("a", "b")]
     a, b = (r["runs"]["uninterrupted"]["results"] for r in runs)
     assert a == b
-    assert a["prequential_accuracy"] is not None and len(a["test_curve"]) == a["learned_batches"] > 0
+    assert a["prequential_accuracy"] is not None and a["learned_batches"] > 0
+    assert a["learned_batches"] - 1 <= len(a["test_curve"]) <= a["learned_batches"]  # the last: at the end
 
 
 def test_deadline_misses_zero_at_20_fps_and_present_beyond_the_machine(generated: Path, tmp_path: Path) -> None:

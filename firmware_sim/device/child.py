@@ -126,7 +126,7 @@ def run(config: dict[str, Any], channel: Any, phase: list[str]) -> int:
         camera = PipeCamera(channel, phase, realtime)
         options = LoopOptions(window=config["window"], unknown_threshold=config["unknown_threshold"],
                               resize=config["resize"], exit_at_end=True, teach_batch=config["teach_batch"],
-                              predict_labelled=True, poll_s=0.01)
+                              predict_labelled=True, poll_s=5.0)  # an idle poll flushes a partial burst: rare
         loop = DeviceLoop(agent, camera, store=store, labels=labels, options=options,
                           events=EventWriter(None), clock=lambda: camera.sim_time)
 

@@ -94,6 +94,7 @@ def summarise(run: DeviceRun, frames: StreamFrames, plan: TeachPlan, options: De
             "frames_off": sum(c["frames_off"] for c in cuts), "taught_lost": sum(c["taught_lost"] for c in cuts),
             "bursts_lost": sum(c["bursts_lost"] for c in cuts),
             "max_bursts_lost_per_cut": max((c["bursts_lost"] for c in cuts), default=0),
+            "max_bursts_touched_per_cut": max((c["bursts_touched"] for c in cuts), default=0),
             "updates_lost": sum(c["updates_lost"] for c in cuts)},
     }
     rss = [r for _, r in run.rss]

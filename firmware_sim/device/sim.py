@@ -269,6 +269,7 @@ def simulate(frames: StreamFrames, plan: TeachPlan, base_config: dict[str, Any],
     taught_delivered: list[int] = []  # burst id of every taught frame the device received
     boot = 0
     child: _Child | None = None
+    burst_end = {int(bid): int(np.flatnonzero(plan.bursts == bid).max()) for bid in np.unique(plan.bursts[plan.bursts >= 0])}
 
     def start_child() -> tuple[_Child, dict[str, Any] | None]:
         nonlocal boot
@@ -339,8 +340,12 @@ def simulate(frames: StreamFrames, plan: TeachPlan, base_config: dict[str, Any],
         lost_taught = max(0, len(taught_delivered) - kept - sum(c_["taught_lost"] for c_ in run.cuts))
         start = len(taught_delivered) - lost_taught
         bursts_lost = sorted(set(taught_delivered[start:]))
+        # a burst is lost whole when it had ended by the cut and none of the frames the device received
+        # of it survived (a burst the cut interrupts goes on after the restart)
+        kept_ids = set(taught_delivered[:start])
+        whole = [bid for bid in bursts_lost if bid not in kept_ids and burst_end[bid] < first_off]
         run.cuts.append({"kind": kind, "frame": k, "t": round(t_cut, 6), "recovery_s": recovery,
-                         "frames_off": int(lost_idx.size), "taught_lost": lost_taught, "bursts_lost": len(bursts_lost),
+                         "frames_off": int(lost_idx.size), "taught_lost": lost_taught, "bursts_lost": len(whole), "bursts_touched": len(bursts_lost),
                          "updates_lost": learned_before - len(active), "restored_step": restored,
                          "torn_bytes": torn})
         return new, next_k
@@ -404,7 +409,7 @@ def simulate(frames: StreamFrames, plan: TeachPlan, base_config: dict[str, Any],
                 run.proc_ms[i], run.start_s[i] = ms, start
                 run.pred[i] = -1 if msg["pred"] is None else int(msg["pred"])
                 if "test_accuracy" in msg and msg["test_accuracy"] is not None:
-                    run.evals.append({"t": start + ms / 1000.0, "frame": i, "step": msg["step"],
+                    run.evals.append({"t": i * period, "frame": i, "step": msg["step"],
                                       "accuracy": msg["test_accuracy"]})
                 if "rss" in msg:
                     run.rss.append((start, int(msg["rss"])))
