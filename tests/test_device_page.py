@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -293,3 +294,88 @@ def test_inner_page_scenario():
             driver.quit()
         agent.close()
         plain.close()
+
+
+# ---------------------------------------------------------------- the page's API, without a browser
+
+
+def _get(port: int, path: str, headers: dict[str, str], read: int = -1) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, dict(resp.headers), resp.read(read) if read > 0 else resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def _read_stream(port: int, path: str, headers: dict[str, str], marker: bytes, count: int,
+                 timeout: float = 15.0) -> tuple[bytes, float]:
+    """Read a streaming response until ``marker`` was seen ``count`` times; returns (bytes, seconds)."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
+    began = time.monotonic()
+    data = b""
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
+        while data.count(marker) < count:
+            assert time.monotonic() - began < timeout, data[-300:]
+            data += resp.read1(65536)
+    return data, time.monotonic() - began
+
+
+def test_page_routes_live_view_events_and_hold_to_record_over_http(tmp_path):
+    need_model()
+    video = tmp_path / "objects.avi"
+    write_video(video, [(OBJ_A, 200, 1), (OBJ_B, 200, 1)], fps=FPS)
+    agent = RunningAgent(tmp_path / "state", str(video), "--realtime", token=TOKEN)
+    try:
+        agent.started()
+        port = agent.port
+        assert port is not None
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        cookie = {"Cookie": f"edge_token={TOKEN}"}
+        # The page and its files need no token and carry the CSP; nothing else is served from static/.
+        status, headers, body = _get(port, "/", {})
+        assert status == 200 and b"/static/page.js" in body and "default-src 'self'" in headers["content-security-policy"]
+        for name, media in (("page.js", "text/javascript"), ("page.css", "text/css")):
+            status, headers, body = _get(port, f"/static/{name}", {})
+            assert status == 200 and headers["content-type"].startswith(media) and len(body) > 1000
+        assert _get(port, "/static/secret.txt", {})[0] == 404
+        # The streams take the header or the cookie; without either, 401.
+        assert _get(port, "/frame.jpg", {})[0] == 401
+        status, headers, jpeg = _get(port, "/frame.jpg", cookie)
+        assert status == 200 and jpeg[:2] == b"\xff\xd8" and int(headers["x-frame"]) >= 1
+        data, seconds = _read_stream(port, "/stream.mjpg?fps=5", bearer, b"Content-Type: image/jpeg", 6)
+        assert data.startswith(b"--frame\r\n") and data.count(b"\xff\xd8") >= 6
+        assert seconds >= 0.8, f"?fps=5 sent 6 frames in {seconds:.2f} s: expected at least 1 s"
+        assert _get(port, "/stream.mjpg?fps=99", bearer)[0] == 400
+        # A cookie never authorises a change.
+        assert agent.http("POST", "/teach", {"label": "cup", "seconds": 60}, token=False, headers=cookie)[0] == 401
+        # Hold to record: press (60 s at most), release after ~1 s: what was collected is learned.
+        status, body = agent.http("POST", "/teach", {"label": "cup", "seconds": 60})
+        assert status == 200 and body["seconds"] == 60.0
+        time.sleep(1.0)
+        status, body = agent.http("POST", "/teach/finish", {"label": "cup"})
+        assert status == 200 and body["label"] == "cup" and 10 <= body["frames"] <= 30, body
+        learned = agent.wait_for(lambda e: e["event"] == "learned", 30)[0]
+        assert learned["frames"] == body["frames"]
+        status, info = agent.http("GET", "/status")
+        assert info["teach_pending"] == [] and info["classes"][0]["samples"] == body["frames"]
+        # A release with nothing waiting, an unknown class, a bad body: 4xx, nothing changes.
+        for request, code, message in ((({"label": "cup"}), 400, "expected a waiting teach"),
+                                       (({"label": "nosuch"}), 404, "unknown name"),
+                                       (({}), 400, "expected a 'label'"),
+                                       (({"label": "cup", "x": 1}), 400, "expected keys")):
+            status, answer = agent.http("POST", "/teach/finish", request)
+            assert status == code and message in answer["error"], (request, status, answer)
+        assert agent.http("GET", "/status")[1]["step"] == info["step"]
+        # Server-Sent Events: predictions with the top classes, and the live view's rate.
+        data, _ = _read_stream(port, "/events", cookie, b"event: prediction", 3)
+        messages = [m for m in data.decode().split("\n\n") if m.startswith("event: prediction")]
+        latest = json.loads(messages[-1].split("data: ", 1)[1])
+        assert latest["label"] == "cup" and latest["top"][0] == {"label": "cup", "p": latest["top"][0]["p"]}
+        assert 0.0 < latest["top"][0]["p"] <= 1.0
+        data, _ = _read_stream(port, "/events", bearer, b"event: view", 1)
+        view = json.loads(data.decode().split("event: view\ndata: ", 1)[1].split("\n\n", 1)[0])
+        assert view["max_fps"] == 10.0 and view["encoded"] >= 6
+    finally:
+        agent.close()
