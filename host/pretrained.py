@@ -13,7 +13,8 @@ ImageNet evaluation images are centre-cropped as EfficientNet's own evaluation d
 the device preprocessing: device frames (CORe50: 128x128, object-centred) are only resized.
 
 Calibration frames (int8) and held-out parity frames are real photographs: by default random crops
-(25-100 % of the area, flips) of the same 20 ImageNet images, two disjoint seeded draws; or any
+(25-100 % of the area, flips) of the same 20 ImageNet images, separate seeded draws (the check
+itself uses their centre crops: calibration only sets activation ranges); or any
 `firmware_sim.data.sources` spec (``folder:DIR`` of your own camera frames, ``npz:PATH``).
 
 Example:
