@@ -160,9 +160,9 @@ def run(config: dict[str, Any], channel: Any, phase: list[str]) -> int:
                 while loop.learning:
                     time.sleep(0.0002)
             latest = loop.latest_prediction()
-            predicted = latest is not None and latest["frame"] == loop.frames
+            pred = latest["index"] if latest is not None and latest["frame"] == loop.frames else None
             ack: dict[str, Any] = {"kind": "ack", "i": camera.index, "ms": seconds * 1000.0, "cpu_ms": cpu_ms,
-                                   "pred": latest["index"] if predicted else None,
+                                   "pred": pred,
                                    "step": loop.agent.step_, "dropped": loop.grabber.dropped}
             if loop.learned_batches != state["learned"]:
                 state["since_eval"] += loop.learned_batches - state["learned"]
