@@ -110,3 +110,18 @@ def test_edge_agent_predict_prints_unknown_for_a_black_frame(tmp_path, capsys):
     assert capsys.readouterr().out.split("\t")[1] == "unknown"
     assert main(["predict", "--state", state, "--closed-set", str(black)]) == 0
     assert capsys.readouterr().out.split("\t")[1] == "cup"
+
+
+def test_open_set_protocol_holds_classes_out_and_the_histograms_plot(tmp_path):
+    from firmware_sim.data.protocols import open_set_classes
+    from firmware_sim.measure.report import plot_score_histograms
+
+    held = open_set_classes(50, 10, seed=0)
+    assert len(held) == 10 and held == sorted(set(held)) and held == open_set_classes(50, 10, seed=0)
+    assert open_set_classes(5, [4, 0]) == [0, 4]
+    for bad in (0, 50, [50], [0, 1, 2, 3, 4]):
+        with pytest.raises(ValueError, match="held_out: expected"):
+            open_set_classes(50 if bad != [0, 1, 2, 3, 4] else 5, bad)
+    pytest.importorskip("matplotlib")
+    png = plot_score_histograms(tmp_path / "h.png", {"ncm": [1.0, 1.5, 0.8]}, {"ncm": [4.0, 9.0]}, {"ncm": 2.0})
+    assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

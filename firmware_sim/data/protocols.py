@@ -52,6 +52,7 @@ __all__ = [
     "few_shot",
     "make_protocol",
     "nic_like",
+    "open_set_classes",
     "parse_int_list",
     "parse_protocol_params",
     "parse_protocol_spec",
@@ -538,6 +539,30 @@ def split_transfer(train: LabelledImages, test: LabelledImages, pretrain_classes
         params={"pretrain_classes": pre, "stream_classes": stream, "protocol": protocol, **s.params},
     )
     return SplitTransfer(pretrain, pretrain_test, s, stream_map, pre_map)
+
+
+# --------------------------------------------------------------------------- open set
+
+
+def open_set_classes(n_classes: int, held_out: int | Sequence[int] = 10, seed: int = 0) -> list[int]:
+    """The classes an open-set run never trains on (shown only at test time, as "unknown").
+
+    ``held_out`` is a count (chosen at random with ``seed``, sorted) or an explicit list.
+
+    Example:
+        >>> open_set_classes(50, [3, 1])
+        [1, 3]
+        >>> len(open_set_classes(50, 10, seed=0))
+        10
+    """
+    if isinstance(held_out, (int, np.integer)):
+        if not 1 <= int(held_out) < n_classes:
+            raise ValueError(f"held_out: expected a count in [1, {n_classes - 1}], got {held_out}")
+        return sorted(int(c) for c in np.random.default_rng(seed).choice(n_classes, int(held_out), replace=False))
+    out = sorted({int(c) for c in held_out})
+    if not out or out[0] < 0 or out[-1] >= n_classes or len(out) >= n_classes:
+        raise ValueError(f"held_out: expected 1 to {n_classes - 1} classes in [0, {n_classes - 1}], got {list(held_out)}")
+    return out
 
 
 # --------------------------------------------------------------------------- registry

@@ -349,3 +349,43 @@ def plot_confusion(path: str | os.PathLike[str], matrix: Any, class_names: Seque
                 ax.text(j, i, text, ha="center", va="center", fontsize="small",
                         color="white" if dark else "black")
     return _save(fig, path)
+
+
+def plot_score_histograms(path: str | os.PathLike[str], known: Mapping[str, Sequence[float]],
+                          unknown: Mapping[str, Sequence[float]], thresholds: Mapping[str, float] | None = None,
+                          title: str = "Open-set novelty scores") -> Path | None:
+    """One panel per strategy: histograms of the novelty of known and unknown test frames (log x),
+    with the agent's calibrated threshold as a vertical line; returns the PNG path or None.
+
+    Example:
+        >>> import tempfile, os
+        >>> p = plot_score_histograms(os.path.join(tempfile.mkdtemp(), "h.png"), {"ncm": [1.0, 1.2]},
+        ...                           {"ncm": [3.0, 5.0]}, {"ncm": 2.0})
+        >>> p is None or p.stat().st_size > 1000
+        True
+    """
+    names = list(known)
+    if not names or set(names) != set(unknown):
+        raise ValueError(f"known/unknown: expected the same non-empty strategies, got {sorted(known)} "
+                         f"and {sorted(unknown)}")
+    fig = _new_figure(3.2 * len(names), 3.0)
+    if fig is None:
+        return None
+    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    for ax, name in zip(axes, names):
+        k = np.asarray(known[name], np.float64)
+        u = np.asarray(unknown[name], np.float64)
+        both = np.concatenate([k, u])
+        both = both[np.isfinite(both) & (both > 0)]
+        lo, hi = (both.min(), both.max()) if both.size else (0.1, 10.0)
+        bins = np.geomspace(max(lo, 1e-3), max(hi, lo * 1.01, 1e-3 * 1.01), 40)
+        ax.hist(np.clip(k, bins[0], bins[-1]), bins=bins, alpha=0.6, label="known", density=True)
+        ax.hist(np.clip(u, bins[0], bins[-1]), bins=bins, alpha=0.6, label="unknown", density=True)
+        if thresholds and name in thresholds and math.isfinite(thresholds[name]):
+            ax.axvline(thresholds[name], color="k", linestyle="--", linewidth=1, label="threshold")
+        ax.set_xscale("log")
+        ax.set_title(name, fontsize="small")
+        ax.set_xlabel("novelty")
+        ax.legend(fontsize="x-small")
+    fig.suptitle(title, fontsize="small")
+    return _save(fig, path)
