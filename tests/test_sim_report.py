@@ -175,3 +175,112 @@ def test_plots_skip_with_warning_without_matplotlib(tmp_path, monkeypatch, caplo
         assert plot_accuracy_curve(tmp_path / "c.png", {"a": ([1], [0.5])}) is None
     assert "matplotlib is not installed" in caplog.text
     assert not os.path.exists(tmp_path / "c.png")
+
+
+# --------------------------------------------------------------------------- run / compare plots (issue 14)
+
+
+def test_plots_module_doctests():
+    import firmware_sim.measure.plots as plots
+
+    result = doctest.testmod(plots)
+    assert result.failed == 0 and result.attempted >= 2
+
+
+def test_runs_band_is_the_mean_and_sample_std_per_evaluation():
+    from firmware_sim.measure.plots import runs_band
+
+    runs = [([100, 200, 300], [0.2, 0.4, 0.6]), ([110, 210, 310], [0.4, 0.6, None]), ([90, 190], [0.3, 0.5])]
+    x, mean, std = runs_band("replay", runs)
+    assert x.tolist() == [100.0, 200.0]  # cut to the shortest run, x averaged
+    np.testing.assert_allclose(mean, [0.3, 0.5])
+    np.testing.assert_allclose(std, [np.std([0.2, 0.4, 0.3], ddof=1), np.std([0.4, 0.6, 0.5], ddof=1)])
+    _, one_mean, one_std = runs_band("naive", runs[:1])
+    assert one_mean.tolist() == [0.2, 0.4, 0.6] and one_std.tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="same length"):
+        runs_band("bad", [([1, 2], [0.1])])
+    with pytest.raises(ValueError, match="at least one run"):
+        runs_band("empty", [])
+
+
+@needs_mpl
+def test_run_and_compare_plots_are_valid_pngs(tmp_path):
+    from firmware_sim.measure.plots import plot_latency_histogram, plot_rss_over_time, plot_runs_band, plot_tradeoff
+
+    rng = np.random.default_rng(1)
+    x = np.arange(1, 40) * 30
+    curves = {name: [(x, np.clip(base + np.cumsum(rng.normal(0.005, 0.01, x.size)), 0, 1)) for _ in range(3)]
+              for name, base in (("naive", 0.1), ("replay", 0.2))}
+    _assert_png(plot_runs_band(tmp_path / "band.png", curves))
+    latency = {"naive": rng.gamma(2.0, 0.2, 200), "replay": rng.gamma(2.0, 0.25, 200)}
+    _assert_png(plot_latency_histogram(tmp_path / "latency.png", latency))
+    rss = {"naive": (x, 80e6 + x * 1e3), "replay": (x, 90e6 + x * 2e3)}
+    _assert_png(plot_rss_over_time(tmp_path / "rss.png", rss))
+    points = {"naive": {"x": 100.0, "y": 0.4, "yerr": 0.02}, "replay": {"x": 350.0, "y": 0.55, "yerr": None},
+              "cumulative": {"x": 2000.0, "y": None}}  # a missing figure is left out, not drawn at 0
+    _assert_png(plot_tradeoff(tmp_path / "acc_mem.png", points, xlabel="KiB", logx=True))
+    with pytest.raises(ValueError, match="finite x and y"):
+        plot_tradeoff(tmp_path / "none.png", {"a": {"x": None, "y": 0.5}}, xlabel="KiB")
+    with pytest.raises(ValueError, match="latency samples"):
+        plot_latency_histogram(tmp_path / "none.png", {"a": []})
+    with pytest.raises(ValueError, match="same length"):
+        plot_rss_over_time(tmp_path / "none.png", {"a": ([1, 2], [1])})
+    assert not (tmp_path / "none.png").exists()
+
+
+# --------------------------------------------------------------------------- progress without a terminal
+
+
+def test_progress_writes_plain_lines_when_the_stream_is_not_a_terminal():
+    import io
+
+    from firmware_sim.loop.progress import Progress, progress_iter
+
+    out = io.StringIO()
+    assert list(progress_iter(range(5), 5, "replay", stream=out, interval_s=0)) == list(range(5))
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "replay: 0/5 batch"
+    assert [ln.split()[1] for ln in lines[1:-1]] == ["1/5", "2/5", "3/5", "4/5"]  # every update at interval 0
+    assert "left" in lines[1] and "\r" not in out.getvalue()
+    assert lines[-1].startswith("replay: 5/5 batch (100%) done in")
+
+    quiet = io.StringIO()
+    list(progress_iter(range(1000), 1000, "embed", stream=quiet, interval_s=3600))
+    assert len(quiet.getvalue().splitlines()) == 2  # start and end only: the interval bounds the log
+
+    stopped = io.StringIO()
+    with Progress(10, "device", unit="frame", stream=stopped, interval_s=3600) as bar:
+        bar.update_to(4)
+        bar.update_to(2)  # never backwards
+    assert stopped.getvalue().splitlines()[-1].startswith("device: 4/10 frame (40%)")
+
+    off = io.StringIO()
+    list(progress_iter(range(3), 3, "x", enabled=False, stream=off))
+    assert off.getvalue() == ""
+
+
+def test_progress_on_a_terminal_is_a_tqdm_bar():
+    import io
+
+    from firmware_sim.loop.progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:  # what a real tty answers; tqdm then redraws one line with \r
+            return True
+
+    tty = Terminal()
+    with Progress(3, "replay", stream=tty) as bar:
+        for _ in range(3):
+            bar.update()
+    assert "\r" in tty.getvalue() and "replay" in tty.getvalue()
+    assert "replay: 0/3 batch\n" not in tty.getvalue()
+
+
+def test_machine_info_names_the_cpu_cores_and_runtime_versions():
+    from firmware_sim.measure.machine import machine_info, machine_line
+
+    info = machine_info()
+    assert info["cpu"] and info["cores"] >= info["usable_cores"] >= 1
+    assert info["versions"]["numpy"] == np.__version__
+    line = machine_line(info)
+    assert info["cpu"] in line and f"numpy {np.__version__}" in line and f"Python {info['python']}" in line

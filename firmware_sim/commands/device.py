@@ -65,7 +65,7 @@ def device_command(args: argparse.Namespace) -> int:
                       agent=_config(run_options, args.strategy), options=options, run=args.run,
                       runtime=args.runtime, precision=args.precision, test=args.test, labels=args.labels,
                       cache_dir=args.cache, max_frames=args.max_frames, baseline=not args.no_baseline,
-                      plots=not args.no_plots, progress=not args.no_progress and sys.stderr.isatty())
+                      plots=not args.no_plots, progress=not args.no_progress)  # plain lines when no tty
     report: dict[str, Any] = run_device(spec, args.out)
     print(markdown_table(summary_rows(report), SUMMARY_COLUMNS))
     print(f"wall time {report['wall_seconds']:.1f} s -> {args.out}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -142,7 +141,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     out.add_argument("--latency-frames", type=int, default=_D.latency_frames, help="frames timed end to end at batch 1")
     out.add_argument("--cache", default=_D.cache, help="embedding cache directory (default ~/.cache/edge-continual)")
     out.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    out.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    out.add_argument("--no-progress", action="store_true",
+                     help="hide progress (a bar on a terminal, a plain line every 10 s in a log)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -231,7 +231,7 @@ def _spec(options: RunOptions, configs: dict[str, AgentConfig]) -> ExperimentSpe
         seed=options.seed, protocol_params=_parse_params(options.protocol_param), cache_dir=options.cache,
         test_split=options.test_split,
         options=SimOptions(eval_every=options.eval_every, latency_frames=options.latency_frames,
-                           progress=not options.no_progress and sys.stderr.isatty()),
+                           progress=not options.no_progress),  # plain lines when stderr is no tty
         plots=not options.no_plots,
     )
 

@@ -124,7 +124,7 @@ def _open_frames(spec: DeviceSpec, image_size: int) -> tuple[Any, StreamFrames]:
     from firmware_sim.data.streams import open_stream
 
     stream = open_stream(spec.data, spec.scenario, spec.run, test=spec.test, labels=spec.labels,
-                         image_size=image_size, seed=spec.options.seed, progress=spec.progress)
+                         image_size=image_size, seed=spec.options.seed, progress=spec.progress and sys.stderr.isatty())
     batches, starts, labels, total = [], [], [], 0
     for batch in stream.train_batches:
         if spec.max_frames is not None and total >= spec.max_frames:
@@ -174,9 +174,11 @@ def run_device(spec: DeviceSpec, out_dir: str | Path | None) -> dict[str, Any]:
         cuts = cut_plan(options.power_cuts, len(frames), plan.n_bursts, options.seed)
         runs: dict[str, Any] = {}
         if not options.power_cuts or spec.baseline:
-            runs["uninterrupted"] = summarise(simulate(frames, plan, base, options, work, []), frames, plan, options)
+            done = simulate(frames, plan, base, options, work, [], progress=spec.progress, desc="uninterrupted")
+            runs["uninterrupted"] = summarise(done, frames, plan, options)
         if options.power_cuts:
-            runs["power_cuts"] = summarise(simulate(frames, plan, base, options, work, cuts), frames, plan, options)
+            done = simulate(frames, plan, base, options, work, cuts, progress=spec.progress, desc="power cuts")
+            runs["power_cuts"] = summarise(done, frames, plan, options)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report: dict[str, Any] = {

@@ -246,9 +246,14 @@ def _child_config(base: dict[str, Any], state_dir: Path, cut: Cut | None, checkp
 
 
 def simulate(frames: StreamFrames, plan: TeachPlan, base_config: dict[str, Any], options: DeviceOptions,
-             work: Path, cuts: list[Cut]) -> DeviceRun:
-    """Run the stream through child devices (restarted after each cut); returns what happened."""
+             work: Path, cuts: list[Cut], progress: bool = False, desc: str = "device") -> DeviceRun:
+    """Run the stream through child devices (restarted after each cut); returns what happened.
+
+    With ``progress``, the frames reached show on stderr (a bar on a terminal, plain lines in a log).
+    """
     import json
+
+    from firmware_sim.loop.progress import Progress
 
     n = len(frames)
     run = DeviceRun(n, np.full(n, -2, np.int64), np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, bool),
@@ -357,8 +362,10 @@ def simulate(frames: StreamFrames, plan: TeachPlan, base_config: dict[str, Any],
         run.wall_s = time.perf_counter() - started_wall
         return run
     t0_wall = time.perf_counter()
+    bar = Progress(n, desc, unit="frame", enabled=progress)
     while k < n and run.failure is None:
         assert child is not None
+        bar.update_to(k)
         if options.realtime:
             free = max(free, time.perf_counter() - t0_wall)
         newest = min(n - 1, int(math.floor(free * options.fps + 1e-9)))
@@ -436,5 +443,7 @@ def simulate(frames: StreamFrames, plan: TeachPlan, base_config: dict[str, Any],
                 break
     elif child is not None:
         child.kill()
+    bar.update_to(k)
+    bar.close()
     run.wall_s = time.perf_counter() - started_wall
     return run

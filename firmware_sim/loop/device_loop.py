@@ -30,6 +30,7 @@ from edge.checkpoint import CheckpointStore
 from edge.runtimes import Backbone
 from firmware_sim.cache import EmbeddingCache, test_embeddings
 from firmware_sim.data.stream import Stream
+from firmware_sim.loop.progress import progress_iter
 from firmware_sim.loop.result import CurvePoint, MemoryUsage, RunResult
 from firmware_sim.measure.metrics import (
     AccuracyMatrix,
@@ -77,11 +78,8 @@ class EmbeddedStream:
 
 
 def _progress(iterable: Iterable[T], total: int, desc: str, enabled: bool) -> Iterable[T]:
-    if not enabled:
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+    """A tqdm bar on a terminal, plain lines every few seconds otherwise (`firmware_sim.loop.progress`)."""
+    return progress_iter(iterable, total, desc, enabled=enabled) if enabled else iterable
 
 
 def _backbone_info(backbone: Backbone) -> dict[str, Any]:
@@ -125,6 +123,7 @@ class _Replay:
     last_prediction: np.ndarray
     train_timer: Timer
     rss: RssSampler
+    rss_curve: list[dict[str, int]]
     loop_seconds: float
 
 
@@ -143,7 +142,7 @@ def _replay(label: str, agent: Agent, embedded: EmbeddedStream, n_groups: int, o
     matrix = AccuracyMatrix(n_groups)
     train_timer = Timer()
     rss = RssSampler()
-    rss.sample()
+    rss_curve = [{"frames_seen": 0, "rss_bytes": rss.sample()}]
     curve: list[CurvePoint] = []
     frames_seen = 0
     trained_since_eval: set[int] = set()
@@ -162,8 +161,8 @@ def _replay(label: str, agent: Agent, embedded: EmbeddedStream, n_groups: int, o
             trained_since_eval.clear()
             curve.append(CurvePoint(step=len(curve), batch_index=i, frames_seen=frames_seen,
                                     accuracy=float(np.mean(pred == test_y))))
-        rss.sample()
-    return _Replay(agent, matrix, curve, pred, train_timer, rss, time.perf_counter() - started)
+        rss_curve.append({"frames_seen": frames_seen, "rss_bytes": rss.sample()})
+    return _Replay(agent, matrix, curve, pred, train_timer, rss, rss_curve, time.perf_counter() - started)
 
 
 def _save_state(agent: Agent, config: AgentConfig, backbone: Backbone | None) -> tuple[int, float]:
@@ -178,7 +177,7 @@ def _save_state(agent: Agent, config: AgentConfig, backbone: Backbone | None) ->
 
 
 def _predict_latency(agent: Agent, config: AgentConfig, stream: Stream, backbone: Backbone | None,
-                     n_frames: int) -> dict[str, float] | None:
+                     n_frames: int) -> dict[str, Any] | None:
     """Time end-to-end single-frame ``predict_many`` of a deployed copy on up to ``n_frames`` test frames."""
     if backbone is None or n_frames <= 0 or not len(stream.test):
         return None
@@ -192,7 +191,10 @@ def _predict_latency(agent: Agent, config: AgentConfig, stream: Stream, backbone
     for frame in frames:
         with latency.time(frames=1):
             deployed.predict_many(frame[None])
-    return {**latency.result(), "frames_timed": latency.n_frames} if latency.n_frames else None
+    if not latency.n_frames:
+        return None
+    per_frame = [round(float(v) * 1000.0, 4) for v in latency.per_frame_seconds()]  # for the histogram
+    return {**latency.result(), "frames_timed": latency.n_frames, "per_frame_ms": per_frame}
 
 
 def run_agent(label: str, config: AgentConfig, embedded: EmbeddedStream, backbone: Backbone | None = None,
@@ -239,6 +241,7 @@ def run_agent(label: str, config: AgentConfig, embedded: EmbeddedStream, backbon
                            strategy_bytes=memory["strategy"], learned_state_bytes=memory["total"],
                            state_bytes_on_disk=state_bytes, checkpoint_save_ms=save_ms),
         classes_seen=[int(c) for c in agent.classes_seen()],
+        rss_curve=done.rss_curve,
     )
 
 

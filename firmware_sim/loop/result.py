@@ -6,7 +6,7 @@ are the report's and must not change (readers of old reports depend on them).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -55,9 +55,10 @@ class RunResult:
     """One configuration over one run of a stream: curve, final figures, timings and memory.
 
     ``inference`` (end-to-end single-frame predict latency, `LatencyRecorder.result` plus
-    ``frames_timed``) is None when no backbone was given or no frame was timed. ``run`` is set by the
-    experiment that replays several runs; ``test_split`` (e.g. ``"held-out 20 % stratified, seed 0"``)
-    says where the test set came from.
+    ``frames_timed`` and every frame's ``per_frame_ms``) is None when no backbone was given or no
+    frame was timed. ``run`` is set by the experiment that replays several runs; ``test_split``
+    (e.g. ``"held-out 20 % stratified, seed 0"``) says where the test set came from. ``rss_curve`` is
+    the process RSS before the first batch and after every batch (``{"frames_seen", "rss_bytes"}``).
     """
 
     label: str
@@ -76,15 +77,20 @@ class RunResult:
     train_ms_per_batch: dict[str, float]
     train_seconds_total: float
     loop_seconds: float
-    inference: dict[str, float] | None
+    inference: dict[str, Any] | None
     memory: MemoryUsage
     classes_seen: list[int]
     run: int | None = None
     test_split: str | None = None
+    rss_curve: list[dict[str, int]] = field(default_factory=list)
 
     @property
     def inference_p50_ms(self) -> float:
-        return float("nan") if self.inference is None else self.inference.get("p50_ms", float("nan"))
+        return self.inference_ms("p50_ms")
+
+    def inference_ms(self, key: str) -> float:
+        """``p50_ms`` / ``p95_ms`` / ``p99_ms`` / ``mean_ms`` of the predict latency (NaN when not timed)."""
+        return float("nan") if self.inference is None else float(self.inference.get(key, float("nan")))
 
     def to_dict(self) -> dict[str, Any]:
         """The ``report.json`` form (arrays stay arrays; `write_report` turns them into lists)."""
@@ -108,6 +114,7 @@ class RunResult:
             "inference": self.inference,
             "memory": self.memory.to_dict(),
             "classes_seen": self.classes_seen,
+            "rss_curve": self.rss_curve,
         }
         if self.run is not None:
             out["run"] = self.run
