@@ -107,6 +107,20 @@ class LocalExecutor(Executor):
         self.max_retries = max_retries
         self.progress = progress
         self.retries = 0
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _pool_for(self, context: Any) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context, initializer=_one_thread)
+        return self._pool
+
+    def _close_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def close(self) -> None:
+        self._close_pool()
 
     def run(self, jobs: dict[str, Job], desc: str = "") -> Iterator[tuple[str, Any]]:
         pending = dict(jobs)
@@ -124,23 +138,23 @@ class LocalExecutor(Executor):
         with _progress(len(pending), desc, self.progress) as bar:
             while pending:
                 broken: list[str] = []
-                with ProcessPoolExecutor(max_workers=min(self.workers, len(pending)), mp_context=context,
-                                         initializer=_one_thread) as pool:
-                    futures: dict[Future[Any], str] = {}
-                    for job_id, (fn, kwargs) in pending.items():
-                        futures[pool.submit(_tracked, marker[job_id], fn, kwargs)] = job_id
-                    remaining = set(futures)
-                    while remaining:
-                        done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
-                        for future in done:
-                            job_id = futures[future]
-                            exc = future.exception()
-                            if isinstance(exc, BrokenProcessPool):
-                                broken.append(job_id)
-                                continue
-                            del pending[job_id]
-                            bar.update(1)
-                            yield job_id, exc if exc is not None else future.result()
+                pool = self._pool_for(context)
+                # the pool outlives this call: its workers keep their opened streams for the next stage
+                futures: dict[Future[Any], str] = {}
+                for job_id, (fn, kwargs) in pending.items():
+                    futures[pool.submit(_tracked, marker[job_id], fn, kwargs)] = job_id
+                remaining = set(futures)
+                while remaining:
+                    done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        job_id = futures[future]
+                        exc = future.exception()
+                        if isinstance(exc, BrokenProcessPool):
+                            broken.append(job_id)
+                            continue
+                        del pending[job_id]
+                        bar.update(1)
+                        yield job_id, exc if exc is not None else future.result()
                 running = [j for j in broken if os.path.exists(marker[j])]  # executing when the worker died
                 for job_id in running or broken:  # none executing (a worker died starting): charge them all
                     attempts[job_id] += 1
@@ -152,6 +166,8 @@ class LocalExecutor(Executor):
                         bar.update(1)
                         yield job_id, WorkerDied(f"job {job_id}: a worker died while it ran, {attempts[job_id]} "
                                                  f"time(s); expected at most {self.max_retries} retries")
+                if broken:
+                    self._close_pool()
                 if pending:
                     self.retries += 1
                     log.warning("a worker died; resubmitting %d unfinished job(s) to a new pool", len(pending))
