@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -24,13 +26,32 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def compare_report(generated: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+def compare_run(generated: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, str]:
+    """One compare with progress on, its stderr captured in a StringIO: a stream that is not a terminal."""
     out = tmp_path_factory.mktemp("compare")
-    code = sim_main(["compare", "--model", MODEL, "--data", f"synthetic:{generated}", "--scenario", "nicv2_391",
-                     "--strategies", "naive,replay", "--out", str(out), "--cache", str(out / "cache"),
-                     "--latency-frames", "20", "--no-progress"])
-    assert code == 0
-    return json.loads((out / "report.json").read_text()), out
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = sim_main(["compare", "--model", MODEL, "--data", f"synthetic:{generated}", "--scenario", "nicv2_391",
+                         "--strategies", "naive,replay", "--out", str(out), "--cache", str(out / "cache"),
+                         "--latency-frames", "20"])
+    assert code == 0, err.getvalue()
+    return json.loads((out / "report.json").read_text()), out, err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def compare_report(compare_run: tuple[dict, Path, str]) -> tuple[dict, Path]:
+    return compare_run[0], compare_run[1]
+
+
+def _assert_png(path: Path) -> None:
+    from PIL import Image
+
+    assert path.is_file() and path.stat().st_size > 5000, path
+    with Image.open(path) as img:
+        img.verify()
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.width >= 300 and img.height >= 200
+        assert np.asarray(img.convert("L")).std() > 5  # not blank
 
 
 def test_compare_on_nicv2_391_writes_every_output_and_replay_beats_naive(compare_report) -> None:
@@ -43,6 +64,53 @@ def test_compare_on_nicv2_391_writes_every_output_and_replay_beats_naive(compare
     assert naive["n_batches"] == replay["n_batches"] == 391
     assert replay["final_accuracy"] > naive["final_accuracy"] + 0.05
     assert report["backbone"]["fingerprint"] and len(report["backbone"]["file_sha256"]) == 64
+
+
+def test_compare_summary_says_what_was_run_and_has_tail_latency_and_rss(compare_report) -> None:
+    report, out = compare_report
+    machine = report["machine"]
+    assert machine["cpu"] and machine["cores"] >= 1 and machine["python"]
+    assert "numpy" in machine["versions"] and "ai-edge-litert" in machine["versions"]
+    text = (out / "summary.md").read_text()
+    head, _, table = text.partition("| strategy")
+    assert head.startswith("# edge-sim: nicv2_391 on synthetic:")
+    for needle in (f"- data: synthetic:{report['data'].split(':', 1)[1]}, scenario nicv2_391 run 0: 391 batches",
+                   "3200 training frames", f"- model: {report['model']}: default (",
+                   "- strategy naive: naive, softmax head", "- strategy replay: replay, softmax head",
+                   "buffer 1000", f"- machine: {machine['cpu']}", f"numpy {machine['versions']['numpy']}",
+                   "- wall time:"):
+        assert needle in head, needle
+    header = ("| strategy" + table).splitlines()[0]
+    for column in ("predict p50 ms", "p95 ms", "p99 ms", "RSS peak MiB", "RSS avg MiB"):
+        assert f" {column} " in header, column
+    s = report["configs"]["replay"]["summary"]
+    inf = report["configs"]["replay"]["runs"][0]["inference"]
+    assert s["inference_p95_ms"]["mean"] == pytest.approx(inf["p95_ms"])
+    assert s["inference_p99_ms"]["mean"] == pytest.approx(inf["p99_ms"])
+    assert s["rss_avg_bytes"] > 0 and s["rss_peak_bytes"] >= s["rss_avg_bytes"]
+    row = next(line for line in ("| strategy" + table).splitlines() if line.startswith("| replay "))
+    assert f"{s['rss_peak_bytes'] / 2**20:.0f}" in row and f"{inf['p99_ms']:.2f}" in row
+
+
+def test_compare_plots_latency_rss_and_tradeoffs(compare_report) -> None:
+    report, out = compare_report
+    for name in ("accuracy_curve.png", "latency_hist.png", "rss.png", "accuracy_vs_memory.png",
+                 "accuracy_vs_train_time.png"):
+        _assert_png(out / name)
+    run = report["configs"]["replay"]["runs"][0]
+    assert len(run["inference"]["per_frame_ms"]) == 20  # what the histogram draws
+    rss = run["rss_curve"]
+    assert len(rss) == 392 and rss[0]["frames_seen"] == 0 and rss[-1]["frames_seen"] == run["n_train_frames"]
+    assert all(p["rss_bytes"] > 0 for p in rss)
+
+
+def test_progress_shows_in_a_log_without_a_terminal(compare_run) -> None:
+    err = compare_run[2]
+    lines = err.splitlines()
+    for desc in ("embed", "naive", "replay"):
+        assert f"{desc}: 0/391 batch" in lines, desc
+        assert any(ln.startswith(f"{desc}: 391/391 batch (100%) done in") for ln in lines), desc
+    assert "\r" not in err  # plain lines, no bar redrawing
 
 
 def test_report_metrics_are_computed_from_what_happened(compare_report) -> None:
@@ -75,9 +143,12 @@ def test_run_with_several_runs_reports_mean_and_std_and_reuses_cached_test_embed
         generated: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cache = tmp_path / "cache"
     args = ["run", "--model", MODEL, "--data", f"synthetic:{generated}", "--scenario", "ni", "--runs", "2",
-            "--strategy", "replay", "--cache", str(cache), "--eval-every", "4", "--no-plots",
+            "--strategy", "replay", "--cache", str(cache), "--eval-every", "4",
             "--latency-frames", "0", "--test", "reduced", "--no-progress"]
     assert sim_main([*args, "--out", str(tmp_path / "a")]) == 0
+    _assert_png(tmp_path / "a" / "accuracy_curve.png")  # both runs and their mean ± std band
+    assert "runs 0-1 (2 runs, mean ± std)" in (tmp_path / "a" / "summary.md").read_text()
+    assert not (tmp_path / "a" / "accuracy_vs_memory.png").exists()  # one strategy: no trade-off plot
     report = json.loads((tmp_path / "a" / "report.json").read_text())
     summary = report["configs"]["replay"]["summary"]
     finals = [r["final_accuracy"] for r in report["configs"]["replay"]["runs"]]
@@ -89,7 +160,7 @@ def test_run_with_several_runs_reports_mean_and_std_and_reuses_cached_test_embed
     assert streams[0]["n_test_frames"] == len(range(0, 3 * 50 * 8, 20))
     assert [len(r["curve"]) for r in report["configs"]["replay"]["runs"]] == [2, 2]  # batches 4 and 8
     assert streams[1]["embedding"]["test_from_cache"] is True
-    assert sim_main([*args, "--out", str(tmp_path / "b")]) == 0
+    assert sim_main([*args, "--no-plots", "--out", str(tmp_path / "b")]) == 0
     again = json.loads((tmp_path / "b" / "report.json").read_text())
     assert again["streams"][0]["embedding"]["test_from_cache"] is True
     assert [r["final_accuracy"] for r in again["configs"]["replay"]["runs"]] == finals  # deterministic
