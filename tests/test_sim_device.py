@@ -25,10 +25,11 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _device(generated: Path, out: Path, *extra: str) -> tuple[int, dict]:
+def _device(generated: Path, out: Path, *extra: str, progress: bool = False, plots: bool = False) -> tuple[int, dict]:
+    quiet = ([] if progress else ["--no-progress"]) + ([] if plots else ["--no-plots"])
     code = sim_main(["device", "--model", MODEL, "--data", f"synthetic:{generated}", "--scenario", "nicv2_391",
-                     "--out", str(out), "--cache", str(out.parent / "cache"), "--no-progress", "--no-plots",
-                     "--test", "reduced", "--max-frames", str(FRAMES), *extra])
+                     "--out", str(out), "--cache", str(out.parent / "cache"), "--test", "reduced",
+                     "--max-frames", str(FRAMES), *quiet, *extra])
     return code, json.loads((out / "report.json").read_text())
 
 
@@ -85,8 +86,16 @@ def test_same_seed_same_report(generated: Path, tmp_path: Path) -> None:
     assert a["learned_batches"] - 1 <= len(a["test_curve"]) <= a["learned_batches"]  # the last: at the end
 
 
-def test_deadline_misses_zero_at_20_fps_and_present_beyond_the_machine(generated: Path, tmp_path: Path) -> None:
-    _, ok = _device(generated, tmp_path / "ok", "--max-frames", "300")
+def test_deadline_misses_zero_at_20_fps_and_present_beyond_the_machine(
+        generated: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, ok = _device(generated, tmp_path / "ok", "--max-frames", "300", progress=True, plots=True)
+    err = capsys.readouterr().err  # not a terminal: plain progress lines
+    assert "uninterrupted: 0/300 frame" in err.splitlines() and "uninterrupted: 300/300 frame (100%) done in" in err
+    from PIL import Image
+
+    for name in ("timeline_uninterrupted.png", "latency.png", "rss.png", "accuracy.png"):
+        with Image.open(tmp_path / "ok" / name) as img:
+            assert img.format == "PNG" and img.width >= 300, name
     m = ok["runs"]["uninterrupted"]["measured"]
     assert m["deadline_misses"] == 0 and ok["runs"]["uninterrupted"]["results"]["frames_dropped"] == 0
     assert m["latency_ms"]["p50"] <= m["latency_ms"]["p95"] <= m["latency_ms"]["p99"]
