@@ -20,13 +20,13 @@ name       what                                         parameters (defaults)   
 ========== ============================================ ================================ ===========
 naive      fine-tune the head on each batch             -                                head
 replay     latent replay, class-balanced buffer          replay_ratio (agent's, 0.75)     head+buffer
-cumulative retrain on everything seen (upper bound)     epochs (agent's)                 UNBOUNDED
-cwr_star   CWR* consolidated output weights             freeze_below (True)              head+K ints
+cumulative train on everything seen, to convergence     epochs (None), max_epochs, tol   UNBOUNDED
+cwr_star   CWR* consolidated output weights             train_units ('all'), ...         head+K ints
 ar1_head   CWR* + latent replay, MLP head trains        replay_ratio, freeze_below=False head+buffer
 slda       Deep Streaming LDA                            shrinkage (1e-4)                 2 d x d
-ncm        nearest class mean                           temperature (1.0)                K x d
+ncm        nearest class mean                           standardize ('fixed')            K x d
 ewc        online EWC on the head's weights             ewc_lambda (1000), gamma (1.0)   3 x head
-lwf        distillation to the head before the batch    alpha (1.0), temperature (2.0)   head
+lwf        distillation to the head before the batch    alpha (2.0), temperature (2.0)   head
 ========== ============================================ ================================ ===========
 
 Example:

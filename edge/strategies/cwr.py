@@ -6,7 +6,9 @@ of patterns it has been trained on, ``past``. For each incoming batch:
 1. reset: the output layer's temporary weights ``tw`` are 0 for every class, except the classes in
    the batch that were consolidated before, which start from ``cw``;
 2. train on the batch (only the output layer after the first batch for ``cwr_star``; the whole
-   head for ``ar1_head``);
+   head for ``ar1_head``), with a softmax over every output unit (``train_units="all"``, as the
+   papers' single head and Avalanche do; ``"seen"`` restricts it to the classes seen so far, and
+   then a batch of one class learns nothing);
 3. consolidate each class ``j`` of the batch, with ``cur_j`` its patterns in the batch::
 
        new_j  = tw[j] - mean(tw[classes of the batch])        (one scalar mean over all entries)
