@@ -397,8 +397,9 @@ class Agent:
         self.n_learned_ = int(parts["agent"]["n_learned"])
 
     def memory_bytes(self) -> dict[str, int]:
-        """Bytes of learned state: ``head``, ``buffer``, ``strategy`` and ``total``."""
-        sizes = {"head": 0 if self.head is None else self.head.nbytes, "buffer": self.buffer.nbytes, "strategy": self.strategy.nbytes}
+        """Bytes of learned state: ``head``, ``buffer``, ``strategy``, ``openset`` and ``total``."""
+        sizes = {"head": 0 if self.head is None else self.head.nbytes, "buffer": self.buffer.nbytes, "strategy": self.strategy.nbytes,
+                 "openset": self.openset.nbytes}
         sizes["total"] = sum(sizes.values())
         return sizes
 

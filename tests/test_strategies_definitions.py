@@ -353,7 +353,7 @@ def test_memory_is_reported_and_buffer_rows_only_when_used(name):
     for x, y in stream(11, n_batches=3):
         a.learn_embeddings(x, y)
     mem = a.memory_bytes()
-    assert mem["total"] == mem["head"] + mem["buffer"] + mem["strategy"]
+    assert mem["total"] == mem["head"] + mem["buffer"] + mem["strategy"] + mem["openset"]
     assert (a.buffer.capacity > 0) == STRATEGIES[name].uses_buffer
     assert mem["strategy"] == a.strategy.nbytes
 
