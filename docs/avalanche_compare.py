@@ -124,13 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="runs/exported", help="folder of export_embeddings .npz files")
     p.add_argument("--scenarios", default="nc,nicv2_391")
     p.add_argument("--out", default="docs/avalanche_results.json")
-    p.add_argument("--only", default="", help="comma-separated row labels to run (default all)")
+    p.add_argument("--only", default="", help="row labels to run, separated by ';' (default all)")
     args = p.parse_args(argv)
     import avalanche
     import torch
 
     rows = []
-    only = set(filter(None, args.only.split(",")))
+    only = set(filter(None, (s.strip() for s in args.only.split(";"))))
     for scenario in args.scenarios.split(","):
         d = dict(np.load(Path(args.data) / f"{scenario}-run0.npz"))
         for label, strategy, params, avl in PAIRS:
