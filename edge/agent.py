@@ -40,7 +40,7 @@ from edge.errors import ConfigError, InputError
 from edge.heads import HEADS, OPTIMIZERS, make_head
 from edge.openset import UNKNOWN, OpenSet
 from edge.preprocess import as_frame_batch
-from edge.runtimes import Backbone
+from edge.runtimes import Backbone, limit_blas_threads
 from edge.strategies import STRATEGIES, Strategy, make_strategy, tflite_head_strategies
 
 #: Where the head trains: NumPy (`edge.heads`) or inside a ``.tflite`` file (`edge.tflite_head`).
@@ -138,6 +138,9 @@ class Agent:
         self.config = config if config is not None else AgentConfig()
         cfg = self.config
         if backbone is not None:
+            # the head's small matmuls follow each invoke: BLAS threads would only fight the
+            # runtime's (edge.runtimes.limit_blas_threads has the measurement)
+            limit_blas_threads(1)
             manifest = backbone.manifest
             if embedding_size is not None and embedding_size != manifest.embedding_size:
                 raise InputError(f"embedding_size: expected {manifest.embedding_size} (the backbone's), "

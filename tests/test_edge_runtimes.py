@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -281,3 +282,27 @@ def test_embed_equals_the_preprocessed_path_bit_for_bit(case):
     x = preprocess(frames, bb.manifest.input_shape, bb.manifest.preprocessing)
     np.testing.assert_array_equal(bb.embed(frames), bb.embed_preprocessed(x))
     np.testing.assert_array_equal(bb.embed_batch(as_frame_batch(frames[:1])), bb.embed(frames[:1]))
+
+
+def test_limit_blas_threads_sets_numpys_openblas_and_the_agent_uses_one_thread():
+    """OpenBLAS's own getter reads back what limit_blas_threads set (skips where NumPy has another BLAS)."""
+    import ctypes
+
+    from edge.runtimes import limit_blas_threads
+
+    changed = limit_blas_threads(1)
+    if not changed:
+        pytest.skip("no OpenBLAS library is loaded in this process (another BLAS, or not Linux)")
+    lib = ctypes.CDLL(changed[0])
+    getter = next(getattr(lib, n) for n in ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
+                                            "openblas_get_num_threads64_", "openblas_get_num_threads")
+                  if hasattr(lib, n))
+    try:
+        assert limit_blas_threads(2) == changed
+        assert getter() == min(2, os.cpu_count() or 1)  # OpenBLAS caps at the core count
+        from edge.agent import Agent, AgentConfig
+
+        Agent(backbone("litert-fp32"), AgentConfig(max_classes=4))
+        assert getter() == 1
+    finally:
+        limit_blas_threads(1)
