@@ -258,6 +258,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from edge.device.sources import open_source
 
     options = LoopOptions(every=args.every, window=args.window, unknown_threshold=args.unknown_threshold,
+                          reject_novel=args.reject_novel,
                           resize=args.resize, exit_at_end=args.exit_at_end, teach_batch=args.teach_batch)
     server = None
     if not args.no_http:
@@ -463,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=_int_in(1, 1000), default=5, help="predictions averaged per answer (default 5)")
     p.add_argument("--unknown-threshold", type=_float_in(0.0, 1.0), default=0.5,
                    help="answer 'unknown' below this smoothed score (default 0.5; 0 disables)")
+    p.add_argument("--reject-novel", action="store_true",
+                   help="also answer 'unknown' when the agent's calibrated open-set score marks a frame as "
+                        "novel (strict: a taught object under new lighting counts as novel; for fixed scenes)")
     p.add_argument("--resize", default="squash", choices=RESIZE_POLICIES,
                    help="fit frames to the model input: squash, crop (fit shortest) or letterbox (fit longest)")
     p.add_argument("--teach-batch", type=_int_in(1, 1000), default=32,

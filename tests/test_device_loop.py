@@ -253,8 +253,10 @@ def test_teach_requests_validate_queue_and_collect_by_seconds(backbone):
 
 
 def test_unknown_below_the_threshold_and_forget(backbone):
-    assert is_unknown(0.4, 0.5) and not is_unknown(0.6, 0.5) and not is_unknown(0.1, 0.0)
-    assert is_unknown(float("nan"), 0.5)
+    inf = float("inf")
+    assert is_unknown(0.4, 0.0, inf, 0.5) and not is_unknown(0.6, 0.0, inf, 0.5)
+    assert not is_unknown(0.1, 0.0, inf, 0.0) and is_unknown(float("nan"), 0.0, inf, 0.5)
+    assert is_unknown(1.0, 9.0, 2.0, 0.0) and not is_unknown(1.0, 1.0, 2.0, 0.0)  # novelty alone
     frames = [Frame(x, i, label="cup") for i, x in enumerate(object_frames(OBJ_A, 10))]
     frames += [Frame(x, 20 + i, label="ball") for i, x in enumerate(object_frames(OBJ_B, 10))]
     frames += [Frame(object_frames(OBJ_A, 1)[0], 40, name="a.png"), Frame(object_frames(26, 1)[0], 41, name="new.png")]
@@ -317,3 +319,21 @@ def test_one_config_file_for_edge_sim_and_edge_agent(tmp_path):
     agent = _config_from_args(build_parser().parse_args(["run", "--state", "s", "--source", "camera:0",
                                                          "--config", str(path), *both]))
     assert sim == agent and (agent.buffer_capacity, agent.buffer_storage, agent.max_classes) == (200, "float16", 20)
+
+
+def test_a_never_taught_object_is_unknown_by_novelty_alone(backbone):
+    """With the probability rule off and ``reject_novel`` on, the agent's calibrated open-set score
+    rejects a frame it was never taught, even with a single class (where the top probability is 1)."""
+    options = LoopOptions(exit_at_end=True, unknown_threshold=0.0, reject_novel=True, teach_batch=20)
+    taught = [Frame(x, i, label="cup") for i, x in enumerate(object_frames(OBJ_A, 20))]
+    teacher = DeviceLoop(Agent(backbone), IterableSource(taught), events=Events(), options=options)
+    teacher.run()
+    files = [Frame(object_frames(OBJ_A, 1)[0], 40, name="a.png"),
+             Frame(np.zeros_like(object_frames(OBJ_A, 1)[0]), 41, name="black.png")]
+    events = Events()
+    loop = DeviceLoop(teacher.agent, IterableSource(files), events=events, options=options, labels=teacher.labels)
+    loop.run()
+    answers = {e["file"]: e for e in events.kinds("prediction")}
+    assert answers["a.png"]["label"] == "cup" and not answers["a.png"]["unknown"]
+    assert answers["black.png"]["label"] == "unknown" and answers["black.png"]["score"] == 1.0
+    assert answers["black.png"]["novelty"] > loop.agent.openset.threshold >= answers["a.png"]["novelty"]
