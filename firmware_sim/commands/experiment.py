@@ -34,7 +34,7 @@ from firmware_sim.measure.report import (
 )
 from firmware_sim.cache import EmbeddingCache, default_cache_dir
 from firmware_sim.data.streams import open_stream
-from firmware_sim.loop.device_loop import SimOptions, embed_stream, embedding_summary, run_agent
+from firmware_sim.loop.replay import SimOptions, embed_stream, embedding_summary, run_agent
 from firmware_sim.loop.result import RunResult
 from firmware_sim.measure.machine import machine_info, machine_line
 from firmware_sim.measure.metrics import mean_std

@@ -21,7 +21,7 @@ from edge.heads import HEADS, OPTIMIZERS
 from edge.strategies import STRATEGIES
 from firmware_sim.data.core50 import SCENARIOS
 from firmware_sim.data.protocols import parse_protocol_params, protocol_help
-from firmware_sim.loop.device_loop import SimOptions
+from firmware_sim.loop.replay import SimOptions
 
 if TYPE_CHECKING:
     from firmware_sim.commands.experiment import ExperimentSpec

@@ -22,7 +22,7 @@ from edge.heads import SoftmaxHead
 from edge.runtimes import open_backbone
 from firmware_sim.cache import EmbeddingCache, default_cache_dir
 from firmware_sim.data.streams import open_stream
-from firmware_sim.loop.device_loop import embed_stream
+from firmware_sim.loop.replay import embed_stream
 
 
 def export(model: str, data: str, scenario: str, run: int, out: Path, cache: Path,

@@ -28,7 +28,7 @@ from edge.openset import UNKNOWN, accuracy_at_false_accept, auroc
 from firmware_sim.cache import EmbeddingCache, default_cache_dir
 from firmware_sim.data.protocols import open_set_classes
 from firmware_sim.data.streams import open_stream
-from firmware_sim.loop.device_loop import embed_stream
+from firmware_sim.loop.replay import embed_stream
 from firmware_sim.measure.report import plot_score_histograms
 from firmware_sim.studies.strategy_sweep import head_for
 

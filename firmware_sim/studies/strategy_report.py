@@ -25,7 +25,7 @@ import numpy as np
 from edge.agent import AgentConfig
 from edge.strategies import STRATEGIES
 from firmware_sim.cache import default_cache_dir
-from firmware_sim.loop.device_loop import SimOptions
+from firmware_sim.loop.replay import SimOptions
 from firmware_sim.studies.strategy_sweep import head_for
 
 ORDER = ["naive", "lwf", "ewc", "cwr_star", "ncm", "replay", "ar1_head", "slda", "cumulative"]

@@ -21,7 +21,7 @@ from typing import Any
 
 from edge.agent import AgentConfig
 from firmware_sim.cache import default_cache_dir
-from firmware_sim.loop.device_loop import SimOptions
+from firmware_sim.loop.replay import SimOptions
 
 #: Candidate parameters per strategy (strategies without a knob worth tuning are not swept).
 GRID: dict[str, list[dict[str, Any]]] = {

@@ -3,7 +3,7 @@
 Both are plain functions of picklable arguments, so a process pool and Ray run the same code. A
 cell reopens its backbone and stream (cheap: the model is small and frames are memory-mapped),
 takes the stream's embeddings from the cache (or from Ray's object store) and calls
-`firmware_sim.loop.device_loop.run_agent`, the loop `edge-sim run` uses; it never embeds.
+`firmware_sim.loop.replay.run_agent`, the loop `edge-sim run` uses; it never embeds.
 
 ``EDGE_SIM_SWEEP_CRASH_ONCE=KEYPREFIX:MARKER`` (tests only) makes the first attempt of the cell whose
 key starts with KEYPREFIX end its worker process with ``os._exit`` (a real worker death) after
@@ -75,7 +75,7 @@ def embed_task(spec: Mapping[str, Any], key: str, cache_dir: str, threads: int |
                return_arrays: bool = False) -> dict[str, Any]:
     """Embed the stream ``spec`` once into the cache under ``key``; return its meta (and arrays for Ray)."""
     from firmware_sim.cache import EmbeddingCache
-    from firmware_sim.loop.device_loop import embed_stream, embedding_summary
+    from firmware_sim.loop.replay import embed_stream, embedding_summary
     from firmware_sim.sweep.embeddings import StreamCache, stream_key
 
     cache = StreamCache(cache_dir)
@@ -117,7 +117,7 @@ def run_cell(cell: Mapping[str, Any], stream_key: str, cache_dir: str,
     ``embedded`` (Ray) holds ``train``/``test``/``meta``; without it they are read from the cache.
     """
     from edge.agent import AgentConfig
-    from firmware_sim.loop.device_loop import EmbeddedStream, SimOptions, run_agent
+    from firmware_sim.loop.replay import EmbeddedStream, SimOptions, run_agent
     from firmware_sim.measure.metrics import LatencyRecorder
     from firmware_sim.measure.report import to_jsonable
     from firmware_sim.sweep.embeddings import StreamCache

@@ -7,7 +7,7 @@ computed once per backbone and cached on disk (:mod:`firmware_sim.cache`), and t
 embeddings are computed once per stream and shared by every strategy compared on it.
 
 Example:
-    >>> from firmware_sim.loop.device_loop import embed_stream, run_agent           # doctest: +SKIP
+    >>> from firmware_sim.loop.replay import embed_stream, run_agent           # doctest: +SKIP
     >>> embedded = embed_stream(stream, backbone, cache)                         # doctest: +SKIP
     >>> result = run_agent("replay", AgentConfig(strategy="replay"), embedded, backbone)  # doctest: +SKIP
     >>> result.final_accuracy                                                    # doctest: +SKIP
