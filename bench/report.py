@@ -207,12 +207,18 @@ def summary_markdown(raw: dict[str, Any]) -> str:
     pv = fig.get("predict_vs_raw", {})
     if pv:
         lines += ["", "## Agent predict vs the bare runtime (same run, interleaved)", "",
-                  "| model | runtime | batch | agent ms | raw ms | agent throughput / raw |",
-                  "|---|---|---|---|---|---|"]
+                  "| model | runtime | batch | agent ms | raw ms | agent throughput / raw | "
+                  "closed-set agent ms | closed-set / raw |",
+                  "|---|---|---|---|---|---|---|---|"]
         for key, r in sorted(pv.items()):
             model, case, batch = key.split("|")
+            cs = r.get("closed_set_throughput_vs_raw")
             lines.append(f"| {model} | {case} | {batch[1:]} | {_ms(r['a_median_s'])} | "
-                         f"{_ms(r['b_median_s'])} | {r['agent_throughput_vs_raw']:.2f} |")
+                         f"{_ms(r['b_median_s'])} | {r['agent_throughput_vs_raw']:.2f} | "
+                         f"{_ms(r.get('closed_set_median_s'))} | {_fmt(cs)} |")
+        lines += ["", "`predict_many` answers UNKNOWN (-1) by default, which adds the open-set novelty "
+                  "score (`edge.openset`); the closed-set columns are `predict_many(..., unknown=False)`, "
+                  "timed alternately with the same bare runtime."]
     lv = fig.get("learn_vs_embed", {})
     if lv:
         lines += ["", "## learn_many(300 frames) vs embedding the same 300 frames (interleaved)", "",
