@@ -173,6 +173,21 @@ def validate_agent_config(config: Any) -> None:
         raise CheckpointError(f"config: expected a valid agent config, got {exc}") from exc
 
 
+def read_npy_header(member: Any) -> tuple[tuple[int, ...], bool, np.dtype] | None:
+    """``(shape, fortran_order, dtype)`` from the header of an ``.npy`` stream, read without
+    allocating the array; None for a format version NumPy does not define (1.0, 2.0, 3.0).
+
+    NumPy's own parsers raise ValueError (bad magic) or SyntaxError/tokenize errors (a corrupt
+    header dict): callers turn those into their own error.
+    """
+    version = np.lib.format.read_magic(member)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(member)
+    if version in ((2, 0), (3, 0)):
+        return np.lib.format.read_array_header_2_0(member)
+    return None
+
+
 def _refuse(path: Path, what: str) -> CheckpointError:
     return CheckpointError(f"{path}: expected a complete checkpoint (.npz), got {what}; truncated or corrupt")
 
@@ -202,13 +217,10 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int, path: 
                             f"{budget}-byte budget left)")
     with zf.open(info) as opened:
         member: Any = opened
-        version = np.lib.format.read_magic(member)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
-        elif version in ((2, 0), (3, 0)):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
-        else:
-            raise _refuse(path, f"npy format version {version}")
+        header = read_npy_header(member)
+        if header is None:
+            raise _refuse(path, f"member {info.filename!r} of an unknown npy format version")
+        shape, fortran, dtype = header
         if dtype.hasobject or dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None:
             raise _refuse(path, f"member {info.filename!r} of dtype {dtype} (expected a plain numeric dtype)")
         count = 1

@@ -32,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
+from edge.checkpoint import read_npy_header
 from edge.images import load_image
 
 logger = logging.getLogger(__name__)
@@ -300,13 +301,11 @@ def npz_member(path: str | os.PathLike[str], member: str, *, memmap: bool = Fals
                 raise ValueError(f"{path}: member '{name}': expected stored or deflated, got compression "
                                  f"method {info.compress_type}")
             with zf.open(info) as f:
-                version = np.lib.format.read_magic(f)
-                if version == (1, 0):
-                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-                elif version in ((2, 0), (3, 0)):
-                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-                else:
-                    raise ValueError(f"{path}: member '{name}': unsupported .npy version {version}")
+                header = read_npy_header(f)
+                if header is None:
+                    raise ValueError(f"{path}: member '{name}': expected .npy format 1.0, 2.0 or 3.0, "
+                                     "got another version")
+                shape, fortran, dtype = header
                 header_len = f.tell()
             if dtype.hasobject:
                 raise ValueError(f"{path}: '{name}' holds Python objects; refusing to load it")
