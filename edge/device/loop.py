@@ -134,7 +134,7 @@ def is_unknown(top_probability: float, novelty: float, novelty_threshold: float,
         >>> is_unknown(1.0, novelty=40.0, novelty_threshold=5.0, probability_threshold=0.5)
         True
     """
-    novel = bool(novelty > novelty_threshold)
+    novel = bool(novelty > novelty_threshold)  # NaN (not computed) is never novel
     unsure = probability_threshold > 0.0 and not top_probability >= probability_threshold
     return novel or unsure
 
@@ -442,12 +442,13 @@ class DeviceLoop:
         else:
             smooth = proba
         index = int(smooth.argmax())
-        novelty = float(agent.novelty_embeddings(emb)[0])
-        if frame.name is None:  # smoothed like the probabilities
-            self._novelty_window.append(novelty)
-            novelty = float(np.mean(self._novelty_window))
+        novelty, threshold = float("nan"), float("inf")
+        if self.options.reject_novel:  # ~70 us a frame: only when asked for
+            novelty, threshold = float(agent.novelty_embeddings(emb)[0]), agent.openset.threshold
+            if frame.name is None:  # smoothed like the probabilities
+                self._novelty_window.append(novelty)
+                novelty = float(np.mean(self._novelty_window))
         score = float(smooth[index])
-        threshold = agent.openset.threshold if self.options.reject_novel else float("inf")
         unknown = is_unknown(score, novelty, threshold, self.options.unknown_threshold) or score <= 0.0
         label = "unknown" if unknown else self.labels.name_of(index)
         self._latency_ms.append((time.perf_counter() - start) * 1000.0)
