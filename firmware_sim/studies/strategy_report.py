@@ -8,6 +8,13 @@ pretraining-style objects with a seed (1) whose objects the shipped backbone nev
 hyperparameter sweep (`firmware_sim.studies.strategy_sweep`) runs first on its own generated tuning set
 (seed 1) unless ``--skip-sweep`` reuses ``docs/strategy_sweep.json``. Each stream is one
 `firmware_sim.commands.experiment.run_experiment` call, exactly what ``edge-sim compare`` does.
+
+A second table (``--second-model DIR``, e.g. ``models/efficientnet_lite0_128``) runs the same strategies
+on the generated CORe50-format streams rendered by the generator at that model's input size (one of
+``firmware_sim.data.generator.SUPPORTED_SIZES``), results under ``--second-results``. ``--only-second``
+renders the first table from its stored results and runs only the second::
+
+    python -m firmware_sim.studies.strategy_report --only-second --second-model models/efficientnet_lite0_128
 """
 
 from __future__ import annotations
@@ -62,6 +69,39 @@ def streams(cache: Path) -> list[dict[str, Any]]:
     ]
 
 
+SECOND_KEYS = ("ni", "nc", "nicv2_391")
+
+
+def model_input_size(model: str) -> int:
+    """The square input size a model directory's manifest declares.
+
+    >>> model_input_size("models/default")
+    32
+    """
+    manifest = json.loads((Path(model) / "manifest.json").read_text(encoding="utf-8"))
+    shape = manifest["input"]["shape"]
+    if len(shape) != 3 or shape[0] != shape[1]:
+        raise ValueError(f"{model}: expected a square HxWx3 input in manifest.json, got {shape}")
+    return int(shape[0])
+
+
+def second_streams(cache: Path, image_size: int, keys: list[str]) -> list[dict[str, Any]]:
+    """The generated CORe50-format streams ``keys`` rendered at ``image_size`` (generated on first use)."""
+    from firmware_sim.data.generator import SUPPORTED_SIZES
+    from firmware_sim.data.streams import SyntheticDefaults, ensure_synthetic
+
+    if image_size not in SUPPORTED_SIZES:
+        raise ValueError(f"second image size: expected one of {SUPPORTED_SIZES}, got {image_size}")
+    unknown = [k for k in keys if k not in SECOND_KEYS]
+    if unknown or not keys:
+        raise ValueError(f"--second-scenarios: expected a non-empty subset of {','.join(SECOND_KEYS)}, got {keys}")
+    defaults = SyntheticDefaults(image_size=image_size)
+    root = ensure_synthetic(cache / defaults.directory().name, defaults, progress=False)
+    titles = {s["key"]: s["title"] for s in streams(cache)}
+    return [{"key": k, "title": titles[k].replace("generated CORe50-format", f"generated CORe50-format at {image_size} px"),
+             "data": f"synthetic:{root}", "scenario": k, "params": {}} for k in keys]
+
+
 WHAT = {
     "naive": ("fine-tune the head on each incoming batch (lower bound)", "none"),
     "replay": ("latent replay: each mini-batch mixes new rows with buffer rows", "buffer"),
@@ -96,10 +136,14 @@ def configs() -> dict[str, AgentConfig]:
     return {name: AgentConfig(strategy=name, head=head_for(name)) for name in ORDER}
 
 
-def cli_commands(stream: dict[str, Any], runs: int) -> list[str]:
+def cli_commands(stream: dict[str, Any], runs: int, model: str | None = None) -> list[str]:
     """The ``edge-sim`` commands that compute the same numbers."""
-    data = stream["data"] if not stream["data"].startswith("npz:") else "npz:<cache>/" + Path(stream["data"]).name
+    data = stream["data"]
+    if ":" in data:
+        prefix, path = data.split(":", 1)
+        data = f"{prefix}:<cache>/{Path(path).name}"
     extra = "".join(f" --protocol-param {k}={v}" for k, v in stream["params"].items())
+    extra += f" --model {model}" if model else ""
     base = f"edge-sim {{}} --data {data} --scenario {stream['scenario']} --runs {runs}{extra} --no-plots"
     softmax = ",".join(n for n in ORDER if head_for(n) == "softmax")
     mlp = [n for n in ORDER if head_for(n) == "mlp"]
@@ -143,7 +187,7 @@ def acc(reports: dict[str, Any], stream: str, name: str) -> float:
 
 
 def render(reports: dict[str, Any], stream_list: list[dict[str, Any]], sweep: dict[str, Any], runs: int,
-           wall: float, command: str) -> str:
+           wall: float, command: str, second: dict[str, Any] | None = None) -> str:
     r = reports
     nic = "nicv2_391"
     first = next(iter(r.values()))
@@ -369,6 +413,38 @@ def render(reports: dict[str, Any], stream_list: list[dict[str, Any]], sweep: di
     return "\n".join(out)
 
 
+def run_second(args: argparse.Namespace, cache: Path, given_command: str) -> dict[str, Any]:
+    """Run (or with ``--render-only`` load) the second table's streams; returns what `render` needs."""
+    model = str(args.second_model)
+    size = model_input_size(model)
+    if args.second_image_size is not None and args.second_image_size != size:
+        raise ValueError(f"--second-image-size: expected {size} (the input size of {model}), "
+                         f"got {args.second_image_size}")
+    keys = [k.strip() for k in args.second_scenarios.split(",") if k.strip()]
+    results = Path(args.second_results or f"runs/strategy-report-{Path(model).name}")
+    meta_path = results / "meta.json"
+    started = time.perf_counter()
+    stream_list = second_streams(cache, size, keys)
+    reports: dict[str, Any] = {}
+    if args.render_only:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        for stream in stream_list:
+            reports[stream["key"]] = json.loads((results / stream["key"] / "report.json").read_text(encoding="utf-8"))
+    else:
+        meta = {"command": given_command, "model": model, "image_size": size, "stream_seconds": {}}
+        for stream in stream_list:
+            t = time.perf_counter()
+            reports[stream["key"]] = run_stream(stream, model, args.second_runs, cache, results / stream["key"])
+            meta["stream_seconds"][stream["key"]] = time.perf_counter() - t
+            meta["wall_seconds"] = time.perf_counter() - started
+            results.mkdir(parents=True, exist_ok=True)
+            meta_path.write_text(json.dumps(meta) + "\n", encoding="utf-8")
+            print(f"second {stream['key']}: {time.perf_counter() - t:.0f} s", flush=True)
+            print(table(reports[stream["key"]]), flush=True)
+    return {"reports": reports, "streams": stream_list, "model": model, "image_size": size,
+            "runs": len(next(iter(reports.values()))["runs"]), "meta": meta}
+
+
 def main(argv: list[str] | None = None) -> int:
     from firmware_sim.commands.run import default_model_dir
     from firmware_sim.studies.strategy_sweep import main as sweep_main
@@ -381,8 +457,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default="runs/strategy-report", help="report.json per stream go here")
     p.add_argument("--skip-sweep", action="store_true", help="reuse docs/strategy_sweep.json instead of re-running it")
     p.add_argument("--render-only", action="store_true",
-                   help="re-render the markdown from the report.json files of a previous run in --results")
+                   help="re-render the markdown from the report.json files of a previous run in --results "
+                        "(and --second-results with --second-model)")
+    p.add_argument("--second-model", default=None,
+                   help="add a second table: this model directory on generated streams at its input size")
+    p.add_argument("--second-image-size", type=int, default=None,
+                   help="image size of the second table's generated streams (default and only accepted value: "
+                        "the second model's input size)")
+    p.add_argument("--second-runs", type=int, default=1, help="runs per stream for the second table (default 1)")
+    p.add_argument("--second-scenarios", default=",".join(SECOND_KEYS),
+                   help=f"comma-separated subset of {','.join(SECOND_KEYS)} (default all)")
+    p.add_argument("--second-results", default=None,
+                   help="report.json per stream of the second table (default runs/strategy-report-<model name>)")
+    p.add_argument("--only-second", action="store_true",
+                   help="render the first table from --results (as --render-only) and run only the second table")
     args = p.parse_args(argv)
+    if args.only_second and not args.second_model:
+        p.error("--only-second needs --second-model")
     started = time.perf_counter()
     cache = Path(args.cache) if args.cache else default_cache_dir()
     model = str(args.model or default_model_dir())
@@ -390,7 +481,12 @@ def main(argv: list[str] | None = None) -> int:
     results = Path(args.results)
     stream_list = streams(cache)
     meta_path = results / "meta.json"
-    if args.render_only:
+    given = argv if argv is not None else sys.argv[1:]
+    command = ("python -m firmware_sim.studies.strategy_report " + " ".join(given)).strip()
+    second = None
+    if args.second_model:
+        second = run_second(args, cache, given_command=command)
+    if args.render_only or args.only_second:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         reports = {s["key"]: json.loads((results / s["key"] / "report.json").read_text(encoding="utf-8"))
                    for s in stream_list}
@@ -403,13 +499,11 @@ def main(argv: list[str] | None = None) -> int:
             reports[stream["key"]] = run_stream(stream, model, args.runs, cache, results / stream["key"])
             print(f"{stream['key']}: {time.perf_counter() - t:.0f} s", flush=True)
             print(table(reports[stream["key"]]), flush=True)
-        given = argv if argv is not None else sys.argv[1:]
-        meta = {"command": ("python -m firmware_sim.studies.strategy_report " + " ".join(given)).strip(),
-                "wall_seconds": time.perf_counter() - started}
+        meta = {"command": command, "wall_seconds": time.perf_counter() - started}
         meta_path.write_text(json.dumps(meta) + "\n", encoding="utf-8")
     sweep = json.loads(sweep_path.read_text(encoding="utf-8"))
     text = render(reports, stream_list, sweep, len(next(iter(reports.values()))["runs"]), meta["wall_seconds"],
-                  meta["command"])
+                  meta["command"], second=second)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text, encoding="utf-8")
     print(f"wrote {args.out} in {time.perf_counter() - started:.0f} s ({platform.platform()})")
