@@ -5,6 +5,8 @@ Usage (what ``make bench`` runs):
     python -m bench.report                     # full grid, a fresh run
     python -m bench.report --quick             # the trimmed grid, still timed (a smoke run)
     python -m bench.report --from RAW.json     # rewrite the summary from an earlier raw result
+    python -m bench.report --merge -- bench/test_memory.py -k cli   # re-run a subset, merge it into
+                                               # the existing <host>.json (other rows kept)
 
 The suites run in a pytest subprocess with ``--benchmark-json``; figures that are not timings
 (peak RSS of fresh subprocesses, stream accuracies, bytes, skip reasons) come back through
@@ -36,6 +38,7 @@ TARGETS = {
     "update": "update per 300-frame batch >= 10x faster than Keras fit, at comparable accuracy",
     "device_fps": "edge-agent run loop frames/s >= 0.9x bare Backbone.embed at batch 1 (same frames)",
     "device_latency": "prediction latency p99 while a teach batch learns < 33 ms (one frame at 30 fps)",
+    "rss_device": "memory of a fresh device-like process (edge-agent alone) next to the simulator's (a figure, no target)",
 }
 
 
@@ -43,15 +46,41 @@ def _host_name() -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", platform.node() or "unknown-host")
 
 
-def run_suites(quick: bool, pytest_args: list[str]) -> dict[str, Any]:
-    """Run pytest on bench/ and return the raw material (benchmarks, figures, exit status)."""
+def merge_run(base: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with the figures and benchmarks of a subset run ``part`` put in place of its own.
+
+    Figure groups are merged one level deep (a re-run cell replaces that cell only); a benchmark
+    replaces the one of the same name. The subset run is recorded under ``merged_runs``.
+    """
+    out = dict(base)
+    figures = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.get("figures", {}).items()}
+    for key, value in part["figures"].items():
+        if isinstance(value, dict) and isinstance(figures.get(key), dict) and key != "skipped":
+            figures[key].update(value)
+        elif key != "skipped":
+            figures[key] = value
+    out["figures"] = figures
+    names = {b["name"] for b in part["benchmarks"]}
+    out["benchmarks"] = [b for b in base.get("benchmarks", []) if b["name"] not in names] + part["benchmarks"]
+    out["merged_runs"] = [*base.get("merged_runs", []), {
+        "command": part["command"], "seconds": part["seconds"], "pytest_exit_status": part["pytest_exit_status"],
+        "load_avg_1m_at_start": part["machine"]["load_avg_1m_at_start"], "figures": sorted(part["figures"])}]
+    if part["pytest_exit_status"] != 0:
+        out["pytest_exit_status"] = part["pytest_exit_status"]
+    return out
+
+
+def run_suites(quick: bool, pytest_args: list[str], subset: bool = False) -> dict[str, Any]:
+    """Run pytest on bench/ (``subset``: only what ``pytest_args`` name) and return the raw
+    material (benchmarks, figures, exit status)."""
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
         bench_json = Path(tmp) / "benchmark.json"
         figures_json = Path(tmp) / "figures.json"
         env = dict(os.environ, EDGE_BENCH_FIGURES=str(figures_json), TF_CPP_MIN_LOG_LEVEL="3")
         if quick:
             env["EDGE_BENCH_QUICK"] = "1"
-        cmd = [sys.executable, "-m", "pytest", str(C.ROOT / "bench"), "-q", "-p", "no:cacheprovider",
+        where = [] if subset else [str(C.ROOT / "bench")]
+        cmd = [sys.executable, "-m", "pytest", *where, "-q", "-p", "no:cacheprovider",
                f"--benchmark-json={bench_json}", "--benchmark-sort=name", "-rs", *pytest_args]
         print("running:", " ".join(cmd), flush=True)
         started = time.perf_counter()
@@ -67,7 +96,7 @@ def run_suites(quick: bool, pytest_args: list[str]) -> dict[str, Any]:
                            "stats": {k: s[k] for k in ("min", "max", "mean", "median", "stddev",
                                                        "iqr", "rounds", "iterations", "ops") if k in s}})
     return {"command": " ".join(["python", "-m", "bench.report"] + (["--quick"] if quick else [])
-                                + pytest_args),
+                                + (["--merge", "--"] if subset else []) + pytest_args),
             "quick": quick, "pytest_exit_status": status, "seconds": round(seconds, 1),
             "machine": C.machine_info(), "benchmarks": benchmarks, "figures": figures}
 
@@ -171,6 +200,12 @@ def evaluate_targets(raw: dict[str, Any]) -> dict[str, Any]:
                        + (f"; RSS {_mib(rss['with_http_bytes'])} MiB with the HTTP API, "
                           f"{_mib(rss['without_http_bytes'])} MiB without" if rss else "")),
             "p99_ms": d["p99_ms"]}
+    cli = fig.get("rss_cli", {})
+    if cli:
+        parts = [f"{name}: {_mib(r['peak_rss_bytes'])} MiB" for name, r in cli.items()]
+        targets["rss_device"] = {"target": TARGETS["rss_device"], "met": None, "figure_only": True,
+                                 "figure": "peak RSS, default model, LiteRT fp32: " + "; ".join(parts),
+                                 "peak_rss_bytes": {k: r["peak_rss_bytes"] for k, r in cli.items()}}
     for name, text in TARGETS.items():
         targets.setdefault(name, {"target": text, "met": None, "figure": "not measured in this run"})
     return targets
@@ -194,6 +229,8 @@ def summary_markdown(raw: dict[str, Any]) -> str:
         f"{raw['seconds']:.0f} s, pytest exit status {raw['pytest_exit_status']}. "
         "Timings on a shared machine are noisy; ratios compare two sides timed alternately in "
         "the same test (medians), never absolute times across runs.",
+        *[f"Merged later: `{r['command']}` ({r['seconds']:.0f} s, load {r['load_avg_1m_at_start']}, exit "
+          f"{r['pytest_exit_status']}): {', '.join(r['figures'])}." for r in raw.get("merged_runs", [])],
         "",
         "## Targets",
         "",
@@ -201,7 +238,7 @@ def summary_markdown(raw: dict[str, Any]) -> str:
         "|---|---|---|",
     ]
     for t in raw["targets"].values():
-        met = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
+        met = "figure" if t.get("figure_only") else {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
         lines.append(f"| {t['target']} | {met} | {t['figure'] if 'per_config' not in t else t['figure'].split('; all')[0]} |")
 
     pv = fig.get("predict_vs_raw", {})
@@ -290,6 +327,15 @@ def summary_markdown(raw: dict[str, Any]) -> str:
         for key, r in sorted(rss_k.items()):
             lines.append(f"| Keras fit {key} | {_mib(r['peak_rss_bytes'])} | {_mib(r['rss_bytes']['imported'])} | "
                          f"{r['learn_s_per_batch']:.3f} | - | - |")
+    cli = fig.get("rss_cli", {})
+    if cli:
+        lines += ["", "## Peak RSS of fresh CLI processes: the device side alone vs the simulator", "",
+                  "Each command is the only child of a small stdlib launcher (`bench._peak_rss`, "
+                  "`os.wait4` ru_maxrss; the launcher's own ~11 MiB is a floor of the figure). "
+                  "Default model, LiteRT fp32, replay.", "",
+                  "| process | peak RSS MiB | wall s |", "|---|---|---|"]
+        for name, r in cli.items():
+            lines.append(f"| `{name}` | {_mib(r['peak_rss_bytes'])} | {r['seconds']:.2f} |")
     sb = fig.get("state_bytes")
     if sb:
         lines += ["", f"State bytes ({sb['config']}): head {sb['head_bytes']}, buffer {sb['buffer_bytes']}, "
@@ -318,13 +364,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from", dest="from_json", type=Path, default=None,
                         help="rewrite the summary from an existing results JSON instead of running")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
+    parser.add_argument("--merge", action="store_true",
+                        help="run only the given pytest arguments (a subset) and merge its figures and "
+                             "benchmarks into the existing <name>.json; the run is listed under merged_runs")
     args = parser.parse_args(argv)
+    stem = args.name or (args.from_json.stem if args.from_json else _host_name())
     if args.from_json:
         raw = json.loads(args.from_json.read_text())
+    elif args.merge:
+        raw = merge_run(json.loads((args.out / f"{stem}.json").read_text()),
+                        run_suites(args.quick, args.pytest_args, subset=True))
     else:
         raw = run_suites(args.quick, args.pytest_args)
     raw["targets"] = evaluate_targets(raw)
-    stem = args.name or (args.from_json.stem if args.from_json else _host_name())
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(raw, indent=1, sort_keys=True, default=float) + "\n")
     md = summary_markdown(raw)
