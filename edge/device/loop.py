@@ -435,10 +435,13 @@ class DeviceLoop:
             self._predict(agent, emb, frame, start)
 
     def _predict(self, agent: Agent, emb: np.ndarray, frame: Frame, start: float) -> None:
-        proba = self.labels.mask(agent.predict_proba_embeddings(emb))[0]
+        if not np.isfinite(emb).all():  # the backbone's (N, E) float32: only finiteness is checked
+            raise InputError("embeddings: expected finite values, got NaN or inf")
+        proba = self.labels.mask(agent._proba(emb))[0]  # trusted path: no second shape/dtype check
         if frame.name is None:  # a stream: smooth over the last frames; a file stands alone
             self._window.append(proba)
-            smooth = np.mean(self._window, axis=0)
+            # = np.mean(window, axis=0) (same sum, same order), without its Python wrapper
+            smooth = np.add.reduce(np.asarray(self._window), axis=0) / len(self._window)
         else:
             smooth = proba
         index = int(smooth.argmax())
