@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -95,7 +96,7 @@ def run_suites(quick: bool, pytest_args: list[str], subset: bool = False) -> dic
                            "extra_info": b.get("extra_info", {}),
                            "stats": {k: s[k] for k in ("min", "max", "mean", "median", "stddev",
                                                        "iqr", "rounds", "iterations", "ops") if k in s}})
-    return {"command": " ".join(["python", "-m", "bench.report"] + (["--quick"] if quick else [])
+    return {"command": shlex.join(["python", "-m", "bench.report"] + (["--quick"] if quick else [])
                                 + (["--merge", "--"] if subset else []) + pytest_args),
             "quick": quick, "pytest_exit_status": status, "seconds": round(seconds, 1),
             "machine": C.machine_info(), "benchmarks": benchmarks, "figures": figures}
