@@ -87,7 +87,17 @@ def model_input_size(model: str) -> int:
 
 
 def second_streams(cache: Path, image_size: int, keys: list[str]) -> list[dict[str, Any]]:
-    """The generated CORe50-format streams ``keys`` rendered at ``image_size`` (generated on first use)."""
+    """The generated CORe50-format streams ``keys`` rendered at ``image_size`` (generated on first use).
+
+    >>> second_streams(Path("/nonexistent"), 96, ["ni"])
+    Traceback (most recent call last):
+    ...
+    ValueError: second image size: expected one of (32, 64, 128), got 96
+    >>> second_streams(Path("/nonexistent"), 128, ["npz_ci"])
+    Traceback (most recent call last):
+    ...
+    ValueError: --second-scenarios: expected a non-empty subset of ni,nc,nicv2_391, got ['npz_ci']
+    """
     from firmware_sim.data.generator import SUPPORTED_SIZES
     from firmware_sim.data.streams import SyntheticDefaults, ensure_synthetic
 
