@@ -20,14 +20,10 @@ import logging
 import sys
 from typing import NoReturn, Sequence
 
-__all__ = ["COMMAND_MODULES", "CliError", "build_parser", "main"]
+__all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
 #: Modules (under ``firmware_sim.commands``) that each provide ``register(subparsers)``.
 COMMAND_MODULES: list[str] = ["generate", "run", "sweep", "device"]
-
-
-class CliError(ValueError):
-    """An expected, user-facing error: printed as one line, exit code 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,7 +60,7 @@ def _main(argv: Sequence[str] | None) -> int:
         args.func = lambda _args: main_job()
     try:
         return int(args.func(args) or 0)
-    except (CliError, ValueError, OSError) as exc:  # OSError: missing, unreadable or unwritable files
+    except (ValueError, OSError) as exc:  # OSError: missing, unreadable or unwritable files
         sys.stderr.write(f"edge-sim {args.command}: error: {_one_line(exc)}\n")
         return 2
 
