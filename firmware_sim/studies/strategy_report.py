@@ -201,6 +201,16 @@ def acc(reports: dict[str, Any], stream: str, name: str) -> float:
 SHORT = {"ni": "NI", "nc": "NC", "nicv2_391": "NICv2-391"}
 
 
+def stream_section(stream: dict[str, Any], report: dict[str, Any], runs: int, model: str | None = None,
+                   title: str | None = None) -> list[str]:
+    """Markdown lines of one stream's results: heading, sizes, the equivalent CLI call, the table."""
+    info = report["streams"][0]
+    return [f"### {title or stream['title']}", "",
+            f"{info['n_batches']} batches, {info['n_train_frames']:,} training frames, "
+            f"{info['n_test_frames']:,} test frames, {info['n_classes']} classes. Same numbers from the CLI:", "",
+            "```", *cli_commands(stream, runs, model), "```", "", table(report), ""]
+
+
 def render_second(first: dict[str, Any], second: dict[str, Any]) -> list[str]:
     """The second backbone's section: how it was made, its tables, and the comparison with the first."""
     r2, streams2, meta = second["reports"], second["streams"], second["meta"]
@@ -227,12 +237,8 @@ def render_second(first: dict[str, Any], second: dict[str, Any]) -> list[str]:
         "",
     ]
     for stream in streams2:
-        rep = r2[stream["key"]]
-        info = rep["streams"][0]
-        out += [f"### {stream['title']}, `{b2['name']}`", "",
-                f"{info['n_batches']} batches, {info['n_train_frames']:,} training frames, "
-                f"{info['n_test_frames']:,} test frames, {info['n_classes']} classes. Same numbers from the CLI:", "",
-                "```", *cli_commands(stream, runs2, second["model"]), "```", "", table(rep), ""]
+        out += stream_section(stream, r2[stream["key"]], runs2, second["model"],
+                              title=f"{stream['title']}, `{b2['name']}`")
     cols = [k for k in keys if k in first]
     out += [f"### Final accuracy side by side: `{b1['name']}` (32 px, table above) vs `{b2['name']}` ({size} px)",
             "",
@@ -379,12 +385,7 @@ def render(reports: dict[str, Any], stream_list: list[dict[str, Any]], sweep: di
         "",
     ]
     for stream in stream_list:
-        rep = r[stream["key"]]
-        info = rep["streams"][0]
-        out += [f"### {stream['title']}", "",
-                f"{info['n_batches']} batches, {info['n_train_frames']:,} training frames, "
-                f"{info['n_test_frames']:,} test frames, {info['n_classes']} classes. Same numbers from the CLI:", "",
-                "```", *cli_commands(stream, runs), "```", "", table(rep), ""]
+        out += stream_section(stream, r[stream["key"]], runs)
     if second is not None:
         out += render_second(r, second)
     sorted_nic = sorted(ORDER, key=lambda n: acc(r, nic, n))
