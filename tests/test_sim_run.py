@@ -11,18 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _sim_common import MODEL, generate_small
 from firmware_sim.commands.cli import main as sim_main
-from firmware_sim.data.generator import GeneratorConfig, generate_core50
 
-REPO = Path(__file__).resolve().parents[1]
-MODEL = str(REPO / "models" / "default")
 
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("core50")
-    generate_core50(root, GeneratorConfig(frames=8, runs=2, seed=4, forms=("arrays",)), progress=False)
-    return root
+    return generate_small(tmp_path_factory.mktemp("core50"))
 
 
 @pytest.fixture(scope="module")

@@ -12,46 +12,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _sim_common import MODEL, REPO, generate_small, sweep_grid_text as grid_text
 from firmware_sim.commands.cli import main as sim_main
-from firmware_sim.data.generator import GeneratorConfig, generate_core50
 from firmware_sim.measure.metrics import mean_std
 from firmware_sim.sweep.embeddings import count_passes
 from firmware_sim.sweep.grid import expand, load_grid, parse_grid
 from firmware_sim.sweep.results import flat_metrics, pareto_front
 from firmware_sim.sweep.tasks import CRASH_ENV
 
-REPO = Path(__file__).resolve().parents[1]
-MODEL = str(REPO / "models" / "default")
 #: Result fields that depend only on the seeds, never on timing or the process that ran the cell.
 DETERMINISTIC = ("final_accuracy", "average_accuracy", "forgetting_mean", "forgetting_per_class", "curve",
                  "per_class_accuracy", "confusion_matrix", "classes_seen", "n_batches", "n_train_frames")
 
 
-def grid_text(data: Path, extra: str = "") -> str:
-    return f"""
-[sweep]
-model = "{MODEL}"
-data = "synthetic:{data}"
-scenario = "ni"
-test = "reduced"
-runs = 2
-eval_every = 4
-latency_frames = 5
-
-[grid]
-buffer_capacity = [50, 200]
-
-[strategies]
-naive = {{}}
-replay = {{ replay_ratio = [0.5] }}
-{extra}"""
-
-
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("core50")
-    generate_core50(root, GeneratorConfig(frames=8, runs=2, seed=4, forms=("arrays",)), progress=False)
-    return root
+    return generate_small(tmp_path_factory.mktemp("core50"))
 
 
 @pytest.fixture(scope="module")

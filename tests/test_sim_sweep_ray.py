@@ -25,7 +25,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = str(REPO / "models" / "default")
 NAMESPACE = ["unshare", "-n", "-p", "-f", "--mount-proc"]
 DETERMINISTIC = ("final_accuracy", "average_accuracy", "forgetting_mean", "forgetting_per_class", "curve",
                  "per_class_accuracy", "confusion_matrix", "classes_seen", "n_batches", "n_train_frames")
@@ -97,28 +96,13 @@ def _body(work: Path, observed: Path) -> None:  # pragma: no cover - runs in the
     import numpy as np
 
     from firmware_sim.commands.cli import main as sim_main
-    from firmware_sim.data.generator import GeneratorConfig, generate_core50
+    from _sim_common import generate_small, sweep_grid_text
     from firmware_sim.sweep.embeddings import StreamCache, count_passes
     from firmware_sim.sweep.tasks import CRASH_ENV
 
-    data = work / "core50"
-    generate_core50(data, GeneratorConfig(frames=8, runs=2, seed=4, forms=("arrays",)), progress=False)
+    data = generate_small(work / "core50")
     grid = work / "grid.toml"
-    grid.write_text(f"""
-[sweep]
-model = "{MODEL}"
-data = "synthetic:{data}"
-scenario = "ni"
-test = "reduced"
-runs = 2
-eval_every = 4
-latency_frames = 5
-[grid]
-buffer_capacity = [50, 200]
-[strategies]
-naive = {{}}
-replay = {{ replay_ratio = [0.5] }}
-""")
+    grid.write_text(sweep_grid_text(data))
     ray_bin = str(Path(sys.executable).with_name("ray"))
     temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths are length-limited
     port = _free_port()
