@@ -40,7 +40,6 @@ from edge.errors import EdgeError, InputError
 if TYPE_CHECKING:
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import Response
 
 logger = logging.getLogger(__name__)
 

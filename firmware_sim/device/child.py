@@ -23,7 +23,6 @@ import json
 import os
 import resource
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ import numpy as np
 
 from firmware_sim.device.budgets import PRESETS, ram_limit
 from firmware_sim.device.protocol import Channel
-from firmware_sim.device.teacher import TeachPlan, teach_plan
+from firmware_sim.device.teacher import TeachPlan
 
 log = logging.getLogger(__name__)
 
