@@ -286,7 +286,9 @@ class Agent:
 
     def _proba(self, x: np.ndarray) -> np.ndarray:
         """Trusted path: validated embeddings -> probabilities (one standardisation, one softmax)."""
-        z = self._standardize(x)
+        return self._proba_standardized(self._standardize(x))
+
+    def _proba_standardized(self, z: np.ndarray) -> np.ndarray:
         if self.strategy.owns_classifier:
             return self.strategy.predict_proba(self.head, z)
         return self._require_head().predict_proba(z)
@@ -299,9 +301,10 @@ class Agent:
 
     def _predict(self, x: np.ndarray, unknown: bool) -> np.ndarray:
         """Trusted path: validated embeddings -> labels, `UNKNOWN` above the threshold if asked."""
-        pred = self._proba(x).argmax(axis=1).astype(np.int64)
+        z = self._standardize(x)  # once, for the classifier and the open-set score
+        pred = self._proba_standardized(z).argmax(axis=1).astype(np.int64)
         if unknown:
-            pred[self.openset.is_unknown(self._standardize(x))] = UNKNOWN
+            pred[self.openset.is_unknown(z)] = UNKNOWN
         return pred
 
     def novelty_embeddings(self, emb: np.ndarray) -> np.ndarray:

@@ -61,6 +61,7 @@ class OpenSet:
         self.sq_ = np.zeros(self.max_classes, np.float64)
         self.scores_ = np.zeros(self.capacity, np.float32)
         self.n_scores_ = 0          # scores offered so far (the reservoir holds min(n, capacity))
+        self._refresh()
 
     # ---------------------------------------------------------------- statistics
     def _spread(self) -> np.ndarray:
@@ -85,6 +86,7 @@ class OpenSet:
         n = self.count_[labels].astype(np.float64)
         ok = n > 1
         if not ok.any():
+            self._refresh()
             return
         mu = self.sum_[labels] / n[:, None]
         # distance to the mean of the OTHER rows of its class: n / (n - 1) * ||x - mu||
@@ -99,26 +101,33 @@ class OpenSet:
                 if j < self.capacity:
                     self.scores_[j] = value
             self.n_scores_ += 1
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Recompute what every prediction reads (class means, their squared norms, spreads, the
+        threshold) once per change of the statistics, not once per call."""
+        seen = np.flatnonzero(self.count_)
+        self._mu = self.sum_[seen] / self.count_[seen][:, None]
+        self._mu_sq = (self._mu * self._mu).sum(1)[None, :]
+        self._spread_seen = self._spread()[seen][None, :] if seen.size else np.zeros((1, 0))
+        n = min(self.n_scores_, self.capacity)
+        self._threshold = (float("inf") if n < 2
+                           else float(np.quantile(self.scores_[:n], 1.0 - self.false_reject)))
 
     # ------------------------------------------------------------------- scores
     def novelty(self, z: np.ndarray) -> np.ndarray:
         """``r(x)`` per row (float64; +inf before anything was learned)."""
         z = np.asarray(z, np.float64)
-        seen = np.flatnonzero(self.count_)
-        if seen.size == 0:
+        if self._mu.shape[0] == 0:
             return np.full(z.shape[0], np.inf)
-        mu = self.sum_[seen] / self.count_[seen][:, None]
-        d2 = np.maximum((z * z).sum(1)[:, None] - 2.0 * z @ mu.T + (mu * mu).sum(1)[None, :], 0.0)
-        return (d2 / self._spread()[seen][None, :]).min(axis=1)
+        d2 = np.maximum((z * z).sum(1)[:, None] - 2.0 * z @ self._mu.T + self._mu_sq, 0.0)
+        return (d2 / self._spread_seen).min(axis=1)
 
     @property
     def threshold(self) -> float:
         """Novelty above which a row is unknown: the calibration scores' ``1 - false_reject``
         quantile (+inf while fewer than 2 scores exist: nothing is rejected before calibration)."""
-        n = min(self.n_scores_, self.capacity)
-        if n < 2:
-            return float("inf")
-        return float(np.quantile(self.scores_[:n], 1.0 - self.false_reject))
+        return self._threshold
 
     def is_unknown(self, z: np.ndarray) -> np.ndarray:
         """Boolean per row: novelty above `threshold`."""
@@ -145,6 +154,7 @@ class OpenSet:
         self.count_, self.sum_, self.sq_ = (np.asarray(state[k]).copy() for k in ("count", "sum", "sq"))
         self.scores_ = np.asarray(state["scores"]).copy()
         self.n_scores_ = int(state["n_scores"])
+        self._refresh()
 
     @property
     def nbytes(self) -> int:
