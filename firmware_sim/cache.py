@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # types only: the cache never opens a backbone itself
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EMBED_CHUNK", "EmbeddingCache", "default_cache_dir", "test_embeddings"]
+__all__ = ["EMBED_CHUNK", "EmbeddingCache", "default_cache_dir", "embed_test_set"]
 
 EMBED_CHUNK = 256  # frames per backbone call when embedding a test set
 
@@ -87,7 +87,7 @@ class EmbeddingCache:
                      lambda handle: np.save(handle, embeddings.astype(np.float32), allow_pickle=False))
 
 
-def test_embeddings(stream: Stream, backbone: Backbone, cache: EmbeddingCache) -> tuple[np.ndarray, bool]:
+def embed_test_set(stream: Stream, backbone: Backbone, cache: EmbeddingCache) -> tuple[np.ndarray, bool]:
     """The stream's test-set embeddings and whether they came from ``cache``.
 
     On a miss the test frames are read and embedded ``EMBED_CHUNK`` at a time, then stored.

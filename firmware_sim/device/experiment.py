@@ -142,7 +142,7 @@ def _open_frames(spec: DeviceSpec, image_size: int) -> tuple[Any, StreamFrames]:
 def run_device(spec: DeviceSpec, out_dir: str | Path | None) -> dict[str, Any]:
     """Deploy, run (with and without power cuts), and write the report; returns it."""
     from edge.runtimes import open_backbone
-    from firmware_sim.cache import EmbeddingCache, default_cache_dir, test_embeddings
+    from firmware_sim.cache import EmbeddingCache, default_cache_dir, embed_test_set
     from firmware_sim.measure.machine import machine_info
 
     started = time.perf_counter()
@@ -154,7 +154,7 @@ def run_device(spec: DeviceSpec, out_dir: str | Path | None) -> dict[str, Any]:
         with open_backbone(spec.model, runtime=spec.runtime, precision=spec.precision,
                            num_threads=budgets["threads"]) as backbone:
             stream, frames = _open_frames(spec, backbone.manifest.input_shape[0])
-            test_x, _ = test_embeddings(stream, backbone, cache)
+            test_x, _ = embed_test_set(stream, backbone, cache)
             info = {"name": backbone.manifest.name, "fingerprint": backbone.manifest.fingerprint,
                     "runtime": backbone.info.runtime, "precision": backbone.info.precision,
                     "threads": budgets["threads"]}

@@ -28,7 +28,7 @@ import numpy as np
 from edge.agent import Agent, AgentConfig
 from edge.checkpoint import CheckpointStore
 from edge.runtimes import Backbone
-from firmware_sim.cache import EmbeddingCache, test_embeddings
+from firmware_sim.cache import EmbeddingCache, embed_test_set
 from firmware_sim.data.stream import Stream
 from firmware_sim.loop.progress import progress_iter
 from firmware_sim.loop.result import CurvePoint, MemoryUsage, RunResult
@@ -100,7 +100,7 @@ def _backbone_info(backbone: Backbone) -> dict[str, Any]:
 def embed_stream(stream: Stream, backbone: Backbone, cache: EmbeddingCache | None = None,
                  progress: bool = True) -> EmbeddedStream:
     """Embed every training batch once (timed, as on the device) and the test set (cached)."""
-    test, from_cache = test_embeddings(stream, backbone, cache or EmbeddingCache(None))
+    test, from_cache = embed_test_set(stream, backbone, cache or EmbeddingCache(None))
     latency = LatencyRecorder()
     train = []
     for batch in _progress(stream.train_batches, len(stream.train_batches), "embed", progress):
