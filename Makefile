@@ -30,7 +30,7 @@ setup-run: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[edge,sim]"
 
 setup-test: $(BIN)/python setup-browser
-	$(BIN)/python -m pip install --quiet -e ".[edge,sim,host,dev,sweep-ray]"
+	$(BIN)/python -m pip install --quiet -e ".[edge,onnx,sim,host,dev,sweep-ray]"
 
 # The teach page's browser test (tests/test_device_page.py) drives Debian's chromium + chromium-driver
 # (browsers cannot be downloaded by pip). Installed with apt-get in CI (CI=true) or when missing and
