@@ -26,92 +26,20 @@ With a backbone, frames go through ``learn_many`` / ``predict_many``:
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from edge.base import Head, Standardizer
-from edge.buffer import POLICIES, STORAGES, ReplayBuffer, _rng_from_array, _rng_state_array
+from edge.buffer import ReplayBuffer, _rng_from_array, _rng_state_array
+from edge.config import AgentConfig as AgentConfig  # re-exported: `from edge.agent import AgentConfig`
 from edge.errors import ConfigError, InputError
-from edge.heads import HEADS, OPTIMIZERS, make_head
+from edge.heads import make_head
 from edge.openset import UNKNOWN, OpenSet
 from edge.preprocess import as_frame_batch
 from edge.runtimes import Backbone, limit_blas_threads
 from edge.strategies import STRATEGIES, Strategy, make_strategy, tflite_head_strategies
-
-#: Where the head trains: NumPy (`edge.heads`) or inside a ``.tflite`` file (`edge.tflite_head`).
-#: Which strategies run on the tflite backend is declared on each class (``supports_tflite_head``).
-HEAD_BACKENDS = ("numpy", "tflite")
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    """Everything that shapes learning; JSON-serialisable (`to_dict` / `from_dict`).
-
-    Example:
-        >>> AgentConfig.from_dict(AgentConfig(lr=0.1).to_dict()).lr
-        0.1
-    """
-
-    head: str = "softmax"
-    hidden: int = 128
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    epochs: int = 2
-    batch_size: int = 32
-    max_classes: int = 50
-    strategy: str = "replay"
-    strategy_params: dict[str, Any] = field(default_factory=dict)
-    buffer_capacity: int = 1000
-    buffer_policy: str = "class_balanced"
-    buffer_storage: str = "int8"
-    replay_ratio: float = 0.75  # share of replayed rows per mini-batch; chosen by firmware_sim.strategy_sweep
-    seed: int = 0
-    standardize: bool = True
-    #: "numpy" (edge.heads) or "tflite" (edge.tflite_head: training runs inside a head .tflite file;
-    #: naive/replay/cumulative only). ``head_file`` is that file; None = the matching head listed in the
-    #: backbone's manifest (needs a backbone; an embeddings-only agent needs ``head_file``).
-    head_backend: str = "numpy"
-    head_file: str | None = None
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.head in HEADS, "head", sorted(HEADS), self.head),
-            (self.optimizer in OPTIMIZERS, "optimizer", OPTIMIZERS, self.optimizer),
-            (self.strategy in STRATEGIES, "strategy", sorted(STRATEGIES), self.strategy),
-            (self.buffer_policy in POLICIES, "buffer_policy", POLICIES, self.buffer_policy),
-            (self.buffer_storage in STORAGES, "buffer_storage", STORAGES, self.buffer_storage),
-            (self.max_classes >= 2, "max_classes", ">= 2", self.max_classes),
-            (self.epochs >= 1 and self.batch_size >= 1, "epochs/batch_size", ">= 1",
-             (self.epochs, self.batch_size)),
-            (self.buffer_capacity >= 0, "buffer_capacity", ">= 0", self.buffer_capacity),
-            (0.0 <= self.replay_ratio < 1.0, "replay_ratio", "in [0, 1)", self.replay_ratio),
-            (self.lr > 0, "lr", "> 0", self.lr),
-            (self.hidden >= 1, "hidden", ">= 1", self.hidden),
-            (self.head_backend in HEAD_BACKENDS, "head_backend", HEAD_BACKENDS, self.head_backend),
-        ]
-        for ok, name, expected, got in checks:
-            if not ok:
-                raise ConfigError(f"AgentConfig.{name}: expected {expected}, got {got!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AgentConfig:
-        """Inverse of `to_dict`; unknown keys raise `ConfigError` (a ValueError)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"AgentConfig: unknown keys {unknown} (expected a subset of {sorted(known)})")
-        return cls(**data)
 
 
 class Agent:
