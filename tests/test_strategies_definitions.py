@@ -14,6 +14,7 @@ from edge.agent import Agent, AgentConfig
 from edge.buffer import ReplayBuffer
 from edge.errors import InputError
 from edge.heads import MLPHead, SoftmaxHead
+from edge.stats import ClassStatistics
 from edge.strategies import STRATEGIES, cwr_consolidate, make_strategy
 from edge.strategies.base import minibatches, unit_grad
 
@@ -35,11 +36,17 @@ def stream(seed: int, n_batches: int = 6, rows: int = 11, dim: int = DIM, k: int
 
 
 def run(strategy, batches, head=None, buffer=None, seed=0):
+    """Learn ``batches`` as the agent does: a statistics strategy reads class statistics that are
+    updated right after each `learn`."""
     head = head if head is not None else SoftmaxHead(DIM, K, lr=0.05, seed=3)
     buffer = buffer if buffer is not None else ReplayBuffer(0, DIM, max_classes=K)
     rng = np.random.default_rng(seed)
+    if strategy.reads_statistics and strategy.stats is None:
+        strategy.attach_statistics(ClassStatistics(K, DIM))
     for x, y in batches:
         strategy.learn(head, buffer, x, y, rng, CFG)
+        if strategy.reads_statistics:
+            strategy.stats.update(x, y)
     return head
 
 
@@ -104,8 +111,10 @@ def test_slda_reports_its_d_by_d_memory_and_caches_the_precision():
     x, y = stream(2)[0]
     a.learn_embeddings(x, y)
     assert a.buffer.capacity == 0 and a.memory_bytes()["buffer"] == 0
-    # scatter + precision (d x d float64) + means + P mu^T (K x d) + counts + offsets
-    assert a.memory_bytes()["strategy"] == 2 * DIM * DIM * 8 + 2 * K * DIM * 8 + K * 8 + K * 8
+    # scatter + precision (d x d float64) + P mu^T (K x d) + offsets; means and counts are the
+    # agent's class statistics (counts, sums, squared norms)
+    assert a.memory_bytes()["strategy"] == 2 * DIM * DIM * 8 + K * DIM * 8 + K * 8
+    assert a.memory_bytes()["stats"] == K * 8 + K * DIM * 8 + K * 8
     a.predict_embeddings(x)
     cached = a.strategy._cache
     a.predict_embeddings(x)
@@ -353,7 +362,7 @@ def test_memory_is_reported_and_buffer_rows_only_when_used(name):
     for x, y in stream(11, n_batches=3):
         a.learn_embeddings(x, y)
     mem = a.memory_bytes()
-    assert mem["total"] == mem["head"] + mem["buffer"] + mem["strategy"] + mem["openset"]
+    assert mem["total"] == mem["head"] + mem["buffer"] + mem["strategy"] + mem["stats"] + mem["openset"]
     assert (a.buffer.capacity > 0) == STRATEGIES[name].uses_buffer
     assert mem["strategy"] == a.strategy.nbytes
 

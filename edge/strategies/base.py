@@ -8,7 +8,8 @@ import numpy as np
 
 from edge.base import Head, LogitGrad
 from edge.buffer import ReplayBuffer
-from edge.errors import ConfigError, InputError
+from edge.errors import ConfigError, InputError, NotFittedError
+from edge.stats import ClassStatistics
 
 
 class LearnSettings(Protocol):
@@ -43,6 +44,23 @@ class Strategy:
     #: True when the strategy only takes plain gradient steps (`Head.step` without hooks,
     #: `partial_fit`, `reset`), so it runs on the ``.tflite`` head backend too.
     supports_tflite_head = False
+    #: True when the strategy classifies from the agent's class statistics (`edge.stats`): the
+    #: agent hands its own over with `attach_statistics` and adds each batch to them right AFTER
+    #: `learn` (so `learn` sees the statistics as they were before the batch).
+    reads_statistics = False
+    #: The attached class statistics (None until `attach_statistics`).
+    stats: ClassStatistics | None = None
+
+    def attach_statistics(self, stats: ClassStatistics) -> None:
+        """Read class statistics from ``stats`` (owned and updated by the agent)."""
+        self.stats = stats
+
+    def require_statistics(self) -> ClassStatistics:
+        """The attached statistics, or `NotFittedError` when none were attached."""
+        if self.stats is None:
+            raise NotFittedError(f"strategy {self.name!r}: expected class statistics "
+                                 "(Strategy.attach_statistics; the agent attaches its own), got none")
+        return self.stats
 
     def learn(self, head: Head | None, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,
               rng: np.random.Generator, cfg: LearnSettings) -> None:  # pragma: no cover - abstract
@@ -75,6 +93,13 @@ class Strategy:
     def state_dict(self) -> dict[str, np.ndarray]:
         """Learned state as plain arrays (none by default)."""
         return {}
+
+    @staticmethod
+    def split_legacy_state(state: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+        """A strategy state written before the agent kept class statistics (`edge.stats`) ->
+        ``(this strategy's state, {"count", "sum"} of the class statistics or None)``. A strategy
+        that kept its own class sums then maps them here; by default the state is unchanged."""
+        return state, None
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Restore learned state (none by default); unexpected keys raise InputError."""
