@@ -18,7 +18,13 @@ Example (embedding-only: no backbone, as the simulator does with cached embeddin
     >>> agent.classes_seen().tolist()
     [0, 1, 2, 3]
 
-With a backbone, frames go through ``learn_many`` / ``predict_many``:
+One call answers (`answer_embeddings` / `answer_many`: probabilities, class index or `UNKNOWN`,
+top probability, novelty; the "unknown" rule is `edge.openset.OpenSetPolicy`'s):
+    >>> answer = agent.answer_embeddings(centers[:2])
+    >>> answer.index.tolist(), answer.unknown.tolist()
+    ([0, 1], [False, False])
+
+With a backbone, frames go through ``learn_many`` / ``answer_many`` / ``predict_many``:
     >>> from edge.runtimes import open_backbone
     >>> agent = Agent(open_backbone("models/default"), AgentConfig())   # doctest: +SKIP
     >>> agent.learn_many(frames_uint8, labels)                           # doctest: +SKIP
@@ -29,6 +35,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+import logging
+
 import numpy as np
 
 from edge.base import Head, Standardizer
@@ -36,10 +44,15 @@ from edge.buffer import ReplayBuffer, _rng_from_array, _rng_state_array
 from edge.config import AgentConfig as AgentConfig  # re-exported: `from edge.agent import AgentConfig`
 from edge.errors import ConfigError, InputError
 from edge.heads import make_head
-from edge.openset import UNKNOWN, OpenSet
+from edge.openset import UNKNOWN, Answer, OpenSet, OpenSetPolicy, decide, exclude_classes
 from edge.preprocess import as_frame_batch
 from edge.runtimes import Backbone, limit_blas_threads
+from edge.stats import ClassStatistics
 from edge.strategies import STRATEGIES, Strategy, make_strategy, tflite_head_strategies
+
+__all__ = ["Agent", "AgentConfig", "Answer", "OpenSetPolicy", "UNKNOWN"]
+
+logger = logging.getLogger(__name__)
 
 
 class Agent:
@@ -87,7 +100,11 @@ class Agent:
             if self.standardizer.embedding_size != self.embedding_size:
                 raise ConfigError(f"embedding_mean/std: expected shape ({self.embedding_size},), got "
                                   f"({self.standardizer.embedding_size},)")
+        #: Per-class counts and sums (`edge.stats`): the one copy the open-set score and the
+        #: statistics strategies (``slda``, ``ncm``) read.
+        self.stats = ClassStatistics(cfg.max_classes, self.embedding_size)
         self.strategy: Strategy = make_strategy(cfg.strategy, **cfg.strategy_params)
+        self.strategy.attach_statistics(self.stats)
         if cfg.head_backend == "tflite" and not type(self.strategy).supports_tflite_head:
             raise ConfigError(f"AgentConfig.strategy: the tflite head backend supports "
                               f"{tflite_head_strategies()} (plain gradient steps), got "
@@ -99,8 +116,8 @@ class Agent:
                                    cfg.buffer_storage, cfg.max_classes, seed=cfg.seed + 1,
                                    standardizer=self.standardizer)
         self.rng_ = np.random.default_rng(cfg.seed + 2)
-        #: Open-set rejection (`edge.openset`): class statistics + calibrated novelty threshold.
-        self.openset = OpenSet(self.embedding_size, cfg.max_classes)
+        #: Open-set score (`edge.openset`): novelty from ``stats`` + its calibrated threshold.
+        self.openset = OpenSet(self.stats)
         self.step_ = 0
         self.n_learned_ = 0
 
@@ -197,8 +214,9 @@ class Agent:
 
     def _learn(self, x: np.ndarray, y: np.ndarray) -> None:
         z = self._standardize(x)
-        self.strategy.learn(self.head, self.buffer, z, y, self.rng_, self.config)
-        self.openset.update(z, y)
+        self.strategy.learn(self.head, self.buffer, z, y, self.rng_, self.config)  # sees stats before z
+        self.stats.update(z, y)
+        self.openset.calibrate(z, y)
         self.strategy.remember(self.buffer, x, y)
         self.step_ += 1
         self.n_learned_ += int(x.shape[0])
@@ -210,60 +228,87 @@ class Agent:
 
     def predict_proba_embeddings(self, emb: np.ndarray) -> np.ndarray:
         """``(N, max_classes)`` probabilities; 0 for classes never seen."""
-        return self._proba(self._check_embeddings(emb))
-
-    def _proba(self, x: np.ndarray) -> np.ndarray:
-        """Trusted path: validated embeddings -> probabilities (one standardisation, one softmax)."""
-        return self._proba_standardized(self._standardize(x))
+        return self._proba_standardized(self._standardize(self._check_embeddings(emb)))
 
     def _proba_standardized(self, z: np.ndarray) -> np.ndarray:
         if self.strategy.owns_classifier:
             return self.strategy.predict_proba(self.head, z)
         return self._require_head().predict_proba(z)
 
+    def answer_embeddings(self, emb: np.ndarray, policy: OpenSetPolicy | None = None, *,
+                          exclude: np.ndarray | None = None, validate: bool = True) -> Answer:
+        """The agent's answer for each row: probabilities, class index or `UNKNOWN`, top
+        probability, novelty (`edge.openset.Answer`), embeddings standardised once.
+
+        Args:
+            emb: ``(N, embedding_size)`` embeddings (one row may be given as ``(embedding_size,)``).
+            policy: the "unknown" rule's knobs (default `edge.openset.OpenSetPolicy()`: novelty
+                rejection off, unknown below top probability 0.5).
+            exclude: bool ``(max_classes,)``: classes never to answer (e.g. forgotten ones); their
+                probability is zeroed and the rows renormalised.
+            validate: False skips the shape/dtype/finiteness checks, for a caller that guarantees a
+                finite float32 ``(N, embedding_size)`` array (the device loop checks the backbone's
+                output for finiteness once per frame).
+        """
+        x = self._check_embeddings(emb) if validate else emb
+        z = self._standardize(x)  # once, for the classifier and the open-set score
+        proba = self._proba_standardized(z)
+        if exclude is not None:
+            proba = exclude_classes(proba, exclude)
+        return decide(proba, self.openset.novelty(z), self.openset.threshold, policy)
+
+    def answer_many(self, frames: np.ndarray, policy: OpenSetPolicy | None = None, *,
+                    exclude: np.ndarray | None = None) -> Answer:
+        """Frames -> `answer_embeddings` (embedded once)."""
+        return self.answer_embeddings(self.embed(frames), policy, exclude=exclude, validate=False)
+
     def predict_embeddings(self, emb: np.ndarray, unknown: bool = False) -> np.ndarray:
-        """Most probable seen class per row (int64); with ``unknown``, `UNKNOWN` (-1) where the
-        row's novelty is above the calibrated threshold (`novelty_embeddings`). Closed-set by
-        default: accuracies (``evaluate*``, edge-sim) are computed from it."""
+        """Most probable seen class per row (int64): closed set by default (accuracies, edge-sim);
+        with ``unknown``, `UNKNOWN` (-1) where the novelty is above the calibrated threshold (the
+        novelty rule of `answer_embeddings` alone)."""
         return self._predict(self._check_embeddings(emb), unknown)
 
     def _predict(self, x: np.ndarray, unknown: bool) -> np.ndarray:
-        """Trusted path: validated embeddings -> labels, `UNKNOWN` above the threshold if asked."""
-        z = self._standardize(x)  # once, for the classifier and the open-set score
-        pred = self._proba_standardized(z).argmax(axis=1).astype(np.int64)
         if unknown:
-            pred[self.openset.is_unknown(z)] = UNKNOWN
-        return pred
+            return self.answer_embeddings(x, OpenSetPolicy(reject_novel=True, min_probability=0.0),
+                                          validate=False).index
+        return self._proba_standardized(self._standardize(x)).argmax(axis=1).astype(np.int64)
 
     def novelty_embeddings(self, emb: np.ndarray) -> np.ndarray:
         """Open-set score per row (float64): normalised squared distance to the nearest learned
-        class mean (`edge.openset`); above ``self.openset.threshold`` the answer is unknown."""
+        class mean (`edge.openset`); above `novelty_threshold` a row is novel."""
         return self.openset.novelty(self._standardize(self._check_embeddings(emb)))
 
     def novelty_many(self, frames: np.ndarray) -> np.ndarray:
         """Frames -> open-set score per frame (see `novelty_embeddings`)."""
         return self.openset.novelty(self._standardize(self.embed(frames)))
 
+    @property
+    def novelty_threshold(self) -> float:
+        """The calibrated novelty threshold (+inf before calibration)."""
+        return self.openset.threshold
+
     def evaluate_embeddings(self, emb: np.ndarray, labels: Any) -> float:
-        """Accuracy in [0, 1] on precomputed embeddings."""
+        """Accuracy in [0, 1] on precomputed embeddings (closed set)."""
         x = self._check_embeddings(emb)
         y = self._check_labels(labels, x.shape[0])
-        return float((self.predict_embeddings(x) == y).mean())
+        return float((self._predict(x, False) == y).mean())
 
     def predict_proba_many(self, frames: np.ndarray) -> np.ndarray:
         """Frames -> ``(N, max_classes)`` probabilities."""
-        return self._proba(self.embed(frames))
+        return self._proba_standardized(self._standardize(self.embed(frames)))
 
-    def predict_many(self, frames: np.ndarray, unknown: bool = True) -> np.ndarray:
-        """Frames -> predicted labels (int64): `edge.openset.UNKNOWN` (-1) for a frame unlike
-        anything learned (``unknown=False``: always a learned class)."""
+    def predict_many(self, frames: np.ndarray, unknown: bool = False) -> np.ndarray:
+        """Frames -> predicted labels (int64), closed set by default; with ``unknown``,
+        `UNKNOWN` (-1) for a frame whose novelty is above the calibrated threshold. For the
+        device's answer (with the probability rule and its default) use `answer_many`."""
         return self._predict(self.embed(frames), unknown)
 
     def evaluate(self, frames: np.ndarray, labels: Any) -> float:
-        """Accuracy in [0, 1] on frames."""
+        """Accuracy in [0, 1] on frames (closed set)."""
         batch = as_frame_batch(frames)
         y = self._check_labels(labels, batch.shape[0])
-        return float((self.predict_many(batch, unknown=False) == y).mean())
+        return float((self.predict_many(batch) == y).mean())
 
     # ------------------------------------------------------------------ state
     def classes_seen(self) -> np.ndarray:
@@ -281,6 +326,7 @@ class Agent:
             parts.insert(0, ("head", self.head))
         for prefix, part in parts:
             state.update({f"{prefix}.{k}": v for k, v in part.state_dict().items()})
+        state.update({f"stats.{k}": v for k, v in self.stats.state_dict().items()})
         state.update({f"openset.{k}": v for k, v in self.openset.state_dict().items()})
         state["agent.rng"] = _rng_state_array(self.rng_)
         state["agent.step"] = np.array(self.step_, dtype=np.int64)
@@ -290,11 +336,11 @@ class Agent:
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Restore everything from `state_dict` output; nothing changes if any part is invalid."""
         parts: dict[str, dict[str, np.ndarray]] = {"head": {}, "buffer": {}, "strategy": {}, "agent": {},
-                                                   "openset": {}}
+                                                   "stats": {}, "openset": {}}
         for key, value in state.items():
             prefix, _, name = key.partition(".")
             if prefix not in parts:
-                raise InputError(f"agent state: expected keys prefixed head./buffer./strategy./agent./openset., "
+                raise InputError(f"agent state: expected keys prefixed head./buffer./strategy./agent./stats./openset., "
                                  f"got {key!r}")
             parts[prefix][name] = value
         missing = {"rng", "step", "n_learned"} - set(parts["agent"])
@@ -320,20 +366,60 @@ class Agent:
         except KeyError as exc:
             raise InputError(f"buffer state: expected key {exc}, got none") from exc
         strategy = make_strategy(self.config.strategy, **self.config.strategy_params)
-        strategy.load_state_dict(parts["strategy"])
+        stats = ClassStatistics(self.config.max_classes, self.embedding_size)
+        strategy_state, stats_state, openset_state = self._split_legacy(strategy, parts)
+        strategy.load_state_dict(strategy_state)
+        if stats_state:
+            stats.load_state_dict(stats_state)
+        strategy.attach_statistics(stats)
         rng = _rng_from_array(parts["agent"]["rng"])
-        openset = OpenSet(self.embedding_size, self.config.max_classes)
-        if parts["openset"]:  # checkpoints written before open-set rejection have none: it relearns
-            openset.load_state_dict(parts["openset"])
+        openset = OpenSet(stats)
+        if openset_state:  # checkpoints written before open-set rejection have none: it relearns
+            openset.load_state_dict(openset_state)
         self.head, self.buffer, self.strategy, self.rng_ = head, buffer, strategy, rng
-        self.openset = openset
+        self.stats, self.openset = stats, openset
         self.step_ = int(parts["agent"]["step"])
         self.n_learned_ = int(parts["agent"]["n_learned"])
 
+    def _split_legacy(self, strategy: Strategy, parts: dict[str, dict[str, np.ndarray]]
+                      ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """``(strategy, stats, openset)`` states; a checkpoint written before `edge.stats` is mapped:
+        the class counts and sums come from ``slda``'s/``ncm``'s own (then their predictions are
+        what they were) or else from ``openset.count/sum``; the squared norms from ``openset.sq``
+        (when its counts agree), else from a unit-variance prior (the open-set spread of those
+        classes is assumed, not known: ``d`` per row in standardised space)."""
+        strategy_state, stats_state = strategy.split_legacy_state(dict(parts["strategy"]))
+        openset_state = dict(parts["openset"])
+        old_open = {k: openset_state.pop(k) for k in ("count", "sum", "sq") if k in openset_state}
+        if parts["stats"]:
+            if stats_state is not None or old_open:
+                raise InputError("agent state: expected class statistics once (stats.*), got them also "
+                                 "under strategy.* or openset.*")
+            return strategy_state, dict(parts["stats"]), openset_state
+        if stats_state is None and not old_open:
+            return strategy_state, {}, openset_state
+        if stats_state is None:
+            if set(old_open) != {"count", "sum", "sq"}:
+                raise InputError(f"openset state: expected keys ['count', 'n_scores', 'scores', 'sq', 'sum'], "
+                                 f"got {sorted(parts['openset'])}")
+            return strategy_state, old_open, openset_state
+        count = np.asarray(stats_state["count"])
+        sums = np.asarray(stats_state["sum"], np.float64)
+        if "sq" in old_open and np.array_equal(np.asarray(old_open.get("count")), count):
+            sq = np.asarray(old_open["sq"])
+        else:
+            if old_open:
+                logger.warning("agent state: open-set statistics disagree with the strategy's; class "
+                               "spreads assumed (unit variance) until relearned")
+            n = np.maximum(count, 1).astype(np.float64)
+            sq = (sums * sums).sum(1) / n + np.maximum(count - 1, 0) * float(sums.shape[-1])
+        return strategy_state, {"count": count, "sum": sums, "sq": sq}, openset_state
+
     def memory_bytes(self) -> dict[str, int]:
-        """Bytes of learned state: ``head``, ``buffer``, ``strategy``, ``openset`` and ``total``."""
-        sizes = {"head": 0 if self.head is None else self.head.nbytes, "buffer": self.buffer.nbytes, "strategy": self.strategy.nbytes,
-                 "openset": self.openset.nbytes}
+        """Bytes of learned state: ``head``, ``buffer``, ``strategy``, ``stats`` (class
+        statistics), ``openset`` (calibration scores) and ``total``."""
+        sizes = {"head": 0 if self.head is None else self.head.nbytes, "buffer": self.buffer.nbytes,
+                 "strategy": self.strategy.nbytes, "stats": self.stats.nbytes, "openset": self.openset.nbytes}
         sizes["total"] = sum(sizes.values())
         return sizes
 

@@ -150,4 +150,4 @@ def test_agent_config_json_round_trip_and_validation():
         AgentConfig(buffer_storage="int4")
     agent = Agent(None, cfg, embedding_size=16)
     mem = agent.memory_bytes()
-    assert mem["buffer"] == 1000 * (16 * 2 + 2) and mem["total"] == mem["head"] + mem["buffer"] + mem["strategy"] + mem["openset"]
+    assert mem["buffer"] == 1000 * (16 * 2 + 2) and mem["total"] == mem["head"] + mem["buffer"] + mem["strategy"] + mem["stats"] + mem["openset"]
