@@ -42,9 +42,9 @@ from edge.device.labels import LabelMap, check_name
 from edge.errors import CheckpointError, EdgeError, InputError
 from edge.agent import HEAD_BACKENDS
 from edge.checkpoint import FLOAT_LIMITS
-from edge.device.resize import RESIZE_POLICIES
 from edge.heads import HEADS, OPTIMIZERS
-from edge.images import load_image
+from edge.manifest import FIT_POLICIES, Manifest
+from edge.preprocess import load_frame
 from edge.openset import UNKNOWN
 from edge.lock import DEFAULT_TIMEOUT_S, StateLock
 from edge.models import default_model_dir
@@ -58,23 +58,16 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-def load_images(paths: Sequence[str], target_size: tuple[int, int] | None = None) -> list[np.ndarray]:
-    """Decode image files to uint8 RGB arrays safely (`edge.images.load_image`)."""
-    return [load_image(path, target_size=target_size) for path in paths]
+def load_images(paths: Sequence[str], manifest: Manifest) -> list[np.ndarray]:
+    """Image files -> the uint8 RGB frames the model sees (`edge.preprocess.load_frame`: safe
+    decoding, then the manifest's fit policy), as ``edge-agent run`` and the simulator see them."""
+    return [load_frame(path, manifest) for path in paths]
 
 
 def _frames_for(agent: Agent, paths: Sequence[str]) -> np.ndarray:
     """Images of any size -> one (N, H, W, 3) batch at the model's input size."""
-    from edge.preprocess import resize_frames
-
     assert agent.backbone is not None
-    h, w, _ = agent.backbone.manifest.input_shape
-    out = []
-    for frame in load_images(paths, target_size=(h, w)):
-        if frame.shape[:2] != (h, w):
-            frame = np.rint(resize_frames(frame[None], h, w)[0]).astype(np.uint8)
-        out.append(frame)
-    return np.stack(out)
+    return np.stack(load_images(paths, agent.backbone.manifest))
 
 
 def tsv_field(text: str) -> str:
@@ -467,8 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reject-novel", action="store_true",
                    help="also answer 'unknown' when the agent's calibrated open-set score marks a frame as "
                         "novel (strict: a taught object under new lighting counts as novel; for fixed scenes)")
-    p.add_argument("--resize", default="squash", choices=RESIZE_POLICIES,
-                   help="fit frames to the model input: squash, crop (fit shortest) or letterbox (fit longest)")
+    p.add_argument("--resize", default=None, choices=FIT_POLICIES,
+                   help="override how frames are fitted to the model input: squash, crop (fit shortest) or "
+                        "letterbox (fit longest) (default: the model's own, preprocessing.fit of its manifest)")
     p.add_argument("--teach-batch", type=_int_in(1, 1000), default=32,
                    help="frames per learned batch for DIR/<label>/ files (default 32)")
     p.add_argument("--realtime", action="store_true",

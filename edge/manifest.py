@@ -21,7 +21,9 @@ too (``fingerprint``, written by `write_manifest`), so a changed or corrupted co
 refused at load with expected vs got. Parsing is bounded (`parse_json_bounded`: size cap, nesting
 depth, no NaN/Infinity) and strict (unknown fields are refused, numbers must be finite).
 
-Preprocessing contract: a uint8 frame ``x`` (H, W, C, RGB) becomes the model input
+Preprocessing contract: a uint8 frame of another size is first fitted to the input size by
+``preprocessing.fit`` (``squash``, ``crop`` or ``letterbox``; ``squash`` when absent) with the
+``preprocessing.resize`` filter; then a uint8 frame ``x`` (H, W, C, RGB) becomes the model input
 ``(x * scale - mean) / std`` in float32, per channel. For an int8 file that float input is then
 quantized with the file's input parameters ``q = round(v / scale) + zero_point``.
 """
@@ -47,6 +49,11 @@ FORMATS = ("tflite", "onnx")
 PRECISIONS = ("fp32", "int8")
 QUANT_DTYPES = ("int8", "uint8")
 RESIZE_METHODS = ("bilinear", "nearest", "bicubic", "area")
+#: How a frame of another aspect ratio is fitted to the input (`edge.preprocess.fit_frame`): stretch it
+#: whole (squash), cut the centre (crop: fit the shorter side) or pad with black (letterbox: fit the longer).
+FIT_POLICIES = ("squash", "crop", "letterbox")
+#: The policy of a manifest that names none (every manifest written before the field existed).
+DEFAULT_FIT = "squash"
 #: Model input dtypes: float32 (normalised in NumPy) or uint8 (camera bytes; normalisation in the graph).
 INPUT_DTYPES = ("float32", "uint8")
 #: Version of the fingerprint's definition (part of the hashed text).
@@ -77,13 +84,18 @@ def sha256_file(path: str | os.PathLike[str], chunk_bytes: int = 1 << 20) -> str
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How a uint8 RGB frame becomes the model's float input: ``(x * scale - mean) / std``."""
+    """How a uint8 RGB frame becomes the model's float input: ``(x * scale - mean) / std``.
+
+    A frame of another size is first fitted to the input by ``fit`` (one of `FIT_POLICIES`) with
+    Pillow's ``resize`` filter (one of `RESIZE_METHODS`), see `edge.preprocess.fit_frame`.
+    """
 
     scale: float = 1.0 / 255.0
     mean: tuple[float, ...] = (0.0, 0.0, 0.0)
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
     channel_order: str = "RGB"
     resize: str = "bilinear"
+    fit: str = DEFAULT_FIT
 
 
 @dataclass(frozen=True)
@@ -171,7 +183,9 @@ class Manifest:
         """Every field that changes what the device computes, as plain JSON (what `fingerprint` hashes).
 
         Names, paths, producer, parity figures, tolerances and trainable heads (each verified by
-        its own sha256) are left out.
+        its own sha256) are left out. ``preprocessing.fit`` changes the model input, so it is hashed,
+        but only when it is not the default ``squash``: a manifest written before the field existed
+        (squash implied) keeps its fingerprint, and so do the checkpoints that recorded it.
         """
         files = []
         for f in self.files:
@@ -181,11 +195,14 @@ class Manifest:
                 "output_quantization": None if f.output_quantization is None else asdict(f.output_quantization),
             })
         files.sort(key=lambda entry: (entry["format"], entry["precision"], entry["sha256"]))
+        preprocessing = {**asdict(self.preprocessing), "mean": list(self.preprocessing.mean),
+                         "std": list(self.preprocessing.std)}
+        if preprocessing["fit"] == DEFAULT_FIT:
+            del preprocessing["fit"]
         return {
             "fingerprint_version": FINGERPRINT_VERSION,
             "input": {"shape": list(self.input_shape), "dtype": self.input_dtype, "layout": self.layout},
-            "preprocessing": {**asdict(self.preprocessing), "mean": list(self.preprocessing.mean),
-                              "std": list(self.preprocessing.std)},
+            "preprocessing": preprocessing,
             "embedding": {
                 "size": self.embedding_size,
                 "mean": None if self.embedding_mean is None else list(self.embedding_mean),
@@ -274,7 +291,7 @@ class Manifest:
         _expect(input_dtype in INPUT_DTYPES, "input.dtype", "/".join(INPUT_DTYPES), input_dtype)
 
         pre = _get(data, "preprocessing", dict)
-        _known_keys(pre, ("scale", "mean", "std", "channel_order", "resize"), "preprocessing")
+        _known_keys(pre, ("scale", "mean", "std", "channel_order", "resize", "fit"), "preprocessing")
         channels = shape[2]
         mean = _vector(_get(pre, "mean", list, "preprocessing.mean"), channels, "preprocessing.mean")
         std = _vector(_get(pre, "std", list, "preprocessing.std"), channels, "preprocessing.std")
@@ -288,7 +305,10 @@ class Manifest:
         resize = pre.get("resize", "bilinear")
         _expect(isinstance(resize, str) and resize in RESIZE_METHODS, "preprocessing.resize",
                 "/".join(RESIZE_METHODS), resize)
-        preprocessing = Preprocessing(scale=scale, mean=mean, std=std, channel_order=order, resize=resize)
+        fit = pre.get("fit", DEFAULT_FIT)
+        _expect(isinstance(fit, str) and fit in FIT_POLICIES, "preprocessing.fit", "/".join(FIT_POLICIES), fit)
+        preprocessing = Preprocessing(scale=scale, mean=mean, std=std, channel_order=order, resize=resize,
+                                      fit=fit)
 
         emb = _get(data, "embedding", dict)
         _known_keys(emb, ("size", "dtype", "mean", "std"), "embedding")

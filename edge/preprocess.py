@@ -12,7 +12,8 @@ Accepted dtypes:
 Any other dtype (int16, int64, bool, ...) raises `InputError`. Channels are adapted to the model:
 grayscale frames are replicated to RGB, RGB frames are converted to luma (ITU-R BT.601) for a
 grayscale model; a model that declares ``channel_order="BGR"`` gets its channels reversed. Frames
-of another size are resized with Pillow (imported lazily) using the manifest's resize filter.
+of another size are fitted by `fit_frame`, the one resizer of the project (the manifest's ``fit``
+policy and ``resize`` filter; Pillow, imported lazily); `load_frame` is an image file's way in.
 
 Example:
     >>> import numpy as np
@@ -25,10 +26,13 @@ Example:
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from edge.errors import InputError
-from edge.manifest import Preprocessing, QuantParams
+from edge.images import load_image
+from edge.manifest import DEFAULT_FIT, FIT_POLICIES, RESIZE_METHODS, Manifest, Preprocessing, QuantParams
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _QRANGE = {"int8": (-128, 127), "uint8": (0, 255)}
@@ -72,21 +76,93 @@ def as_frame_batch(frames: np.ndarray) -> np.ndarray:
     raise InputError(f"frames: expected dtype uint8 (or float pixel values in [0, 255]), got {frames.dtype}")
 
 
-def resize_frames(frames: np.ndarray, height: int, width: int, method: str = "bilinear") -> np.ndarray:
-    """Resize a validated ``(N, H, W, C)`` batch with Pillow; returns float32 pixel values."""
+def fit_frame(image: np.ndarray, target: Manifest | tuple[int, int], policy: str | None = None,
+              method: str | None = None) -> np.ndarray:
+    """One uint8 ``(H, W, C)`` frame (C = 1 or 3) -> uint8 ``(height, width, C)``: the one resizer.
+
+    Every way in (``edge-agent learn``/``predict``/``run``, the simulator's image sources, frames of
+    another size given to the agent) fits frames here, so one image gives one model input.
+    ``target`` is the model's `Manifest` (its input size, ``preprocessing.fit`` and
+    ``preprocessing.resize``) or a ``(height, width)``; ``policy`` and ``method`` override (default
+    ``squash`` / ``bilinear`` for a bare size). Policies (Edge Impulse's image block): ``squash``
+    stretches the whole frame (aspect ratio lost), ``crop`` scales the shorter side to fit and cuts
+    the centre, ``letterbox`` scales the longer side to fit and pads with black. Resizing is
+    Pillow's filter on uint8 pixels (deterministic); a frame already at the size is returned as is.
+
+    Example:
+        >>> frame = np.zeros((48, 64, 3), np.uint8); frame[:, :8] = 255     # a white band on the left
+        >>> [fit_frame(frame, (32, 32), p).shape for p in FIT_POLICIES]
+        [(32, 32, 3), (32, 32, 3), (32, 32, 3)]
+        >>> int(fit_frame(frame, (32, 32), "crop")[:, 0].max())         # the band was cut away
+        0
+        >>> int(fit_frame(frame, (32, 32), "letterbox")[0].max())       # black bar on top
+        0
+    """
+    if isinstance(target, Manifest):
+        height, width = int(target.input_shape[0]), int(target.input_shape[1])
+        policy = policy or target.preprocessing.fit
+        method = method or target.preprocessing.resize
+    else:
+        height, width = int(target[0]), int(target[1])
+    policy = policy or DEFAULT_FIT
+    method = method or "bilinear"
+    if policy not in FIT_POLICIES:
+        raise InputError(f"resize policy: expected one of {FIT_POLICIES}, got {policy!r}")
+    if method not in RESIZE_METHODS:
+        raise InputError(f"resize method: expected one of {RESIZE_METHODS}, got {method!r}")
+    frame = np.asarray(image)
+    if (frame.ndim != 3 or frame.shape[2] not in (1, 3) or frame.dtype != np.uint8
+            or min(frame.shape[:2]) < 1):
+        raise InputError(f"frame: expected uint8 (H, W, 3) RGB or (H, W, 1) gray, got "
+                         f"{frame.dtype}{frame.shape}")
+    if not (0 < height <= 65536 and 0 < width <= 65536):
+        raise InputError(f"fit size: expected a positive (height, width), got {(height, width)}")
+    h, w = frame.shape[:2]
+    if (h, w) == (height, width):
+        return frame
+    if policy == "squash":
+        return _resize(frame, height, width, method)
+    if policy == "crop":
+        scale = max(height / h, width / w)
+        ch, cw = min(h, max(1, round(height / scale))), min(w, max(1, round(width / scale)))
+        top, left = (h - ch) // 2, (w - cw) // 2
+        return _resize(frame[top:top + ch, left:left + cw], height, width, method)
+    scale = min(height / h, width / w)
+    nh, nw = max(1, min(height, round(h * scale))), max(1, min(width, round(w * scale)))
+    out = np.zeros((height, width, frame.shape[2]), np.uint8)
+    top, left = (height - nh) // 2, (width - nw) // 2
+    out[top:top + nh, left:left + nw] = _resize(frame, nh, nw, method)
+    return out
+
+
+def _resize(frame: np.ndarray, height: int, width: int, method: str) -> np.ndarray:
+    """Pillow resize of one uint8 (H, W, 1|3) frame (a copy, even at the same size)."""
     from PIL import Image  # lazy: only needed when a frame size differs from the model's
 
     filters = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST,
                "bicubic": Image.Resampling.BICUBIC, "area": Image.Resampling.BOX}
-    if method not in filters:
-        raise InputError(f"resize method: expected one of {sorted(filters)}, got {method!r}")
-    out = np.empty((frames.shape[0], height, width, frames.shape[3]), dtype=np.float32)
-    for i, frame in enumerate(frames):
-        for c in range(frames.shape[3]):
-            img = Image.fromarray(np.ascontiguousarray(frame[:, :, c], dtype=np.float32), mode="F")
-            out[i, :, :, c] = np.asarray(img.resize((width, height), filters[method]))
-    np.clip(out, 0.0, 255.0, out=out)
-    return out
+    gray = frame.shape[2] == 1
+    img = Image.fromarray(np.ascontiguousarray(frame[:, :, 0] if gray else frame))
+    out = np.asarray(img.resize((width, height), filters[method]), dtype=np.uint8)
+    return out[:, :, np.newaxis] if gray else out
+
+
+def load_frame(path: str | os.PathLike[str], target: Manifest | tuple[int, int],
+               policy: str | None = None) -> np.ndarray:
+    """An image file -> the uint8 frame the model sees: `edge.images.load_image` then `fit_frame`.
+
+    The JPEG decoder's reduced scale is chosen from the target size alone (``target_size``), the
+    same for every caller, so one file gives one frame everywhere.
+    """
+    size = decode_size(target)
+    return fit_frame(load_image(path, target_size=size), target, policy)
+
+
+def decode_size(target: Manifest | tuple[int, int]) -> tuple[int, int]:
+    """The ``(height, width)`` handed to `edge.images.load_image` as ``target_size`` for ``target``."""
+    if isinstance(target, Manifest):
+        return int(target.input_shape[0]), int(target.input_shape[1])
+    return int(target[0]), int(target[1])
 
 
 def preprocess(frames: np.ndarray, input_shape: tuple[int, int, int],
@@ -116,13 +192,17 @@ def adapt_pixels(batch: np.ndarray, input_shape: tuple[int, int, int],
                  preprocessing: Preprocessing) -> np.ndarray:
     """A validated batch -> pixel values at the model's size, channels and channel order.
 
-    No normalisation: uint8 stays uint8 when no resize or luma conversion is needed, otherwise the
-    result is float32 pixel values in [0, 255].
+    Frames of another size are fitted by `fit_frame` (the manifest's ``fit`` and ``resize``); float
+    pixels are first rounded to uint8 for it. No normalisation: uint8 stays uint8 unless a luma
+    conversion is needed, float pixels at the model's size stay float.
     """
     height, width, channels = input_shape
     x = batch
     if x.shape[1:3] != (height, width):
-        x = resize_frames(x, height, width, preprocessing.resize)
+        if x.dtype != np.uint8:
+            x = np.clip(np.rint(x), 0, 255).astype(np.uint8)
+        x = np.stack([fit_frame(frame, (height, width), preprocessing.fit, preprocessing.resize)
+                      for frame in x])
     if channels == 3 and x.shape[3] == 1:
         x = np.repeat(x, 3, axis=3)
     elif channels == 1 and x.shape[3] == 3:

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from edge.manifest import (
+    DEFAULT_FIT,
     DEFAULT_TOLERANCES,
     MANIFEST_NAME,
     Manifest,
@@ -328,7 +329,8 @@ def export_run(run_dir: str | Path, *, name: str, out_root: str | Path = "models
         heldout = representative[:64]
     pre = record["preprocessing"]
     preprocessing = Preprocessing(scale=pre["scale"], mean=tuple(pre["mean"]), std=tuple(pre["std"]),
-                                  channel_order=pre.get("channel_order", "RGB"))
+                                  channel_order=pre.get("channel_order", "RGB"),
+                                  fit=pre.get("fit", DEFAULT_FIT))  # how frames are fitted: the model's
     config = record["config"]
     producer = {
         "training_data": config["data"],

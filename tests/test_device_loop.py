@@ -17,7 +17,7 @@ from edge.device.config import check_stored, load_config, load_config_values
 from edge.device.events import EventWriter
 from edge.device.labels import LabelMap, UnknownClassError, split_state
 from edge.device.loop import DeviceLoop, LoopOptions, TeachQueueFull, is_unknown, restore_agent, rss_bytes
-from edge.device.resize import fit_frame
+from edge.preprocess import fit_frame
 from edge.device.sources import Frame, FolderSource, FrameGrabber, IterableSource
 from edge.errors import ConfigError, InputError
 
@@ -49,7 +49,7 @@ def test_resize_policies_keep_or_cut_the_edges():
     assert box[:8].max() == 0 and box[-8:].max() == 0 and box[16, 0].min() == 255  # bars top/bottom
     with pytest.raises(InputError, match="resize policy: expected one of"):
         fit_frame(frame, (32, 32), "stretch")
-    with pytest.raises(InputError, match=r"frame: expected uint8 \(H, W, 3\) RGB, got float32"):
+    with pytest.raises(InputError, match=r"frame: expected uint8 \(H, W, 3\) RGB or \(H, W, 1\) gray, got float32"):
         fit_frame(frame.astype(np.float32), (32, 32))
 
 

@@ -2,7 +2,6 @@
 
 * `edge.device.sources`: cameras, streams and video files (OpenCV), folders, picamera2; the
   latest-frame reader thread.
-* `edge.device.resize`: ``squash`` / ``crop`` / ``letterbox``.
 * `edge.device.loop`: `DeviceLoop` (predict, smooth, ``unknown``, teach, learner thread, checkpoints).
 * `edge.device.events`: JSON-lines events.
 * `edge.device.labels`: class names <-> indices, stored in the state.

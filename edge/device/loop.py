@@ -52,9 +52,10 @@ from edge.agent import Agent
 from edge.checkpoint import CheckpointStore
 from edge.device.events import EventWriter
 from edge.device.labels import LabelMap, UnknownClassError, split_state
-from edge.device.resize import RESIZE_POLICIES, fit_frame
-from edge.device.sources import Frame, FrameGrabber, Source
+from edge.device.sources import FolderSource, Frame, FrameGrabber, Source
 from edge.errors import ConfigError, EdgeError, InputError
+from edge.manifest import FIT_POLICIES
+from edge.preprocess import decode_size, fit_frame
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,8 @@ class LoopOptions:
         every: predict every K-th frame (every frame is still embedded while a teach collects).
         window: predictions averaged (probabilities) for the answer.
         unknown_threshold: a smoothed top probability below this is ``unknown`` (0 disables).
-        resize: ``squash``, ``crop`` or ``letterbox`` (`edge.device.resize`).
+        resize: ``squash``, ``crop`` or ``letterbox`` to override the model's own policy
+            (``preprocessing.fit`` of its manifest, `edge.preprocess.fit_frame`); None: the model's.
         exit_at_end: `DeviceLoop.run` returns once the source is exhausted and every teach is learned.
         teach_batch: frames per learned batch for frames that carry their own label.
         checkpoint: save after every learned batch and at the end (needs a store).
@@ -96,7 +98,7 @@ class LoopOptions:
     every: int = 1
     window: int = 5
     unknown_threshold: float = 0.5
-    resize: str = "squash"
+    resize: str | None = None
     exit_at_end: bool = False
     teach_batch: int = 32
     checkpoint: bool = True
@@ -109,7 +111,8 @@ class LoopOptions:
             (1 <= self.every <= 10_000, "every", "an int in [1, 10000]", self.every),
             (1 <= self.window <= 1_000, "window", "an int in [1, 1000]", self.window),
             (0.0 <= self.unknown_threshold <= 1.0, "unknown_threshold", "in [0, 1]", self.unknown_threshold),
-            (self.resize in RESIZE_POLICIES, "resize", RESIZE_POLICIES, self.resize),
+            (self.resize is None or self.resize in FIT_POLICIES, "resize", f"None or one of {FIT_POLICIES}",
+             self.resize),
             (1 <= self.teach_batch <= MAX_TEACH_FRAMES, "teach_batch", f"in [1, {MAX_TEACH_FRAMES}]",
              self.teach_batch),
             (0.0 < self.poll_s <= 5.0, "poll_s", "in (0, 5]", self.poll_s),
@@ -192,6 +195,9 @@ class DeviceLoop:
         self.clock = clock
         self._agent = agent
         self.input_hw = tuple(agent.backbone.manifest.input_shape[:2])
+        self._manifest = agent.backbone.manifest  # its size and fit policy: `edge.preprocess.fit_frame`
+        if isinstance(source, FolderSource):  # files decode as `edge.preprocess.load_frame` decodes them
+            source.decode_size = decode_size(self._manifest)
         self.grabber = FrameGrabber(source)
         self._state_lock = threading.RLock()  # learner swap, rename, forget, checkpoint
         self._teach_lock = threading.Lock()
@@ -414,7 +420,7 @@ class DeviceLoop:
         opts = self.options
         agent = self._agent  # one reference per frame: a swap mid-frame cannot mix two heads
         start = time.perf_counter()
-        image = fit_frame(frame.image, self.input_hw, opts.resize)  # type: ignore[arg-type]
+        image = fit_frame(frame.image, self._manifest, opts.resize)
         self.frames += 1
         self._latest_frame = (frame.image, self.frames, frame.timestamp)
         self._frame_times.append(self.clock())

@@ -196,6 +196,10 @@ class FolderSource:
         watch: keep watching for new files; False: exhausted once a scan finds nothing new.
         poll_s: seconds between scans.
         clock: frame timestamps.
+
+    ``decode_size`` (the model's input ``(height, width)``, set by `edge.device.loop.DeviceLoop`) is
+    handed to `edge.images.load_image` as ``target_size``, so a JPEG decodes at the reduced scale
+    that ``edge-agent learn``/``predict`` use (`edge.preprocess.load_frame`): the same pixels.
     """
 
     realtime = False
@@ -213,6 +217,7 @@ class FolderSource:
         self._ready: list[tuple[str, str | None]] = []
         self._closed = threading.Event()
         self.errors = 0
+        self.decode_size: tuple[int, int] | None = None
 
     def _scan(self) -> list[tuple[str, str | None]]:
         """Stable, not yet read files: (path, label or None), ordered by name."""
@@ -259,7 +264,7 @@ class FolderSource:
                 self._done.add(path)
                 self._sizes.pop(path, None)
                 try:
-                    image = load_image(path)
+                    image = load_image(path, target_size=self.decode_size)
                 except InputError as exc:
                     self.errors += 1
                     logger.warning("folder source: skipping %s (%s)", path, exc)

@@ -39,9 +39,9 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
-from PIL import Image
 
 from edge.images import load_image
+from edge.preprocess import load_frame
 from firmware_sim.data.safe_pickle import safe_load_pickle
 from firmware_sim.data.sources import npz_member
 from firmware_sim.data.stream import Batch, Stream
@@ -407,12 +407,9 @@ class Core50Folder:
     def _read(self, paths: Sequence[str], image_size: int | None = None) -> np.ndarray:
         """Decode ``paths`` (relative to the tree) safely; resized to ``image_size`` when given."""
         images = []
-        target = None if image_size is None else (image_size, image_size)
-        for p in paths:
-            arr = load_image(self.image_root / p, target_size=target)
-            if target is not None and arr.shape[:2] != target:
-                arr = np.asarray(Image.fromarray(arr).resize(target, Image.Resampling.BILINEAR))
-            images.append(arr)
+        for p in paths:  # the file's way in of edge-agent learn/predict/run (one file, one model input)
+            path = self.image_root / p
+            images.append(load_image(path) if image_size is None else load_frame(path, (image_size, image_size)))
         if not images:
             return np.zeros((0, image_size or 0, image_size or 0, 3), np.uint8)
         shapes = {a.shape for a in images}

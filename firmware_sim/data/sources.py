@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image
 
 from edge.checkpoint import read_npy_header
 from edge.images import load_image
+from edge.preprocess import fit_frame, load_frame
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def to_channels(x: np.ndarray, channels: int) -> np.ndarray:
 
 
 def resize_images(x: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    """Resize uint8 NHWC images with Pillow bilinear; ``size`` is S or (H, W)."""
+    """Resize uint8 NHWC images (`edge.preprocess.fit_frame`: squash, bilinear); ``size`` is S or (H, W)."""
     if x.ndim != 4 or x.dtype != np.uint8:
         raise ValueError(f"expected uint8 array (N, H, W, C), got {x.dtype} {x.shape}")
     h, w = (size, size) if isinstance(size, int) else size
@@ -158,9 +158,7 @@ def resize_images(x: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
         return x
     out = np.empty((x.shape[0], h, w, x.shape[3]), np.uint8)
     for i in range(x.shape[0]):
-        img = x[i, :, :, 0] if x.shape[3] == 1 else x[i]
-        r = np.asarray(Image.fromarray(img).resize((w, h), Image.Resampling.BILINEAR))
-        out[i] = r[..., None] if x.shape[3] == 1 else r
+        out[i] = fit_frame(x[i], (h, w))
     return out
 
 
@@ -412,10 +410,8 @@ def load_image_folder(root: str | os.PathLike[str], image_size: int | None = Non
         # Non-regular files with an image extension are not skipped: load_image names them.
         files = sorted(f for f in (root / name).iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
         for f in files:
-            target = None if image_size is None else (image_size, image_size)
-            arr = load_image(f, target_size=target)
-            if image_size is not None and arr.shape[:2] != target:
-                arr = np.asarray(Image.fromarray(arr).resize((image_size, image_size), Image.Resampling.BILINEAR))
+            # The file's way in of edge-agent learn/predict/run: one file, one model input.
+            arr = load_image(f) if image_size is None else load_frame(f, (image_size, image_size))
             if first is None:
                 first = (arr.shape, f)
             elif arr.shape != first[0]:

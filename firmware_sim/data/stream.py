@@ -21,20 +21,21 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
-from PIL import Image
 
+from edge.preprocess import fit_frame
 from firmware_sim.data.sources import LabelledImages
 
 __all__ = ["Batch", "Stream", "resize_frames"]
 
 
 def resize_frames(x: np.ndarray, size: int | None) -> np.ndarray:
-    """uint8 (n, H, W, C) frames resized to ``size`` x ``size`` (bilinear); unchanged when None or equal."""
+    """uint8 (n, H, W, C) frames fitted to ``size`` x ``size`` by `edge.preprocess.fit_frame` (squash,
+    bilinear); unchanged when None or equal."""
     if size is None or (x.shape[1] == size and x.shape[2] == size):
         return np.ascontiguousarray(x)
     out = np.empty((x.shape[0], size, size, x.shape[3]), np.uint8)
     for i in range(x.shape[0]):
-        out[i] = np.asarray(Image.fromarray(x[i]).resize((size, size), Image.Resampling.BILINEAR))
+        out[i] = fit_frame(x[i], (size, size))
     return out
 
 
