@@ -41,8 +41,7 @@ from edge.manifest import SCHEMA_VERSION, Manifest, load_manifest
 from edge.models import default_model_dir
 from edge.runtimes import Backbone, LiteRTBackbone, OnnxBackbone, open_backbone
 from edge.strategies import STRATEGIES, Strategy, make_strategy
-
-__version__ = "0.1.0"
+from edge.version import __version__
 
 __all__ = [
     "SCHEMA_VERSION",

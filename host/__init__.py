@@ -12,4 +12,6 @@ import `host` (a device has no TensorFlow); `host` may use `edge` (the manifest 
 `edge-host --help` and the missing-extra message work in a device-only install.
 """
 
-__version__ = "0.1.0"
+from edge.version import __version__
+
+__all__ = ["__version__"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -29,9 +30,12 @@ PACKAGED = "edge/models/default"
 
 
 def _project_version() -> str:
-    tomllib = pytest.importorskip("tomllib")  # Python 3.11+ (a Jetson's 3.10 skips this one check)
-    with open(ROOT / "pyproject.toml", "rb") as fh:
-        return str(tomllib.load(fh)["project"]["version"])
+    """The source tree's version (edge/version.py, the one place it is written; the wheel's metadata
+    is built from it), read as text so this test interpreter's installed ``edge`` plays no part."""
+    text = (ROOT / "edge" / "version.py").read_text()
+    found = re.search(r'^__version__ = "([^"]+)"$', text, re.MULTILINE)
+    assert found, "edge/version.py: expected a line __version__ = \"...\", got none"
+    return found.group(1)
 
 
 def _run(cmd: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
