@@ -248,7 +248,7 @@ class _GradientHead:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """The most probable seen class of each row (int64)."""
-        return self.predict_proba(x).argmax(axis=1).astype(np.int64)
+        return np.asarray(self.predict_proba(x).argmax(axis=1), dtype=np.int64)
 
     # ---------------------------------------------------------------- weights
     def get_weights(self) -> dict[str, np.ndarray]:

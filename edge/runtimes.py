@@ -486,6 +486,7 @@ class OnnxBackbone(Backbone):
         if session is None:
             raise ModelLoadError(f"{self.info.file}: backbone is closed")
         step, n = self._step, x.shape[0]
+        out: np.ndarray  # onnxruntime is untyped
         if n <= step:  # the common case: one run, its output returned as is
             out = session.run(self._output_names, {self._input_name: x})[0]
         else:

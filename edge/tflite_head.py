@@ -113,7 +113,7 @@ def find_head_file(model_dir: str | os.PathLike[str], manifest: Any, settings: A
                 + (f", hidden={settings.hidden}" if settings.head == "mlp" else ""))
         raise ManifestError(f"model {manifest.name!r} has no trainable head {want}; it has: {have}. "
                             "Export one with `edge-host export-head`")
-    return Path(model_dir) / candidates[0].path
+    return Path(model_dir, candidates[0].path)
 
 
 def _state_key(sig_name: str) -> str:
@@ -289,7 +289,8 @@ class TFLiteHead:
         if x.shape[0] == 0:
             k = self.max_classes
             return {"logits": np.zeros((0, k), _F32), "probabilities": np.zeros((0, k), _F32)}
-        return self._infer(embeddings=self._input(x))
+        out: dict[str, np.ndarray] = self._infer(embeddings=self._input(x))  # the runner is untyped
+        return out
 
     def decision_function(self, x: np.ndarray) -> np.ndarray:
         """Raw logits ``(N, max_classes)``, unseen classes included (not masked)."""
@@ -303,7 +304,7 @@ class TFLiteHead:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """The most probable seen class of each row (int64)."""
-        return self.predict_proba(x).argmax(axis=1).astype(np.int64)
+        return np.asarray(self.predict_proba(x).argmax(axis=1), dtype=np.int64)
 
     # ---------------------------------------------------------------- weights
     def get_weights(self) -> dict[str, np.ndarray]:

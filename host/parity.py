@@ -93,9 +93,10 @@ def embed_with_edge_runtime(model_dir: Path, manifest: Manifest, entry: ModelFil
     sha256 first, like `edge.runtimes.open_backbone` does.
     """
     from edge.manifest import verify_file
-    from edge.runtimes import LiteRTBackbone, OnnxBackbone
+    from edge.runtimes import Backbone, LiteRTBackbone, OnnxBackbone
 
     verify_file(model_dir / entry.path, entry)
+    backbone: Backbone
     if entry.format == "tflite":
         backbone = LiteRTBackbone(model_dir, manifest, precision=entry.precision)
     else:
