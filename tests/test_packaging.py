@@ -19,7 +19,6 @@ import sys
 import sysconfig
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -145,68 +144,4 @@ def test_installed_wheel_runs_edge_agent_from_any_folder(venv, tmp_path):
     assert (status["model"], status["step"], status["classes_seen"]) == ("default", 1, [1])
 
 
-# -- deploy/edge-agent.service ------------------------------------------------------------------
-
-SERVICE = ROOT / "deploy" / "edge-agent.service"
-
-
-def _unit() -> Any:
-    import configparser
-
-    # systemd allows repeated keys (they accumulate); strict=False keeps the last, enough here.
-    parser = configparser.RawConfigParser(strict=False, interpolation=None, comment_prefixes=("#", ";"))
-    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case-sensitive in systemd
-    parser.read_string(SERVICE.read_text())
-    return parser
-
-
-def test_service_unit_restarts_runs_as_a_user_and_keeps_state_under_var_lib():
-    unit = _unit()
-    assert set(unit.sections()) == {"Unit", "Service", "Install"}
-    svc = unit["Service"]
-    assert svc["User"] not in ("", "root", "0"), f"User: expected a dedicated user, got {svc['User']!r}"
-    expected = {"Restart": "on-failure", "StateDirectory": "edge-agent", "KillSignal": "SIGTERM",
-                "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ReadWritePaths": "/var/lib/edge-agent"}
-    got = {key: svc.get(key) for key in expected}
-    assert got == expected
-    assert "video" in svc["SupplementaryGroups"].split()
-    assert "PrivateDevices" not in svc, "PrivateDevices would hide the camera (/dev/video*)"
-    assert svc["EnvironmentFile"].lstrip("-").startswith("/etc/")
-    assert unit["Install"]["WantedBy"] == "multi-user.target"
-
-
-def test_service_execstart_is_a_valid_edge_agent_run_command():
-    import shlex
-
-    from edge.cli import build_parser
-
-    argv = shlex.split(_unit()["Service"]["ExecStart"])
-    assert argv[0] == "/opt/edge-agent/venv/bin/edge-agent" and argv[1] == "run", argv
-    assert "--token" not in argv, "the token belongs in the EnvironmentFile (EDGE_AGENT_TOKEN), not in ps"
-    options = {a.split("=", 1)[0] for a in argv[2:] if a.startswith("--")}
-    assert {"--state", "--source", "--http"} <= options
-    state = argv[argv.index("--state") + 1]
-    assert state == "/var/lib/edge-agent"
-    proc = _run([sys.executable, "-m", "edge.cli", "run", "--help"], cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr
-    missing = sorted(o for o in options if o not in proc.stdout)
-    assert not missing, f"ExecStart flags missing from edge-agent run --help: {missing}"
-    args = build_parser().parse_args(argv[1:])  # the values parse too (exit 2 would raise SystemExit)
-    assert (args.state, args.source, args.http) == (state, "camera:0", "0.0.0.0:8080")
-    # --http on 0.0.0.0 needs a token: the unit's EnvironmentFile provides EDGE_AGENT_TOKEN.
-    assert "EDGE_AGENT_TOKEN" in SERVICE.read_text()
-
-
-def test_systemd_accepts_the_unit(tmp_path):
-    import shutil
-
-    tool = shutil.which("systemd-analyze")
-    if tool is None:
-        pytest.skip("systemd-analyze is not installed")
-    copy = tmp_path / SERVICE.name
-    copy.write_text(SERVICE.read_text())
-    proc = _run([tool, "verify", "--man=no", str(copy)], cwd=tmp_path, timeout=60)
-    # This machine has no /opt/edge-agent install: that one complaint is expected, nothing else.
-    lines = [line for line in (proc.stdout + proc.stderr).splitlines()
-             if line.strip() and "/opt/edge-agent/venv/bin/edge-agent is not executable" not in line]
-    assert not lines, f"systemd-analyze verify: expected no complaints, got {lines}"
+# The systemd unit (deploy/edge-agent.service) is checked in tests/test_deploy_unit.py.
