@@ -94,6 +94,8 @@ def test_tampered_manifest_hash_is_refused(tmp_path: Path) -> None:
         (("preprocessing", "scale"), 1 / 256),
         (("preprocessing", "channel_order"), "BGR"),
         (("preprocessing", "resize"), "nearest"),
+        (("preprocessing", "fit"), "crop"),
+        (("preprocessing", "fit"), "letterbox"),
         (("embedding", "mean", 2), 2.5),
         (("embedding", "std", 3), 2.0),
         (("input", "shape", 0), 64),
@@ -125,6 +127,17 @@ def test_non_computing_fields_keep_the_fingerprint(tmp_path: Path) -> None:
     assert load_manifest(root).fingerprint == data["fingerprint"]
 
 
+def test_a_manifest_without_a_fit_policy_squashes_with_the_same_fingerprint(tmp_path: Path) -> None:
+    """Manifests written before ``preprocessing.fit`` existed load as squash, fingerprint unchanged."""
+    root = _toy_model_dir(tmp_path)
+    data = json.loads((root / MANIFEST_NAME).read_text())
+    assert data["preprocessing"]["fit"] == "squash"  # written explicitly now
+    del data["preprocessing"]["fit"]
+    (root / MANIFEST_NAME).write_text(json.dumps(data))
+    old = load_manifest(root)
+    assert old.preprocessing.fit == "squash" and old.fingerprint == data["fingerprint"]
+
+
 @pytest.mark.parametrize(
     ("mutate", "pattern"),
     [
@@ -135,6 +148,7 @@ def test_non_computing_fields_keep_the_fingerprint(tmp_path: Path) -> None:
         (lambda d: d["preprocessing"].update(channel_order="RGBA"), "channel_order: expected RGB/BGR"),
         (lambda d: d["preprocessing"].update(channel_order="GRAY"), "channel_order: expected RGB/BGR"),
         (lambda d: d["preprocessing"].update(resize="lanczos9"), "preprocessing.resize"),
+        (lambda d: d["preprocessing"].update(fit="stretch"), "preprocessing.fit: expected squash/crop/letterbox"),
         (lambda d: d["preprocessing"].update(scael=1.0), r"unknown field\(s\) \['scael'\]"),
         (lambda d: d["embedding"].update(std=[1.0, 0.0, 1.0, 1.0]), "embedding.std: expected positive"),
         (lambda d: d["embedding"].update(mean=[0.0, "x", 1.0, 1.0]), "embedding.mean: expected finite"),
