@@ -24,12 +24,13 @@ from typing import Any
 import numpy as np
 
 from edge.agent import AgentConfig
-from firmware_sim.device.sim import DeviceOptions, DeviceRun, StreamFrames, cut_plan, simulate
-from firmware_sim.device.teacher import TeachPlan, teach_plan
+from firmware_sim.device.report import run_entry
+from firmware_sim.device.sim import DeviceOptions, StreamFrames, cut_plan, simulate
+from firmware_sim.device.teacher import teach_plan
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DeviceSpec", "run_device", "summarise"]
+__all__ = ["DeviceSpec", "run_device"]
 
 
 @dataclass
@@ -51,73 +52,6 @@ class DeviceSpec:
     baseline: bool = True
     plots: bool = True
     progress: bool = False
-
-
-def _percentiles(values: np.ndarray) -> dict[str, float | None]:
-    if not values.size:
-        return {"mean": None, "p50": None, "p95": None, "p99": None, "max": None}
-    return {"mean": float(values.mean()), "p50": float(np.percentile(values, 50)),
-            "p95": float(np.percentile(values, 95)), "p99": float(np.percentile(values, 99)),
-            "max": float(values.max())}
-
-
-def summarise(run: DeviceRun, frames: StreamFrames, plan: TeachPlan, options: DeviceOptions) -> dict[str, Any]:
-    """The report entry of one run: ``results`` (seeded) and ``measured`` (machine speed)."""
-    y = frames.labels
-    done = ~np.isnan(run.proc_ms)
-    correct = (run.pred == y) & done
-    n_done = int(done.sum())
-    points = np.unique(np.linspace(0, len(y), 51).astype(int)[1:])
-    cum_done, cum_ok = np.cumsum(done), np.cumsum(correct)
-    prequential_curve = [{"frame": int(p), "accuracy": float(cum_ok[p - 1] / cum_done[p - 1])}
-                         for p in points if cum_done[p - 1] > 0]
-    taught = plan.labels >= 0
-    latency = run.proc_ms[done]
-    hours = len(y) / options.fps / 3600.0
-    final = run.final or {}
-    cuts = run.cuts
-    results = {
-        "completed": run.failure is None and run.final is not None,
-        "failure": run.failure,
-        "frames": len(y), "frames_processed": n_done,
-        "frames_dropped": int(run.dropped.sum()), "frames_while_off": int(run.lost_off.sum()),
-        "taught_planned": int(taught.sum()), "bursts_planned": plan.n_bursts,
-        "taught_received": int((taught & done).sum()),
-        "prequential_accuracy": float(correct.sum() / n_done) if n_done else None,
-        "prequential_curve": prequential_curve,
-        "test_curve": run.evals,
-        "final_accuracy": final.get("final_accuracy"),
-        "learned_batches": len(run.learned), "final_step": final.get("step"),
-        "power_cuts": cuts,
-        "power_cut_totals": {
-            "cuts": len(cuts), "during_checkpoint": sum(c["kind"] != "frame" for c in cuts),
-            "frames_off": sum(c["frames_off"] for c in cuts), "taught_lost": sum(c["taught_lost"] for c in cuts),
-            "bursts_lost": sum(c["bursts_lost"] for c in cuts),
-            "max_bursts_lost_per_cut": max((c["bursts_lost"] for c in cuts), default=0),
-            "max_bursts_touched_per_cut": max((c["bursts_touched"] for c in cuts), default=0),
-            "updates_lost": sum(c["updates_lost"] for c in cuts)},
-    }
-    rss = [r for _, r in run.rss]
-    peak = max([*rss, int(final.get("rss_peak") or 0)]) if (rss or final) else None
-    measured = {
-        "latency_ms": _percentiles(latency),
-        "wall_latency_ms": _percentiles(run.wall_ms[done]),
-        "deadline_ms": options.deadline_ms,
-        "deadline_misses": int((latency > options.deadline_ms).sum()),
-        "learn_ms": _percentiles(np.asarray([e["ms"] for e in run.learned], float)),
-        "rss_over_time": [{"t": round(t, 3), "rss_bytes": r} for t, r in run.rss],
-        "rss_peak_bytes": peak, "rss_avg_bytes": float(np.mean(rss)) if rss else None,
-        "state_bytes_on_disk": final.get("disk_bytes"), "memory": final.get("memory"),
-        "bytes_written": run.bytes_written, "checkpoints": run.checkpoints,
-        "bytes_written_per_hour": run.bytes_written / hours if hours > 0 else None,
-        "stream_hours": hours,
-        "recovery_s": _percentiles(np.asarray([c["recovery_s"] for c in cuts], float)),
-        "boot_s": run.boots[0] if run.boots else None,
-        "ram_mechanism": run.ram, "errors": run.errors, "wall_s": run.wall_s,
-        "timeline": {"start_s": run.start_s, "proc_ms": run.proc_ms, "dropped": np.flatnonzero(run.dropped),
-                     "off": np.flatnonzero(run.lost_off), "learned_t": [e["t"] for e in run.learned]},
-    }
-    return {"results": results, "measured": measured}
 
 
 def _open_frames(spec: DeviceSpec, image_size: int) -> tuple[Any, StreamFrames]:
@@ -175,10 +109,10 @@ def run_device(spec: DeviceSpec, out_dir: str | Path | None) -> dict[str, Any]:
         runs: dict[str, Any] = {}
         if not options.power_cuts or spec.baseline:
             done = simulate(frames, plan, base, options, work, [], progress=spec.progress, desc="uninterrupted")
-            runs["uninterrupted"] = summarise(done, frames, plan, options)
+            runs["uninterrupted"] = run_entry(done, frames, plan, options)
         if options.power_cuts:
             done = simulate(frames, plan, base, options, work, cuts, progress=spec.progress, desc="power cuts")
-            runs["power_cuts"] = summarise(done, frames, plan, options)
+            runs["power_cuts"] = run_entry(done, frames, plan, options)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report: dict[str, Any] = {

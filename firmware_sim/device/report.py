@@ -1,5 +1,7 @@
 """``edge-sim device`` outputs: ``report.json``, ``summary.md`` and plots (timeline, latency, RSS).
 
+`run_entry` turns a `DeviceRun` (typed records) into its ``report.json`` entry (plain JSON values).
+
 The timeline plot shows each frame's processing time against the deadline over stream time, with
 teach bursts (learned batches), dropped frames, frames while the device was off and power cuts marked.
 """
@@ -7,6 +9,7 @@ teach bursts (learned batches), dropped frames, frames while the device was off 
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +17,94 @@ import numpy as np
 
 from edge.atomic import atomic_write
 from firmware_sim.measure.machine import machine_line
+from firmware_sim.device.sim import DeviceOptions, DeviceRun, Failure, StreamFrames
+from firmware_sim.device.teacher import TeachPlan
 from firmware_sim.measure.report import _new_figure, _save, markdown_table, write_report
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SUMMARY_COLUMNS", "summary_markdown", "summary_rows", "write_device_outputs"]
+__all__ = ["SUMMARY_COLUMNS", "failure_entry", "run_entry", "summary_markdown", "summary_rows",
+           "write_device_outputs"]
 
 SUMMARY_COLUMNS = ["run", "final acc %", "prequential acc %", "frames", "dropped", "off", "deadline misses",
                    "latency p50 ms", "p95 ms", "p99 ms", "RSS peak MiB", "state KiB", "written MiB/h", "cuts",
                    "bursts lost", "wall s"]
+
+
+def _percentiles(values: np.ndarray) -> dict[str, float | None]:
+    if not values.size:
+        return {"mean": None, "p50": None, "p95": None, "p99": None, "max": None}
+    return {"mean": float(values.mean()), "p50": float(np.percentile(values, 50)),
+            "p95": float(np.percentile(values, 95)), "p99": float(np.percentile(values, 99)),
+            "max": float(values.max())}
+
+
+def failure_entry(failure: Failure) -> dict[str, Any]:
+    """The report's ``failure``: where and the disk figures for a flash budget, the full story otherwise."""
+    keys = (("kind", "where", "disk_bytes", "flash_budget_mb") if failure.kind == "flash_budget" else
+            ("kind", "reason", "message", "where", "site", "frame", "peak_rss_bytes", "ram_budget_mb",
+             "ram_mechanism", "exit_status"))
+    return {key: getattr(failure, key) for key in keys}
+
+
+def run_entry(run: DeviceRun, frames: StreamFrames, plan: TeachPlan, options: DeviceOptions) -> dict[str, Any]:
+    """The report entry of one run: ``results`` (seeded) and ``measured`` (machine speed)."""
+    y = frames.labels
+    done = ~np.isnan(run.proc_ms)
+    correct = (run.pred == y) & done
+    n_done = int(done.sum())
+    points = np.unique(np.linspace(0, len(y), 51).astype(int)[1:])
+    cum_done, cum_ok = np.cumsum(done), np.cumsum(correct)
+    prequential_curve = [{"frame": int(p), "accuracy": float(cum_ok[p - 1] / cum_done[p - 1])}
+                         for p in points if cum_done[p - 1] > 0]
+    taught = plan.labels >= 0
+    latency = run.proc_ms[done]
+    hours = len(y) / options.fps / 3600.0
+    final = run.final
+    cuts = run.cuts
+    results = {
+        "completed": run.failure is None and final is not None,
+        "failure": None if run.failure is None else failure_entry(run.failure),
+        "frames": len(y), "frames_processed": n_done,
+        "frames_dropped": int(run.dropped.sum()), "frames_while_off": int(run.lost_off.sum()),
+        "taught_planned": int(taught.sum()), "bursts_planned": plan.n_bursts,
+        "taught_received": int((taught & done).sum()),
+        "prequential_accuracy": float(correct.sum() / n_done) if n_done else None,
+        "prequential_curve": prequential_curve,
+        "test_curve": [asdict(e) for e in run.evals],
+        "final_accuracy": None if final is None else final.final_accuracy,
+        "learned_batches": len(run.learned), "final_step": None if final is None else final.step,
+        "power_cuts": [asdict(c) for c in cuts],
+        "power_cut_totals": {
+            "cuts": len(cuts), "during_checkpoint": sum(c.kind != "frame" for c in cuts),
+            "frames_off": sum(c.frames_off for c in cuts), "taught_lost": sum(c.taught_lost for c in cuts),
+            "bursts_lost": sum(c.bursts_lost for c in cuts),
+            "max_bursts_lost_per_cut": max((c.bursts_lost for c in cuts), default=0),
+            "max_bursts_touched_per_cut": max((c.bursts_touched for c in cuts), default=0),
+            "updates_lost": sum(c.updates_lost for c in cuts)},
+    }
+    rss = [r for _, r in run.rss]
+    peak = max([*rss, int(final.rss_peak or 0) if final is not None else 0]) if (rss or final is not None) else None
+    measured = {
+        "latency_ms": _percentiles(latency),
+        "wall_latency_ms": _percentiles(run.wall_ms[done]),
+        "deadline_ms": options.deadline_ms,
+        "deadline_misses": int((latency > options.deadline_ms).sum()),
+        "learn_ms": _percentiles(np.asarray([e.ms for e in run.learned], float)),
+        "rss_over_time": [{"t": round(t, 3), "rss_bytes": r} for t, r in run.rss],
+        "rss_peak_bytes": peak, "rss_avg_bytes": float(np.mean(rss)) if rss else None,
+        "state_bytes_on_disk": None if final is None else final.disk_bytes,
+        "memory": None if final is None else final.memory,
+        "bytes_written": run.bytes_written, "checkpoints": run.checkpoints,
+        "bytes_written_per_hour": run.bytes_written / hours if hours > 0 else None,
+        "stream_hours": hours,
+        "recovery_s": _percentiles(np.asarray([c.recovery_s for c in cuts], float)),
+        "boot_s": run.boots[0] if run.boots else None,
+        "ram_mechanism": run.ram, "errors": [asdict(e) for e in run.errors], "wall_s": run.wall_s,
+        "timeline": {"start_s": run.start_s, "proc_ms": run.proc_ms, "dropped": np.flatnonzero(run.dropped),
+                     "off": np.flatnonzero(run.lost_off), "learned_t": [e.t for e in run.learned]},
+    }
+    return {"results": results, "measured": measured}
 
 
 def _pct(v: Any) -> str:
