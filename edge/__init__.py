@@ -1,10 +1,16 @@
 """Edge side: runs a frozen backbone and trains a small head on the device.
 
-What lives here: the manifest (`manifest`, its schema is the consumer's), backbone runtimes behind
-one interface (`runtimes`, `preprocess`), the seams (`base`: the `Head` protocol and the
-`Standardizer`), trainable heads (`heads` in NumPy, `tflite_head` inside a ``.tflite`` file), the
-replay buffer (`buffer`), continual-learning strategies (`strategies`), the `Agent` (`agent`),
-atomic checkpoints (`checkpoint`, `atomic`), errors (`errors`) and the on-device CLI (`cli`).
+What lives here, by role:
+
+- the model: `manifest` (the host-device contract), `models` (the shipped default model),
+  `model_store` (``--model NAME``, bundle install), `runtimes` (backbones behind one interface),
+  `preprocess` and `images` (frames and image files to model input);
+- learning: `config` (`AgentConfig` and its one settings table), `agent` (the `Agent`), `base`
+  (the `Head` protocol, the `Standardizer`), `heads` (NumPy) and `tflite_head` (inside a ``.tflite``
+  file), `buffer` (replay), `strategies`, `stats` (class statistics), `openset` (the "unknown" rule);
+- state on disk: `checkpoint`, `atomic`, `lock`;
+- `errors`, `version`, the ``edge-agent`` command (`cli`) and `device` (what ``edge-agent run``
+  adds: frame sources, the device loop, events, labels, the HTTP API and the teach page).
 
 What must never be imported from here: ``tensorflow`` / ``keras`` (a device has neither; a test
 checks that a full learn/predict cycle never loads them), ``host`` (the workstation tool) and

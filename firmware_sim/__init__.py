@@ -6,7 +6,10 @@ Layout, by role (imports point downwards only):
 - ``cache.py``: the on-disk cache directory and the test-set embedding cache.
 - ``loop/``: the simulated device loop (embed once, learn batch by batch, evaluate, measure).
 - ``measure/``: metrics and report writers (JSON, CSV, Markdown, plots).
-- ``commands/``: the ``edge-sim`` command line and the experiment runner behind it.
+- ``device/``: ``edge-sim device``, the real device loop in a child process at a frame clock, with a
+  teacher, budgets and power cuts.
+- ``sweep/``: ``edge-sim sweep``, grids of runs on local processes or Ray.
+- ``commands/``: the ``edge-sim`` command line (one module per command) and the experiment runner.
 - ``studies/``: scripts that generate docs (``python -m firmware_sim.studies.strategy_report``);
   nothing in the library imports them.
 
