@@ -1,6 +1,7 @@
 # Two commands matter (see README):
 #   make run    set up the edge + simulator environment and run the main job (edge-sim)
 #   make test   set up everything (host TensorFlow side included) and run the whole test suite
+# While working: `make test-fast` (type check, then the suite without the tests marked slow).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
@@ -9,7 +10,7 @@ BIN     = $(VENV)/bin
 TFLRT_VENV ?= .venv-tflrt
 TFLRT_BIN   = $(TFLRT_VENV)/bin
 
-.PHONY: run test setup-run setup-test setup-browser setup-tflrt test-tflrt bench default-model pretrained-model clean
+.PHONY: run test test-fast setup-run setup-test setup-browser setup-tflrt test-tflrt bench default-model pretrained-model clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +56,12 @@ test: setup-test setup-tflrt
 	$(BIN)/python -m pytest -q
 	$(BIN)/python -m pytest bench/ -q --benchmark-disable -p no:cacheprovider -o addopts=-ra
 	$(TFLRT_TESTS)
+
+# The inner loop: type check and the suite less the tests marked `slow` (each over ~10 s: model
+# builds, the wheel, the browser, Ray, exhaustive fuzzing). No bench/, no .venv-tflrt slice.
+test-fast: setup-test
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # The fallback slice, in .venv-tflrt: tests/test_tflite_runtime_compat.py (asserts tflite_runtime
 # served every backbone and compares with ai_edge_litert run by the main venv) plus the contract
