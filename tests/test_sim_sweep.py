@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import tomllib
 from pathlib import Path
@@ -17,6 +18,7 @@ from firmware_sim.commands.cli import main as sim_main
 from firmware_sim.measure.metrics import mean_std
 from firmware_sim.sweep.embeddings import count_passes
 from firmware_sim.sweep.grid import expand, load_grid, parse_grid
+from firmware_sim.sweep.plots import place_labels
 from firmware_sim.sweep.results import flat_metrics, pareto_front
 from firmware_sim.sweep.tasks import CRASH_ENV
 
@@ -100,6 +102,20 @@ def test_pareto_front_keeps_points_nothing_beats() -> None:
     assert pareto_front([(0, 0.2), (10, 0.6), (5, 0.6), (20, 0.9), (30, 0.8)]) == [0, 2, 3]
 
 
+def test_plot_numbers_overlap_neither_points_nor_each_other_and_stay_inside() -> None:
+    # a cluster: eight points within a few pixels of each other, two on the panel's edge
+    points = [(100.0 + 3 * (i % 3), 100.0 + 2 * i) for i in range(8)] + [(2.0, 50.0), (198.0, 198.0)]
+    texts = [str(i + 1) for i in range(len(points))]
+    area = (0.0, 0.0, 200.0, 200.0)
+    boxes = place_labels(points, texts, area, (6.0, 12.0))
+    for i, box in enumerate(boxes):
+        assert area[0] <= box[0] < box[2] <= area[2] and area[1] <= box[1] < box[3] <= area[3], box
+        for x, y in points:  # no number covers any point (its marker box)
+            assert not (box[0] < x + 5 and x - 5 < box[2] and box[1] < y + 5 and y - 5 < box[3]), (texts[i], x, y)
+        for other in boxes[:i]:
+            assert not (box[0] < other[2] and other[0] < box[2] and box[1] < other[3] and other[1] < box[3])
+
+
 # --------------------------------------------------------------------------- local sweep
 
 
@@ -128,6 +144,51 @@ def test_local_sweep_embeds_each_stream_once_and_merges_every_metric(first_sweep
     assert {float(r["memory.replay_bytes_mean"]) for r in replay} == {
         c["summary"]["memory.replay_bytes"]["mean"] for c in confs if c["strategy"] == "replay"}
     assert (first_sweep / "pareto_ni.png").stat().st_size > 1000
+
+
+def test_summary_md_is_a_rounded_table_with_named_columns_and_the_best_row_marked(first_sweep: Path) -> None:
+    text = (first_sweep / "summary.md").read_text()
+    confs = results(first_sweep)["configurations"]
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| #")]
+    header = next(line for line in text.splitlines() if line.startswith("| #"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns[:4] == ["#", "", "strategy", "buffer_capacity"]  # the grid's varied key is a column
+    for name in ("runs", "final acc %", "avg acc %", "forgetting %", "train ms/batch", "predict p50 ms",
+                 "replay KiB", "state on disk KiB"):
+        assert name in columns
+    assert "mean_mean" not in text and "train_ms_per_batch" not in text
+    assert len(rows) == len(confs) == 4 and text.count("## ni") == 1
+    cells = [dict(zip(columns, (c.strip() for c in row.strip("|").split("|")))) for row in rows]
+    for number in re.findall(r"-?\d+\.\d+", text):  # nothing printed with more than 3 decimals
+        assert len(number.split(".")[1]) <= 3, number
+    by_label = {c["label"]: c for c in confs}
+    for cell in cells:
+        conf = by_label[f"{cell['strategy']} buffer_capacity={cell['buffer_capacity']}"]
+        acc = conf["summary"]["final_accuracy"]
+        assert cell["final acc %"] == f"{acc['mean'] * 100:.1f} ± {acc['std'] * 100:.1f}"
+        assert cell["runs"] == "2"
+    best = max(c["summary"]["final_accuracy"]["mean"] for c in confs)
+    marked = [c for c in cells if c[""] == "**best**"]
+    assert marked and all(float(c["final acc %"].split(" ")[0]) == round(best * 100, 1) for c in marked)
+    assert [c["buffer_capacity"] for c in cells if c["strategy"] == "replay"] == ["50", "200"]  # numeric order
+
+
+def test_progress_lines_name_each_finished_cell_when_stderr_is_no_terminal(
+        first_sweep: Path, grid_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "copy"
+    shutil.copytree(first_sweep, out)
+    lost = sorted(cell_results(out))[:2]
+    for key in lost:
+        (out / "cells" / f"{key}.json").unlink()
+    capsys.readouterr()
+    assert sim_main(["sweep", "--grid", str(grid_file), "--out", str(out), "--workers", "2"]) == 0
+    err = capsys.readouterr().err  # pytest's capture is not a terminal: plain lines, no bar
+    lines = [line for line in err.splitlines() if line.startswith("sweep cells:")]
+    assert lines[0] == "sweep cells: 0/2 started"
+    assert len(lines) == 3 and {line.split()[3] for line in lines[1:]} == set(lost)
+    for i, line in enumerate(lines[1:], 1):
+        assert re.fullmatch(rf"sweep cells: {i}/2 \w{{20}} \(ni (naive|replay) .*run [01]\), \d+ s elapsed", line)
+    assert "\r" not in err
 
 
 def test_a_cell_equals_edge_sim_run_of_the_same_configuration(first_sweep: Path, generated: Path,
@@ -168,12 +229,14 @@ def test_report_rerenders_results_and_plots(first_sweep: Path, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "copy"
     shutil.copytree(first_sweep, out)
-    for name in ("results.csv", "results.json", "pareto_ni.png"):
+    for name in ("results.csv", "results.json", "pareto_ni.png", "summary.md"):
         (out / name).unlink()
     assert sim_main(["sweep", "--report", str(out)]) == 0
     assert "4 configurations" in capsys.readouterr().out
     assert (out / "results.csv").read_text() == (first_sweep / "results.csv").read_text()
     assert (out / "pareto_ni.png").is_file()
+    rerendered, first = ((d / "summary.md").read_text() for d in (out, first_sweep))
+    assert rerendered.split("## ni")[1] == first.split("## ni")[1]  # the same table (the header facts were lost)
     assert sim_main(["sweep", "--report", str(tmp_path / "empty")]) == 2
     assert "expected finished cells" in capsys.readouterr().err
 

@@ -7,7 +7,6 @@ The work lives in :mod:`firmware_sim.sweep`; this module only maps flags onto
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 __all__ = ["register", "sweep_command"]
@@ -20,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "and their parameters, buffer sizes and storages, head backends, less an exclude list). "
                     "Each stream is embedded once and shared by its cells; finished cells are kept by "
                     "configuration hash, so a rerun recomputes none. Writes results.csv, results.json "
-                    "(mean +- std over runs) and Pareto plots per scenario. See docs/sweep-example.toml.")
+                    "(mean +- std over runs), summary.md (rounded table) and Pareto plots per scenario. "
+                    "See docs/sweep-example.toml.")
     p.add_argument("--grid", help="grid TOML file (see docs/sweep-example.toml)")
     p.add_argument("--out", help="output directory (cells/, cache/, results.*, plots)")
     p.add_argument("--report", metavar="DIR", help="re-render results and plots of a sweep folder; runs nothing")
@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-retries", type=int, default=3, help="retries of a job whose worker died (default 3)")
     p.add_argument("--cache", default=None, help="embedded-stream cache directory (default OUT/cache)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="hide progress (a bar on a terminal; in a log, one line per finished cell)")
     p.set_defaults(func=sweep_command)
 
 
@@ -53,7 +54,7 @@ def sweep_command(args: argparse.Namespace) -> int:
     try:
         facts = run_sweep(args.grid, args.out, executor=args.executor, workers=args.workers,
                           ray_address=args.ray_address, max_retries=args.max_retries, cache_dir=args.cache,
-                          progress=not args.no_progress and sys.stderr.isatty(), plots=not args.no_plots)
+                          progress=not args.no_progress, plots=not args.no_plots)  # plain lines when no tty
     except SweepFailed as exc:
         _print(exc.facts, args.out)
         raise

@@ -14,15 +14,17 @@ import logging
 import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TextIO
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Executor", "LocalExecutor", "RayExecutor", "default_workers", "make_executor"]
+__all__ = ["Executor", "JobProgress", "LocalExecutor", "RayExecutor", "default_workers", "make_executor"]
 
 Job = tuple[Callable[..., Any], dict[str, Any]]
 
@@ -39,10 +41,79 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _progress(total: int, desc: str, enabled: bool) -> Any:
-    from tqdm import tqdm
+Label = Callable[[str], str]
 
-    return tqdm(total=total, desc=desc, unit="job", disable=not enabled, leave=False, dynamic_ncols=True)
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # a closed or file-like stream without isatty
+        return False
+
+
+class JobProgress:
+    """Finished jobs of one stage: a tqdm bar on a terminal, one plain line per job in a log.
+
+    On a stream that is not a terminal (``edge-sim sweep ... 2> log``, CI) each finished job writes
+    ``<desc>: i/N <job label>, <elapsed> elapsed`` (the label from ``label(job_id)``), as
+    ``edge-sim run`` and ``device`` write plain lines there. ``enabled=False`` shows nothing.
+
+    Example:
+        >>> import io
+        >>> out = io.StringIO()
+        >>> with JobProgress(2, "sweep cells", True, label=str.upper, stream=out) as bar:
+        ...     bar.done("a1"); bar.done("b2")
+        >>> out.getvalue().splitlines()[1].startswith("sweep cells: 1/2 A1, 0 s elapsed")
+        True
+    """
+
+    def __init__(self, total: int, desc: str, enabled: bool, label: Label | None = None,
+                 stream: TextIO | None = None) -> None:
+        self.total, self.desc, self.n = total, desc, 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.label = label or str
+        self.enabled = enabled and total > 0
+        self._bar: Any = None
+        self._started = time.perf_counter()
+        if not self.enabled:
+            return
+        if _isatty(self.stream):
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=desc, unit="job", leave=False, dynamic_ncols=True, file=self.stream)
+        else:
+            self._line(f"{desc}: 0/{total} started")
+
+    def _line(self, text: str) -> None:
+        try:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):  # a closed pipe must not stop the sweep
+            self.enabled = False
+
+    def done(self, job_id: str, failed: bool = False) -> None:
+        """One more job finished (``failed``: it raised or its worker kept dying)."""
+        self.n += 1
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(1)
+            return
+        elapsed = time.perf_counter() - self._started
+        shown = f"{elapsed:.0f} s" if elapsed < 120 else f"{elapsed / 60:.1f} min"
+        self._line(f"{self.desc}: {self.n}/{self.total} {self.label(job_id)}{' FAILED' if failed else ''}, "
+                   f"{shown} elapsed")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self) -> JobProgress:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()
 
 
 class Executor:
@@ -51,7 +122,9 @@ class Executor:
     name = "base"
     retries = 0  # worker deaths retried so far
 
-    def run(self, jobs: dict[str, Job], desc: str = "") -> Iterator[tuple[str, Any]]:  # pragma: no cover
+    def run(self, jobs: dict[str, Job], desc: str = "",
+            label: Label | None = None) -> Iterator[tuple[str, Any]]:  # pragma: no cover
+        """Yield ``(job_id, result or exception)`` as jobs finish; progress names a job ``label(job_id)``."""
         raise NotImplementedError
 
     def share(self, value: Any) -> Any:
@@ -122,20 +195,20 @@ class LocalExecutor(Executor):
     def close(self) -> None:
         self._close_pool()
 
-    def run(self, jobs: dict[str, Job], desc: str = "") -> Iterator[tuple[str, Any]]:
+    def run(self, jobs: dict[str, Job], desc: str = "", label: Label | None = None) -> Iterator[tuple[str, Any]]:
         pending = dict(jobs)
         attempts = {job_id: 0 for job_id in jobs}  # worker deaths while the job was executing
         context = multiprocessing.get_context("spawn")  # never fork a process holding runtime threads
         markers = Path(tempfile.mkdtemp(prefix="edge-sim-sweep-"))
         marker = {job_id: str(markers / f"{i}.running") for i, job_id in enumerate(jobs)}
         try:
-            yield from self._rounds(pending, attempts, marker, context, desc)
+            yield from self._rounds(pending, attempts, marker, context, desc, label)
         finally:
             shutil.rmtree(markers, ignore_errors=True)
 
     def _rounds(self, pending: dict[str, Job], attempts: dict[str, int], marker: dict[str, str], context: Any,
-                desc: str) -> Iterator[tuple[str, Any]]:
-        with _progress(len(pending), desc, self.progress) as bar:
+                desc: str, label: Label | None) -> Iterator[tuple[str, Any]]:
+        with JobProgress(len(pending), desc, self.progress, label) as bar:
             while pending:
                 broken: list[str] = []
                 pool = self._pool_for(context)
@@ -153,7 +226,7 @@ class LocalExecutor(Executor):
                             broken.append(job_id)
                             continue
                         del pending[job_id]
-                        bar.update(1)
+                        bar.done(job_id, failed=exc is not None)
                         yield job_id, exc if exc is not None else future.result()
                 running = [j for j in broken if os.path.exists(marker[j])]  # executing when the worker died
                 for job_id in running or broken:  # none executing (a worker died starting): charge them all
@@ -163,7 +236,7 @@ class LocalExecutor(Executor):
                 for job_id in broken:
                     if attempts[job_id] > self.max_retries:
                         del pending[job_id]
-                        bar.update(1)
+                        bar.done(job_id, failed=True)
                         yield job_id, WorkerDied(f"job {job_id}: a worker died while it ran, {attempts[job_id]} "
                                                  f"time(s); expected at most {self.max_retries} retries")
                 if broken:
@@ -214,11 +287,11 @@ class RayExecutor(Executor):
     def share(self, value: Any) -> Any:
         return self._ray.put(value)
 
-    def run(self, jobs: dict[str, Job], desc: str = "") -> Iterator[tuple[str, Any]]:
+    def run(self, jobs: dict[str, Job], desc: str = "", label: Label | None = None) -> Iterator[tuple[str, Any]]:
         ray = self._ray
         refs = {self._task(fn).remote(**kwargs): job_id for job_id, (fn, kwargs) in jobs.items()}
         remaining = list(refs)
-        with _progress(len(refs), desc, self.progress) as bar:
+        with JobProgress(len(refs), desc, self.progress, label) as bar:
             while remaining:
                 done, remaining = ray.wait(remaining, num_returns=1)
                 for ref in done:
@@ -230,7 +303,7 @@ class RayExecutor(Executor):
                     except ray.exceptions.WorkerCrashedError as exc:
                         value = WorkerDied(f"job {refs[ref]}: its worker died more than {self.max_retries} "
                                            f"times ({exc})")
-                    bar.update(1)
+                    bar.done(refs[ref], failed=isinstance(value, BaseException))
                     yield refs[ref], value
 
     def close(self) -> None:

@@ -4,13 +4,14 @@ Every scalar metric of a cell's ``report.json`` run entry (`RunResult.to_dict`: 
 forgetting, timings, latency, memory; nested keys dotted, e.g. ``memory.replay_bytes``) is averaged
 over the runs of its configuration with `firmware_sim.measure.metrics.mean_std` (sample std).
 ``results.json`` keeps the configuration and the per-run values; ``results.csv`` has one column
-pair ``<metric>_mean`` / ``<metric>_std`` per metric. Plots, one pair per scenario: final accuracy
-against replay bytes and against training ms per batch, with the Pareto front (no other point is
-both cheaper and more accurate) marked.
+pair ``<metric>_mean`` / ``<metric>_std`` per metric (full precision, for programs);
+``summary.md`` (`firmware_sim.sweep.summary`) is the rounded table a person reads. Plots
+(`firmware_sim.sweep.plots`), one pair per scenario: final accuracy against replay bytes and against
+training ms per batch, with the Pareto front (no other point is both cheaper and more accurate) marked.
 
 Example:
-    >>> pareto_front([(1, 0.5), (2, 0.7), (3, 0.6), (2, 0.4)])
-    [0, 1]
+    >>> flat_metrics({"final_accuracy": 0.5, "memory": {"replay_bytes": 1024}, "label": "naive"})
+    {'final_accuracy': 0.5, 'memory.replay_bytes': 1024.0}
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from edge.atomic import atomic_write
 from firmware_sim.measure.metrics import mean_std
 from firmware_sim.measure.report import to_jsonable
 from firmware_sim.sweep.grid import Cell, describe, varying_keys
+from firmware_sim.sweep.plots import pareto_front, plot_scenario
+from firmware_sim.sweep.summary import summary_markdown
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +101,19 @@ def merge(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "per_run": per_run,
             "cell_seconds": mean_std(float(r["seconds"]) for r in members),
         })
-    merged.sort(key=lambda g: (str(g["scenario"]), str(g["label"])))
+    merged.sort(key=lambda g: (str(g["scenario"]), _natural(str(g["label"]))))
     return merged
+
+
+def _natural(label: str) -> list[tuple[int, float, str]]:
+    """Sort key comparing a label's numbers as numbers ("buffer_capacity=50" before "=200")."""
+    parts: list[tuple[int, float, str]] = []
+    for word in label.replace("=", " = ").split():
+        try:
+            parts.append((0, float(word), ""))
+        except ValueError:
+            parts.append((1, 0.0, word))
+    return parts
 
 
 def _csv_text(merged: Sequence[Mapping[str, Any]]) -> str:
@@ -122,62 +136,19 @@ def _csv_text(merged: Sequence[Mapping[str, Any]]) -> str:
 
 
 def write_results(out_dir: str | Path, merged: Sequence[Mapping[str, Any]], sweep: Mapping[str, Any]) -> None:
-    """``results.json`` (``sweep`` facts + merged configurations) and ``results.csv``, atomically."""
+    """``results.json`` (``sweep`` facts + merged configurations), ``results.csv`` and ``summary.md``, atomically."""
     out = Path(out_dir)
     data = to_jsonable({"sweep": sweep, "configurations": list(merged)})
     text = json.dumps(data, indent=2, allow_nan=False) + "\n"
     atomic_write(out / "results.json", lambda handle: handle.write(text), text=True)
     table = _csv_text(merged)
     atomic_write(out / "results.csv", lambda handle: handle.write(table), text=True)
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the (cost, accuracy) points no other point beats (cost <= and accuracy >=, one strictly)."""
-    front = []
-    for i, (cost, acc) in enumerate(points):
-        dominated = any((c <= cost and a >= acc) and (c < cost or a > acc) for j, (c, a) in enumerate(points)
-                        if j != i)
-        if not dominated and not (math.isnan(cost) or math.isnan(acc)):
-            front.append(i)
-    return sorted(front, key=lambda i: points[i][0])
-
-
-def _plot_scenario(path: Path, scenario: str, groups: Sequence[Mapping[str, Any]]) -> Path | None:
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        log.warning("matplotlib is not installed (pip install 'edge-continual[sim]'): sweep plots skipped")
-        return None
-    fig = Figure(figsize=(12, 5), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2)
-    y = [g["summary"]["final_accuracy"]["mean"] * 100 for g in groups]
-    yerr = [g["summary"]["final_accuracy"]["std"] * 100 for g in groups]
-    for ax, metric, xlabel in ((axes[0], "memory.replay_bytes", "replay buffer (KiB)"),
-                               (axes[1], "train_ms_per_batch.mean", "training time per batch (ms)")):
-        scale = 1024.0 if metric == "memory.replay_bytes" else 1.0
-        x = [g["summary"].get(metric, {"mean": math.nan})["mean"] / scale for g in groups]
-        ax.errorbar(x, y, yerr=[0 if math.isnan(e) else e for e in yerr], fmt="o", color="tab:blue",
-                    ecolor="lightgray", capsize=3, label="configuration (mean +- std over runs)")
-        front = pareto_front(list(zip(x, y)))
-        if front:
-            ax.step([x[i] for i in front], [y[i] for i in front], where="post", color="tab:red", lw=1.2)
-            ax.scatter([x[i] for i in front], [y[i] for i in front], s=90, facecolors="none",
-                       edgecolors="tab:red", label="Pareto front")
-        for xi, yi, g in zip(x, y, groups):
-            ax.annotate(str(g["label"]), (xi, yi), fontsize=7, xytext=(4, 3), textcoords="offset points")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("final test accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"{scenario}: accuracy against memory and training cost")
-    atomic_write(path, lambda handle: fig.savefig(handle, format="png"))
-    return path
+    summary = summary_markdown(merged, sweep)
+    atomic_write(out / "summary.md", lambda handle: handle.write(summary), text=True)
 
 
 def render(out_dir: str | Path, sweep: Mapping[str, Any] | None = None, plots: bool = True) -> list[dict[str, Any]]:
-    """Merge the finished cells under ``out_dir`` and (re)write results.json, results.csv and the plots."""
+    """Merge the finished cells under ``out_dir``; (re)write results.json, results.csv, summary.md and plots."""
     out = Path(out_dir)
     records = load_records(out)
     if not records:
@@ -190,5 +161,5 @@ def render(out_dir: str | Path, sweep: Mapping[str, Any] | None = None, plots: b
     if plots:
         for scenario in sorted({str(g["scenario"]) for g in merged}):
             safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in scenario)
-            _plot_scenario(out / f"pareto_{safe}.png", scenario, [g for g in merged if g["scenario"] == scenario])
+            plot_scenario(out / f"pareto_{safe}.png", scenario, [g for g in merged if g["scenario"] == scenario])
     return merged

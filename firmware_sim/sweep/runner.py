@@ -70,7 +70,7 @@ class _Idle(Executor):
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def run(self, jobs: dict[str, Any], desc: str = "") -> Iterator[tuple[str, Any]]:
+    def run(self, jobs: dict[str, Any], desc: str = "", label: Any = None) -> Iterator[tuple[str, Any]]:
         if jobs:
             raise ValueError(f"no executor for {len(jobs)} job(s): expected none")
         return iter(())
@@ -84,6 +84,22 @@ def _crash_hook() -> tuple[str, str] | None:
     if not sep or not prefix or not marker:
         raise ValueError(f"{CRASH_ENV}: expected KEYPREFIX:MARKER_PATH, got {value!r}")
     return prefix, marker
+
+
+def _spec_label(spec: dict[str, Any]) -> str:
+    return f"{spec['data']} {spec['scenario']} run {spec['run']}"
+
+
+def _cell_label(cell: Cell) -> str:
+    """``<key> (<scenario> <strategy> <agent settings that differ from the defaults> run <n>)`` for a log line."""
+    from edge.agent import AgentConfig
+
+    defaults = AgentConfig().to_dict()
+    shown = {k: v for k, v in cell.agent.items()
+             if k not in ("strategy", "seed", "strategy_params", "head_file") and defaults.get(k) != v}
+    shown.update(cell.agent.get("strategy_params", {}))
+    settings = "".join(f" {k}={v}" for k, v in sorted(shown.items()))
+    return f"{cell.key} ({cell.sim['scenario']} {cell.agent['strategy']}{settings} run {cell.sim['run']})"
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -122,7 +138,8 @@ def run_sweep(grid: Grid | str | Path, out_dir: str | Path, *, executor: str | E
         spec_of = {json.dumps(c.stream_spec, sort_keys=True): c.stream_spec for c in todo}
         resolved: dict[str, str] = {}
         for text, value in runner.run({t: (resolve_stream, {"spec": s, "threads": threads})
-                                       for t, s in spec_of.items()}, desc="streams"):
+                                       for t, s in spec_of.items()}, desc="sweep streams",
+                                      label=lambda t: _spec_label(spec_of[t])):
             if isinstance(value, BaseException):
                 raise ValueError(f"stream {spec_of[text]['data']} {spec_of[text]['scenario']} run "
                                  f"{spec_of[text]['run']}: {value}") from value
@@ -135,7 +152,8 @@ def run_sweep(grid: Grid | str | Path, out_dir: str | Path, *, executor: str | E
                                     "return_arrays": shared})
                    for k, spec in specs.items() if not cache.has(k)}
         handles: dict[str, Any] = {}
-        for key, value in runner.run(missing, desc="embed"):
+        for key, value in runner.run(missing, desc="sweep embed",
+                                     label=lambda k: f"stream {k} ({_spec_label(specs[k])})"):
             if isinstance(value, BaseException):
                 failures[f"stream {key}"] = f"{type(value).__name__}: {value}"
                 continue
@@ -160,7 +178,8 @@ def run_sweep(grid: Grid | str | Path, out_dir: str | Path, *, executor: str | E
             jobs[cell.key] = (run_cell, {"cell": cell.to_dict(), "stream_key": skey,
                                          "cache_dir": str(cache.directory), "embedded": handles.get(skey),
                                          "crash": crash})
-        for key, value in runner.run(jobs, desc="cells"):
+        by_key = {c.key: c for c in todo}
+        for key, value in runner.run(jobs, desc="sweep cells", label=lambda k: _cell_label(by_key[k])):
             if isinstance(value, BaseException):
                 failures[key] = f"{type(value).__name__}: {value}"
                 log.warning("cell %s failed: %s", key, failures[key])
