@@ -136,6 +136,10 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _budget(mb: Any) -> str:
+    return "none" if not mb else f"{mb:g} MB"
+
+
 def summary_markdown(report: dict[str, Any]) -> str:
     """``summary.md``: what was run (data, model, strategy, device, machine), then the table and failures."""
     o, b, bud = report["options"], report["backbone"], report["budgets"]
@@ -147,8 +151,8 @@ def summary_markdown(report: dict[str, Any]) -> str:
         f"{s['batches']} batches, {s['test_frames']} test frames ({report['test']}), {s['classes']} classes",
         f"- model: {b['name']} ({b['runtime']} {b['precision']}, threads {b['threads'] or 'runtime default'}), "
         f"strategy {report['strategy']}",
-        f"- device: {bud['device']} ({bud['source']}); RAM budget "
-        f"{bud['ram_budget_mb'] or 'none'} MB, flash budget {bud['flash_budget_mb'] or 'none'} MB",
+        f"- device: {bud['device']} ({bud['source']}); RAM budget: "
+        f"{_budget(bud['ram_budget_mb'])}, flash budget: {_budget(bud['flash_budget_mb'])}",
         f"- clock: {'wall time (--realtime)' if o['realtime'] else 'simulated'}, {o['fps']:g} fps, deadline "
         f"{o['frame_deadline_ms'] or 1000 / o['fps']:.1f} ms; teacher: share {o['label_share']:g}, delay "
         f"{o['label_delay_s']:g} s, bursts of {o['burst']} frames; power cuts {o['power_cuts']} "
@@ -174,33 +178,62 @@ def summary_markdown(report: dict[str, Any]) -> str:
 
 
 def _plot_timeline(path: Path, name: str, entry: dict[str, Any], deadline_ms: float) -> None:
-    fig = _new_figure(10.0, 4.0)
+    """Per-frame time against the deadline (dots, with the p50 and p95 of each time bin) and, below,
+    teach bursts learned and frames dropped per time bin; the device's off periods shaded. Counts per
+    bin stay readable with thousands of bursts, where a tick per burst merges into a solid block."""
+    fig = _new_figure(10.0, 5.2)
     if fig is None:
         return
     tl = entry["measured"]["timeline"]
     start = np.asarray([np.nan if v is None else v for v in tl["start_s"]], float)
     proc = np.asarray([np.nan if v is None else v for v in tl["proc_ms"]], float)
-    ax = fig.add_subplot()
-    ok = ~np.isnan(start)
-    ax.plot(start[ok], proc[ok], ",", color="tab:blue", label="frame processing ms")
-    ax.axhline(deadline_ms, color="tab:red", linewidth=0.8, label=f"deadline {deadline_ms:.1f} ms")
-    fps = len(start) / max(np.nanmax(start) if ok.any() else 1.0, 1e-9)
-    if tl["learned_t"]:
-        ax.vlines(tl["learned_t"], 0, deadline_ms * 0.1, color="tab:green", linewidth=0.3, label="teach burst learned")
-    idx = np.arange(len(start))
-    for key, color, label in (("dropped", "tab:orange", "dropped"), ("off", "tab:gray", "device off")):
-        marks = np.asarray(tl[key], int)
-        if marks.size:
-            ax.plot(idx[marks] / fps, np.full(marks.size, deadline_ms * 1.05), "|", color=color, label=label)
-    for cut in entry["results"]["power_cuts"]:
-        ax.axvline(cut["t"], color="black", linestyle="--", linewidth=0.8)
-    if entry["results"]["power_cuts"]:
-        ax.plot([], [], "k--", label="power cut")
-    ax.set_yscale("log")
-    ax.set_xlabel("stream time (s)")
-    ax.set_ylabel("ms")
-    ax.set_title(f"{name}: per-frame processing, teach bursts, drops and power cuts")
-    ax.legend(loc="upper right", fontsize="small")
+    ok = ~np.isnan(start) & ~np.isnan(proc)
+    end = float(np.nanmax(start)) if ok.any() else 1.0
+    fps = len(start) / max(end, 1e-9)
+    frame_t = np.arange(len(start)) / fps  # stream time of frames never started (dropped, device off)
+    edges = np.linspace(0.0, max(end, 1e-9), min(120, max(10, len(start) // 50)) + 1)
+    width = float(edges[1] - edges[0])
+    centres = (edges[:-1] + edges[1:]) / 2
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1.4])
+    top.plot(start[ok], proc[ok], ",", color="tab:blue", alpha=0.5, label="frame processing ms")
+    which = np.clip(np.digitize(start[ok], edges) - 1, 0, len(centres) - 1)
+    per_bin = [proc[ok][which == i] for i in range(len(centres))]
+    filled = np.asarray([v.size > 0 for v in per_bin])
+    if filled.any():
+        for q, style, label in ((50, "-", "p50 per bin"), (95, "--", "p95 per bin")):
+            values = np.asarray([np.percentile(v, q) if v.size else np.nan for v in per_bin])
+            top.plot(centres[filled], values[filled], style, color="navy", linewidth=1, label=label)
+    top.axhline(deadline_ms, color="tab:red", linewidth=0.8, label=f"deadline {deadline_ms:.1f} ms")
+    cuts = entry["results"]["power_cuts"]
+    off = np.asarray(tl["off"], int)
+    # contiguous runs of frames while off -> (first, last) frame of each period
+    breaks = np.flatnonzero(np.diff(off) > 1)
+    periods = list(zip(off[np.r_[0, breaks + 1]], off[np.r_[breaks, off.size - 1]])) if off.size else []
+    for ax in (top, bottom):
+        for cut in cuts:
+            ax.axvline(cut["t"], color="black", linestyle="--", linewidth=0.8)
+        for first, last in periods:
+            ax.axvspan(frame_t[first], frame_t[last] + 1 / fps, color="0.85", zorder=0)
+    if cuts:
+        top.plot([], [], "k--", linewidth=0.8, label=f"power cut ({len(cuts)})")
+    if periods:
+        top.fill_between([], [], color="0.85", label=f"device off ({off.size} frames)")
+    top.set_yscale("log")
+    top.set_ylabel("ms per frame")
+    top.set_title(f"{name}: per-frame processing, teach bursts, drops and power cuts")
+    top.legend(loc="upper right", fontsize="small", ncol=2)
+    series = (("learned_t", None, "tab:green", "teach bursts learned"),
+              ("dropped", frame_t, "tab:orange", "frames dropped"))
+    for key, times, color, label in series:
+        raw = np.asarray(tl[key], float if times is None else int)
+        at = raw if times is None else times[raw]
+        counts = np.histogram(at, bins=edges)[0]
+        bottom.step(centres, counts, where="mid", color=color, linewidth=1.2, label=f"{label} ({raw.size})")
+    bottom.set_ylabel(f"per {width:.3g} s")
+    bottom.set_xlabel("stream time (s)")
+    bottom.legend(loc="upper right", fontsize="small", ncol=2)
+    bottom.set_ylim(0, max(1.0, bottom.get_ylim()[1]) * 1.3)  # room for the legend
+    bottom.grid(alpha=0.3)
     _save(fig, path)
 
 
