@@ -41,6 +41,7 @@ import numpy as np
 
 from edge.base import Head, Standardizer
 from edge.buffer import ReplayBuffer, _rng_from_array, _rng_state_array
+from edge.config import HEAD_BACKENDS as HEAD_BACKENDS  # re-exported, as before edge.config
 from edge.config import AgentConfig as AgentConfig  # re-exported: `from edge.agent import AgentConfig`
 from edge.errors import ConfigError, InputError
 from edge.heads import make_head
@@ -272,7 +273,8 @@ class Agent:
         if unknown:
             return self.answer_embeddings(x, OpenSetPolicy(reject_novel=True, min_probability=0.0),
                                           validate=False).index
-        return self._proba_standardized(self._standardize(x)).argmax(axis=1).astype(np.int64)
+        labels: np.ndarray = self._proba_standardized(self._standardize(x)).argmax(axis=1).astype(np.int64)
+        return labels
 
     def novelty_embeddings(self, emb: np.ndarray) -> np.ndarray:
         """Open-set score per row (float64): normalised squared distance to the nearest learned
@@ -390,7 +392,8 @@ class Agent:
         classes is assumed, not known: ``d`` per row in standardised space)."""
         strategy_state, stats_state = strategy.split_legacy_state(dict(parts["strategy"]))
         openset_state = dict(parts["openset"])
-        old_open = {k: openset_state.pop(k) for k in ("count", "sum", "sq") if k in openset_state}
+        old_open: dict[str, np.ndarray] = {k: openset_state.pop(k) for k in ("count", "sum", "sq")
+                                           if k in openset_state}
         if parts["stats"]:
             if stats_state is not None or old_open:
                 raise InputError("agent state: expected class statistics once (stats.*), got them also "

@@ -45,7 +45,7 @@ from edge.checkpoint import FLOAT_LIMITS
 from edge.heads import HEADS, OPTIMIZERS
 from edge.manifest import FIT_POLICIES, Manifest
 from edge.preprocess import load_frame
-from edge.openset import UNKNOWN
+from edge.openset import MIN_PROBABILITY, OpenSetPolicy
 from edge.lock import DEFAULT_TIMEOUT_S, StateLock
 from edge.models import default_model_dir
 from edge.runtimes import open_backbone
@@ -198,50 +198,60 @@ def _cmd_learn(args: argparse.Namespace) -> int:
     return 0
 
 
+def _policy(args: argparse.Namespace) -> OpenSetPolicy:
+    """The "unknown" rule's knobs from ``--unknown-threshold`` / ``--reject-novel`` (predict, run)."""
+    if getattr(args, "closed_set", False):
+        logger.warning("--closed-set is deprecated: novelty rejection is off by default now; it means "
+                       "--unknown-threshold 0 (always a learned class)")
+        return OpenSetPolicy(reject_novel=False, min_probability=0.0)
+    return OpenSetPolicy(reject_novel=args.reject_novel, min_probability=args.unknown_threshold)
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
+    policy = _policy(args)
     agent, _, step, labels = _open(args)
     if step is None:
         raise InputError(f"state {args.state}: expected a learned state, got none (run learn first)")
-    emb = agent.embed(_frames_for(agent, args.images))
-    proba = labels.mask(agent.predict_proba_embeddings(emb))
-    # Open-set rejection (edge.openset), on unless --closed-set: "unknown" above the calibrated novelty.
-    novelty = agent.novelty_embeddings(emb)
-    unknown = np.zeros(len(novelty), bool) if args.closed_set else novelty > agent.openset.threshold
-    for path, row, nov, unk in zip(args.images, proba, novelty, unknown):
-        label = int(row.argmax())
-        name = "unknown" if unk else labels.name_of(label)
-        if args.json:
-            print(json.dumps({"path": path, "label": UNKNOWN if unk else label, "name": name,
-                              "probability": round(float(row[label]), 6), "unknown": bool(unk),
-                              "novelty": round(float(nov), 6) if np.isfinite(nov) else None}))
+    answer = agent.answer_many(_frames_for(agent, args.images), policy, exclude=labels.retired)
+    for row, path in enumerate(args.images):
+        fields = labels.answer_fields(answer, row)
+        if args.json:  # the keys of GET /prediction, plus the file
+            print(json.dumps({"path": path, **fields}))
         else:
-            print(f"{tsv_field(path)}\t{tsv_field(name)}\t{row[label]:.4f}")
+            print(f"{tsv_field(path)}\t{tsv_field(fields['label'])}\t{answer.score[row]:.4f}")
     return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
     agent, store, step, labels = _open(args)
     mem = agent.memory_bytes()
+    seen = agent.classes_seen().tolist()
     info = {
         "model": agent.backbone.manifest.name if agent.backbone is not None else None,
         "runtime": agent.backbone.info.runtime if agent.backbone is not None else None,
         "precision": agent.backbone.info.precision if agent.backbone is not None else None,
         "step": step or 0,
-        "classes_seen": agent.classes_seen().tolist(),
-        "class_names": {str(i): labels.name_of(i) for i in agent.classes_seen().tolist()},
+        "classes_seen": seen,
+        "classes": labels.classes(seen),
         "buffer_fill": len(agent.buffer),
         "buffer_capacity": agent.buffer.capacity,
         "buffer_bytes": mem["buffer"],
         "head_bytes": mem["head"],
         "strategy": agent.config.strategy,
         "strategy_bytes": mem["strategy"],
+        "state_bytes": mem["total"],
         "state_bytes_on_disk": store.disk_bytes(),
     }
     if args.json:
         print(json.dumps(info))
-    else:
-        for key, value in info.items():
-            print(f"{key}: {value}")
+        return 0
+    for key, value in info.items():
+        if key == "classes_seen":
+            continue  # the classes line names them
+        if key == "classes":
+            value = ", ".join(f"{c['name']} (index {c['index']}, {c['samples']} samples)"
+                              for c in info["classes"]) or "none"
+        print(f"{key}: {value}")
     return 0
 
 
@@ -250,8 +260,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from edge.device.loop import DeviceLoop, LoopOptions
     from edge.device.sources import open_source
 
-    options = LoopOptions(every=args.every, window=args.window, unknown_threshold=args.unknown_threshold,
-                          reject_novel=args.reject_novel,
+    policy = _policy(args)
+    options = LoopOptions(every=args.every, window=args.window, unknown_threshold=policy.min_probability,
+                          reject_novel=policy.reject_novel,
                           resize=args.resize, exit_at_end=args.exit_at_end, teach_batch=args.teach_batch)
     server = None
     if not args.no_http:
@@ -367,6 +378,16 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
 
 
+def _add_unknown_options(p: argparse.ArgumentParser, what: str) -> None:
+    """The "unknown" rule's options (`edge.openset.OpenSetPolicy`), the same for predict and run."""
+    p.add_argument("--unknown-threshold", type=_float_in(0.0, 1.0), default=MIN_PROBABILITY,
+                   help=f"answer 'unknown' when {what} is below this (default {MIN_PROBABILITY:g}; 0 disables)")
+    p.add_argument("--reject-novel", action="store_true",
+                   help="also answer 'unknown' when the agent's calibrated open-set score marks an image as "
+                        "novel (off by default: a taught object under new lighting counts as novel; for "
+                        "fixed scenes, see docs/openset.md)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser (exposed for documentation and tests)."""
     parser = _OneLineParser(
@@ -431,8 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", parents=[common], help="print label and probability per image")
     p.add_argument("--json", action="store_true",
                    help="one JSON object per image and line (default: TSV with escaped file names)")
+    _add_unknown_options(p, "its top probability")
     p.add_argument("--closed-set", action="store_true",
-                   help="always answer a learned class (default: 'unknown' for an image unlike anything learned)")
+                   help="deprecated: the same as --unknown-threshold 0 (always a learned class)")
     p.add_argument("images", nargs="+", help="image files")
     p.set_defaults(func=_cmd_predict)
 
@@ -455,11 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", default=None, metavar="FILE", help="append events here (default: stdout)")
     p.add_argument("--every", type=_int_in(1, 10_000), default=1, metavar="K", help="predict every K-th frame")
     p.add_argument("--window", type=_int_in(1, 1000), default=5, help="predictions averaged per answer (default 5)")
-    p.add_argument("--unknown-threshold", type=_float_in(0.0, 1.0), default=0.5,
-                   help="answer 'unknown' below this smoothed score (default 0.5; 0 disables)")
-    p.add_argument("--reject-novel", action="store_true",
-                   help="also answer 'unknown' when the agent's calibrated open-set score marks a frame as "
-                        "novel (strict: a taught object under new lighting counts as novel; for fixed scenes)")
+    _add_unknown_options(p, "the top probability averaged over --window frames (a file of a folder: its own)")
     p.add_argument("--resize", default=None, choices=FIT_POLICIES,
                    help="override how frames are fitted to the model input: squash, crop (fit shortest) or "
                         "letterbox (fit longest) (default: the model's own, preprocessing.fit of its manifest)")
@@ -479,6 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http", default="127.0.0.1:8080", metavar="HOST:PORT", help="the agent's address")
     p.add_argument("--token", default=os.environ.get("EDGE_AGENT_TOKEN"), help="bearer token")
     p.set_defaults(func=_cmd_teach)
+    from edge.model_store import add_models_subparser  # edge-agent models list|install
+    add_models_subparser(sub)
     return parser
 
 

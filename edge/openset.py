@@ -156,7 +156,8 @@ def exclude_classes(probabilities: np.ndarray, excluded: np.ndarray) -> np.ndarr
     out = np.array(probabilities, dtype=np.float64)
     out[..., excluded] = 0.0
     total = out.sum(axis=-1, keepdims=True)
-    return np.divide(out, total, out=np.zeros_like(out), where=total > 0)
+    result: np.ndarray = np.divide(out, total, out=np.zeros_like(out), where=total > 0)
+    return result
 
 
 class OpenSet:
@@ -240,7 +241,8 @@ class OpenSet:
         if mu.shape[0] == 0:
             return np.full(z.shape[0], np.inf)
         d2 = np.maximum((z * z).sum(1)[:, None] - 2.0 * z @ mu.T + mu_sq, 0.0)
-        return (d2 / spread).min(axis=1)
+        nearest: np.ndarray = (d2 / spread).min(axis=1)
+        return nearest
 
     @property
     def threshold(self) -> float:

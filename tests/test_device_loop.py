@@ -16,7 +16,8 @@ from edge.checkpoint import CheckpointStore, validate_agent_config
 from edge.device.config import check_stored, load_config, load_config_values
 from edge.device.events import EventWriter
 from edge.device.labels import LabelMap, UnknownClassError, split_state
-from edge.device.loop import DeviceLoop, LoopOptions, TeachQueueFull, is_unknown, restore_agent, rss_bytes
+from edge.device.loop import DeviceLoop, LoopOptions, TeachQueueFull, restore_agent, rss_bytes
+from edge.openset import OpenSetPolicy
 from edge.preprocess import fit_frame
 from edge.device.sources import Frame, FolderSource, FrameGrabber, IterableSource
 from edge.errors import ConfigError, InputError
@@ -254,6 +255,12 @@ def test_teach_requests_validate_queue_and_collect_by_seconds(backbone):
 
 def test_unknown_below_the_threshold_and_forget(backbone):
     inf = float("inf")
+
+    def is_unknown(top: float, novelty: float, threshold: float, p: float) -> bool:
+        return bool(OpenSetPolicy(reject_novel=True, min_probability=p).is_unknown(
+            np.array([top]), np.array([novelty]), threshold)[0])
+
+    assert LoopOptions(unknown_threshold=0.95, reject_novel=True).policy == OpenSetPolicy(True, 0.95)
     assert is_unknown(0.4, 0.0, inf, 0.5) and not is_unknown(0.6, 0.0, inf, 0.5)
     assert not is_unknown(0.1, 0.0, inf, 0.0) and is_unknown(float("nan"), 0.0, inf, 0.5)
     assert is_unknown(1.0, 9.0, 2.0, 0.0) and not is_unknown(1.0, 1.0, 2.0, 0.0)  # novelty alone

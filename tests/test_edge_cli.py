@@ -164,7 +164,8 @@ def test_predict_escapes_file_names_and_offers_json(tmp_path, pngs, capsys):
     assert main(["predict", *common, "--json", str(forged), paths[3]]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["path"] for r in rows] == [str(forged), paths[3]]
-    assert all(r["label"] in (0, 1) and 0 < r["probability"] <= 1 for r in rows)
+    # the keys of GET /prediction: label (the name; digits for an unnamed index), index, score
+    assert all(r["index"] in (0, 1) and r["label"] == str(r["index"]) and 0 < r["score"] <= 1 for r in rows)
 
 
 def test_corrupt_newest_checkpoint_warns_without_verbose_and_status_counts_every_byte(tmp_path, pngs):

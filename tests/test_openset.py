@@ -1,6 +1,7 @@
 """Open-set rejection (issue 12, "Knowing what it does not know"): a novelty score per prediction,
-a threshold calibrated on the agent's own data, `UNKNOWN` from `predict_many` and ``unknown`` from
-``edge-agent predict``."""
+a threshold calibrated on the agent's own data, `UNKNOWN` from `Agent.answer_many` with novelty
+rejection on, and ``unknown`` from ``edge-agent predict --reject-novel``. Novelty rejection is off
+by default (`edge.openset.OpenSetPolicy`); tests/test_answer.py checks the default."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 from _edge_common import backbone
 from edge.agent import Agent, AgentConfig
 from edge.errors import InputError
-from edge.openset import UNKNOWN, OpenSet, accuracy_at_false_accept, auroc
+from edge.openset import UNKNOWN, OpenSet, OpenSetPolicy, accuracy_at_false_accept, auroc
+from edge.stats import ClassStatistics
 from edge.strategies import STRATEGIES
 
 
@@ -35,25 +37,31 @@ def test_after_one_class_from_five_images_a_black_frame_is_unknown(strategy):
     agent = Agent(bb, AgentConfig(strategy=strategy, head=head, buffer_capacity=50))
     agent.learn_many(views[:5], np.zeros(5, np.int64))
     black = np.zeros((1, *views.shape[1:]), np.uint8)
-    assert agent.predict_many(black).tolist() == [UNKNOWN]
-    assert agent.predict_many(black, unknown=False).tolist() == [0]          # closed set: the one class
+    novel = OpenSetPolicy(reject_novel=True)
+    assert agent.answer_many(black, novel).index.tolist() == [UNKNOWN]
+    assert agent.predict_many(black, unknown=True).tolist() == [UNKNOWN]
+    assert agent.predict_many(black).tolist() == [0]                         # closed set: the one class
+    assert agent.answer_many(black).index.tolist() == [0]                    # the default: novelty off
     assert agent.predict_proba_many(black)[0, 0] == pytest.approx(1.0)       # unchanged
     # the training views themselves are known (calibrated at a 5 % false-reject rate)
-    assert (agent.predict_many(views[:5]) == 0).mean() >= 0.8
+    assert (agent.answer_many(views[:5], novel).index == 0).mean() >= 0.8
 
 
 def test_novelty_threshold_is_calibrated_to_the_false_reject_rate():
     rng = np.random.default_rng(0)
-    o = OpenSet(embedding_size=16, max_classes=5)
+    stats = ClassStatistics(max_classes=5, embedding_size=16)
+    o = OpenSet(stats)
     centres = rng.normal(size=(5, 16)) * 6
     for c in range(5):
-        o.update(centres[c] + rng.normal(size=(200, 16)), np.full(200, c))
+        z, y = centres[c] + rng.normal(size=(200, 16)), np.full(200, c)
+        stats.update(z, y)
+        o.calibrate(z, y)
     held_out = np.concatenate([centres[c] + rng.normal(size=(400, 16)) for c in range(5)])
     rejected = o.is_unknown(held_out).mean()
     assert 0.02 <= rejected <= 0.09, rejected
     far = rng.normal(size=(100, 16)) * 6 + 30
     assert o.is_unknown(far).all()
-    assert OpenSet(4, 3).threshold == float("inf")             # nothing learned: never unknown
+    assert OpenSet(ClassStatistics(3, 4)).threshold == float("inf")   # nothing learned: never unknown
 
 
 def test_openset_state_round_trips_through_a_checkpoint_and_old_files_still_load(tmp_path):
@@ -61,18 +69,20 @@ def test_openset_state_round_trips_through_a_checkpoint_and_old_files_still_load
     a = Agent(None, AgentConfig(strategy="ncm", max_classes=4), embedding_size=8)
     a.learn_embeddings(rng.normal(size=(30, 8)), rng.integers(0, 2, 30))
     state = a.state_dict()
-    assert {"openset.count", "openset.scores"} <= set(state)
+    assert {"stats.count", "openset.scores"} <= set(state) and "openset.count" not in state
     b = Agent(None, a.config, embedding_size=8)
     b.load_state_dict(state)
     probe = rng.normal(size=(10, 8)) * 3
     np.testing.assert_array_equal(a.predict_embeddings(probe, unknown=True), b.predict_embeddings(probe, unknown=True))
     old = {k: v for k, v in state.items() if not k.startswith("openset.")}
     c = Agent(None, a.config, embedding_size=8)
-    c.load_state_dict(old)                         # written before open-set rejection: it relearns
+    c.load_state_dict(old)                         # no calibration scores: it relearns them
     assert c.openset.threshold == float("inf")
-    bad = dict(state, **{"openset.count": np.zeros(3, np.int64)})
-    with pytest.raises(InputError, match="openset state 'count': expected int64"):
+    np.testing.assert_array_equal(a.predict_embeddings(probe), c.predict_embeddings(probe))
+    bad = dict(state, **{"openset.scores": np.zeros(3, np.float32)})
+    with pytest.raises(InputError, match="openset state 'scores': expected float32"):
         Agent(None, a.config, embedding_size=8).load_state_dict(bad)
+    # checkpoints written before the shared class statistics: tests/test_answer.py
 
 
 def test_auroc_and_accuracy_at_false_accept():
@@ -102,13 +112,13 @@ def test_edge_agent_predict_prints_unknown_for_a_black_frame(tmp_path, capsys):
     state = str(tmp_path / "state")
     assert main(["learn", "--state", state, "--label", "cup", *paths]) == 0
     capsys.readouterr()
-    assert main(["predict", "--state", state, "--json", str(black), paths[0]]) == 0
+    assert main(["predict", "--state", state, "--reject-novel", "--json", str(black), paths[0]]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert rows[0]["name"] == "unknown" and rows[0]["label"] == UNKNOWN and rows[0]["unknown"] is True
-    assert rows[1]["name"] == "cup" and rows[1]["unknown"] is False
-    assert main(["predict", "--state", state, str(black)]) == 0
+    assert rows[0]["label"] == "unknown" and rows[0]["index"] is None and rows[0]["unknown"] is True
+    assert rows[1]["label"] == "cup" and rows[1]["index"] == 0 and rows[1]["unknown"] is False
+    assert main(["predict", "--state", state, "--reject-novel", str(black)]) == 0
     assert capsys.readouterr().out.split("\t")[1] == "unknown"
-    assert main(["predict", "--state", state, "--closed-set", str(black)]) == 0
+    assert main(["predict", "--state", state, str(black)]) == 0    # the default: novelty rejection off
     assert capsys.readouterr().out.split("\t")[1] == "cup"
 
 

@@ -26,13 +26,19 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from edge.errors import InputError
+from edge.openset import Answer, exclude_classes
 
 PREFIX = "labels."
+#: What an unknown answer is called where users see it.
+UNKNOWN_NAME = "unknown"
+#: Classes listed with their probability in each answer (``top``).
+TOP_CLASSES = 5
 #: A class name: 1-64 printable characters, not only digits (digits mean an index), no ``/``.
 MAX_NAME_CHARS = 64
 _MAX_JSON_BYTES = 1 << 20
@@ -143,12 +149,41 @@ class LabelMap:
 
     def mask(self, proba: np.ndarray) -> np.ndarray:
         """Probabilities with retired classes zeroed and rows renormalised (a new array)."""
-        if not self.retired.any():
-            return proba
-        out = np.array(proba, dtype=np.float64)
-        out[..., self.retired] = 0.0
-        total = out.sum(axis=-1, keepdims=True)
-        return np.divide(out, total, out=np.zeros_like(out), where=total > 0)
+        return exclude_classes(proba, self.retired)
+
+    # ---------------------------------------------------------------- what users see
+    def answer_fields(self, answer: Answer, row: int = 0, top: int = TOP_CLASSES) -> dict[str, Any]:
+        """Row ``row`` of an `edge.openset.Answer` with names: ``label`` (the class name, or
+        ``"unknown"``), ``index`` (int, None when unknown), ``score`` (top probability), ``novelty``
+        (None when not finite), ``unknown`` and ``top`` (the ``top`` most probable classes,
+        ``{"label", "p"}``). The one mapping behind ``edge-agent predict --json``, the device loop's
+        events and ``GET /prediction``.
+
+        Example:
+            >>> from edge.openset import decide
+            >>> labels = LabelMap(3); _ = labels.index_for("cup", create=True)
+            >>> answer = decide(np.array([[0.75, 0.25, 0.0]]), np.array([1.0]), threshold=2.0)
+            >>> fields = labels.answer_fields(answer)
+            >>> fields["label"], fields["index"], fields["top"]
+            ('cup', 0, [{'label': 'cup', 'p': 0.75}, {'label': '1', 'p': 0.25}])
+        """
+        unknown = bool(answer.unknown[row])
+        index = int(answer.index[row])
+        proba = np.asarray(answer.probabilities[row])
+        novelty = float(answer.novelty[row])
+        return {"label": UNKNOWN_NAME if unknown else self.name_of(index),
+                "index": None if unknown else index,
+                "score": round(float(answer.score[row]), 6),
+                "novelty": round(novelty, 6) if math.isfinite(novelty) else None,
+                "unknown": unknown,
+                "top": [{"label": self.name_of(int(i)), "p": round(float(proba[i]), 4)}
+                        for i in np.argsort(-proba, kind="stable")[:top] if proba[i] > 0.0]}
+
+    def classes(self, seen: Iterable[int]) -> list[dict[str, Any]]:
+        """``{"index", "name", "samples"}`` of each class in ``seen`` that is not retired (what
+        ``GET /status`` and ``edge-agent status`` list)."""
+        return [{"index": int(i), "name": self.name_of(int(i)), "samples": int(self.counts[int(i)])}
+                for i in seen if not self.retired[int(i)]]
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, np.ndarray]:

@@ -51,9 +51,10 @@ import numpy as np
 from edge.agent import Agent
 from edge.checkpoint import CheckpointStore
 from edge.device.events import EventWriter
-from edge.device.labels import LabelMap, UnknownClassError, split_state
+from edge.device.labels import TOP_CLASSES, LabelMap, UnknownClassError, split_state
 from edge.device.sources import FolderSource, Frame, FrameGrabber, Source
 from edge.errors import ConfigError, EdgeError, InputError
+from edge.openset import MIN_PROBABILITY, OpenSetPolicy, decide
 from edge.manifest import FIT_POLICIES
 from edge.preprocess import decode_size, fit_frame
 
@@ -64,8 +65,7 @@ MAX_TEACH_FRAMES = 1000
 MAX_TEACH_SECONDS = 60.0
 #: Teach requests waiting to collect frames at most (more: `TeachQueueFull`).
 MAX_PENDING_TEACH = 8
-#: Classes listed with their smoothed probability in each answer (``top``).
-TOP_CLASSES = 5
+__all__ = ["DeviceLoop", "LoopOptions", "TeachQueueFull", "TOP_CLASSES", "copy_agent", "restore_agent", "rss_bytes"]
 
 
 class TeachQueueFull(EdgeError, RuntimeError):
@@ -78,8 +78,10 @@ class LoopOptions:
 
     Args:
         every: predict every K-th frame (every frame is still embedded while a teach collects).
-        window: predictions averaged (probabilities) for the answer.
-        unknown_threshold: a smoothed top probability below this is ``unknown`` (0 disables).
+        window: predictions averaged (probabilities and novelty) for the answer of a stream; a
+            file of a folder source stands alone (as in ``edge-agent predict``).
+        unknown_threshold: a smoothed top probability below this is ``unknown`` (0 disables;
+            `edge.openset.OpenSetPolicy.min_probability`, the same default as ``edge-agent predict``).
         resize: ``squash``, ``crop`` or ``letterbox`` to override the model's own policy
             (``preprocessing.fit`` of its manifest, `edge.preprocess.fit_frame`); None: the model's.
         exit_at_end: `DeviceLoop.run` returns once the source is exhausted and every teach is learned.
@@ -89,15 +91,13 @@ class LoopOptions:
         predict_labelled: also predict frames that carry a label, before learning them (prequential
             evaluation in ``edge-sim device``).
         reject_novel: also answer ``unknown`` when the agent's calibrated open-set score
-            (`edge.openset`) marks the frame as novel. Off by default: calibrated on the frames it was
-            taught, it also rejects a known object seen under new lighting or background (measured on
-            generated sessions: novelty ~45 for a taught object in a new session, ~50 for an object
-            never taught, threshold ~1.6), so it suits fixed scenes; teach in varied conditions first.
+            (`edge.openset`) marks the frame as novel (`edge.openset.OpenSetPolicy.reject_novel`; off
+            by default there and in ``edge-agent predict``, the module docstring says why).
     """
 
     every: int = 1
     window: int = 5
-    unknown_threshold: float = 0.5
+    unknown_threshold: float = MIN_PROBABILITY
     resize: str | None = None
     exit_at_end: bool = False
     teach_batch: int = 32
@@ -121,25 +121,10 @@ class LoopOptions:
             if not ok:
                 raise ConfigError(f"LoopOptions.{name}: expected {expected}, got {got!r}")
 
-
-def is_unknown(top_probability: float, novelty: float, novelty_threshold: float,
-               probability_threshold: float) -> bool:
-    """Open-set rejection of one smoothed answer, in one place.
-
-    Unknown when the frame is novel for the agent's calibrated open-set model (`edge.openset`:
-    normalised distance to the nearest learned class mean above the threshold calibrated on the
-    agent's own data), or when the smoothed top probability is below ``probability_threshold``
-    (0 disables that second rule).
-
-    Example:
-        >>> is_unknown(0.9, novelty=3.0, novelty_threshold=5.0, probability_threshold=0.5)
-        False
-        >>> is_unknown(1.0, novelty=40.0, novelty_threshold=5.0, probability_threshold=0.5)
-        True
-    """
-    novel = bool(novelty > novelty_threshold)  # NaN (not computed) is never novel
-    unsure = probability_threshold > 0.0 and not top_probability >= probability_threshold
-    return novel or unsure
+    @property
+    def policy(self) -> OpenSetPolicy:
+        """The "unknown" rule's knobs (`edge.openset.OpenSetPolicy`) these options ask for."""
+        return OpenSetPolicy(reject_novel=self.reject_novel, min_probability=self.unknown_threshold)
 
 
 @dataclass
@@ -355,9 +340,7 @@ class DeviceLoop:
         agent = self._agent
         backbone = agent.backbone
         assert backbone is not None
-        counts = self.labels.counts
-        classes = [{"index": int(i), "name": self.labels.name_of(int(i)), "samples": int(counts[i])}
-                   for i in agent.classes_seen().tolist() if not self.labels.retired[i]]
+        classes = self.labels.classes(agent.classes_seen().tolist())
         mem = agent.memory_bytes()
         with self._teach_lock:
             pending = [{"label": t.name, "frames": t.frames, "seconds": t.seconds,
@@ -443,39 +426,27 @@ class DeviceLoop:
     def _predict(self, agent: Agent, emb: np.ndarray, frame: Frame, start: float) -> None:
         if not np.isfinite(emb).all():  # the backbone's (N, E) float32: only finiteness is checked
             raise InputError("embeddings: expected finite values, got NaN or inf")
-        proba = self.labels.mask(agent._proba(emb))[0]  # trusted path: no second shape/dtype check
+        policy = self.options.policy
+        answer = agent.answer_embeddings(emb, policy, exclude=self.labels.retired, validate=False)
         if frame.name is None:  # a stream: smooth over the last frames; a file stands alone
-            self._window.append(proba)
+            self._window.append(answer.probabilities[0])
+            self._novelty_window.append(float(answer.novelty[0]))
             # = np.mean(window, axis=0) (same sum, same order), without its Python wrapper
             smooth = np.add.reduce(np.asarray(self._window), axis=0) / len(self._window)
-        else:
-            smooth = proba
-        index = int(smooth.argmax())
-        novelty, threshold = float("nan"), float("inf")
-        if self.options.reject_novel:  # ~70 us a frame: only when asked for
-            novelty, threshold = float(agent.novelty_embeddings(emb)[0]), agent.openset.threshold
-            if frame.name is None:  # smoothed like the probabilities
-                self._novelty_window.append(novelty)
-                novelty = float(np.mean(self._novelty_window))
-        score = float(smooth[index])
-        unknown = is_unknown(score, novelty, threshold, self.options.unknown_threshold) or score <= 0.0
-        label = "unknown" if unknown else self.labels.name_of(index)
+            answer = decide(smooth[None], np.array([np.mean(self._novelty_window)]), answer.threshold, policy)
+        fields = self.labels.answer_fields(answer, 0, top=TOP_CLASSES)
+        label, unknown = fields["label"], fields["unknown"]
         self._latency_ms.append((time.perf_counter() - start) * 1000.0)
         self.predictions += 1
-        top = [{"label": self.labels.name_of(int(i)), "p": round(float(smooth[i]), 4)}
-               for i in np.argsort(-smooth, kind="stable")[:TOP_CLASSES] if smooth[i] > 0.0]
-        self._latest = {"label": label, "index": None if unknown else index, "score": round(score, 6),
-                        "novelty": round(novelty, 6) if np.isfinite(novelty) else None,
-                        "unknown": bool(unknown), "frame_time": frame.timestamp, "frame": self.frames,
-                        "name": frame.name, "top": top}
-        answer = (label, unknown)
-        if frame.name is not None or answer != self._last_answer:
-            fields = {"label": label, "index": None if unknown else index, "score": round(score, 6),
-                      "novelty": self._latest["novelty"], "unknown": bool(unknown), "frame": self.frames, "frame_time": round(frame.timestamp, 6)}
+        self._latest = {**fields, "frame_time": frame.timestamp, "frame": self.frames, "name": frame.name}
+        said = (label, unknown)
+        if frame.name is not None or said != self._last_answer:
+            event = {k: fields[k] for k in ("label", "index", "score", "novelty", "unknown")}
+            event.update(frame=self.frames, frame_time=round(frame.timestamp, 6))
             if frame.name is not None:
-                fields["file"] = frame.name
-            self.events.emit("prediction", **fields)
-        self._last_answer = answer
+                event["file"] = frame.name
+            self.events.emit("prediction", **event)
+        self._last_answer = said
 
     # --------------------------------------------------------------- teaching
     def _current_teach(self) -> _Teach | None:

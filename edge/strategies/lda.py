@@ -231,7 +231,8 @@ class NCMStrategy(Strategy):
         n = max(int(stats.count_.sum()), 1)
         mean = stats.sum_.sum(axis=0) / n
         var = np.maximum(self.sq_ / n - mean * mean, 0.0)
-        return np.sqrt(np.maximum(var, 1e-12))
+        std: np.ndarray = np.sqrt(np.maximum(var, 1e-12))
+        return std
 
     def predict_proba(self, head: Head | None, emb: np.ndarray) -> np.ndarray:
         if self.stats is None or getattr(self, "sq_", None) is None or not self.stats.count_.any():
@@ -245,7 +246,8 @@ class NCMStrategy(Strategy):
         inv = 1.0 / self.scale_()
         z = _as_float64(emb) * inv
         mu = self.means_ * inv
-        return np.maximum((z * z).sum(1)[:, None] - 2.0 * z @ mu.T + (mu * mu).sum(1)[None, :], 0.0)
+        d2: np.ndarray = np.maximum((z * z).sum(1)[:, None] - 2.0 * z @ mu.T + (mu * mu).sum(1)[None, :], 0.0)
+        return d2
 
     @property
     def classes_(self) -> np.ndarray:

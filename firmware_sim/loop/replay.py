@@ -178,7 +178,8 @@ def _save_state(agent: Agent, config: AgentConfig, backbone: Backbone | None) ->
 
 def _predict_latency(agent: Agent, config: AgentConfig, stream: Stream, backbone: Backbone | None,
                      n_frames: int) -> dict[str, Any] | None:
-    """Time end-to-end single-frame ``predict_many`` of a deployed copy on up to ``n_frames`` test frames."""
+    """Time end-to-end single-frame ``answer_many`` (the device's answer: probabilities, novelty, the
+    "unknown" rule) of a deployed copy on up to ``n_frames`` test frames."""
     if backbone is None or n_frames <= 0 or not len(stream.test):
         return None
     latency = LatencyRecorder()
@@ -187,10 +188,10 @@ def _predict_latency(agent: Agent, config: AgentConfig, stream: Stream, backbone
     rng = np.random.default_rng(0)
     pick = np.sort(rng.choice(len(stream.test), min(n_frames, len(stream.test)), replace=False))
     frames = stream.test.images_at(pick)
-    deployed.predict_many(frames[:1])  # warm-up: first call allocates the interpreter
+    deployed.answer_many(frames[:1])  # warm-up: first call allocates the interpreter
     for frame in frames:
         with latency.time(frames=1):
-            deployed.predict_many(frame[None])
+            deployed.answer_many(frame[None])
     if not latency.n_frames:
         return None
     per_frame = [round(float(v) * 1000.0, 4) for v in latency.per_frame_seconds()]  # for the histogram
@@ -201,8 +202,8 @@ def run_agent(label: str, config: AgentConfig, embedded: EmbeddedStream, backbon
               options: SimOptions = SimOptions()) -> RunResult:
     """Replay ``embedded`` through a fresh agent built from ``config``; return its measurements.
 
-    With ``backbone`` given, also times end-to-end single-frame ``predict_many`` (preprocess +
-    embed + head) on up to ``options.latency_frames`` test frames.
+    With ``backbone`` given, also times end-to-end single-frame ``answer_many`` (preprocess +
+    embed + head + novelty) on up to ``options.latency_frames`` test frames.
     """
     stream = embedded.stream
     if not embedded.train:
