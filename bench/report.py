@@ -254,7 +254,7 @@ def summary_markdown(raw: dict[str, Any]) -> str:
             lines.append(f"| {model} | {case} | {batch[1:]} | {_ms(r['a_median_s'])} | "
                          f"{_ms(r['b_median_s'])} | {r['agent_throughput_vs_raw']:.2f} | "
                          f"{_ms(r.get('closed_set_median_s'))} | {_fmt(cs)} |")
-        lines += ["", "`predict_many` answers UNKNOWN (-1) by default, which adds the open-set novelty "
+        lines += ["", "`predict_many(..., unknown=True)` answers UNKNOWN (-1) for a novel frame, which adds the open-set novelty "
                   "score (`edge.openset`); the closed-set columns are `predict_many(..., unknown=False)`, "
                   "timed alternately with the same bare runtime."]
     lv = fig.get("learn_vs_embed", {})
