@@ -67,9 +67,13 @@ class Agent:
             (with a backbone they come from its manifest). Used when ``config.standardize``.
 
     Verbs: ``learn_many`` / ``learn_embeddings`` mutate the state and return None;
-    ``predict_many`` / ``predict_proba_many`` / ``evaluate`` take frames and their
-    ``*_embeddings`` twins take precomputed embeddings. Every input is validated before any state
-    changes; errors are `InputError` with expected vs got.
+    ``answer_many`` (the device's answer: `edge.openset.Answer`, the "unknown" rule of
+    `edge.openset.OpenSetPolicy`), ``predict_many`` (closed-set labels) / ``predict_proba_many`` /
+    ``novelty_many`` / ``evaluate`` take frames and their ``*_embeddings`` twins take precomputed
+    embeddings. Every input is validated before any state changes; errors are `InputError` with
+    expected vs got. Other modules use only these public verbs and attributes (``stats``,
+    ``openset``, ``strategy``, ``buffer``, ``config``, ...), never a ``_private`` one
+    (tests/test_answer.py scans ``edge/`` and ``firmware_sim/``).
     """
 
     def __init__(self, backbone: Backbone | None, config: AgentConfig | None = None, *,

@@ -61,7 +61,12 @@ class ClassStatistics:
         """The statistics of the rows ``z`` ``(N, d)`` with integer ``labels`` in ``[0, max_classes)``
         (rows are taken as float32, as the agent gives them, then summed in float64)."""
         x = np.asarray(z).astype(np.float32, copy=False).astype(np.float64)
-        y = np.asarray(labels, np.int64)
+        y = np.asarray(labels).astype(np.int64, copy=False)
+        if x.ndim != 2 or y.shape != (x.shape[0],):
+            raise InputError(f"class statistics: expected rows (N, d) and N labels, got {x.shape} and {y.shape}")
+        if y.size and (y.min() < 0 or y.max() >= max_classes):
+            raise InputError(f"class statistics: expected labels in [0, {max_classes - 1}], "
+                             f"got {int(y.min())}..{int(y.max())}")
         out = cls(max_classes, x.shape[1])
         out.count_ = np.bincount(y, minlength=out.max_classes).astype(np.int64)
         np.add.at(out.sum_, y, x)
