@@ -3,13 +3,14 @@
 Layout, by role (imports point downwards only):
 
 - ``data/``: where frames come from and the stream vocabulary (``Batch``, ``Stream``).
-- ``cache.py``: the on-disk cache directory and the test-set embedding cache.
-- ``loop/``: the simulated device loop (embed once, learn batch by batch, evaluate, measure).
+- ``cache_dir.py``: where the on-disk cache lives; ``cache.py``: the test-set embedding cache.
+- ``loop/``: the simulated device loop (embed once, learn batch by batch, evaluate, measure) and the
+  experiment runner (``loop/experiment.py``, what ``edge-sim run`` / ``compare`` and the studies call).
 - ``measure/``: metrics and report writers (JSON, CSV, Markdown, plots).
 - ``device/``: ``edge-sim device``, the real device loop in a child process at a frame clock, with a
   teacher, budgets and power cuts.
 - ``sweep/``: ``edge-sim sweep``, grids of runs on local processes or Ray.
-- ``commands/``: the ``edge-sim`` command line (one module per command) and the experiment runner.
+- ``commands/``: the ``edge-sim`` command line (one module per command); nothing else imports it.
 - ``studies/``: scripts that generate docs (``python -m firmware_sim.studies.strategy_report``);
   nothing in the library imports them.
 

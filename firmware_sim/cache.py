@@ -1,4 +1,4 @@
-"""The simulator's on-disk cache: where it lives, and the test-set embeddings kept in it.
+"""The test-set embeddings kept in the simulator's on-disk cache (`firmware_sim.cache_dir` says where it lives).
 
 Because the backbone is frozen, a test set's embeddings depend only on the backbone (fingerprint,
 runtime, precision) and the data (the stream's ``identity``); they are computed once and reused by
@@ -33,17 +33,9 @@ if TYPE_CHECKING:  # types only: the cache never opens a backbone itself
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EMBED_CHUNK", "EmbeddingCache", "default_cache_dir", "embed_test_set"]
+__all__ = ["EMBED_CHUNK", "EmbeddingCache", "embed_test_set"]
 
 EMBED_CHUNK = 256  # frames per backbone call when embedding a test set
-
-
-def default_cache_dir() -> Path:
-    """``$EDGE_SIM_CACHE``, else ``$XDG_CACHE_HOME/edge-continual``, else ``~/.cache/edge-continual``."""
-    if os.environ.get("EDGE_SIM_CACHE"):
-        return Path(os.environ["EDGE_SIM_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "edge-continual"
 
 
 class EmbeddingCache:

@@ -272,7 +272,7 @@ def test_rss_sampler_background_thread_stops():
 
 def test_one_sample_std_everywhere_known_values():
     """Issue 12 item 7: runs, batches and timings all use the sample std (ddof=1)."""
-    from firmware_sim.commands.experiment import summarise
+    from firmware_sim.loop.experiment import summarise
     from firmware_sim.measure.metrics import mean_std, sample_std
 
     values = [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]  # population std 2, sample std sqrt(32/7)

@@ -33,7 +33,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from edge.atomic import atomic_write
-from firmware_sim.data.core50 import (
+from firmware_sim.data.core50_layout import (
     N_BATCHES,
     N_CATEGORIES,
     N_OBJECTS,

@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from firmware_sim.cache_dir import default_cache_dir
 from firmware_sim.data.core50 import SCENARIOS, open_core50
 from firmware_sim.data.generator import GeneratorConfig, generate_core50
-from firmware_sim.cache import default_cache_dir
 from firmware_sim.data.sources import LabelledImages
 from firmware_sim.data.stream import Stream
 

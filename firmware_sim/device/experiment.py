@@ -76,7 +76,8 @@ def _open_frames(spec: DeviceSpec, image_size: int) -> tuple[Any, StreamFrames]:
 def run_device(spec: DeviceSpec, out_dir: str | Path | None) -> dict[str, Any]:
     """Deploy, run (with and without power cuts), and write the report; returns it."""
     from edge.runtimes import open_backbone
-    from firmware_sim.cache import EmbeddingCache, default_cache_dir, embed_test_set
+    from firmware_sim.cache import EmbeddingCache, embed_test_set
+    from firmware_sim.cache_dir import default_cache_dir
     from firmware_sim.measure.machine import machine_info
 
     started = time.perf_counter()

@@ -20,7 +20,8 @@ import numpy as np
 from edge.base import Standardizer
 from edge.heads import SoftmaxHead
 from edge.runtimes import open_backbone
-from firmware_sim.cache import EmbeddingCache, default_cache_dir
+from firmware_sim.cache import EmbeddingCache
+from firmware_sim.cache_dir import default_cache_dir
 from firmware_sim.data.streams import open_stream
 from firmware_sim.loop.replay import embed_stream
 
@@ -51,7 +52,7 @@ def export(model: str, data: str, scenario: str, run: int, out: Path, cache: Pat
 
 
 def main(argv: list[str] | None = None) -> int:
-    from firmware_sim.commands.run import default_model_dir
+    from edge.models import default_model_dir
 
     p = argparse.ArgumentParser(prog="python -m firmware_sim.studies.export_embeddings",
                                 description=__doc__.split("\n\n")[0])

@@ -25,7 +25,8 @@ import numpy as np
 
 from edge.agent import Agent, AgentConfig
 from edge.openset import UNKNOWN, accuracy_at_false_accept, auroc
-from firmware_sim.cache import EmbeddingCache, default_cache_dir
+from firmware_sim.cache import EmbeddingCache
+from firmware_sim.cache_dir import default_cache_dir
 from firmware_sim.data.protocols import open_set_classes
 from firmware_sim.data.streams import open_stream
 from firmware_sim.loop.replay import embed_stream
@@ -109,7 +110,7 @@ def render(results: dict[str, Any], held_out: int, command: str, wall: float) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    from firmware_sim.commands.run import default_model_dir
+    from edge.models import default_model_dir
 
     p = argparse.ArgumentParser(prog="python -m firmware_sim.studies.openset_report",
                                 description=__doc__.split("\n\n")[0])

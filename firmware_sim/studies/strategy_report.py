@@ -7,7 +7,7 @@ the cache directory), the class-incremental npz stream is rendered from the gene
 pretraining-style objects with a seed (1) whose objects the shipped backbone never saw, and the
 hyperparameter sweep (`firmware_sim.studies.strategy_sweep`) runs first on its own generated tuning set
 (seed 1) unless ``--skip-sweep`` reuses ``docs/strategy_sweep.json``. Each stream is one
-`firmware_sim.commands.experiment.run_experiment` call, exactly what ``edge-sim compare`` does.
+`firmware_sim.loop.experiment.run_experiment` call, exactly what ``edge-sim compare`` does.
 
 A second table (``--second-model DIR``, e.g. ``models/efficientnet_lite0_128``) runs the same strategies
 on the generated CORe50-format streams rendered by the generator at that model's input size (one of
@@ -31,7 +31,7 @@ import numpy as np
 
 from edge.agent import AgentConfig
 from edge.strategies import STRATEGIES
-from firmware_sim.cache import default_cache_dir
+from firmware_sim.cache_dir import default_cache_dir
 from firmware_sim.loop.replay import SimOptions
 from firmware_sim.studies.strategy_sweep import head_for
 
@@ -75,7 +75,7 @@ SECOND_KEYS = ("ni", "nc", "nicv2_391")
 def model_input_size(model: str) -> int:
     """The square input size a model directory's manifest declares.
 
-    >>> from firmware_sim.commands.run import default_model_dir
+    >>> from edge.models import default_model_dir
     >>> model_input_size(str(default_model_dir()))
     32
     """
@@ -165,7 +165,7 @@ def cli_commands(stream: dict[str, Any], runs: int, model: str | None = None) ->
 
 
 def run_stream(stream: dict[str, Any], model: str, runs: int, cache: Path, out: Path | None) -> dict[str, Any]:
-    from firmware_sim.commands.experiment import ExperimentSpec, run_experiment
+    from firmware_sim.loop.experiment import ExperimentSpec, run_experiment
 
     spec = ExperimentSpec(model=model, data=stream["data"], scenario=stream["scenario"], configs=configs(),
                           runs=list(range(runs)), protocol_params=stream["params"],
@@ -600,7 +600,7 @@ def run_second(args: argparse.Namespace, cache: Path, given_command: str) -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    from firmware_sim.commands.run import default_model_dir
+    from edge.models import default_model_dir
     from firmware_sim.studies.strategy_sweep import main as sweep_main
 
     p = argparse.ArgumentParser(prog="python -m firmware_sim.studies.strategy_report", description=__doc__.split("\n\n")[0])

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.agent import AgentConfig
-from firmware_sim.cache import default_cache_dir
+from firmware_sim.cache_dir import default_cache_dir
 from firmware_sim.loop.replay import SimOptions
 
 #: Candidate parameters per strategy (strategies without a knob worth tuning are not swept).
@@ -71,7 +71,7 @@ def tuning_set(cache: Path) -> Path:
 
 def sweep(model: str, cache: Path) -> dict[str, Any]:
     """Run the grid; returns every score and the winner per strategy."""
-    from firmware_sim.commands.experiment import ExperimentSpec, run_experiment
+    from firmware_sim.loop.experiment import ExperimentSpec, run_experiment
 
     started = time.perf_counter()
     root = tuning_set(cache)
@@ -101,7 +101,7 @@ def sweep(model: str, cache: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from firmware_sim.commands.run import default_model_dir
+    from edge.models import default_model_dir
 
     p = argparse.ArgumentParser(prog="python -m firmware_sim.studies.strategy_sweep", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="model directory (default models/default)")
