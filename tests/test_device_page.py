@@ -54,6 +54,7 @@ def _why_no_browser() -> str | None:
     return None
 
 
+@pytest.mark.slow
 def test_teach_page_in_headless_chromium(tmp_path):
     need_model()
     reason = _why_no_browser()
@@ -322,6 +323,7 @@ def _read_stream(port: int, path: str, headers: dict[str, str], marker: bytes, c
     return data, time.monotonic() - began
 
 
+@pytest.mark.slow
 def test_page_routes_live_view_events_and_hold_to_record_over_http(tmp_path):
     need_model()
     video = tmp_path / "objects.avi"
