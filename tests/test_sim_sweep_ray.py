@@ -39,6 +39,7 @@ def _namespace_problem() -> str | None:
     return None
 
 
+@pytest.mark.slow
 def test_ray_sweep_matches_local_retries_a_dead_worker_and_resumes(tmp_path: Path) -> None:
     pytest.importorskip("ray", reason="Ray not installed (pip install 'edge-continual[sweep-ray]')")
     problem = _namespace_problem()
