@@ -220,7 +220,7 @@ def unit_grad(head: Head, train_units: str) -> LogitGrad | None:
         p_all = e / e.sum(axis=1, keepdims=True)
         e_seen = np.where(seen, e, 0.0)
         p_seen = e_seen / e_seen.sum(axis=1, keepdims=True)
-        return ((p_all - p_seen) / logits.shape[0]).astype(np.float32)
+        return np.asarray((p_all - p_seen) / logits.shape[0], dtype=np.float32)
 
     return grad
 
