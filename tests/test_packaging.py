@@ -147,3 +147,24 @@ def test_installed_wheel_runs_edge_agent_from_any_folder(venv, tmp_path):
 
 
 # The systemd unit (deploy/edge-agent.service) is checked in tests/test_deploy_unit.py.
+
+
+def test_extras_install_one_runtime_each():
+    """edge = LiteRT + capture + HTTP API; ONNX Runtime only in `onnx` (CPU) or `edge-gpu`, never both
+    onnxruntime and onnxruntime-gpu in one extra (they share one import folder; issue 22)."""
+    tomllib = pytest.importorskip("tomllib")
+    with open(ROOT / "pyproject.toml", "rb") as fh:
+        extras = tomllib.load(fh)["project"]["optional-dependencies"]
+
+    def names(extra: str) -> set[str]:
+        return {req.split(";")[0].split("[")[0].split("<")[0].split(">")[0].split("=")[0].split("~")[0].strip()
+                for req in extras[extra]}
+
+    assert names("edge") == {"ai-edge-litert", "opencv-python-headless", "starlette", "uvicorn", "prometheus-client"}
+    assert names("onnx") == {"onnxruntime"}
+    assert names("edge-gpu") == names("edge") | {"onnxruntime-gpu"}
+    for extra in extras:
+        assert not {"onnxruntime", "onnxruntime-gpu"} <= names(extra), f"{extra}: both ONNX Runtimes"
+    table = (ROOT / "README.md").read_text().split("## Installing", 1)[1].split("\n## ", 1)[0]
+    for extra in ("edge", "edge,onnx", "edge-gpu", "sim", "host", "host-gpu", "dev", "sweep-ray"):
+        assert f"| `{extra}` |" in table, f"README install table: expected a row for {extra}"

@@ -81,7 +81,7 @@ class Walk:
     def _rewrite(self, line: str) -> str | None:
         cmd = line.split("  #", 1)[0].strip()
         if re.match(r"(sudo )?(apt|apt-get) ", cmd):
-            self.skipped.append(f"{cmd}  (apt: would change this machine; picamera2 is Raspberry Pi OS only)")
+            self.skipped.append(f"{cmd}  (apt: would change this machine; python3-picamera2 is in Raspberry Pi OS only)")
             return None
         if re.match(r"(sudo )?useradd ", cmd):
             self.skipped.append(f"{cmd}  (would add a system user to this machine)")
@@ -120,6 +120,22 @@ class Walk:
         return proc.stdout
 
 
+def _find_python(version: str) -> str | None:
+    """A working CPython ``version`` interpreter (``/usr/bin``, pyenv's versions, PATH), or None."""
+    import glob
+
+    candidates = [f"/usr/bin/python{version}", *sorted(glob.glob(os.path.expanduser(
+        f"~/.pyenv/versions/{version}.*/bin/python{version}"))), shutil.which(f"python{version}")]
+    for candidate in filter(None, candidates):
+        if not os.path.exists(candidate):
+            continue
+        proc = subprocess.run([candidate, "-c", "import sys, venv; print('%d.%d' % sys.version_info[:2])"],
+                              capture_output=True, text=True)
+        if proc.returncode == 0 and proc.stdout.strip() == version:
+            return candidate
+    return None
+
+
 def _copy_working_tree(dest: Path) -> None:
     """Tracked and untracked-not-ignored files of this checkout (symbolic links kept as links)."""
     proc = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
@@ -154,7 +170,7 @@ def _learn_and_predict(walk: Walk) -> dict:
         proc = subprocess.run([agent, "learn", "--state", state, "--label", label, f"{label}0.png", f"{label}1.png"],
                               cwd=work, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, f"learn: expected exit 0, got {proc.returncode}: {proc.stderr}"
-    proc = subprocess.run([agent, "predict", "--state", state, "--closed-set", "--json", "red2.png", "blue2.png"],
+    proc = subprocess.run([agent, "predict", "--state", state, "--json", "red2.png", "blue2.png"],
                           cwd=work, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"predict: expected exit 0, got {proc.returncode}: {proc.stderr}"
     answers = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -198,8 +214,8 @@ def test_pi_bookworm_walkthrough_keeps_apt_numpy_and_runs(pi_walk):
 
 def test_pi_trixie_variant_numpy2_throughout(tmp_path):
     """Pi OS trixie (Python 3.13): the same block without the bookworm constraints line."""
-    python = shutil.which("python3.13") or os.path.expanduser("~/.pyenv/versions/3.13.0/bin/python3.13")
-    if not os.path.exists(python):
+    python = _find_python("3.13")
+    if python is None:
         pytest.skip("no Python 3.13 here to stand in for Pi OS trixie")
     walk = Walk(tmp_path, python)
     lines = [line.replace(" -c deploy/constraints-numpy1.txt", "") for line in _block_lines("pi")]
@@ -211,8 +227,8 @@ def test_pi_trixie_variant_numpy2_throughout(tmp_path):
 
 def test_jetson_walkthrough_has_every_runtime_dependency(tmp_path):
     """JetPack 6 block on Python 3.10: --no-deps project + requirements-jetson.txt; edge-agent run --http works."""
-    python = shutil.which("python3.10") or os.path.expanduser("~/.pyenv/versions/3.10.13/bin/python3.10")
-    if not os.path.exists(python):
+    python = _find_python("3.10")
+    if python is None:
         pytest.skip("no Python 3.10 here to stand in for JetPack 6")
     walk = Walk(tmp_path, python)
     lines = _block_lines("jetson")
@@ -252,11 +268,10 @@ def _serve_once(walk: Walk, argv: list[str], token: str | None) -> None:
         Image.fromarray(np.full((40, 40, 3), 40 * i, np.uint8)).save(inbox / "cup" / f"{i}.png")
     port = _free_port()
     argv = [a.replace("PORT", str(port)) for a in argv]
-    i = argv.index("--source") if "--source" in argv else None
-    if i is None:
-        argv += ["--source", f"folder:{inbox}"]
+    if "--source" in argv:
+        argv[argv.index("--source") + 1] = f"folder:{inbox}"
     else:
-        argv[i + 1] = f"folder:{inbox}"
+        argv += ["--source", f"folder:{inbox}"]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     if token:
         env["EDGE_AGENT_TOKEN"] = token
@@ -273,8 +288,9 @@ def _serve_once(walk: Walk, argv: list[str], token: str | None) -> None:
                 break
             except OSError:
                 time.sleep(0.5)
-        assert status is not None, f"GET /status: expected an answer, got none; exit {proc.poll()}: " \
-                                   f"{proc.stderr.read() if proc.poll() is not None else ''}"
+        if status is None:
+            _, err = proc.communicate(timeout=30) if proc.poll() is not None else ("", "")
+            pytest.fail(f"GET /status: expected an answer, got none; exit {proc.poll()}: {err[-1500:]}")
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -301,7 +317,7 @@ def test_service_walkthrough_and_its_execstart(pi_walk):
                       if line.strip() and "/opt/edge-agent/venv/bin/edge-agent is not executable" not in line]
         assert not complaints, complaints
     unit = configparser.RawConfigParser(strict=False, interpolation=None)
-    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.optionxform = str
     unit.read_string(installed.read_text())
     env_file = walk.etc / "edge-agent" / "env"
     token = None
