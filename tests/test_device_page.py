@@ -171,9 +171,14 @@ def test_inner_page_scenario():
         assert port is not None
         driver.get(f"http://127.0.0.1:{port}/")
 
-        # The token dialog, once; then the live view and the status panel fill in.
+        # Before the stream connects the camera box shows a placeholder, not the image's alt text.
         dialog = _wait(driver, "document.getElementById('token-dialog').open", 10, "the token dialog")
         assert dialog
+        box = driver.execute_script(
+            "const f = document.getElementById('frame');"
+            "return {waiting: f.classList.contains('waiting'), img: getComputedStyle(document.getElementById('live')).display,"
+            " text: document.getElementById('view-placeholder').innerText}")
+        assert box == {"waiting": True, "img": "none", "text": "Waiting for the access token…"}, box
         driver.find_element("id", "token-input").send_keys(TOKEN + "\n")
         _wait(driver, "document.getElementById('st-fingerprint').textContent.length > 10", 10, "the status")
         status = agent.http("GET", "/status")[1]
@@ -207,6 +212,10 @@ def test_inner_page_scenario():
         row = _wait(driver, "document.querySelector('#class-list li[data-name=\"cup\"]')", 15, "class cup")
         samples = int(row.get_attribute("data-samples"))
         assert 10 <= samples <= 40 and f"{samples} samples" in row.text, row.text
+        # "learning N frames" turns into "learned N frames" once the class holds them.
+        learned = _wait(driver, "document.getElementById('teach-message').dataset.state === 'learned'"
+                                " && document.getElementById('teach-message').textContent", 15, "the learned state")
+        assert learned == f"learned {samples} frames of “cup”", learned
         _wait(driver, "document.getElementById('answer').dataset.label === 'cup'", 10, "the answer cup")
 
         # Wait for B's segment, then teach it with the mouse (press and hold for a second).
@@ -237,9 +246,11 @@ def test_inner_page_scenario():
             if not shot and answer["t"] > b2_start + 2.0:
                 rates = driver.execute_script(
                     "const v = document.getElementById('st-view').dataset, a = document.getElementById('st-answers').dataset;"
-                    "return {view: parseFloat(v.fps), answers: parseFloat(a.rate)}")
-                result.update(view_fps=rates["view"], answers_per_s=rates["answers"],
+                    "return {view: parseFloat(v.fps), answers: parseFloat(a.rate),"
+                    " loop: parseFloat(document.getElementById('st-fps').dataset.fps)}")
+                result.update(view_fps=rates["view"], answers_per_s=rates["answers"], page_loop_fps=rates["loop"],
                               loop_fps=agent.http("GET", "/status")[1]["fps"])
+                assert 0 < rates["answers"] <= rates["loop"], rates  # an answer needs a frame of the loop
                 driver.save_screenshot(str(out / "teach-page.png"))
                 shot = True
             if answer["t"] > end - 0.6:
@@ -253,6 +264,26 @@ def test_inner_page_scenario():
             "return [...document.querySelectorAll('#bars li')].map(li => [li.dataset.label, li.classList.contains('top')])")
         assert ["ball", True] in bars, bars
         assert shot, "no screenshot: the video ended before the last segment was shown"
+        camera = driver.execute_script(  # the placeholder gave way to the live image
+            "return [document.getElementById('frame').className,"
+            " getComputedStyle(document.getElementById('view-placeholder')).display]")
+        assert camera == ["frame", "none"], camera
+
+        # A phone screen (a 390 x 844 viewport): one column, nothing wider than the screen, and the
+        # camera, the answer and the Teach button all on the first screen.
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                               {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True})
+        time.sleep(0.5)
+        driver.execute_script("window.scrollTo(0, 0)")
+        phone = driver.execute_script(
+            "const r = (id) => document.getElementById(id).getBoundingClientRect();"
+            "return {scroll: document.documentElement.scrollWidth, width: innerWidth, height: innerHeight,"
+            " hold: r('hold').bottom, answer: r('answer').bottom, camera: r('frame').bottom}")
+        assert phone["width"] == 390 and phone["height"] == 844 and phone["scroll"] <= 390, phone
+        assert phone["camera"] < phone["answer"] < phone["hold"] <= phone["height"], phone
+        result["phone_hold_bottom_px"] = round(phone["hold"])
+        driver.save_screenshot(str(out / "teach-page-phone.png"))
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
         # Rename and forget from the class list.
         driver.find_element("css selector", '#class-list li[data-name="ball"] [data-action="rename"]').click()
@@ -274,12 +305,14 @@ def test_inner_page_scenario():
                   and not ("/status" in e["message"] and "status of 401" in e["message"])]
         assert not severe, severe
 
-        # A phone screen: one column, nothing wider than the screen.
-        driver.set_window_size(390, 844)
-        time.sleep(0.5)
-        widths = driver.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
-        assert widths[0] <= widths[1], widths
-        driver.save_screenshot(str(out / "teach-page-phone.png"))
+        # A wrong token kept by the browser (the owner changed it): a plain sentence, not the server's
+        # developer text, and the camera box says what it waits for.
+        driver.execute_script("localStorage.setItem('edge-agent-token', 'not-the-token-0000')")
+        driver.get(f"http://127.0.0.1:{port}/")
+        error = _wait(driver, "document.getElementById('token-dialog').open"
+                              " && document.getElementById('token-error').textContent", 10, "the wrong-token message")
+        assert error == "Wrong access token — ask the device owner for the right one.", error
+        assert driver.find_element("id", "view-placeholder").text == "Waiting for the access token…"
 
         # A loopback bind needs no token: no dialog, the status fills in.
         driver.set_window_size(1180, 1120)

@@ -15,7 +15,9 @@
   let statusTimer = null;
   let hold = null;                // {label, started: Promise, timer}
   let lastStatus = null;
-  let lastRate = null;            // {t, predictions} for answers per second
+  let lastRate = null;            // {frames, predictions} of the previous status: answers per frame
+  let cameraPoll = null;          // interval that looks for the first frame (a multipart stream may fire no load)
+  let learnWatch = null;          // {label, frames, before}: a finished teach until its frames are learned
   let classesKey = "";
   let editing = null;             // name of the class being renamed
   let lastAnnounced = "";
@@ -39,17 +41,18 @@
     try { data = await resp.json(); } catch (err) { data = null; }
     if (!resp.ok) {
       const message = (data && data.error) || `${method} ${path}: HTTP ${resp.status}`;
-      if (resp.status === 401) askToken(message);
+      if (resp.status === 401) askToken();
       throw new ApiError(resp.status, message);
     }
     return data;
   }
 
   // ------------------------------------------------------------ token (non-loopback binds)
-  function askToken(message) {
-    stopStreams();
+  function askToken() {
+    stopStreams("Waiting for the access token…");
     const dialog = $("token-dialog");
-    $("token-error").textContent = token ? message : "";
+    // the server's 401 text is for developers; a person needs to know the token was not accepted
+    $("token-error").textContent = token ? "Wrong access token — ask the device owner for the right one." : "";
     if (!dialog.open) dialog.showModal();
     $("token-input").focus();
   }
@@ -70,17 +73,33 @@
     el.classList.toggle("live", live);
   }
 
-  function stopStreams() {
+  // The camera box: a placeholder until the first frame has arrived (never the broken-image alt text).
+  function showCamera(on, text) {
+    $("frame").classList.toggle("waiting", !on);
+    if (text) $("view-placeholder").textContent = text;
+    if (on && cameraPoll) { clearInterval(cameraPoll); cameraPoll = null; }
+  }
+
+  function stopStreams(why) {
     if (events) { events.close(); events = null; }
     if (statusTimer) { clearTimeout(statusTimer); statusTimer = null; }
     $("live").removeAttribute("src");
+    if (cameraPoll) { clearInterval(cameraPoll); cameraPoll = null; }
+    showCamera(false, why || "Camera offline");
     setConnection("offline", false);
   }
 
   function startStreams() {
     const img = $("live");
-    img.onerror = () => { setTimeout(() => { if (events) img.src = `/stream.mjpg?t=${Date.now()}`; }, 2000); };
+    showCamera(false, "Connecting to the camera…");
+    img.onload = () => { if (img.naturalWidth > 0) showCamera(true); };
+    img.onerror = () => {
+      showCamera(false, "Camera not reachable — retrying…");
+      setTimeout(() => { if (events) img.src = `/stream.mjpg?t=${Date.now()}`; }, 2000);
+    };
     img.src = `/stream.mjpg?t=${Date.now()}`;
+    if (cameraPoll) clearInterval(cameraPoll);
+    cameraPoll = setInterval(() => { if (img.naturalWidth > 0) showCamera(true); }, 200);
     events = new EventSource("/events");
     events.addEventListener("open", () => setConnection("live", true));
     events.addEventListener("prediction", (e) => showPrediction(JSON.parse(e.data)));
@@ -97,7 +116,7 @@
   async function connect() {
     if (token) setCookie();
     try {
-      showStatus(await api("GET", "/status"));
+      await fetchStatus();
     } catch (err) {
       if (err.status !== 401) { setConnection("offline", false); setTimeout(connect, 2000); }
       return;
@@ -111,7 +130,7 @@
     statusTimer = setTimeout(async () => {
       statusTimer = null;
       try {
-        showStatus(await api("GET", "/status"));
+        await fetchStatus();
       } catch (err) {
         if (err.status === 401) return;
         setConnection("offline", false);
@@ -162,10 +181,11 @@
 
   function showView(v) {
     const view = $("st-view");
-    view.textContent = `${v.fps.toFixed(1)} fps (max ${v.max_fps}, ${v.clients} watching)`;
+    view.textContent = `${v.fps.toFixed(1)} frames/s (max ${v.max_fps}, ${v.clients} watching)`;
     view.dataset.fps = String(v.fps);
     view.dataset.encoded = String(v.encoded);
     $("view-caption").textContent = v.encoded ? `live · ${v.fps.toFixed(1)} frames/s` : "no frames yet";
+    if (v.encoded && $("live").naturalWidth > 0) showCamera(true);  // a multipart stream may fire no load
     const panel = $("answer-panel");
     if (lastAnswerAt && performance.now() - lastAnswerAt > 3000 && !panel.classList.contains("stale")) {
       panel.classList.add("stale");  // the source stopped (or nothing is predicted): say so
@@ -177,18 +197,29 @@
   const mib = (n) => `${(n / 1048576).toFixed(1)} MiB`;
   const kib = (n) => (n >= 1048576 ? mib(n) : `${(n / 1024).toFixed(1)} KiB`);
 
-  function showStatus(s) {
+  // GET /status; ``asked`` (performance.now() when sent) tells a reply that predates a finished teach.
+  async function fetchStatus() {
+    const asked = performance.now();
+    showStatus(await api("GET", "/status"), asked);
+  }
+
+  function showStatus(s, asked) {
     lastStatus = s;
     setConnection(events ? "live" : "connected", true);
     $("model-line").textContent = `${s.model} · ${s.runtime} ${s.precision} · ${s.strategy}`;
-    $("st-fps").textContent = `${s.fps.toFixed(1)} fps · ${s.frames} frames`;
-    const now = performance.now();
-    if (lastRate && now > lastRate.t) {
-      const rate = (s.predictions - lastRate.predictions) / ((now - lastRate.t) / 1000);
-      $("st-answers").textContent = `${rate.toFixed(1)} /s · ${s.predictions} total`;
+    $("st-fps").textContent = `${s.fps.toFixed(1)} frames/s · ${s.frames} frames`;
+    $("st-fps").dataset.fps = String(s.fps);
+    // Answers per second = loop rate x answers per frame, both counters from the same reply: timing the
+    // replies with the browser's clock (their latency jitters) once read 12/s beside a 10 fps loop.
+    if (lastRate && s.frames > lastRate.frames) {
+      const share = Math.min(1, Math.max(0, (s.predictions - lastRate.predictions) / (s.frames - lastRate.frames)));
+      const rate = s.fps * share;
+      const every = share > 0 ? Math.round(1 / share) : 0;
+      $("st-answers").textContent = `${rate.toFixed(1)}/s · ` + (share >= 0.995 ? "every frame"
+        : share > 0 ? `1 in ${every} frames` : "none") + ` · ${s.predictions} total`;
       $("st-answers").dataset.rate = String(rate);
     }
-    lastRate = {t: now, predictions: s.predictions};
+    lastRate = {frames: s.frames, predictions: s.predictions};
     $("st-dropped").textContent = String(s.dropped_frames);
     $("st-rss").textContent = mib(s.rss_bytes);
     $("st-buffer").textContent = `${s.buffer.fill} / ${s.buffer.capacity} rows · ${kib(s.buffer.bytes)}`;
@@ -200,6 +231,25 @@
     $("st-fingerprint").title = s.fingerprint;
     showClasses(s.classes);
     showCounter(s);
+    showLearning(s, asked);
+  }
+
+  // "learning N frames" until the class's sample count has grown by them: then "learned N frames".
+  function samplesOf(s, label) {
+    const known = s && s.classes.find((c) => c.name === label);
+    return known ? known.samples : 0;
+  }
+
+  function showLearning(s, asked) {
+    if (!learnWatch) return;
+    const w = learnWatch;
+    if (samplesOf(s, w.label) >= w.before + w.frames) {
+      learnWatch = null;
+      teachMessage(`learned ${w.frames} frames of “${w.label}”`, false, "learned");
+    } else if (!s.learning && asked > w.since) {  // asked after the finish: its batch was queued by then
+      learnWatch = null;  // the learner is idle and the frames did not arrive: it failed
+      teachMessage(`could not learn “${w.label}” (the device's event log says why)`, true);
+    }
   }
 
   function showCounter(s) {
@@ -280,7 +330,7 @@
         await api("POST", `/classes/${encodeURIComponent(name)}/rename`, {to});
         classMessage(`renamed “${name}” to “${to}”`);
         editing = null;
-        showStatus(await api("GET", "/status"));
+        await fetchStatus();
       } catch (err) {
         classMessage(err.message, true);
         input.focus();
@@ -304,17 +354,18 @@
       return;
     }
     api("POST", `/classes/${encodeURIComponent(name)}/forget`)
-      .then(async () => { classMessage(`forgot “${name}”`); showStatus(await api("GET", "/status")); })
+      .then(async () => { classMessage(`forgot “${name}”`); await fetchStatus(); })
       .catch((err) => classMessage(err.message, true));
   }
 
   // ------------------------------------------------------------ hold to record
   const holdButton = $("hold");
 
-  function teachMessage(text, error) {
+  function teachMessage(text, error, state) {
     const el = $("teach-message");
     el.textContent = text;
     el.classList.toggle("error", Boolean(error));
+    el.dataset.state = error ? "error" : state || "";
   }
 
   function startHold() {
@@ -331,7 +382,7 @@
     holdButton.setAttribute("aria-pressed", "true");
     holdButton.textContent = "Recording… release to learn";
     $("teach-count").textContent = "0 frames";
-    teachMessage(`recording “${label}”`);
+    teachMessage(`recording “${label}”`, false, "recording");
     started.catch((err) => { teachMessage(err.message, true); });
     scheduleStatus();
   }
@@ -344,13 +395,19 @@
     holdButton.classList.remove("recording");
     holdButton.setAttribute("aria-pressed", "false");
     holdButton.textContent = "Hold to record";
+    const before = samplesOf(lastStatus, h.label);  // nothing of this hold is learned before its finish
     h.started
       .then(() => api("POST", "/teach/finish", {label: h.label}))
       .then((r) => {
         $("teach-count").textContent = `${r.frames} frames`;
         $("teach-count").dataset.collected = String(r.frames);
-        teachMessage(r.frames ? `learning ${r.frames} frames of “${r.label}”` : "no frames collected: hold it longer", !r.frames);
-        return api("GET", "/status").then(showStatus);
+        if (r.frames) {
+          learnWatch = {label: r.label, frames: r.frames, before, since: performance.now()};
+          teachMessage(`learning ${r.frames} frames of “${r.label}”…`, false, "learning");
+        } else {
+          teachMessage("no frames collected: hold it longer", true);
+        }
+        return fetchStatus();
       })
       .catch((err) => { if (!(err instanceof ApiError) || err.status !== 401) teachMessage(err.message, true); });
   }
