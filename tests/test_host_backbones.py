@@ -21,6 +21,7 @@ def test_tiny_cnn_ends_in_pooled_embedding() -> None:
     assert out.shape == (2, 64)
 
 
+@pytest.mark.slow
 def test_mobilenet_v2_at_chosen_width_and_size_without_downloads() -> None:
     small = build_backbone(BackboneSpec.parse("mobilenet_v2", input_size=64, alpha=0.35))
     wide = build_backbone(BackboneSpec.parse("mobilenet_v2", input_size=64, alpha=0.5))

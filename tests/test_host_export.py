@@ -57,6 +57,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory, run_dir: Path) -> Path:
     return export_run(run_dir, name="tiny", out_root=tmp_path_factory.mktemp("models"))
 
 
+@pytest.mark.slow
 def test_export_writes_three_verified_files_and_a_complete_manifest(model_dir: Path) -> None:
     manifest = load_manifest(model_dir)  # verifies every sha256
     assert sorted(p.name for p in model_dir.iterdir()) == sorted(
@@ -76,6 +77,7 @@ def test_export_writes_three_verified_files_and_a_complete_manifest(model_dir: P
     assert producer["pretrain"]["val_accuracy"] > 0
 
 
+@pytest.mark.slow
 def test_parity_figures_are_recorded_and_within_tolerance(model_dir: Path) -> None:
     manifest = load_manifest(model_dir)
     results = manifest.parity["results"]
@@ -86,6 +88,7 @@ def test_parity_figures_are_recorded_and_within_tolerance(model_dir: Path) -> No
     assert all(r["passed"] for r in results.values())
 
 
+@pytest.mark.slow
 def test_tflite_files_use_builtin_ops_only(model_dir: Path) -> None:
     for name in (FP32_TFLITE, INT8_TFLITE):
         ops = tflite_ops((model_dir / name).read_bytes())
@@ -93,6 +96,7 @@ def test_tflite_files_use_builtin_ops_only(model_dir: Path) -> None:
         assert not [op for op in ops if op.startswith("Flex") or op == "CUSTOM"]
 
 
+@pytest.mark.slow
 def test_artifacts_run_in_a_process_that_never_imports_tensorflow(model_dir: Path) -> None:
     code = f"""
 import sys, numpy as np
@@ -119,6 +123,7 @@ print(outs)
     assert done.stdout.strip() == "[(1, 32), (1, 32), (4, 32)]"
 
 
+@pytest.mark.slow
 def test_parity_failure_is_detected_for_a_wrong_file(model_dir: Path, run_dir: Path, tmp_path: Path) -> None:
     # Replace the fp32 file by another backbone's export (consistent hash, wrong weights).
     other_run = tmp_path / "other-run"
@@ -150,6 +155,7 @@ def test_parity_failure_is_detected_for_a_wrong_file(model_dir: Path, run_dir: P
     check_parity(model_dir, load_manifest(model_dir), frames, reference)
 
 
+@pytest.mark.slow
 def test_output_directory_holding_another_model_is_refused(model_dir: Path, run_dir: Path) -> None:
     before = (model_dir / "manifest.json").read_bytes()
     with pytest.raises(ExportError, match="already holds model 'tiny'.*--overwrite"):
@@ -163,6 +169,7 @@ def test_output_directory_holding_another_model_is_refused(model_dir: Path, run_
     assert (clutter / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_atomically_and_leaves_no_staging(run_dir: Path, tmp_path: Path) -> None:
     first = export_run(run_dir, name="m", out_root=tmp_path, options=ExportOptions(int8=False, onnx=False))
     assert [f.path for f in load_manifest(first).files] == [FP32_TFLITE]
@@ -171,6 +178,7 @@ def test_overwrite_replaces_atomically_and_leaves_no_staging(run_dir: Path, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 
+@pytest.mark.slow
 def test_batchnorm_recalibration_restores_sound_statistics(run_dir: Path, source_npz: Path) -> None:
     import keras
 
@@ -204,6 +212,7 @@ def test_cli_reports_clear_errors_with_exit_code_2(tmp_path: Path, capsys: pytes
     assert "expected backbone.keras, not found" in err and "edge-host pretrain" in err
 
 
+@pytest.mark.slow
 def test_cli_export_from_run_prints_sizes_and_parity(run_dir: Path, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     code = host_main(["-q", "export", "--run", str(run_dir), "--name", "viacli", "--out", str(tmp_path),
@@ -215,6 +224,7 @@ def test_cli_export_from_run_prints_sizes_and_parity(run_dir: Path, tmp_path: Pa
     assert os.listdir(tmp_path) == ["viacli"]
 
 
+@pytest.mark.slow
 def test_uint8_input_files_take_camera_bytes_and_match_the_float32_export(run_dir: Path, model_dir: Path,
                                                                         tmp_path: Path) -> None:
     """Every uint8-input file has a uint8 input tensor; the older float32-input export still
