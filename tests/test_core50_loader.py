@@ -12,10 +12,8 @@ from firmware_sim.data.core50 import (
     SCENARIOS,
     Core50Arrays,
     Core50Folder,
-    objects_of,
     open_core50,
     parse_core50_path,
-    sessions_of,
 )
 from firmware_sim.data.generator import GeneratorConfig, generate_core50
 
@@ -161,5 +159,6 @@ def test_open_core50_detects_form(root, tmp_path):
 
 def test_batch_metadata(arrays):
     b = arrays.scenario("nicv2_391", 0).train_batches[5]
-    assert len(set(sessions_of(b).tolist())) == 1 and len(set(objects_of(b).tolist())) == 1
-    assert np.array_equal(b.labels, objects_of(b) - 1)
+    sessions, objects, _ = zip(*(parse_core50_path(p) for p in b.paths))
+    assert len(set(sessions)) == 1 and len(set(objects)) == 1
+    assert np.array_equal(b.labels, np.asarray(objects) - 1)

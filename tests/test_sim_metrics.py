@@ -23,9 +23,7 @@ from firmware_sim.measure.metrics import (
     final_accuracy,
     forgetting,
     mean_forgetting,
-    mean_std_over_runs,
     per_class_accuracy,
-    seen_mask,
     summary_stats,
 )
 
@@ -60,8 +58,7 @@ def test_forgetting_seen_mask_excludes_accuracy_before_training():
     acc = np.array([[0.9, 0.1, 0.0],
                     [0.6, 0.8, 0.2],
                     [0.7, 0.5, 0.9]])
-    seen = seen_mask([[0], [1], [2]], 3)
-    assert seen.tolist() == [[True, False, False], [True, True, False], [True, True, True]]
+    seen = np.array([[True, False, False], [True, True, False], [True, True, True]])
     f = forgetting(acc, seen)
     # group 0: 0.9 - 0.7 = 0.2; group 1: only row 1 counts (0.8) - 0.5 = 0.3; group 2: NaN
     np.testing.assert_allclose(f[:2], [0.2, 0.3])
@@ -77,8 +74,6 @@ def test_forgetting_edge_cases_and_errors():
         forgetting([0.1, 0.2])
     with pytest.raises(ValueError, match="boolean array of shape"):
         forgetting([[0.1], [0.2]], seen=np.ones((3, 1), bool))
-    with pytest.raises(ValueError, match=r"groups in \[0, 1\]"):
-        seen_mask([[0], [2]], 2)
 
 
 def test_accuracy_matrix_object_matches_functions():
@@ -223,21 +218,10 @@ def test_latency_context_manager_and_timer():
     assert res["n"] == 3 and res["min"] >= 0 and res["total_s"] == pytest.approx(sum(t.seconds))
 
 
-def test_summary_stats_and_runs():
+def test_summary_stats():
     s = summary_stats([2.0, 4.0, None, float("nan")])
     assert s == {"mean": 3.0, "std": pytest.approx(math.sqrt(2.0)), "min": 2.0, "max": 4.0, "n": 2}
     assert summary_stats([])["n"] == 0 and math.isnan(summary_stats([])["mean"])
-    runs = [{"final_accuracy": 0.5, "latency": {"p50_ms": 1.0}},
-            {"final_accuracy": 0.7, "latency": {"p50_ms": 3.0}},
-            {"final_accuracy": None, "latency": {"p50_ms": 2.0}}]
-    acc = mean_std_over_runs(runs, "final_accuracy")
-    assert acc["n"] == 2 and acc["mean"] == pytest.approx(0.6)
-    assert acc["std"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
-    lat = mean_std_over_runs(runs, "latency.p50_ms")
-    assert lat == {"mean": 2.0, "std": 1.0, "n": 3}  # values 1, 2, 3: sample std 1 (population std 0.816)
-    assert mean_std_over_runs(runs[:1], "final_accuracy")["std"] == 0.0
-    with pytest.raises(KeyError, match="latency.p90_ms"):
-        mean_std_over_runs(runs, "latency.p90_ms")
 
 
 # --------------------------------------------------------------------------- memory

@@ -12,13 +12,11 @@ import firmware_sim.data.protocols as protocols
 from firmware_sim.data.protocols import (
     PROTOCOLS,
     Stream,
-    build_protocol,
     class_incremental,
     domain_incremental,
     few_shot,
     make_protocol,
     nic_like,
-    parse_protocol_spec,
     split_transfer,
 )
 from firmware_sim.data.sources import LabelledImages
@@ -318,23 +316,11 @@ def test_make_protocol_registry_and_errors():
     assert s.pretrain is not None and len(s.pretrain) == 3 * PER_CLASS and s.label_map == {3: 0, 4: 1, 5: 2}
     # one-shot forms: build now
     direct = make_protocol("few_shot", train=train, test=test, shots=2, seed=5)
-    again = build_protocol("few_shot", train, test, shots=2, seed=5)
+    again = make_protocol("few_shot", shots=2, seed=5)(train, test)  # the same as building later
     assert isinstance(direct, Stream)
     np.testing.assert_array_equal(direct.train_batches[0].indices, again.train_batches[0].indices)
     with pytest.raises(ValueError, match="expected both train and test"):
         make_protocol("few_shot", train=train, shots=2)
-
-
-def test_parse_protocol_spec():
-    assert parse_protocol_spec("nic_like") == ("nic_like", {})
-    assert parse_protocol_spec("class_incremental:classes_per_experience=2,class_order=[3, 1, 2],"
-                               "replay_per_experience=none,shuffle=false") == (
-        "class_incremental", {"classes_per_experience": 2, "class_order": [3, 1, 2],
-                              "replay_per_experience": None, "shuffle": False})
-    with pytest.raises(ValueError, match="expected key=value"):
-        parse_protocol_spec("few_shot:5")
-    with pytest.raises(ValueError, match="unknown protocol"):
-        parse_protocol_spec("fewshot:shots=5")
 
 
 # --------------------------------------------------------------------------- issue 12 item 6

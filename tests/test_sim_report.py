@@ -15,10 +15,8 @@ from firmware_sim.measure.report import (
     CURVE_COLUMNS,
     format_mean_std,
     markdown_table,
-    plot_accuracy_curve,
     plot_confusion,
     plot_per_class,
-    read_report,
     to_jsonable,
     write_curve_csv,
     write_report,
@@ -55,7 +53,7 @@ def test_report_json_round_trip_numpy_and_nan(tmp_path):
     text = path.read_text()
     assert "NaN" not in text and "Infinity" not in text
     back = json.loads(text)
-    assert back == read_report(tmp_path / "run")
+    assert back == json.loads((tmp_path / "run" / "report.json").read_text())
     assert back["final_accuracy"] == 0.75 and isinstance(back["frames"], int) and back["ok"] is True
     assert back["forgetting"] == [0.1, None, -0.05]
     assert back["matrix"] == [[0, 1], [2, 3]]
@@ -70,7 +68,7 @@ def test_report_write_is_atomic_and_leaves_old_file_on_error(tmp_path):
     write_report(tmp_path, {"v": 1})
     with pytest.raises(TypeError, match="cannot write object"):
         write_report(tmp_path, {"v": 2, "bad": object()})
-    assert read_report(tmp_path) == {"v": 1}
+    assert json.loads((tmp_path / "report.json").read_text()) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no temp files left behind
 
 
@@ -131,18 +129,6 @@ def _assert_png(path: Path, min_bytes: int = 5000) -> tuple[int, int]:
 
 
 @needs_mpl
-def test_plot_accuracy_curve_many_strategies(tmp_path):
-    x = np.arange(1, 11) * 300
-    curves = {"slda": (x, np.linspace(0.3, 0.8, 10)), "naive": (x.tolist(), [0.3] * 9 + [None])}
-    out = plot_accuracy_curve(tmp_path / "plots" / "curve.png", curves)
-    assert out == tmp_path / "plots" / "curve.png"
-    _assert_png(out)
-    with pytest.raises(ValueError, match="same length"):
-        plot_accuracy_curve(tmp_path / "bad.png", {"a": ([1, 2], [0.1])})
-    assert not (tmp_path / "bad.png").exists()
-
-
-@needs_mpl
 def test_plot_per_class_and_confusion(tmp_path):
     rng = np.random.default_rng(0)
     acc = rng.uniform(0, 1, 10)
@@ -172,7 +158,7 @@ def test_plots_skip_with_warning_without_matplotlib(tmp_path, monkeypatch, caplo
 
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with caplog.at_level("WARNING", logger="firmware_sim.measure.report"):
-        assert plot_accuracy_curve(tmp_path / "c.png", {"a": ([1], [0.5])}) is None
+        assert plot_per_class(tmp_path / "c.png", [0.5, 0.7]) is None
     assert "matplotlib is not installed" in caplog.text
     assert not os.path.exists(tmp_path / "c.png")
 

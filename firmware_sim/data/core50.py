@@ -70,10 +70,8 @@ __all__ = [
     "SCENARIO_DIRS",
     "TEST_SESSIONS",
     "TRAIN_SESSIONS",
-    "objects_of",
     "open_core50",
     "parse_core50_path",
-    "sessions_of",
 ]
 
 TestSet = Literal["full", "reduced"]
@@ -83,23 +81,6 @@ LabelKind = Literal["object", "category"]
 def _check_choice(what: str, value: object, valid: Sequence[object]) -> None:
     if value not in valid:
         raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(map(str, valid))}")
-
-
-def sessions_of(batch: Batch) -> np.ndarray:
-    """Session number (1..11) of each frame of a CORe50 batch, parsed from its path.
-
-    Example:
-        >>> b = Batch(np.array([0, 1]), np.array([3, 3]), ("s1/o4/C_01_04_000.png", "s2/o4/C_02_04_001.png"),
-        ...           loader=lambda idx: np.zeros((len(idx), 8, 8, 3), np.uint8))
-        >>> sessions_of(b).tolist(), objects_of(b).tolist()
-        ([1, 2], [4, 4])
-    """
-    return np.array([parse_core50_path(p)[0] for p in batch.paths], np.int64)
-
-
-def objects_of(batch: Batch) -> np.ndarray:
-    """Original object id (1..50) of each frame of a CORe50 batch, parsed from its path."""
-    return np.array([parse_core50_path(p)[1] for p in batch.paths], np.int64)
 
 
 def _category_labels(paths: Sequence[str]) -> np.ndarray:

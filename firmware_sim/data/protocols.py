@@ -46,7 +46,6 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "PROTOCOLS",
     "SplitTransfer",
-    "build_protocol",
     "class_incremental",
     "domain_incremental",
     "few_shot",
@@ -55,7 +54,6 @@ __all__ = [
     "open_set_classes",
     "parse_int_list",
     "parse_protocol_params",
-    "parse_protocol_spec",
     "parse_protocol_value",
     "protocol_help",
     "protocol_parameters",
@@ -595,8 +593,7 @@ def make_protocol(name: str, train: LabelledImages | None = None, test: Labelled
                   **params: Any) -> Any:
     """Return ``build(train, test) -> Stream`` for a protocol name; parameters are checked now.
 
-    Given ``train`` and ``test`` as well, build and return the :class:`Stream` at once (same as
-    :func:`build_protocol`). For ``split_transfer`` the stream carries the pretraining split in
+    Given ``train`` and ``test`` as well, build and return the :class:`Stream` at once. For ``split_transfer`` the stream carries the pretraining split in
     ``stream.pretrain`` / ``stream.pretrain_test`` and the relabelling in ``stream.label_map``.
 
     Example:
@@ -623,38 +620,6 @@ def make_protocol(name: str, train: LabelledImages | None = None, test: Labelled
                              f"{'train' if train is not None else 'test'}")
         return build(train, test)
     return build
-
-
-def build_protocol(name: str, train: LabelledImages, test: LabelledImages, **params: Any) -> Stream:
-    """Build the stream of protocol ``name`` over ``train`` / ``test`` (see :func:`make_protocol`).
-
-    Example:
-        >>> from firmware_sim.data.sources import LabelledImages
-        >>> train = LabelledImages(np.zeros((20, 2, 2, 1), np.uint8), np.repeat(np.arange(2), 10))
-        >>> test = LabelledImages(np.zeros((4, 2, 2, 1), np.uint8), np.array([0, 0, 1, 1]))
-        >>> len(build_protocol("few_shot", train, test, shots=3).train_batches[0])
-        6
-    """
-    return make_protocol(name, **params)(train, test)
-
-
-def _split_top_level(text: str) -> list[str]:
-    parts: list[str] = []
-    cur: list[str] = []
-    depth = 0
-    for ch in text:
-        if ch in "[(":
-            depth += 1
-        elif ch in "])":
-            depth -= 1
-        if ch == "," and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    if "".join(cur).strip():
-        parts.append("".join(cur))
-    return parts
 
 
 _INT_LIST = re.compile(r"^\s*\[?\s*(-?\d+(\s*-\s*\d+)?)(\s*,\s*-?\d+(\s*-\s*\d+)?)*\s*,?\s*\]?\s*$")
@@ -710,7 +675,6 @@ def parse_protocol_value(text: str) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-_parse_value = parse_protocol_value
 
 
 def parse_protocol_params(items: Sequence[str], option: str = "--protocol-param") -> dict[str, Any]:
@@ -754,25 +718,3 @@ def protocol_help() -> str:
         if name == "split_transfer":
             lines.append("      (+ the parameters of its inner protocol)")
     return "\n".join(lines)
-
-
-def parse_protocol_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """Parse ``"name:key=value,key=value"`` (values: ints, floats, None, true/false, [lists], words).
-
-    Example:
-        >>> parse_protocol_spec("class_incremental:classes_per_experience=2,class_order=[3,1,2,0],seed=7")
-        ('class_incremental', {'classes_per_experience': 2, 'class_order': [3, 1, 2, 0], 'seed': 7})
-        >>> parse_protocol_spec("few_shot:shots=5,class_order=random")
-        ('few_shot', {'shots': 5, 'class_order': 'random'})
-    """
-    name, _, rest = spec.strip().partition(":")
-    name = name.strip()
-    params: dict[str, Any] = {}
-    for item in _split_top_level(rest):
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise ValueError(f"protocol spec {spec!r}: expected key=value items after ':', got {item.strip()!r}")
-        params[key.strip()] = _parse_value(value)
-    if name not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {name!r}; valid names: {', '.join(sorted(PROTOCOLS))}")
-    return name, params

@@ -27,7 +27,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -46,9 +46,7 @@ __all__ = [
     "forgetting",
     "mean_forgetting",
     "mean_std",
-    "mean_std_over_runs",
     "per_class_accuracy",
-    "seen_mask",
     "sample_std",
     "summary_stats",
 ]
@@ -155,38 +153,21 @@ def average_accuracy(curve: Iterable[float]) -> float:
 # --------------------------------------------------------------------------- forgetting
 
 
-def seen_mask(groups_per_step: Sequence[Iterable[int]], n_groups: int) -> np.ndarray:
-    """Boolean (n_steps, n_groups): ``True`` where group ``j`` was trained at or before step ``i``.
-
-    ``groups_per_step[i]`` lists the groups (classes, or experience ids) trained at step ``i``.
-
-    Example:
-        >>> seen_mask([[0], [1], [0]], 3).astype(int).tolist()
-        [[1, 0, 0], [1, 1, 0], [1, 1, 0]]
-    """
-    mask = np.zeros((len(groups_per_step), n_groups), dtype=bool)
-    for i, groups in enumerate(groups_per_step):
-        g = np.asarray(list(groups), dtype=np.int64)
-        if g.size and (g.min() < 0 or g.max() >= n_groups):
-            raise ValueError(f"groups_per_step[{i}]: expected groups in [0, {n_groups - 1}], got {g.tolist()}")
-        mask[i, g] = True
-    return np.logical_or.accumulate(mask, axis=0) if len(groups_per_step) else mask
-
-
 def forgetting(acc_matrix: Any, seen: Any | None = None) -> np.ndarray:
     """Per-group forgetting: the best accuracy before the final row minus the final accuracy.
 
     ``f[j] = max_{i < T-1, j seen at i} acc[i, j] - acc[T-1, j]`` for ``T`` rows. Groups never learned
     before the final row have no earlier accuracy and get ``NaN`` (they are excluded from
     :func:`mean_forgetting`). "Seen" means ``acc[i, j]`` is not ``NaN`` and, when ``seen`` (a boolean
-    matrix like the one :func:`seen_mask` builds) is given, ``seen[i, j]`` is ``True``: pass ``seen``
+    matrix like `AccuracyMatrix.seen`) is given, ``seen[i, j]`` is ``True``: pass ``seen``
     when the matrix holds accuracies for groups that were evaluated but not trained yet. A group whose
     final accuracy is ``NaN`` also gets ``NaN``. Values lie in [-1, 1] for accuracies in [0, 1];
     negative values mean the group improved (backward transfer).
 
     Example:
         >>> acc = np.array([[0.8, 0.0], [0.6, 0.9], [0.7, 0.5]])
-        >>> forgetting(acc, seen_mask([[0], [1], [0]], 2)).round(3).tolist()
+        >>> seen = np.array([[True, False], [True, True], [True, True]])  # group 1 trained at step 1
+        >>> forgetting(acc, seen).round(3).tolist()
         [0.1, 0.4]
     """
     acc = np.asarray(acc_matrix, dtype=np.float64)
@@ -563,30 +544,6 @@ def summary_stats(values: Iterable[float | None]) -> dict[str, float]:
         return {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan, "n": 0}
     return {"mean": float(v.mean()), "std": sample_std(v), "min": float(v.min()), "max": float(v.max()),
             "n": int(v.size)}
-
-
-def _get_path(report: Mapping[str, Any], key: str) -> Any:
-    node: Any = report
-    for part in key.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            raise KeyError(f"report has no {key!r} (missing {part!r})")
-        node = node[part]
-    return node
-
-
-def mean_std_over_runs(reports: Sequence[Mapping[str, Any]], key: str) -> dict[str, float]:
-    """Mean and std of ``key`` over runs (``--runs N``); ``key`` may be dotted (``"latency.p50_ms"``).
-
-    ``std`` is the sample std (``ddof=1``) across runs, and 0.0 for a single run. Runs whose value
-    is ``None``/NaN (e.g. a metric undefined in that run) are skipped and ``n`` says how many counted.
-
-    Example:
-        >>> mean_std_over_runs([{"acc": {"final": 0.5}}, {"acc": {"final": 0.7}}], "acc.final")
-        {'mean': 0.6, 'std': 0.14142135623730948, 'n': 2}
-    """
-    if not reports:
-        raise ValueError("reports: expected at least one run report, got none")
-    return mean_std(_get_path(r, key) for r in reports)
 
 
 def mean_std(values: Iterable[float | None]) -> dict[str, float]:

@@ -10,7 +10,7 @@ Example:
     >>> import tempfile
     >>> out = tempfile.mkdtemp()
     >>> path = write_report(out, {"final_accuracy": np.float32(0.5), "forgetting": np.array([0.1, np.nan])})
-    >>> read_report(path)
+    >>> json.loads(path.read_text())
     {'final_accuracy': 0.5, 'forgetting': [0.1, None]}
 """
 
@@ -37,10 +37,8 @@ __all__ = [
     "CURVE_COLUMNS",
     "format_mean_std",
     "markdown_table",
-    "plot_accuracy_curve",
     "plot_confusion",
     "plot_per_class",
-    "read_report",
     "to_jsonable",
     "write_curve_csv",
     "write_report",
@@ -101,15 +99,6 @@ def write_report(out_dir: str | os.PathLike[str], report: Mapping[str, Any], nam
     path = _atomic_write(Path(out_dir) / name, lambda f: f.write(text))
     logger.info("wrote %s", path)
     return path
-
-
-def read_report(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a ``report.json`` (or the folder holding one)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / REPORT_NAME
-    with open(p, encoding="utf-8") as f:
-        return json.load(f)
 
 
 # --------------------------------------------------------------------------- CSV
@@ -239,39 +228,6 @@ def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
     out = _atomic_write(p, lambda f: fig.savefig(f, format=fmt), binary=True)
     logger.info("wrote %s", out)
     return out
-
-
-def plot_accuracy_curve(path: str | os.PathLike[str], curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
-                        title: str = "Test accuracy during the stream", xlabel: str = "frames seen",
-                        ylabel: str = "test accuracy") -> Path | None:
-    """Plot one or more accuracy curves (``label -> (x, y)``) overlaid; returns the PNG path or None.
-
-    Example:
-        >>> import tempfile, os
-        >>> p = plot_accuracy_curve(os.path.join(tempfile.mkdtemp(), "curve.png"),
-        ...                         {"slda": ([300, 600], [0.5, 0.7]), "naive": ([300, 600], [0.5, 0.2])})
-        >>> p is None or p.stat().st_size > 1000
-        True
-    """
-    if not curves:
-        raise ValueError("curves: expected at least one labelled (x, y) curve, got none")
-    fig = _new_figure(7.0, 4.2)
-    if fig is None:
-        return None
-    ax = fig.add_subplot()
-    for label, (x, y) in curves.items():
-        xs = np.asarray(x, dtype=np.float64)
-        ys = np.asarray([np.nan if v is None else v for v in y], dtype=np.float64)
-        if xs.shape != ys.shape:
-            raise ValueError(f"curve {label!r}: expected x and y of the same length, got {xs.shape} and {ys.shape}")
-        ax.plot(xs, ys, label=str(label), marker="o" if xs.size <= 30 else None, markersize=3, linewidth=1.5)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.set_ylim(0.0, 1.0)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="best", fontsize="small")
-    return _save(fig, path)
 
 
 def _class_labels(n: int, class_names: Sequence[str] | None) -> list[str]:
