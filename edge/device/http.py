@@ -4,7 +4,9 @@ Routes (JSON in and out; errors are ``{"error": "..."}`` with a 4xx status):
 
 * ``GET /status``: model fingerprint, classes (names, sample counts), buffer and state bytes, RSS,
   fps, dropped frames, latency, last checkpoint;
-* ``GET /prediction``: the latest label, score, unknown flag and frame time (404 before the first);
+* ``GET /prediction``: the latest answer, `edge.device.labels.LabelMap.answer_fields` (``label``,
+  ``index``, ``score``, ``novelty``, ``unknown``, ``top``: the keys of ``edge-agent predict --json``)
+  and ``frame``, ``frame_time``, ``name`` (404 before the first);
 * ``POST /teach`` ``{"label": "cup", "frames": 30}`` or ``{"label": "cup", "seconds": 2}``;
 * ``POST /teach/finish`` ``{"label": "cup"}``: end that class's waiting teach now and learn what it
   collected (the page's hold-to-record button: press ``{"label": "cup", "seconds": 60}``, release);
