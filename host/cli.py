@@ -72,6 +72,9 @@ def _add_export_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-onnx", action="store_true", help="skip the ONNX file")
     group.add_argument("--opset", type=int, default=17, help="ONNX opset, 13-18 (default 17)")
     group.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
+    group.add_argument("--no-fp32-tflite", action="store_true",
+                       help="efficientnet_lite0: build and check the fp32 TFLite file, then leave it out (the "
+                            "shipped model: int8 TFLite + ONNX; make shipped-model)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,7 +117,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.01, help="learning rate (default 0.01)")
     p.add_argument("--momentum", type=float, default=0.9, help="sgd momentum (default 0.9)")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="L2 on weight matrices (default 1e-4)")
+
+    p = sub.add_parser("bundle", help="pack a model folder into one verified archive for a device",
+                       description="Verify a model folder (every sha256 of its manifest) and write one tar "
+                                   "file: bundle.json (each file's bytes and sha256), manifest.json and the "
+                                   "files it lists. Install it on the device with `edge-agent models install "
+                                   "FILE`. Needs no TensorFlow.")
+    p.add_argument("--model", required=True, help="model directory with manifest.json")
+    p.add_argument("-o", "--output", required=True, help="bundle file to write, e.g. efficientnet_lite0_224.tar")
+    p.add_argument("--name", default=None, help="the name it installs under (default: the manifest's name)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle file")
     return parser
+
+
+def _run_bundle(args: argparse.Namespace) -> int:
+    """``edge-host bundle``: no TensorFlow, so no host-extra check."""
+    from edge.errors import EdgeError
+    from host.bundle import bundle_model
+
+    try:
+        out = bundle_model(args.model, args.output, name=args.name, overwrite=args.overwrite)
+    except (EdgeError, ValueError, OSError) as exc:
+        print(f"edge-host bundle: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); on the device: edge-agent models install {out.name}")
+    return 0
 
 
 def _pretrain_config(args: argparse.Namespace):
@@ -209,7 +236,7 @@ def _export_pretrained(args: argparse.Namespace) -> Path:
     return build_efficientnet_lite0_model(
         out_root=args.out, input_size=args.input_size, name=args.name, weights=args.weights or "package",
         imagenet_sample=args.imagenet_sample, data=data, int8=not args.no_int8, onnx=not args.no_onnx,
-        opset=args.opset, overwrite=args.overwrite, seed=args.seed)
+        opset=args.opset, overwrite=args.overwrite, seed=args.seed, fp32_tflite=not args.no_fp32_tflite)
 
 
 HOST_EXTRA = 'pip install "edge-continual[host]"'
@@ -259,6 +286,8 @@ def _exporting(args: argparse.Namespace) -> contextlib.AbstractContextManager[No
 
 
 def _run_command(args: argparse.Namespace) -> None:
+    if getattr(args, "no_fp32_tflite", False) and not _is_pretrained(args):
+        raise ValueError(f"--no-fp32-tflite: expected --backbone efficientnet_lite0, got {args.backbone}")
     if args.command == "pretrain":
         _run_pretrain(args, Path(args.out))
     elif args.command == "export":
@@ -331,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "bundle":
+        return _run_bundle(args)
     if args.verbose:
         return _main(args)
     from host.quiet import filtered_stderr, quiet_tensorflow

