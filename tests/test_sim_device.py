@@ -115,3 +115,51 @@ def test_ram_budget_below_the_agents_need_fails_cleanly_with_the_figure(
     err = capsys.readouterr().err
     assert "ram_budget" in err and "peak RSS" in err and "budget 100 MB" in err
     assert (tmp_path / "ram" / "summary.md").read_text().count("FAILED") == 1
+
+
+def test_run_entry_writes_the_typed_records_under_the_report_keys() -> None:
+    from firmware_sim.device.report import run_entry
+    from firmware_sim.device.sim import (
+        Cut,
+        DeviceError,
+        DeviceOptions,
+        DeviceRun,
+        Evaluation,
+        Failure,
+        Learned,
+        StreamFrames,
+    )
+    from firmware_sim.measure.report import to_jsonable
+
+    labels = np.repeat(np.arange(2), 10)
+    plan = teach_plan(labels, [0, 10], fps=20, share=1.0, delay_s=0.0, burst=5)
+    run = DeviceRun.empty(20)
+    run.pred[:10], run.proc_ms[:10], run.start_s[:10] = labels[:10], 1.0, np.arange(10) / 20
+    run.learned.append(Learned(t=0.25, step=1, frames=5, ms=3.0, frame=4))
+    run.evals.append(Evaluation(t=0.25, frame=5, step=1, accuracy=0.5))
+    run.cuts.append(Cut("checkpoint-open", frame=9, t=0.45, recovery_s=0.2, frames_off=3, taught_lost=5,
+                        bursts_lost=1, bursts_touched=1, updates_lost=1, restored_step=0, torn_bytes=512))
+    run.errors.append(DeviceError(t=0.3, where="learn", message="boom"))
+    run.failure = Failure("flash_budget", where="checkpoint after frame 9", disk_bytes=2_000_000, flash_budget_mb=1.0)
+    entry = run_entry(run, StreamFrames(labels, [0, 10], []), plan, DeviceOptions())
+    results, measured = entry["results"], entry["measured"]
+    assert results["failure"] == {"kind": "flash_budget", "where": "checkpoint after frame 9",
+                                  "disk_bytes": 2_000_000, "flash_budget_mb": 1.0}
+    assert not results["completed"] and results["final_accuracy"] is None and results["final_step"] is None
+    assert results["frames_processed"] == 10 and results["prequential_accuracy"] == 1.0
+    assert list(results["power_cuts"][0]) == ["kind", "frame", "t", "recovery_s", "frames_off", "taught_lost",
+                                              "bursts_lost", "bursts_touched", "updates_lost", "restored_step",
+                                              "torn_bytes"]
+    assert results["power_cut_totals"] == {"cuts": 1, "during_checkpoint": 1, "frames_off": 3, "taught_lost": 5,
+                                           "bursts_lost": 1, "max_bursts_lost_per_cut": 1,
+                                           "max_bursts_touched_per_cut": 1, "updates_lost": 1}
+    assert results["test_curve"] == [{"t": 0.25, "frame": 5, "step": 1, "accuracy": 0.5}]
+    assert measured["errors"] == [{"t": 0.3, "where": "learn", "message": "boom"}]
+    assert measured["timeline"]["learned_t"] == [0.25] and measured["learn_ms"]["max"] == 3.0
+    assert measured["rss_peak_bytes"] is None and measured["state_bytes_on_disk"] is None
+    json.dumps(to_jsonable(entry), allow_nan=False)  # what write_report writes
+    run.failure = Failure("ram_budget", where="boot", reason="MemoryError", message="", frame=0,
+                          peak_rss_bytes=10, ram_budget_mb=50.0, ram_mechanism="rlimit_as", exit_status=3)
+    assert list(run_entry(run, StreamFrames(labels, [0, 10], []), plan, DeviceOptions())["results"]["failure"]) == [
+        "kind", "reason", "message", "where", "site", "frame", "peak_rss_bytes", "ram_budget_mb", "ram_mechanism",
+        "exit_status"]
