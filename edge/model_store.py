@@ -46,7 +46,7 @@ from edge.models import packaged_model_dir, packaged_model_names
 log = logging.getLogger(__name__)
 
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_INDEX", "BundleError", "InstalledModel", "add_models_subparser",
-           "default_models_dir", "install_bundle", "list_models", "read_bundle_index", "resolve_model"]
+           "default_models_dir", "default_precision", "install_bundle", "list_models", "read_bundle_index", "resolve_model"]
 
 BUNDLE_FORMAT = "edge-model-bundle"
 BUNDLE_VERSION = 1
@@ -111,6 +111,30 @@ def resolve_model(name_or_path: str | os.PathLike[str], models_dir: str | os.Pat
     names = sorted({m.name for m in list_models(root)})
     raise ConfigError(f"--model {text!r}: expected a model folder or the name of an installed or packaged model "
                       f"(looked in {root} and the package), got neither; available: {', '.join(names) or 'none'}")
+
+
+def default_precision(model_dir: str | os.PathLike[str], runtime: str = "auto") -> str:
+    """The precision to open ``model_dir`` with when none is asked for.
+
+    ``fp32`` where the runtime has an fp32 file; on LiteRT a model without an fp32 TFLite file (the
+    shipped EfficientNet-Lite0: int8 TFLite + fp32 ONNX) opens as ``int8``. ``runtime="auto"``
+    decides as `edge.runtimes.open_backbone` does (LiteRT when installed).
+
+    Example:
+        >>> from edge.models import imagenet_model_dir, tiny_model_dir
+        >>> default_precision(tiny_model_dir(), "litert"), default_precision(imagenet_model_dir(), "litert")
+        ('fp32', 'int8')
+        >>> default_precision(imagenet_model_dir(), "onnx")
+        'fp32'
+    """
+    from edge.runtimes import runtime_available
+
+    if runtime == "auto":
+        runtime = "litert" if runtime_available("litert") else "onnx"
+    if runtime != "litert":
+        return "fp32"
+    have = {(f.format, f.precision) for f in load_manifest(model_dir, verify=False).files}
+    return "fp32" if ("tflite", "fp32") in have or ("tflite", "int8") not in have else "int8"
 
 
 @dataclass(frozen=True)
