@@ -50,6 +50,7 @@ def _assert_png(path: Path) -> None:
         assert np.asarray(img.convert("L")).std() > 5  # not blank
 
 
+@pytest.mark.slow
 def test_compare_on_nicv2_391_writes_every_output_and_replay_beats_naive(compare_report) -> None:
     report, out = compare_report
     for name in ("report.json", "curve.csv", "summary.md", "accuracy_curve.png",
@@ -62,6 +63,7 @@ def test_compare_on_nicv2_391_writes_every_output_and_replay_beats_naive(compare
     assert report["backbone"]["fingerprint"] and len(report["backbone"]["file_sha256"]) == 64
 
 
+@pytest.mark.slow
 def test_compare_summary_says_what_was_run_and_has_tail_latency_and_rss(compare_report) -> None:
     report, out = compare_report
     machine = report["machine"]
@@ -88,6 +90,7 @@ def test_compare_summary_says_what_was_run_and_has_tail_latency_and_rss(compare_
     assert f"{s['rss_peak_bytes'] / 2**20:.0f}" in row and f"{inf['p99_ms']:.2f}" in row
 
 
+@pytest.mark.slow
 def test_compare_plots_latency_rss_and_tradeoffs(compare_report) -> None:
     report, out = compare_report
     for name in ("accuracy_curve.png", "latency_hist.png", "rss.png", "accuracy_vs_memory.png",
@@ -100,6 +103,7 @@ def test_compare_plots_latency_rss_and_tradeoffs(compare_report) -> None:
     assert all(p["rss_bytes"] > 0 for p in rss)
 
 
+@pytest.mark.slow
 def test_progress_shows_in_a_log_without_a_terminal(compare_run) -> None:
     err = compare_run[2]
     lines = err.splitlines()
@@ -109,6 +113,7 @@ def test_progress_shows_in_a_log_without_a_terminal(compare_run) -> None:
     assert "\r" not in err  # plain lines, no bar redrawing
 
 
+@pytest.mark.slow
 def test_report_metrics_are_computed_from_what_happened(compare_report) -> None:
     report, out = compare_report
     result = report["configs"]["replay"]["runs"][0]
@@ -135,6 +140,7 @@ def test_report_metrics_are_computed_from_what_happened(compare_report) -> None:
     assert len(rows) == 2 * 391 and {r["strategy"] for r in rows} == {"naive", "replay"}
 
 
+@pytest.mark.slow
 def test_run_with_several_runs_reports_mean_and_std_and_reuses_cached_test_embeddings(
         generated: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cache = tmp_path / "cache"
@@ -183,6 +189,7 @@ def test_bad_arguments_exit_2_with_a_clear_message(args: list[str], message: str
     assert code == 2 and message in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_main_job_without_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("EDGE_SIM_CACHE", str(tmp_path / "cache"))
