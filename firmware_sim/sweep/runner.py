@@ -30,7 +30,7 @@ from edge.atomic import atomic_write
 from firmware_sim.measure.metrics import mean_std
 from firmware_sim.sweep.embeddings import StreamCache
 from firmware_sim.sweep.executors import Executor, make_executor
-from firmware_sim.sweep.grid import Cell, Grid, expand, load_grid, make_cell
+from firmware_sim.sweep.grid import Cell, Grid, expand, load_grid, make_cell, varying_keys
 from firmware_sim.sweep.results import CELLS_DIR, render
 from firmware_sim.sweep.tasks import CRASH_ENV, embed_task, resolve_stream, run_cell
 
@@ -90,15 +90,11 @@ def _spec_label(spec: dict[str, Any]) -> str:
     return f"{spec['data']} {spec['scenario']} run {spec['run']}"
 
 
-def _cell_label(cell: Cell) -> str:
-    """``<key> (<scenario> <strategy> <agent settings that differ from the defaults> run <n>)`` for a log line."""
-    from edge.agent import AgentConfig
-
-    defaults = AgentConfig().to_dict()
-    shown = {k: v for k, v in cell.agent.items()
-             if k not in ("strategy", "seed", "strategy_params", "head_file") and defaults.get(k) != v}
-    shown.update(cell.agent.get("strategy_params", {}))
-    settings = "".join(f" {k}={v}" for k, v in sorted(shown.items()))
+def _cell_label(cell: Cell, keys: set[str]) -> str:
+    """``<key> (<scenario> <strategy> <the grid's varied settings> run <n>)`` for a progress line."""
+    values = {**cell.sim, **cell.agent, **cell.agent.get("strategy_params", {})}
+    shown = sorted(k for k in keys if k in values and k not in ("scenario", "strategy", "run", "seed", "head_file"))
+    settings = "".join(f" {k}={values[k]}" for k in shown)
     return f"{cell.key} ({cell.sim['scenario']} {cell.agent['strategy']}{settings} run {cell.sim['run']})"
 
 
@@ -179,7 +175,10 @@ def run_sweep(grid: Grid | str | Path, out_dir: str | Path, *, executor: str | E
                                          "cache_dir": str(cache.directory), "embedded": handles.get(skey),
                                          "crash": crash})
         by_key = {c.key: c for c in todo}
-        for key, value in runner.run(jobs, desc="sweep cells", label=lambda k: _cell_label(by_key[k])):
+        strategies = {str(c.agent["strategy"]) for c in cells}  # as the results label them: what varies per strategy
+        varied = {s: varying_keys([c for c in cells if c.agent["strategy"] == s]) for s in strategies}
+        for key, value in runner.run(jobs, desc="sweep cells",
+                                     label=lambda k: _cell_label(by_key[k], varied[str(by_key[k].agent["strategy"])])):
             if isinstance(value, BaseException):
                 failures[key] = f"{type(value).__name__}: {value}"
                 log.warning("cell %s failed: %s", key, failures[key])
