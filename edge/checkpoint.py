@@ -30,12 +30,10 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import stat
@@ -71,25 +69,6 @@ _MAX_STEP = 2**62
 _NUMERIC_KINDS = "biufc"
 _NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
-#: Bounds of the integer settings of an agent config (a device never needs more; bigger values
-#: would allocate gigabytes). The CLI checks its options against the same bounds.
-CONFIG_LIMITS: dict[str, tuple[int, int]] = {
-    "max_classes": (2, 100_000),
-    "buffer_capacity": (0, 1_000_000),
-    "epochs": (1, 1_000),
-    "batch_size": (1, 65_536),
-    "hidden": (1, 65_536),
-    "seed": (0, 2**32 - 1),
-}
-#: Bounds of the float settings (finite, and in these closed ranges).
-FLOAT_LIMITS: dict[str, tuple[float, float]] = {
-    "lr": (1e-12, 100.0),
-    "momentum": (0.0, 1.0),
-    "weight_decay": (0.0, 100.0),
-    "replay_ratio": (0.0, 1.0),
-}
-
-
 @dataclass(frozen=True)
 class Checkpoint:
     """A loaded, verified checkpoint."""
@@ -120,57 +99,6 @@ def header_sha256(header: dict[str, Any]) -> str:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def validate_agent_config(config: Any) -> None:
-    """Check a checkpoint's agent config before `AgentConfig.from_dict` sees it.
-
-    Types follow the `edge.agent.AgentConfig` fields (an int where an int is expected, a finite
-    number where a float is, ...), integers and floats lie within `CONFIG_LIMITS` / `FLOAT_LIMITS`,
-    and the config and its strategy can be built. Raises `CheckpointError` naming the field,
-    expected vs got.
-    """
-    from edge.agent import AgentConfig  # lazy: the agent imports much more than a store needs
-    from edge.strategies import make_strategy
-
-    if not isinstance(config, dict):
-        raise CheckpointError(f"config: expected an object, got {type(config).__name__}")
-    fields = {f.name: str(f.type).replace(" ", "") for f in dataclasses.fields(AgentConfig)}
-    for key, value in config.items():
-        kind = fields.get(key)
-        if kind is None:
-            raise CheckpointError(f"config: expected keys among {sorted(fields)}, got {key!r}")
-        ok = {
-            "int": _is_int(value), "float": _is_number(value), "bool": isinstance(value, bool),
-            "str": isinstance(value, str), "str|None": value is None or isinstance(value, str),
-        }.get(kind)
-        if ok is None and kind.startswith("dict"):
-            ok = isinstance(value, dict) and all(
-                isinstance(k, str) and (isinstance(v, (str, bool)) or v is None or _is_number(v))
-                for k, v in value.items())
-            kind = "an object of finite numbers/strings/booleans"
-        elif ok is None:
-            ok = value is None or isinstance(value, (str, bool)) or _is_number(value)
-        if not ok:
-            raise CheckpointError(f"config.{key}: expected {kind}, got {type(value).__name__} {value!r:.60}")
-        if key in CONFIG_LIMITS:
-            lo, hi = CONFIG_LIMITS[key]
-            if not lo <= value <= hi:
-                raise CheckpointError(f"config.{key}: expected an int in [{lo}, {hi}], got {value}")
-        if key in FLOAT_LIMITS:
-            lo_f, hi_f = FLOAT_LIMITS[key]
-            if not lo_f <= value <= hi_f:
-                raise CheckpointError(f"config.{key}: expected a finite number in [{lo_f:g}, {hi_f:g}], "
-                                      f"got {value!r}")
-    try:
-        cfg = AgentConfig.from_dict(config)
-        make_strategy(cfg.strategy, **cfg.strategy_params)
-    except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"config: expected a valid agent config, got {exc}") from exc
 
 
 def read_npy_header(member: Any) -> tuple[tuple[int, ...], bool, np.dtype] | None:
@@ -282,7 +210,7 @@ class CheckpointStore:
         fingerprint: `Manifest.fingerprint` of the backbone the state belongs to; a checkpoint
             written for another backbone is refused with `IncompatibleCheckpointError`.
         keep: number of newest checkpoints kept (>= 2 so a corrupt newest one has a fallback).
-        validate_config: called with a checkpoint's config on load (e.g. `validate_agent_config`);
+        validate_config: called with a checkpoint's config on load (e.g. `edge.config.validate_agent_config`);
             a config it refuses makes the checkpoint invalid (skipped like a corrupt one).
         exclusive: the caller holds the folder's `edge.lock.StateLock`, so every temp file in it
             is a dead writer's and is removed before writing.

@@ -31,25 +31,22 @@ import os
 import re
 import signal
 import sys
-from typing import Callable, NoReturn, Sequence
+from typing import NoReturn, Sequence
 
 import numpy as np
 
-from edge.agent import Agent, AgentConfig
-from edge.buffer import POLICIES, STORAGES
-from edge.checkpoint import CONFIG_LIMITS, CheckpointStore, resume, validate_agent_config
+from edge.agent import Agent
+from edge.checkpoint import CheckpointStore, resume
+from edge.config import (SETTINGS_BY_NAME, AgentConfig, add_arguments, asked_settings, check_stored, float_in,
+                         from_untrusted, int_in, validate_agent_config)
 from edge.device.labels import LabelMap, check_name
-from edge.errors import CheckpointError, EdgeError, InputError
-from edge.agent import HEAD_BACKENDS
-from edge.checkpoint import FLOAT_LIMITS
-from edge.heads import HEADS, OPTIMIZERS
+from edge.errors import EdgeError, InputError
 from edge.manifest import FIT_POLICIES, Manifest
 from edge.preprocess import load_frame
 from edge.openset import MIN_PROBABILITY, OpenSetPolicy
 from edge.lock import DEFAULT_TIMEOUT_S, StateLock
 from edge.models import default_model_dir
 from edge.runtimes import open_backbone
-from edge.strategies import STRATEGIES
 from edge.version import package_version
 
 logger = logging.getLogger("edge.cli")
@@ -91,49 +88,10 @@ def tsv_field(text: str) -> str:
     return "".join(out)
 
 
-def parse_key_values(items: Sequence[str], option: str) -> dict[str, object]:
-    """``KEY=VALUE`` items of a command-line ``option`` -> a dict (ints, floats, true/false, else strings)."""
-    params: dict[str, object] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"{option}: expected KEY=VALUE, got {item!r}")
-        for cast in (int, float):
-            try:
-                params[key] = cast(value)
-                break
-            except ValueError:
-                continue
-        else:
-            params[key] = {"true": True, "false": False}.get(value.lower(), value)
-    return params
-
-
-def _strategy_params(items: Sequence[str]) -> dict[str, object]:
-    """``--strategy-param KEY=VALUE`` items -> strategy parameters."""
-    return parse_key_values(items, "--strategy-param")
-
-
-#: AgentConfig fields settable by a flag of the same meaning in edge-agent and edge-sim (dest names).
-_CONFIG_FLAGS = ("head", "hidden", "optimizer", "lr", "epochs", "batch_size", "max_classes", "strategy",
-                 "buffer_capacity", "buffer_policy", "buffer_storage", "replay_ratio", "seed", "head_backend",
-                 "head_file")
-
-
 def _asked_config(args: argparse.Namespace) -> dict[str, object]:
-    """The AgentConfig settings asked for explicitly: ``--config FILE`` values, then given flags."""
-    asked: dict[str, object] = {}
-    if getattr(args, "config", None):
-        from edge.device.config import load_config_values
-
-        asked.update(load_config_values(args.config))
-    for name in _CONFIG_FLAGS:
-        value = getattr(args, name, None)
-        if value is not None:
-            asked[name] = value
-    if getattr(args, "strategy_param", None):
-        asked["strategy_params"] = _strategy_params(args.strategy_param)
-    return asked
+    """The AgentConfig settings asked for explicitly (`edge.config.asked_settings`: a flag given beats
+    ``--config FILE``, which beats the default)."""
+    return asked_settings(args)
 
 
 def _config_from_args(args: argparse.Namespace) -> AgentConfig:
@@ -145,7 +103,6 @@ def _open(args: argparse.Namespace, exclusive: bool = False) -> tuple[Agent, Che
 
     Settings asked for explicitly (``--config``, flags) must match a stored state's config.
     """
-    from edge.device.config import check_stored
     from edge.device.loop import restore_agent
 
     asked = _asked_config(args)
@@ -158,18 +115,14 @@ def _open(args: argparse.Namespace, exclusive: bool = False) -> tuple[Agent, Che
         (agent, labels), ckpt = resumed
         check_stored(ckpt.config, asked)
         return agent, store, ckpt.step, labels
-    try:
-        validate_agent_config(AgentConfig.from_dict(asked).to_dict())
-    except CheckpointError as exc:
-        raise InputError(str(exc).replace("config.", "option ", 1)) from exc
-    config = AgentConfig.from_dict(asked)
+    config = from_untrusted(asked, "option ")
     return Agent(backbone, config), store, None, LabelMap(config.max_classes)
 
 
 def _label_arg(text: str) -> str | int:
     """``--label``: an int index in [0, max_classes) or a class name."""
     if re.fullmatch(r"[+-]?\d+", text.strip()):
-        return _int_in(0, CONFIG_LIMITS["max_classes"][1] - 1)(text)
+        return _int_in(0, int(SETTINGS_BY_NAME["max_classes"].high or 0) - 1)(text)
     try:
         return check_name(text)
     except InputError as exc:
@@ -335,30 +288,8 @@ def _cmd_teach(args: argparse.Namespace) -> int:
     return 0
 
 
-def _int_in(lo: int, hi: int) -> Callable[[str], int]:
-    """An argparse type: an int in [lo, hi], else a one-line usage error naming expected vs got."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text, 10)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an int, got {text!r:.40}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"expected an int in [{lo}, {hi}], got {text:.40}")
-        return value
-    return parse
-
-
-def _float_in(lo: float, hi: float) -> Callable[[str], float]:
-    """An argparse type: a finite float in [lo, hi]."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r:.40}") from None
-        if not (math.isfinite(value) and lo <= value <= hi):
-            raise argparse.ArgumentTypeError(f"expected a number in [{lo:g}, {hi:g}], got {text:.40}")
-        return value
-    return parse
+#: argparse types of the other options (edge.config's, which the agent settings use too).
+_int_in, _float_in = int_in, float_in
 
 
 def _seconds(text: str) -> float:
@@ -369,6 +300,13 @@ def _seconds(text: str) -> float:
     if not (math.isfinite(value) and 0.0 <= value <= 86_400.0):
         raise argparse.ArgumentTypeError(f"expected seconds in [0, 86400], got {text:.40}")
     return value
+
+
+def _add_lock_timeout(parser: argparse.ArgumentParser, default_s: float, help_text: str) -> None:
+    """``--lock-timeout`` with this command's own default (an option of a shared parent parser would
+    share one default between commands: ``set_defaults`` on one changes it for all)."""
+    parser.add_argument("--lock-timeout", type=_seconds, default=default_s, metavar="SECONDS",
+                        help=f"{help_text} (default {default_s:g})")
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -409,44 +347,16 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
                         help="backbone precision (int8 runs on LiteRT)")
     common.add_argument("--threads", type=_int_in(1, 256), default=None, help="inference threads")
-    common.add_argument("--lock-timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
-                        help=f"learn: wait this long for another writer's lock (default {DEFAULT_TIMEOUT_S:g})")
     fresh = common.add_argument_group(
         "agent configuration (defaults: AgentConfig's; a new state is created with it; a stored state keeps "
         "its own, and a setting given here or in --config that differs from it is an error)")
-    fresh.add_argument("--config", default=None, metavar="FILE",
-                       help="AgentConfig as JSON or TOML (the same file works for edge-sim); flags override it")
-    fresh.add_argument("--head", default=None, choices=sorted(HEADS))
-    fresh.add_argument("--hidden", type=_int_in(*CONFIG_LIMITS["hidden"]), default=None, help="MLP head hidden units")
-    fresh.add_argument("--optimizer", default=None, choices=OPTIMIZERS)
-    fresh.add_argument("--lr", type=_float_in(*FLOAT_LIMITS["lr"]), default=None, help="learning rate")
-    fresh.add_argument("--epochs", type=_int_in(*CONFIG_LIMITS["epochs"]), default=None,
-                       help="epochs over each incoming batch")
-    fresh.add_argument("--batch-size", type=_int_in(*CONFIG_LIMITS["batch_size"]), default=None)
-    fresh.add_argument("--head-backend", default=None, choices=HEAD_BACKENDS)
-    fresh.add_argument("--head-file", default=None, help="head .tflite file (head backend tflite)")
-    fresh.add_argument("--strategy", default=None, choices=sorted(STRATEGIES),
-                       help="continual-learning strategy (default replay; see docs/strategies.md)")
-    fresh.add_argument("--strategy-param", action="append", default=[], metavar="KEY=VALUE",
-                       help="strategy hyperparameter, e.g. shrinkage=0.001 (repeatable)")
-    fresh.add_argument("--max-classes", type=_int_in(*CONFIG_LIMITS["max_classes"]), default=None,
-                       help="head capacity (default 50)")
-    fresh.add_argument("--buffer-capacity", type=_int_in(*CONFIG_LIMITS["buffer_capacity"]), default=None,
-                       help="replay buffer capacity in patterns (default 1000; --buffer as in edge-sim)")
-    fresh.add_argument("--buffer", dest="buffer_capacity", type=_int_in(*CONFIG_LIMITS["buffer_capacity"]),
-                       default=None, help=argparse.SUPPRESS)
-    fresh.add_argument("--buffer-policy", default=None, choices=POLICIES)
-    fresh.add_argument("--buffer-storage", default=None, choices=STORAGES,
-                       help="replay buffer storage (default int8; --buffer-dtype as in edge-sim)")
-    fresh.add_argument("--buffer-dtype", dest="buffer_storage", default=None, choices=STORAGES, help=argparse.SUPPRESS)
-    fresh.add_argument("--replay-ratio", type=_float_in(*FLOAT_LIMITS["replay_ratio"]), default=None,
-                       help="share of replayed patterns per mini-batch")
-    fresh.add_argument("--seed", type=_int_in(*CONFIG_LIMITS["seed"]), default=None)
+    add_arguments(fresh)
 
     p = sub.add_parser("learn", parents=[common], help="learn images as one label")
     p.add_argument("--label", type=_label_arg, required=True,
                    help="class of every image: a name (e.g. cup) or an index in [0, max_classes)")
     p.add_argument("images", nargs="+", help="image files (any size; resized to the model input)")
+    _add_lock_timeout(p, DEFAULT_TIMEOUT_S, "wait this long for another writer's lock")
     p.set_defaults(func=_cmd_learn)
 
     p = sub.add_parser("predict", parents=[common], help="print label and probability per image")
@@ -487,7 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="play a video file at its own frame rate, as a camera would (frames may be dropped)")
     p.add_argument("--exit-at-end", action="store_true",
                    help="end once a file or folder source is exhausted and every teach batch is learned")
-    p.set_defaults(func=_cmd_run, lock_timeout=0.0)
+    _add_lock_timeout(p, 0.0, "wait this long for another process holding the state (0: refuse at once)")
+    p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("teach", help="teach a running agent (edge-agent run) over its HTTP API")
     p.add_argument("--label", required=True, help="class name (or index)")

@@ -47,8 +47,8 @@ from edge.heads import HEADS, OPTIMIZERS
 from edge.strategies import STRATEGIES, make_strategy
 
 __all__ = ["AgentConfig", "HEAD_BACKENDS", "MAX_CONFIG_BYTES", "SETTINGS", "Setting", "add_arguments",
-           "asked_settings", "check_stored", "float_in", "from_untrusted", "int_in", "load_file",
-           "parse_key_values", "strategy_params", "validate_agent_config"]
+           "asked_settings", "check_stored", "check_values", "flag_settings", "float_in", "from_untrusted",
+           "int_in", "load_file", "merge_settings", "parse_key_values", "strategy_params", "validate_agent_config"]
 
 #: Where the head trains: NumPy (`edge.heads`) or inside a ``.tflite`` file (`edge.tflite_head`).
 #: Which strategies run on the tflite backend is declared on each class (``supports_tflite_head``).
@@ -85,8 +85,10 @@ class Setting:
         if self.choices:
             return f"one of {list(self.choices)}"
         if self.kind in ("int", "float") and self.low is not None and self.high is not None:
-            what = "an int" if self.kind == "int" else "a finite number"
-            return f"{what} in [{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+            close = ")" if self.high_open else "]"
+            if self.kind == "int":
+                return f"an int in [{int(self.low)}, {int(self.high)}{close}"
+            return f"a finite number in [{self.low:g}, {self.high:g}{close}"
         return {"params": "an object of finite numbers/strings/booleans"}.get(self.kind, self.kind)
 
     def check(self, value: Any, where: str) -> None:
@@ -410,8 +412,9 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, 
             parser.add_argument(s.flag, dest=s.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=s.help + shown)
         else:
+            metavar = {"int": "N", "float": "X", "str|None": "FILE"}.get(s.kind)
             parser.add_argument(s.flag, dest=s.name, type=_flag_type(s), choices=s.choices or None, default=None,
-                                help=s.help + shown)
+                                metavar=metavar, help=s.help + shown)
         for alias in s.aliases:
             parser.add_argument(alias, dest=s.name, type=_flag_type(s), choices=s.choices or None, default=None,
                                 action=_Deprecated, new=s.flag, help=argparse.SUPPRESS)
@@ -423,21 +426,35 @@ def flag_settings(args: argparse.Namespace) -> dict[str, Any]:
             if s.kind != "params" and getattr(args, s.name, None) is not None}
 
 
-def asked_settings(args: argparse.Namespace, strategy: str | None = None) -> dict[str, Any]:
-    """The settings asked for explicitly: ``--config FILE``'s, then the flags given on top.
+def merge_settings(file_values: Mapping[str, Any], flags: Mapping[str, Any], param_items: Sequence[str] = (),
+                   strategy: str | None = None) -> dict[str, Any]:
+    """A config file's settings, the flags given on top, then ``strategy`` (if any) on top of both.
 
-    A flag given beats the file, the file beats the default (left to `AgentConfig`). ``strategy``
-    (e.g. one of ``edge-sim compare --strategies``) beats both. The file's ``strategy_params`` are
-    kept only when the file's strategy is the one used; ``--strategy-param`` items update them.
+    The file's ``strategy_params`` are kept only when the file's strategy is the one used;
+    ``--strategy-param`` items (`strategy_params`) update them key by key.
+
+    Example:
+        >>> merge_settings({"strategy": "slda", "lr": 0.1, "strategy_params": {"shrinkage": 0.1}},
+        ...                {"lr": 0.01}, ["slda.shrinkage=0.5"])
+        {'strategy': 'slda', 'lr': 0.01, 'strategy_params': {'shrinkage': 0.5}}
     """
-    values: dict[str, Any] = load_file(args.config) if getattr(args, "config", None) else {}
+    values = dict(file_values)
     file_strategy = values.get("strategy", _DEFAULTS.strategy)
-    values.update(flag_settings(args))
+    values.update(flags)
     if strategy is not None:
         values["strategy"] = strategy
     used = values.get("strategy", _DEFAULTS.strategy)
-    params = dict(values.pop("strategy_params", {})) if file_strategy == used else {}
-    params.update(strategy_params(getattr(args, "strategy_param", None) or (), used))
+    file_params = dict(values.pop("strategy_params", {}))
+    params = file_params if file_strategy == used else {}
+    params.update(strategy_params(param_items, used))
     if params:
         values["strategy_params"] = params
     return values
+
+
+def asked_settings(args: argparse.Namespace, strategy: str | None = None) -> dict[str, Any]:
+    """The settings asked for explicitly on a command line made with `add_arguments`: ``--config
+    FILE``'s, the flags given on top (a flag given beats the file, the file beats the default, which
+    is left to `AgentConfig`); see `merge_settings`."""
+    file_values = load_file(args.config) if getattr(args, "config", None) else {}
+    return merge_settings(file_values, flag_settings(args), getattr(args, "strategy_param", None) or (), strategy)

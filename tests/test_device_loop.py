@@ -12,8 +12,8 @@ import pytest
 from _device_common import OBJ_A, OBJ_B, object_frames, write_png
 from _edge_common import need_model
 from edge.agent import Agent, AgentConfig
-from edge.checkpoint import CheckpointStore, validate_agent_config
-from edge.device.config import check_stored, load_config, load_config_values
+from edge.checkpoint import CheckpointStore
+from edge.config import check_stored, load_file, validate_agent_config
 from edge.device.events import EventWriter
 from edge.device.labels import LabelMap, UnknownClassError, split_state
 from edge.device.loop import DeviceLoop, LoopOptions, TeachQueueFull, restore_agent, rss_bytes
@@ -90,17 +90,17 @@ def test_label_map_names_indices_and_state_round_trip():
 def test_config_file_json_and_toml_and_a_stored_state_that_differs(tmp_path):
     (tmp_path / "a.toml").write_text('strategy = "slda"\nbuffer_capacity = 200\n[strategy_params]\nshrinkage = 0.01\n')
     (tmp_path / "a.json").write_text(json.dumps({"agent": {"strategy": "ncm", "max_classes": 10}}))
-    cfg = load_config(tmp_path / "a.toml", seed=3)
+    cfg = AgentConfig.from_dict({**load_file(tmp_path / "a.toml"), "seed": 3})
     assert (cfg.strategy, cfg.buffer_capacity, cfg.strategy_params, cfg.seed) == ("slda", 200, {"shrinkage": 0.01}, 3)
-    assert load_config_values(tmp_path / "a.json") == {"strategy": "ncm", "max_classes": 10}
+    assert load_file(tmp_path / "a.json") == {"strategy": "ncm", "max_classes": 10}
     for text, message in (('{"lr": -1}', r"lr: expected a finite number in"), ('{"nope": 1}', "expected keys among"),
                           ("{", "expected valid JSON"), ('[1]', "expected an object")):
         (tmp_path / "bad.json").write_text(text)
         with pytest.raises(ConfigError, match=message):
-            load_config_values(tmp_path / "bad.json")
+            load_file(tmp_path / "bad.json")
     (tmp_path / "x.yaml").write_text("a: 1")
     with pytest.raises(ConfigError, match="expected a .json or .toml file"):
-        load_config_values(tmp_path / "x.yaml")
+        load_file(tmp_path / "x.yaml")
     check_stored(AgentConfig().to_dict(), {"strategy": "replay"})
     with pytest.raises(ConfigError, match=r"buffer_capacity: stored 1000, asked 200"):
         check_stored(AgentConfig().to_dict(), {"buffer_capacity": 200})

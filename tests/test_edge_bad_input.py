@@ -184,7 +184,7 @@ def test_load_state_dict_rejects_a_mismatched_state_atomically(saved):
 
 # ----------------------------------------------------------------- issue 11: crafted checkpoints
 def _two_checkpoints(tmp_path, **store_kwargs):
-    from edge.checkpoint import validate_agent_config
+    from edge.config import validate_agent_config
 
     store = CheckpointStore(tmp_path / "st", FP, validate_config=validate_agent_config, **store_kwargs)
     agent = Agent(None, AgentConfig(max_classes=4, buffer_capacity=8), embedding_size=4)
@@ -277,7 +277,7 @@ def test_stray_high_numbered_copy_does_not_eat_later_updates(tmp_path):
     ("bogus", 1, "config: expected keys among"),
 ])
 def test_crafted_config_is_refused_and_skipped(tmp_path, key, value, pattern):
-    from edge.checkpoint import validate_agent_config
+    from edge.config import validate_agent_config
 
     config = AgentConfig(max_classes=4, buffer_capacity=8).to_dict()
     config[key] = value

@@ -21,7 +21,8 @@ import pytest
 
 import edge.checkpoint as checkpoint_module
 from edge.agent import Agent, AgentConfig
-from edge.checkpoint import CheckpointStore, validate_agent_config
+from edge.checkpoint import CheckpointStore
+from edge.config import validate_agent_config
 from edge.errors import CheckpointError
 
 FP = "cd" * 32

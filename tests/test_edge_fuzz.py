@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from edge.agent import Agent, AgentConfig
-from edge.checkpoint import CheckpointStore, resume, validate_agent_config
+from edge.checkpoint import CheckpointStore, resume
+from edge.config import validate_agent_config
 from edge.errors import IncompatibleCheckpointError, ManifestError
 from edge.manifest import Manifest, Preprocessing, QuantParams, describe_file, parse_json_bounded, write_manifest
 

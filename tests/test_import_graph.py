@@ -137,6 +137,5 @@ def test_edge_never_imports_the_simulator_or_the_host(graph: dict[str, set[str]]
     assert arrows(graph, "edge", "tensorflow") == []
 
 
-@pytest.mark.xfail(strict=False, reason="edge/checkpoint.py still imports the agent lazily (issue 21 §1, in progress)")
 def test_checkpoint_storage_does_not_import_the_agent(graph: dict[str, set[str]]) -> None:
     assert arrows(graph, "edge.checkpoint", "edge.agent") == []

@@ -89,7 +89,8 @@ def test_grid_strategy_parameters_and_relative_paths(tmp_path: Path) -> None:
     ({}, "expected at least one strategy"),
     ({"grid": {"buffer_capacity": []}, "strategies": {"naive": {}}}, "expected at least one value"),
     ({"sweep": {"runs": 0}, "strategies": {"naive": {}}}, "number of runs >= 1, got 0"),
-    ({"grid": {"buffer_capacity": [-1]}, "strategies": {"naive": {}}}, "buffer_capacity: expected >= 0, got -1"),
+    ({"grid": {"buffer_capacity": [-1]}, "strategies": {"naive": {}}}, r"buffer_capacity: expected an int in \[0, 1000000\], got -1"),
+    ({"grid": {"lr": ["fast"]}, "strategies": {"naive": {}}}, "lr: expected float, got str"),
     ({"strategies": {"naive": {}}, "exclude": [{"strategy": "naive"}]}, "every cell excluded"),
     ({"oops": {}, "strategies": {"naive": {}}}, "unknown section"),
 ])

@@ -10,7 +10,8 @@ from edge.cli import _config_from_args
 from edge.cli import build_parser as agent_parser
 from edge.strategies import STRATEGIES
 from firmware_sim.commands.cli import build_parser as sim_parser
-from firmware_sim.commands.run import _config, options_from_args, strategy_params
+from edge.config import strategy_params
+from firmware_sim.commands.run import _config, options_from_args
 
 
 def test_strategy_params_apply_unprefixed_to_all_and_prefixed_to_one():
@@ -34,8 +35,8 @@ def test_every_strategy_is_a_choice_of_edge_sim_and_edge_agent(name):
 def test_strategy_parameters_reach_the_agent_config():
     args = sim_parser().parse_args(["compare", "--strategies", "slda,ewc", "--strategy-param", "slda.shrinkage=0.01",
                                     "--out", "x"])
-    assert _config(args, "slda").strategy_params == {"shrinkage": 0.01}
-    assert _config(args, "ewc").strategy_params == {}
+    assert _config(options_from_args(args), "slda").strategy_params == {"shrinkage": 0.01}
+    assert _config(options_from_args(args), "ewc").strategy_params == {}
     args = agent_parser().parse_args(["learn", "--model", "m", "--state", "s", "--label", "1", "--strategy", "ewc",
                                       "--strategy-param", "ewc_lambda=5", "--strategy-param", "gamma=0.9", "a.png"])
     assert isinstance(args, argparse.Namespace)

@@ -22,7 +22,8 @@ import pytest
 
 from _edge_common import frames_for
 from edge.agent import Agent, AgentConfig
-from edge.checkpoint import CheckpointStore, resume, validate_agent_config
+from edge.checkpoint import CheckpointStore, resume
+from edge.config import validate_agent_config
 from edge.models import default_model_dir
 from edge.runtimes import import_litert_interpreter, open_backbone
 

@@ -7,7 +7,6 @@ import argparse
 import sys
 from typing import Any
 
-from edge.strategies import STRATEGIES
 from firmware_sim.commands.run import _add_common, _config, default_model_dir, options_from_args
 from firmware_sim.device.budgets import PRESETS
 
@@ -24,7 +23,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "taught in bursts after a delay, RAM/flash/latency budgets, seeded power cuts (SIGKILL, some "
                     "during checkpoint writes). Writes report.json, summary.md and plots.")
     _add_common(p)
-    p.add_argument("--strategy", choices=sorted(STRATEGIES), default="replay", help="strategy (default replay)")
     p.add_argument("--out", required=True, help="output directory")
     d = p.add_argument_group("device")
     d.add_argument("--device", choices=sorted(PRESETS), default="host",
@@ -54,15 +52,15 @@ def device_command(args: argparse.Namespace) -> int:
     from firmware_sim.device.sim import DeviceOptions
     from firmware_sim.measure.report import markdown_table
 
-    run_options = options_from_args(args)
+    agent = _config(options_from_args(args))
     options = DeviceOptions(fps=args.fps, realtime=args.realtime, frame_deadline_ms=args.frame_deadline,
                             label_share=args.label_share, label_delay_s=args.label_delay, burst=args.burst,
                             device=args.device, threads=args.threads, ram_budget_mb=args.ram_budget,
                             flash_budget_mb=args.flash_budget, power_cuts=args.power_cuts, outage_s=args.outage,
-                            seed=args.seed, window=args.window, unknown_threshold=args.unknown_threshold,
+                            seed=agent.seed, window=args.window, unknown_threshold=args.unknown_threshold,
                             eval_every=args.eval_every)
     spec = DeviceSpec(model=str(args.model or default_model_dir()), data=args.data, scenario=args.scenario,
-                      agent=_config(run_options, args.strategy), options=options, run=args.run,
+                      agent=agent, options=options, run=args.run,
                       runtime=args.runtime, precision=args.precision, test=args.test, labels=args.labels,
                       cache_dir=args.cache, max_frames=args.max_frames, baseline=not args.no_baseline,
                       plots=not args.no_plots, progress=not args.no_progress)  # plain lines when no tty

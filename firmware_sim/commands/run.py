@@ -3,21 +3,19 @@
 Also the main job, ``edge-sim`` with no arguments: the shipped default backbone on the generated
 NICv2-391 stream, ``naive`` against ``replay``, with a short table. The command line's flags map onto
 :class:`RunOptions` (its defaults are the flags' defaults), so the main job calls :func:`compare`
-directly with ``RunOptions()``.
+directly with ``RunOptions()``. The agent's flags and ``--config FILE`` are `edge.config`'s, the same
+as ``edge-agent``'s: a flag given beats the file, the file beats the default.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from edge.agent import AgentConfig
-from edge.cli import parse_key_values
-from edge.buffer import POLICIES, STORAGES
-from edge.heads import HEADS, OPTIMIZERS
+from edge.config import AgentConfig, add_arguments, flag_settings, load_file, merge_settings
 from edge.strategies import STRATEGIES
 from firmware_sim.data.core50 import SCENARIOS
 from firmware_sim.data.protocols import parse_protocol_params, protocol_help
@@ -58,28 +56,16 @@ class RunOptions:
     runtime: str = "auto"
     precision: str = "fp32"
     threads: int | None = None
-    head: str = "softmax"
-    hidden: int = 128
-    optimizer: str = "sgd"
-    head_backend: str = "numpy"
-    head_file: str | None = None
-    lr: float | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    buffer: int | None = None
-    buffer_policy: str | None = None
-    buffer_dtype: str | None = None
-    replay_ratio: float | None = None
+    #: agent settings given as flags (`edge.config.flag_settings`; a setting left out is absent)
+    agent: Mapping[str, Any] = field(default_factory=dict)
     strategy_param: tuple[str, ...] = ()
-    max_classes: int = 50
-    seed: int = 0
+    config: str | None = None  # --config FILE: AgentConfig as JSON/TOML, the same file edge-agent takes
     eval_every: int = 1
     latency_frames: int = 100
     cache: str | None = None
     no_plots: bool = False
     no_progress: bool = False
     out: str | None = None
-    config: str | None = None  # --config FILE: AgentConfig as JSON/TOML, the same file edge-agent takes
 
 
 _D = RunOptions()
@@ -87,13 +73,15 @@ _D = RunOptions()
 
 def options_from_args(args: argparse.Namespace) -> RunOptions:
     """The parsed flags of ``run`` / ``compare`` as :class:`RunOptions`."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunOptions)}
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunOptions) if f.name != "agent"}
     values["protocol_param"] = tuple(values["protocol_param"])
-    values["strategy_param"] = tuple(values["strategy_param"])
-    return RunOptions(**values)
+    values["strategy_param"] = tuple(values["strategy_param"] or ())
+    return RunOptions(agent=flag_settings(args), **values)
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def _add_common(p: argparse.ArgumentParser, strategy: bool = True) -> None:
+    """The options of ``run``, ``compare`` and ``device``; ``strategy``: with ``--strategy`` (compare
+    has ``--strategies``)."""
     p.add_argument("--model", default=_D.model, help="model directory with manifest.json (default: models/default)")
     p.add_argument("--data", default=_D.data, help=f"data spec (default synthetic): {DATA_HELP}")
     p.add_argument("--scenario", default=_D.scenario, help=f"scenario or protocol (default nicv2_391): {SCENARIO_HELP}")
@@ -112,30 +100,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     rt.add_argument("--runtime", choices=("auto", "litert", "onnx"), default=_D.runtime, help="inference runtime")
     rt.add_argument("--precision", choices=("fp32", "int8"), default=_D.precision, help="model file precision")
     rt.add_argument("--threads", type=int, default=_D.threads, help="runtime threads (default: runtime's choice)")
-    ag = p.add_argument_group("agent")
-    ag.add_argument("--head", choices=sorted(HEADS), default=_D.head, help="trainable head (default softmax)")
-    ag.add_argument("--hidden", type=int, default=_D.hidden, help="MLP head hidden units")
-    ag.add_argument("--optimizer", choices=OPTIMIZERS, default=_D.optimizer, help="head optimizer (default sgd)")
-    ag.add_argument("--head-backend", choices=("numpy", "tflite"), default=_D.head_backend,
-                    help="where the head trains: numpy (default) or tflite (inside a head_*.tflite file made by "
-                         "`edge-host export-head`, found in the model's manifest; naive/replay only)")
-    ag.add_argument("--head-file", default=_D.head_file,
-                    help="with --head-backend tflite: the head .tflite file (default: the manifest's matching head)")
-    ag.add_argument("--lr", type=float, default=None, help="learning rate (default: AgentConfig's)")
-    ag.add_argument("--epochs", type=int, default=None, help="epochs over each incoming batch")
-    ag.add_argument("--batch-size", type=int, default=None, help="mini-batch size")
-    ag.add_argument("--buffer", type=int, default=None, help="replay buffer capacity in patterns")
-    ag.add_argument("--buffer-policy", choices=POLICIES, default=None, help="replay buffer policy")
-    ag.add_argument("--buffer-dtype", choices=STORAGES, default=None, help="replay buffer storage")
-    ag.add_argument("--replay-ratio", type=float, default=None, help="share of replayed patterns per mini-batch")
-    ag.add_argument("--strategy-param", action="append", default=list(_D.strategy_param), metavar="[STRATEGY.]KEY=VALUE",
-                    help="strategy hyperparameter, e.g. ewc_lambda=10 (repeatable); with a STRATEGY. prefix "
-                         "(ewc.ewc_lambda=10) it applies to that strategy only. See docs/strategies.md")
-    ag.add_argument("--max-classes", type=int, default=_D.max_classes, help="head capacity (default 50)")
-    ag.add_argument("--seed", type=int, default=_D.seed, help="random seed")
-    ag.add_argument("--config", default=_D.config, metavar="FILE",
-                    help="AgentConfig as JSON or TOML (the file edge-agent --config takes); flags other than "
-                         "their defaults override it, and its strategy is used when --strategy is not given")
+    ag = p.add_argument_group("agent (the flags and --config file of edge-agent; default: AgentConfig's)")
+    add_arguments(ag, skip=() if strategy else ("strategy",))
     out = p.add_argument_group("measurement and output")
     out.add_argument("--eval-every", type=int, default=_D.eval_every, help="evaluate after every K batches (default 1)")
     out.add_argument("--latency-frames", type=int, default=_D.latency_frames, help="frames timed end to end at batch 1")
@@ -151,8 +117,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           "replay) and write report.json, curve.csv, summary.md and plots.",
                               epilog=protocol_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common(p)
-    p.add_argument("--strategy", choices=sorted(STRATEGIES), default=None,
-                   help="strategy (default: the --config file's, else replay)")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=run_command)
 
@@ -161,7 +125,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           "embeddings, and write one table (summary.md, report.json) and "
                                           "one overlay plot.",
                               epilog=protocol_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_common(p)
+    _add_common(p, strategy=False)
     p.add_argument("--strategies", default="naive,replay",
                    help=f"comma list of strategies (default naive,replay; known: {', '.join(sorted(STRATEGIES))})")
     p.add_argument("--out", required=True, help="output directory")
@@ -173,42 +137,14 @@ def _parse_params(items: Sequence[str]) -> dict[str, Any]:
     return parse_protocol_params(items, "--protocol-param")
 
 
-def strategy_params(items: Sequence[str], strategy: str) -> dict[str, Any]:
-    """``[STRATEGY.]KEY=VALUE`` items -> the parameters of ``strategy`` (others' prefixed items skipped)."""
-    mine = []
-    for item in items:
-        key, sep, value = item.partition("=")
-        prefix, dot, name = key.rpartition(".")
-        if dot and prefix not in STRATEGIES:
-            raise ValueError(f"--strategy-param: expected STRATEGY.KEY=VALUE with a known strategy, got {item!r}")
-        if not dot or prefix == strategy:
-            mine.append(f"{name}{sep}{value}")
-    return parse_key_values(mine, "--strategy-param")
-
-
-def _config(options: RunOptions, strategy: str) -> AgentConfig:
-    overrides = {
-        "lr": options.lr, "epochs": options.epochs, "batch_size": options.batch_size,
-        "buffer_capacity": options.buffer, "buffer_policy": options.buffer_policy,
-        "buffer_storage": options.buffer_dtype, "replay_ratio": options.replay_ratio,
-    }
-    given: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
-    values: dict[str, Any] = {}
-    if options.config:
-        from edge.device.config import load_config_values
-
-        values = load_config_values(options.config)
-    flags = {"head": options.head, "hidden": options.hidden, "optimizer": options.optimizer,
-             "max_classes": options.max_classes, "seed": options.seed, "head_backend": options.head_backend}
-    values.update({k: v for k, v in flags.items() if k not in values or v != getattr(_D, k)})
-    if options.strategy_param or values.get("strategy", strategy) != strategy:
-        values["strategy_params"] = strategy_params(options.strategy_param, strategy)
-    values.update(given, strategy=strategy)
-    backend = values["head_backend"]
+def _config(options: RunOptions, strategy: str | None = None) -> AgentConfig:
+    """The agent config of a run: ``--config FILE``, the flags given on top, ``strategy`` (compare's) on top."""
+    values = merge_settings(load_file(options.config) if options.config else {}, options.agent,
+                            options.strategy_param, strategy)
     config = AgentConfig.from_dict(values)
-    if backend == "tflite":  # the simulator's agent works on embeddings: name the head file explicitly
-        if options.head_file is not None:
-            head_file = Path(options.head_file)
+    if config.head_backend == "tflite":  # the simulator's agent works on embeddings: name the head file explicitly
+        if config.head_file is not None:
+            head_file = Path(config.head_file)
         else:
             from edge.manifest import load_manifest
             from edge.tflite_head import find_head_file
@@ -228,7 +164,8 @@ def _spec(options: RunOptions, configs: dict[str, AgentConfig]) -> ExperimentSpe
         model=str(options.model or default_model_dir()), data=options.data, scenario=options.scenario,
         configs=configs, runs=list(range(options.run, options.run + options.runs)), runtime=options.runtime,
         precision=options.precision, num_threads=options.threads, test=options.test, labels=options.labels,
-        seed=options.seed, protocol_params=_parse_params(options.protocol_param), cache_dir=options.cache,
+        seed=next(iter(configs.values())).seed,  # the agent's: every config of a run shares the flags and file
+        protocol_params=_parse_params(options.protocol_param), cache_dir=options.cache,
         test_split=options.test_split,
         options=SimOptions(eval_every=options.eval_every, latency_frames=options.latency_frames,
                            progress=not options.no_progress),  # plain lines when stderr is no tty
@@ -253,11 +190,13 @@ def _print_result(report: dict[str, Any], out: str | None) -> None:
     print(f"wall time {report['wall_seconds']:.1f} s{tail}")
 
 
-def run(options: RunOptions, strategy: str) -> int:
-    """Replay the stream through one strategy; print the table and write the outputs to ``options.out``."""
+def run(options: RunOptions, strategy: str | None = None) -> int:
+    """Replay the stream through one strategy (default: ``--strategy``, else the ``--config`` file's,
+    else replay); print the table and write the outputs to ``options.out``."""
     from firmware_sim.commands.experiment import run_experiment
 
-    report = run_experiment(_spec(options, {strategy: _config(options, strategy)}), options.out)
+    config = _config(options, strategy)
+    report = run_experiment(_spec(options, {config.strategy: config}), options.out)
     _print_result(report, options.out)
     return 0
 
@@ -272,13 +211,7 @@ def compare(options: RunOptions, strategies: Sequence[str]) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    options = options_from_args(args)
-    strategy = args.strategy
-    if strategy is None and options.config:
-        from edge.device.config import load_config_values
-
-        strategy = load_config_values(options.config).get("strategy")
-    return run(options, strategy or "replay")
+    return run(options_from_args(args))
 
 
 def compare_command(args: argparse.Namespace) -> int:

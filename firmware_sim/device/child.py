@@ -95,7 +95,8 @@ def run(config: dict[str, Any], channel: Any, phase: list[str]) -> int:
     """Boot, restore, run the loop to the end of the stream; returns the exit status."""
     phase[0] = "import"
     from edge.agent import Agent, AgentConfig
-    from edge.checkpoint import CheckpointStore, resume, validate_agent_config
+    from edge.checkpoint import CheckpointStore, resume
+    from edge.config import validate_agent_config
     from edge.device.events import EventWriter
     from edge.device.labels import LabelMap
     from edge.device.loop import DeviceLoop, LoopOptions, restore_agent, rss_bytes

@@ -19,7 +19,8 @@ Grid file (``docs/sweep-example.toml`` is a worked one)::
     strategy = "naive"
     buffer_capacity = 1000
 
-Simulation keys are :data:`SIM_DEFAULTS`; agent keys are the fields of `edge.agent.AgentConfig`;
+Simulation keys are :data:`SIM_DEFAULTS`; agent keys are the settings of `edge.config.SETTINGS` (the
+`edge.agent.AgentConfig` fields, checked with the same types and ranges as a config file);
 any other key of a strategy's table is one of its ``strategy_params``. A cell is keyed by the hash of
 its full configuration (sorted JSON), so a finished cell is recognised in a later sweep.
 
@@ -34,7 +35,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import json
@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from edge.agent import AgentConfig
+from edge.config import SETTINGS_BY_NAME, from_untrusted
 from edge.strategies import STRATEGIES
 
 __all__ = ["AGENT_FIELDS", "Cell", "Grid", "KEY_VERSION", "SIM_DEFAULTS", "cell_key", "expand", "load_grid",
@@ -70,7 +70,7 @@ SIM_DEFAULTS: dict[str, Any] = {
     "eval_every": 1,
     "latency_frames": 100,
 }
-AGENT_FIELDS = frozenset(f.name for f in dataclasses.fields(AgentConfig)) - {"strategy", "strategy_params", "seed"}
+AGENT_FIELDS = frozenset(SETTINGS_BY_NAME) - {"strategy", "strategy_params", "seed"}
 _SECTIONS = {"sweep", "grid", "strategies", "exclude"}
 
 
@@ -120,8 +120,8 @@ def cell_key(sim: Mapping[str, Any], agent: Mapping[str, Any]) -> str:
 
 
 def make_cell(sim: dict[str, Any], agent: dict[str, Any]) -> Cell:
-    """A cell with its key; ``agent`` is normalised (and validated) through `AgentConfig`."""
-    config = AgentConfig.from_dict(agent)
+    """A cell with its key; ``agent`` is validated (`edge.config.from_untrusted`) and normalised."""
+    config = from_untrusted(agent, "")
     normal = config.to_dict()
     return Cell(sim=sim, agent=normal, key=cell_key(sim, normal))
 
