@@ -125,6 +125,7 @@ needs_tf = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
 
 @needs_tf
 @pytest.mark.tf
+@pytest.mark.slow
 def test_failed_command_prints_only_its_error_line(tmp_path: Path) -> None:
     # TensorFlow is imported (the host-extra check) before the error: its load-time lines are filtered.
     done = _run(["export", "--run", str(tmp_path / "missing"), "--out", str(tmp_path)])

@@ -63,6 +63,7 @@ def _make_source(kind: str, root: Path) -> str:
 
 
 @pytest.mark.parametrize("kind", ["npz", "npz_split", "idx", "folder", "synthetic"])
+@pytest.mark.slow
 def test_pretrain_from_each_source_saves_a_usable_backbone(kind: str, tmp_path: Path) -> None:
     spec = _make_source(kind, tmp_path)
     config = PretrainConfig(data=spec, epochs=4, embedding_size=16, batch_size=16, seed=3,
@@ -80,6 +81,7 @@ def test_pretrain_from_each_source_saves_a_usable_backbone(kind: str, tmp_path: 
         assert result.val_accuracy > 0.5  # the blob task is learnable in a few epochs
 
 
+@pytest.mark.slow
 def test_pretraining_is_deterministic_for_a_seed(tmp_path: Path) -> None:
     spec = _make_source("npz", tmp_path)
     runs = []
@@ -144,6 +146,7 @@ def _reference_recalibration(backbone, x: np.ndarray) -> list[tuple[np.ndarray, 
     return out
 
 
+@pytest.mark.slow
 def test_streaming_batchnorm_recalibration_equals_the_full_one() -> None:
     import keras
 
@@ -200,6 +203,7 @@ def test_memory_too_short_fails_with_a_clear_message(tmp_path: Path, monkeypatch
     assert not (tmp_path / "run" / "backbone.keras").exists()
 
 
+@pytest.mark.slow
 def test_pretrain_on_a_class_subset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     x, y = _blobs(6, 10, 24, 3)
     np.savez(tmp_path / "d.npz", x=x, y=y)

@@ -60,6 +60,7 @@ def test_cut_plan_is_seeded_and_half_during_checkpoints() -> None:
     assert {c.kind for c in a} == {"frame", "checkpoint-open", "checkpoint-rename"}
 
 
+@pytest.mark.slow
 def test_twenty_power_cuts_finish_close_to_the_uninterrupted_run(cut_report: dict) -> None:
     base, cut = cut_report["runs"]["uninterrupted"]["results"], cut_report["runs"]["power_cuts"]["results"]
     assert base["completed"] and cut["completed"]
@@ -78,6 +79,7 @@ def test_twenty_power_cuts_finish_close_to_the_uninterrupted_run(cut_report: dic
     assert cut_report["machine"]["cores"] >= 1 and "numpy" in cut_report["machine"]["versions"]
 
 
+@pytest.mark.slow
 def test_same_seed_same_report(generated: Path, tmp_path: Path) -> None:
     runs = [_device(generated, tmp_path / name, "--max-frames", "400")[1] for name in ("a", "b")]
     a, b = (r["runs"]["uninterrupted"]["results"] for r in runs)
@@ -86,6 +88,7 @@ def test_same_seed_same_report(generated: Path, tmp_path: Path) -> None:
     assert a["learned_batches"] - 1 <= len(a["test_curve"]) <= a["learned_batches"]  # the last: at the end
 
 
+@pytest.mark.slow
 def test_deadline_misses_zero_at_20_fps_and_present_beyond_the_machine(
         generated: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _, ok = _device(generated, tmp_path / "ok", "--max-frames", "300", progress=True, plots=True)

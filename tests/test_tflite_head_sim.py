@@ -27,6 +27,7 @@ def _run(generated: Path, out: Path, *extra: str) -> dict:
     return json.loads((out / "report.json").read_text())
 
 
+@pytest.mark.slow
 def test_edge_sim_run_with_the_tflite_head_matches_numpy(generated: Path, tmp_path: Path) -> None:
     tfl = _run(generated, tmp_path / "tflite", "--head-backend", "tflite")
     ref = _run(generated, tmp_path / "numpy")
