@@ -246,3 +246,24 @@ def test_list_names_the_packaged_models(tmp_path: Path) -> None:
     rows = {(m.name, m.source): m for m in list_models(tmp_path)}
     assert rows[(TINY_MODEL_NAME, "package")].input_size == 32
     assert rows[(IMAGENET_MODEL_NAME, "package")].embedding_size == 1280
+
+
+@pytest.mark.slow
+def test_wheel_carries_the_imagenet_model_int8_and_onnx_only(tmp_path: Path) -> None:
+    """The built wheel holds the committed efficientnet_lite0_224 files byte for byte, and no fp32 TFLite."""
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", str(root), "--no-deps", "-q", "-w", str(tmp_path)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = tmp_path.glob("edge_continual-*.whl")
+    prefix = f"edge/models/{IMAGENET_MODEL_NAME}/"
+    with zipfile.ZipFile(wheel) as zf:
+        members = sorted(n[len(prefix):] for n in zf.namelist() if n.startswith(prefix))
+        assert members == ["backbone.onnx", "backbone_int8.tflite", "manifest.json"]
+        for name in members:
+            assert zf.read(prefix + name) == (imagenet_model_dir() / name).read_bytes(), name
