@@ -93,13 +93,14 @@ def _looks_like_path(text: str) -> bool:
 def resolve_model(name_or_path: str | os.PathLike[str], models_dir: str | os.PathLike[str] | None = None) -> Path:
     """``--model``'s value -> the model folder.
 
-    An existing folder (or any value with a path separator) is taken as a path. Otherwise it is a
-    name: ``models_dir/NAME`` (default `default_models_dir`) first, then the package's models.
-    Raises `ConfigError` naming where it looked and the names available.
+    A folder holding ``manifest.json``, or any value with a path separator, is taken as a path.
+    Otherwise it is a name: ``models_dir/NAME`` (default `default_models_dir`) first, then the
+    package's models, then a folder of that name in the current directory. Raises `ConfigError`
+    naming where it looked and the names available.
     """
     text = os.fspath(name_or_path)
     path = Path(text).expanduser()
-    if path.is_dir() or _looks_like_path(text) or not NAME_PATTERN.match(text):
+    if (path / MANIFEST_NAME).is_file() or _looks_like_path(text) or not NAME_PATTERN.match(text):
         return path
     root = Path(models_dir) if models_dir is not None else default_models_dir()
     installed = root / text
@@ -108,6 +109,8 @@ def resolve_model(name_or_path: str | os.PathLike[str], models_dir: str | os.Pat
     packaged = packaged_model_dir(text)
     if (packaged / MANIFEST_NAME).is_file():
         return packaged
+    if path.is_dir():   # a folder without a manifest: loading it names what is missing
+        return path
     names = sorted({m.name for m in list_models(root)})
     raise ConfigError(f"--model {text!r}: expected a model folder or the name of an installed or packaged model "
                       f"(looked in {root} and the package), got neither; available: {', '.join(names) or 'none'}")
