@@ -191,7 +191,8 @@ class AgentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        plain: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(self)))
+        return plain
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AgentConfig:
