@@ -285,6 +285,7 @@ def test_unknown_below_the_threshold_and_forget(backbone):
         loop.forget("cup")
 
 
+@pytest.mark.slow
 def test_soak_10000_frames_keeps_rss_flat(backbone):
     """10,000 frames with teaching in between: the resident set does not grow with the frame count."""
     base = object_frames(OBJ_A, 8, size=32)  # the model's input size: the soak measures the loop, not Pillow

@@ -32,6 +32,7 @@ def answer_at(predictions: list[dict], t: float) -> str | None:
     return current
 
 
+@pytest.mark.slow
 def test_video_taught_over_http_then_predicts_later_segments(tmp_path):
     need_model()
     video = tmp_path / "objects.avi"

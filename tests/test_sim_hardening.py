@@ -120,6 +120,7 @@ def test_replacing_one_test_image_changes_the_stream_identity(tree: Path, tmp_pa
     assert core50_stream(arrays, "ni").identity != before
 
 
+@pytest.mark.slow
 def test_edge_sim_on_the_png_tree_and_cache_miss_after_a_replaced_test_image(
         tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = _copy_png_tree(tree, tmp_path / "png")

@@ -260,6 +260,7 @@ def test_a_worker_killed_mid_sweep_is_retried_with_the_same_results(first_sweep:
             assert got[key][name] == expected[key][name], (key, name)
 
 
+@pytest.mark.slow
 def test_a_cell_whose_worker_keeps_dying_fails_alone_and_the_rerun_finishes_it(
         first_sweep: Path, grid_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
