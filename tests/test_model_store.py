@@ -267,3 +267,19 @@ def test_wheel_carries_the_imagenet_model_int8_and_onnx_only(tmp_path: Path) -> 
         assert members == ["backbone.onnx", "backbone_int8.tflite", "manifest.json"]
         for name in members:
             assert zf.read(prefix + name) == (imagenet_model_dir() / name).read_bytes(), name
+
+
+def test_bundle_refuses_a_model_folder_that_fails_its_checksums(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    model = tmp_path / "mine"
+    shutil.copytree(tiny_model_dir(), model)
+    data = bytearray((model / "backbone_int8.tflite").read_bytes())
+    data[-1] ^= 1
+    (model / "backbone_int8.tflite").write_bytes(bytes(data))
+    out = tmp_path / "mine.tar"
+    assert host_main(["bundle", "--model", str(model), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("edge-host bundle: error: ") and "sha256 expected" in err
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["mine"]
