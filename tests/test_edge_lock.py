@@ -79,6 +79,7 @@ def _learn_in_child(args: list[str]) -> int:
     return pid
 
 
+@pytest.mark.slow
 def test_twenty_pairs_of_simultaneous_learns_lose_no_update(tmp_path: Path, png: str) -> None:
     import edge.cli  # noqa: F401 - import once in the parent, children inherit it
 

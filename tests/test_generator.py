@@ -47,6 +47,7 @@ def _tree_digest(root: Path) -> dict[str, str]:
 # ---------------------------------------------------------------- determinism
 
 
+@pytest.mark.slow
 def test_same_seed_gives_byte_identical_files_and_other_seed_differs(tmp_path):
     cfg = GeneratorConfig(frames=2, runs=1, seed=11)
     generate_core50(tmp_path / "a", cfg, progress=False)
@@ -90,6 +91,7 @@ def test_bad_arguments_are_refused():
         GeneratorConfig(forms=("png", "jpeg"))
 
 
+@pytest.mark.slow
 def test_refuses_foreign_non_empty_dir_but_regenerates_own_output(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="overwrite"):

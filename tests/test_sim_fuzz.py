@@ -120,6 +120,7 @@ def small_core50(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("name", ["LUP.pkl", "labels.pkl", "paths.pkl", "core50_imgs.npz"])
+@pytest.mark.slow
 def test_fuzz_core50_array_form(name: str, small_core50: Path, tmp_path: Path) -> None:
     root = tmp_path / "c"
     shutil.copytree(small_core50, root)
