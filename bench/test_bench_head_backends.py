@@ -1,6 +1,6 @@
 """Head backends: one training step of the TFLite head (inside LiteRT) vs the NumPy head.
 
-Self-contained: the shipped head files of models/default, the same batch and the same starting
+Self-contained: the shipped head files of models/tiny, the same batch and the same starting
 state for both backends, timed by pytest-benchmark's ``benchmark`` fixture. No absolute-time
 assertions; each case checks that the step did train.
 
@@ -18,7 +18,7 @@ from edge.heads import make_head
 
 pytest.importorskip("ai_edge_litert")
 
-MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
+MODEL = Path(__file__).resolve().parents[1] / "models" / "tiny"
 CASES = {  # (kind, optimizer, hidden) -> shipped head file (batch 32, 50 classes, lr 0.01, wd 1e-4)
     ("softmax", "sgd", None): MODEL / "head_softmax_sgd_b32_c50.tflite",
     ("mlp", "adam", 128): MODEL / "head_mlp_adam_b32_c50_h128.tflite",

@@ -23,7 +23,7 @@ from bench import _common as C
 from bench._timing import interleaved
 from bench.conftest import frames_for_model
 
-MODEL = C.ROOT / "models" / "default"
+MODEL = C.ROOT / "models" / "tiny"
 
 
 def _agent(threads: int = C.THREADS):

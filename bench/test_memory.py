@@ -93,7 +93,7 @@ def test_rss_cli_processes(figures, tmp_path):
     sim_cli = str(bindir / "edge-sim") if (bindir / "edge-sim").exists() else shutil.which("edge-sim")
     if agent_cli is None or sim_cli is None:
         pytest.skip("the edge-agent / edge-sim console scripts are not installed (pip install -e .)")
-    frames = frames_for_model(C.DEFAULT_MODEL, 40, seed=11)
+    frames = frames_for_model(C.TINY_MODEL, 40, seed=11)
     inbox = tmp_path / "inbox"
     for k, label in enumerate(("cup", "ball")):
         (inbox / label).mkdir(parents=True)
@@ -101,7 +101,7 @@ def test_rss_cli_processes(figures, tmp_path):
             Image.fromarray(frames[16 * k + i]).save(inbox / label / f"{i:02d}.png")
     for i in range(8):
         Image.fromarray(frames[32 + i]).save(inbox / f"new{i}.png")
-    model = ["--model", str(C.DEFAULT_MODEL)]
+    model = ["--model", str(C.TINY_MODEL)]
     run = _peak_rss([agent_cli, "run", *model, "--state", str(tmp_path / "s_run"), "--source", f"folder:{inbox}",
                      "--no-http", "--exit-at-end", "--teach-batch", "16"], tmp_path)
     events = [json.loads(ln) for ln in run.pop("stdout").splitlines() if ln.startswith("{")]

@@ -26,7 +26,7 @@ top probability, novelty; the "unknown" rule is `edge.openset.OpenSetPolicy`'s):
 
 With a backbone, frames go through ``learn_many`` / ``answer_many`` / ``predict_many``:
     >>> from edge.runtimes import open_backbone
-    >>> agent = Agent(open_backbone("models/default"), AgentConfig())   # doctest: +SKIP
+    >>> agent = Agent(open_backbone("models/tiny"), AgentConfig())   # doctest: +SKIP
     >>> agent.learn_many(frames_uint8, labels)                           # doctest: +SKIP
 """
 

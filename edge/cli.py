@@ -5,10 +5,10 @@ on first boot), does its work and, for ``learn``, writes a new checkpoint atomic
 holds the state folder's OS lock (`edge.lock.StateLock`) from resume to save, so two writers
 never lose an update: the second waits up to ``--lock-timeout`` seconds, then fails.
 
-    edge-agent learn   --model models/default --state state/ --label 3 img1.png img2.png
-    edge-agent predict --model models/default --state state/ img3.png
-    edge-agent status  --model models/default --state state/
-    edge-agent run     --model models/default --state state/ --source camera:0 [--http 127.0.0.1:8080]
+    edge-agent learn   --model models/tiny --state state/ --label 3 img1.png img2.png
+    edge-agent predict --model models/tiny --state state/ img3.png
+    edge-agent status  --model models/tiny --state state/
+    edge-agent run     --model models/tiny --state state/ --source camera:0 [--http 127.0.0.1:8080]
     edge-agent teach   --label cup --frames 30 [--http 127.0.0.1:8080]
 
 ``run`` is the long-running device runtime (`edge.device.loop.DeviceLoop`): it holds the lock for

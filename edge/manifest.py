@@ -8,7 +8,7 @@ The schema belongs to the edge side, the consumer; the host writes manifests thr
 
 Example:
     >>> from edge.manifest import load_manifest
-    >>> m = load_manifest("models/default")          # doctest: +SKIP
+    >>> m = load_manifest("models/tiny")          # doctest: +SKIP
     >>> m.embedding_size, m.input_shape              # doctest: +SKIP
     (256, (32, 32, 3))
     >>> m.file("tflite", "int8").input_quantization  # doctest: +SKIP

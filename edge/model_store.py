@@ -17,10 +17,10 @@ into place: a tampered, truncated or incomplete bundle leaves the models folder 
 Example:
     >>> import tempfile
     >>> from edge.model_store import list_models, resolve_model
-    >>> resolve_model("default").name                       # a packaged model, by name
-    'default'
+    >>> resolve_model("tiny").name                          # a packaged model, by name
+    'tiny'
     >>> sorted(m.name for m in list_models(tempfile.mkdtemp()) if m.source == "package")
-    ['default', 'efficientnet_lite0_224']
+    ['efficientnet_lite0_224', 'tiny']
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Runtimes are imported lazily, inside the constructors: ``import edge`` loads nei
 Example:
     >>> import numpy as np
     >>> from edge.runtimes import open_backbone
-    >>> with open_backbone("models/default", runtime="litert") as bb:   # doctest: +SKIP
+    >>> with open_backbone("models/tiny", runtime="litert") as bb:   # doctest: +SKIP
     ...     emb = bb.embed(np.zeros((4, 32, 32, 3), np.uint8))
     >>> emb.shape                                                      # doctest: +SKIP
     (4, 256)
@@ -231,7 +231,7 @@ class LiteRTBackbone(Backbone):
     interpreter is built per such size, once, and kept in a small LRU cache
     (``max_cached_sizes=6`` holds every size 1..32), so a stream of varying batch sizes allocates
     tensors at most log2(max_batch)+1 times; the batch size -> bucket table is computed at load.
-    Measured on the 2-core dev box (models/default, 32x32, 2 threads, same run, best of 10): a
+    Measured on the 2-core dev box (models/tiny, 32x32, 2 threads, same run, best of 10): a
     300-frame ``embed`` took 50.2 ms (fp32) / 20.2 ms (int8) with batch-1 invokes in a loop
     (``max_batch=1``) vs 48.6 ms / 17.5 ms resized to chunks of 32. A fresh resize +
     allocate_tensors + first invoke cost 7.9 ms vs 4.7 ms for a warm invoke of 32 frames (fp32),
@@ -247,8 +247,8 @@ class LiteRTBackbone(Backbone):
     Example:
         >>> from edge.runtimes import LiteRTBackbone
         >>> from edge.manifest import load_manifest
-        >>> m = load_manifest("models/default")                     # doctest: +SKIP
-        >>> bb = LiteRTBackbone("models/default", m, "int8")        # doctest: +SKIP
+        >>> m = load_manifest("models/tiny")                     # doctest: +SKIP
+        >>> bb = LiteRTBackbone("models/tiny", m, "int8")        # doctest: +SKIP
         >>> bb.info.runtime                                         # doctest: +SKIP
         'ai_edge_litert'
     """
@@ -412,7 +412,7 @@ class OnnxBackbone(Backbone):
 
     Example:
         >>> from edge.runtimes import open_backbone
-        >>> bb = open_backbone("models/default", runtime="onnx")    # doctest: +SKIP
+        >>> bb = open_backbone("models/tiny", runtime="onnx")    # doctest: +SKIP
         >>> bb.info.providers                                       # doctest: +SKIP
         ('CPUExecutionProvider',)
     """

@@ -22,7 +22,7 @@ The runtime is imported lazily: ``ai_edge_litert``, else ``tflite_runtime``. No 
 Example:
     >>> import numpy as np
     >>> from edge.tflite_head import TFLiteHead
-    >>> head = TFLiteHead("models/default/head_softmax_sgd_b32_c50.tflite", embedding_size=256,
+    >>> head = TFLiteHead("models/tiny/head_softmax_sgd_b32_c50.tflite", embedding_size=256,
     ...                   max_classes=50, weight_decay=1e-4)                  # doctest: +SKIP
     >>> head.step(np.ones((5, 256), np.float32), np.arange(5))             # doctest: +SKIP
     3.91...

@@ -4,7 +4,7 @@
     edge-host export --run runs/default --name default --out models
     edge-host build --name default          # pretrain + export in one go
     edge-host export --backbone keras:my.keras --layer pool --data folder:imgs --name mine
-    edge-host export-head --model models/default --head softmax --optimizer sgd --batch-size 32
+    edge-host export-head --model models/tiny --head softmax --optimizer sgd --batch-size 32
 
 Exit codes: 0 success, 2 bad input, a failed check or a missing host extra (one line on stderr),
 1 unexpected error. TensorFlow's log noise is filtered out (`host.quiet`); ``-v`` shows everything.
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed for the calibration sample (default 0)")
     _add_export_args(p)
 
-    p = sub.add_parser("build", help="pretrain + export in one go (how models/default is made)")
+    p = sub.add_parser("build", help="pretrain + export in one go (how models/tiny is made)")
     _add_pretrain_args(p)
     _add_export_args(p)
     p.add_argument("--run-dir", default=None, help="where to keep the pretraining run (default runs/<name>)")

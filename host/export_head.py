@@ -24,8 +24,8 @@ exactly as the NumPy head does (``(x - mean) / max(std, 1e-6)``) before calling 
 
 Example:
     >>> from host.export_head import HeadSpec, export_head
-    >>> export_head("models/default", HeadSpec(kind="softmax"))   # doctest: +SKIP
-    PosixPath('models/default/head_softmax_sgd_b32_c50.tflite')
+    >>> export_head("models/tiny", HeadSpec(kind="softmax"))   # doctest: +SKIP
+    PosixPath('models/tiny/head_softmax_sgd_b32_c50.tflite')
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_DIR = ROOT / "models" / "default"
+MODEL_DIR = ROOT / "models" / "tiny"
 
 RUNTIME_CASES = {
     "litert-fp32": ("litert", "fp32"),

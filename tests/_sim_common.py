@@ -7,7 +7,7 @@ from pathlib import Path
 from firmware_sim.data.generator import GeneratorConfig, generate_core50
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = str(REPO / "models" / "default")
+MODEL = str(REPO / "models" / "tiny")
 
 #: 8 frames per object-session, 2 runs, array form only: seconds to generate, every scenario there.
 SMALL_SET = GeneratorConfig(frames=8, runs=2, seed=4, forms=("arrays",))

@@ -2,7 +2,7 @@
 over every continual-learning strategy x runtime, and over every strategy that runs on the
 ``.tflite`` head backend (``supports_tflite_head``) x head kind on that backend.
 
-Each case builds an agent on a real backbone of ``models/default`` and runs the same generated
+Each case builds an agent on a real backbone of ``models/tiny`` and runs the same generated
 list of checks: inputs are not mutated, probabilities sum to 1 over seen classes and are 0 for
 unseen ones, state round-trips bit-exactly, learning is deterministic for a seed, and a wrong
 embedding size is refused without changing the state.
@@ -22,7 +22,7 @@ from edge.strategies import STRATEGIES, tflite_head_strategies
 
 HEADS = ("softmax", "mlp")
 STORAGES = ("float32", "float16", "int8")
-#: Head files shipped in models/default (manifest ``heads``): kind -> what the agent must ask for.
+#: Head files shipped in models/tiny (manifest ``heads``): kind -> what the agent must ask for.
 TFLITE_HEADS = {"softmax": {"optimizer": "sgd", "hidden": 128}, "mlp": {"optimizer": "adam", "hidden": 128}}
 
 

@@ -214,7 +214,7 @@ logging.getLogger("edge.runtimes").addHandler(Keep())
 logging.getLogger("edge.runtimes").setLevel(logging.DEBUG)
 with litert_log_to_logging():
     os.write(2, b"INFO: routed\\nERROR: kept on stderr\\n")
-bb = open_backbone("models/default", runtime="litert", num_threads=1)
+bb = open_backbone("models/tiny", runtime="litert", num_threads=1)
 bb.embed(np.zeros((2, *bb.manifest.input_shape), np.uint8))
 print(records)
 """
@@ -230,7 +230,7 @@ def test_edge_agent_status_prints_nothing_on_stderr(tmp_path):
     cli = shutil.which("edge-agent", path=str(Path(sys.executable).parent))
     if cli is None:
         pytest.skip("edge-agent is not installed in this environment")
-    out = subprocess.run([cli, "status", "--model", str(ROOT / "models" / "default"), "--state",
+    out = subprocess.run([cli, "status", "--model", str(ROOT / "models" / "tiny"), "--state",
                           str(tmp_path / "state")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stderr == "" and "model: default" in out.stdout

@@ -99,7 +99,7 @@ def test_filtered_stderr_forwards_a_crash_message() -> None:
     ["export", "--run", "runs/x", "--name", "x"],
     ["export", "--run", "runs/x", "--no-onnx"],
     ["build", "--name", "x", "--epochs", "1"],
-    ["export-head", "--model", "models/default"],
+    ["export-head", "--model", "models/tiny"],
     ["-v", "pretrain", "--out", "runs/x"],
 ])
 def test_device_only_install_names_the_extra_and_exits_2(args: list[str]) -> None:

@@ -21,7 +21,7 @@ from edge.manifest import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = REPO / "models" / "default"
+TINY_MODEL = REPO / "models" / "tiny"
 
 
 def _toy_model_dir(tmp_path: Path) -> Path:
@@ -265,7 +265,7 @@ def test_fingerprint_covers_computing_fields_only(tmp_path: Path) -> None:
 
 
 def test_shipped_default_model_verifies(tmp_path: Path) -> None:
-    manifest = load_manifest(DEFAULT_MODEL)
+    manifest = load_manifest(TINY_MODEL)
     assert {(f.format, f.precision) for f in manifest.files} == {
         ("tflite", "fp32"), ("tflite", "int8"), ("onnx", "fp32")
     }
@@ -273,8 +273,8 @@ def test_shipped_default_model_verifies(tmp_path: Path) -> None:
     assert set(results) == {f.path for f in manifest.files}
     assert all(r["passed"] for r in results.values())
     # A copy with one flipped byte in the int8 file is refused.
-    copy = tmp_path / "default"
-    shutil.copytree(DEFAULT_MODEL, copy)
+    copy = tmp_path / "tiny"
+    shutil.copytree(TINY_MODEL, copy)
     target = copy / manifest.file("tflite", "int8").path
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0xFF

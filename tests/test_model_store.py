@@ -114,7 +114,7 @@ def test_resolve_model_paths_names_and_errors(tmp_path: Path, monkeypatch: pytes
     assert resolve_model(IMAGENET_MODEL_NAME) == imagenet_model_dir()
     assert resolve_model(str(tiny_model_dir())) == tiny_model_dir()   # a folder stays a folder
     assert resolve_model("./nowhere") == Path("./nowhere")            # a path is never a name
-    with pytest.raises(ConfigError, match=r"expected a model folder or the name.*got neither; available: .*default"):
+    with pytest.raises(ConfigError, match=r"expected a model folder or the name.*got neither; available: .*tiny"):
         resolve_model("no-such-model")
 
 

@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_DIR = ROOT / "models" / "default"
-PACKAGED = "edge/models/default"
+MODEL_DIR = ROOT / "models" / "tiny"
+PACKAGED = "edge/models/tiny"
 
 
 def _project_version() -> str:
@@ -102,7 +102,7 @@ def test_wheel_carries_the_default_model_with_matching_hashes(wheel):
 
 
 def test_default_model_is_one_copy_in_git():
-    """edge/models/default is a symbolic link (mode 120000) to models/default, not a second copy."""
+    """edge/models/tiny is a symbolic link (mode 120000) to models/tiny, not a second copy."""
     proc = _run(["git", "ls-files", "-s", PACKAGED], cwd=ROOT)
     if proc.returncode != 0 or not proc.stdout:
         pytest.skip(f"not a git checkout with {PACKAGED} tracked: {proc.stderr.strip()}")
@@ -143,7 +143,7 @@ def test_installed_wheel_runs_edge_agent_from_any_folder(venv, tmp_path):
     proc = _run([str(agent), "status", "--state", str(state), "--json"], cwd=work)
     assert proc.returncode == 0, f"status: expected exit 0, got {proc.returncode}: {proc.stderr}"
     status = json.loads(proc.stdout)
-    assert (status["model"], status["step"], status["classes_seen"]) == ("default", 1, [1])
+    assert (status["model"], status["step"], status["classes_seen"]) == ("tiny", 1, [1])
 
 
 # The systemd unit (deploy/edge-agent.service) is checked in tests/test_deploy_unit.py.

@@ -14,7 +14,7 @@ from firmware_sim.device.sim import cut_plan
 from firmware_sim.device.teacher import teach_plan
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = str(REPO / "models" / "default")
+MODEL = str(REPO / "models" / "tiny")
 FRAMES = 1200  # the first 1,200 frames of a generated NICv2-391 stream (8 frames per object and session)
 
 

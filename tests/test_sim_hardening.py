@@ -34,7 +34,7 @@ from firmware_sim.data.sources import MAX_LABEL, load_idx, load_image_folder, lo
 from firmware_sim.data.streams import core50_stream
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = str(REPO / "models" / "default")
+MODEL = str(REPO / "models" / "tiny")
 MB = 1 << 20
 
 

@@ -20,7 +20,7 @@ from firmware_sim.data.sources import LabelledImages
 from firmware_sim.data.streams import OWN_TEST_SPLIT, holdout_split, open_stream
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = str(REPO / "models" / "default")
+MODEL = str(REPO / "models" / "tiny")
 
 
 def _random_images(n_classes: int, per_class: int, size: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

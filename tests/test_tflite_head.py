@@ -23,10 +23,10 @@ from edge.tflite_head import TFLiteHead, find_head_file
 from host.tflite_ops import non_builtin_ops, tflite_op_names
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = REPO / "models" / "default"
+MODEL = REPO / "models" / "tiny"
 SOFTMAX_SGD = MODEL / "head_softmax_sgd_b32_c50.tflite"
 MLP_ADAM = MODEL / "head_mlp_adam_b32_c50_h128.tflite"
-#: Manifest.fingerprint of models/default: it identifies the backbone and must not move with heads.
+#: Manifest.fingerprint of models/tiny: it identifies the backbone and must not move with heads.
 DEFAULT_FINGERPRINT = "dd0e9627dd53285d9416f763231537810ce1f9bfc9ec19066af7a90f74317907"
 SHIPPED_HP = {"lr": 0.01, "weight_decay": 1e-4}
 

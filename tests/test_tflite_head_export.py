@@ -51,8 +51,8 @@ def test_exported_head_matches_numpy_after_200_steps(kind: str, optimizer: str, 
 def test_export_head_writes_the_file_and_the_manifest(tmp_path: Path) -> None:
     from host.cli import main as host_main
 
-    model = tmp_path / "default"
-    shutil.copytree(REPO / "models" / "default", model)
+    model = tmp_path / "tiny"
+    shutil.copytree(REPO / "models" / "tiny", model)
     before = load_manifest(model)
     code = host_main(["export-head", "--model", str(model), "--head", "softmax", "--max-classes", "12",
                       "--optimizer", "adam", "--batch-size", "16", "--lr", "0.002"])

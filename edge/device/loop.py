@@ -21,7 +21,7 @@ Example (a two-class stream, taught from labelled frames):
     >>> from edge.agent import Agent
     >>> from edge.runtimes import open_backbone
     >>> from edge.device.sources import Frame, IterableSource
-    >>> agent = Agent(open_backbone("models/default"))
+    >>> agent = Agent(open_backbone("models/tiny"))
     >>> red, blue = np.zeros((32, 32, 3), np.uint8), np.zeros((32, 32, 3), np.uint8)
     >>> red[..., 0], blue[..., 2] = 200, 200
     >>> frames = [Frame(red, i / 30, label="red") for i in range(20)]

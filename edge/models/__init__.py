@@ -25,8 +25,8 @@ from pathlib import Path
 __all__ = ["DEFAULT_MODEL_NAME", "IMAGENET_MODEL_NAME", "TINY_MODEL_NAME", "default_model_dir",
            "imagenet_model_dir", "packaged_model_dir", "packaged_model_names", "tiny_model_dir"]
 
-#: The 32x32 synthetic-trained backbone (folder ``models/default``).
-TINY_MODEL_NAME = "default"
+#: The 32x32 synthetic-trained backbone (folder ``models/tiny``).
+TINY_MODEL_NAME = "tiny"
 #: EfficientNet-Lite0, ImageNet weights, 224x224 input (folder ``models/efficientnet_lite0_224``).
 IMAGENET_MODEL_NAME = "efficientnet_lite0_224"
 #: The model used when none is named. Set to IMAGENET_MODEL_NAME to make the ImageNet backbone the default.

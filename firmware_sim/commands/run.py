@@ -82,7 +82,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
 def _add_common(p: argparse.ArgumentParser, strategy: bool = True) -> None:
     """The options of ``run``, ``compare`` and ``device``; ``strategy``: with ``--strategy`` (compare
     has ``--strategies``)."""
-    p.add_argument("--model", default=_D.model, help="model directory with manifest.json (default: models/default)")
+    p.add_argument("--model", default=_D.model, help="model directory with manifest.json (default: models/tiny)")
     p.add_argument("--data", default=_D.data, help=f"data spec (default synthetic): {DATA_HELP}")
     p.add_argument("--scenario", default=_D.scenario, help=f"scenario or protocol (default nicv2_391): {SCENARIO_HELP}")
     p.add_argument("--run", type=int, default=_D.run, help="first run (batch order) to replay (default 0)")
@@ -225,6 +225,6 @@ def compare_command(args: argparse.Namespace) -> int:
 
 def main_job(out: str = "runs/edge-sim-default") -> int:
     """``edge-sim`` with no arguments: default model, generated NICv2-391, naive vs replay."""
-    print("edge-sim main job: models/default on the generated NICv2-391 stream, naive vs replay "
+    print("edge-sim main job: models/tiny on the generated NICv2-391 stream, naive vs replay "
           "(see `edge-sim --help` for everything else)", flush=True)
     return compare(RunOptions(out=out), ["naive", "replay"])

@@ -5,7 +5,7 @@ compares the two. The report separates what the seed decides (``results``: accur
 teach bursts, cuts) from what this machine's speed decides (``measured``: latencies, RSS, wall time).
 
 Example:
-    >>> spec = DeviceSpec(model="models/default", data="synthetic", scenario="nicv2_391",
+    >>> spec = DeviceSpec(model="models/tiny", data="synthetic", scenario="nicv2_391",
     ...                   agent=AgentConfig(), options=DeviceOptions(power_cuts=20))  # doctest: +SKIP
     >>> report = run_device(spec, "runs/device")                                      # doctest: +SKIP
 """

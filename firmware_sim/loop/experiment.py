@@ -7,7 +7,7 @@ and std over runs, and writes ``report.json`` (with the machine and runtime vers
 
 Example:
     >>> from firmware_sim.loop.experiment import ExperimentSpec, run_experiment      # doctest: +SKIP
-    >>> spec = ExperimentSpec(model="models/default", data="synthetic", scenario="nicv2_391",
+    >>> spec = ExperimentSpec(model="models/tiny", data="synthetic", scenario="nicv2_391",
     ...                       configs={"naive": AgentConfig(strategy="naive")})  # doctest: +SKIP
     >>> report = run_experiment(spec, out_dir="runs/demo")                   # doctest: +SKIP
 """

@@ -606,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m firmware_sim.studies.strategy_report", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="docs/strategies.md", help="markdown output (default docs/strategies.md)")
     p.add_argument("--runs", type=int, default=3, help="runs per stream (default 3)")
-    p.add_argument("--model", default=None, help="model directory (default models/default)")
+    p.add_argument("--model", default=None, help="model directory (default models/tiny)")
     p.add_argument("--cache", default=None, help="cache directory (default ~/.cache/edge-continual)")
     p.add_argument("--results", default="runs/strategy-report", help="report.json per stream go here")
     p.add_argument("--skip-sweep", action="store_true", help="reuse docs/strategy_sweep.json instead of re-running it")

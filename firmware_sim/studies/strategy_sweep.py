@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     from edge.models import default_model_dir
 
     p = argparse.ArgumentParser(prog="python -m firmware_sim.studies.strategy_sweep", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=None, help="model directory (default models/default)")
+    p.add_argument("--model", default=None, help="model directory (default models/tiny)")
     p.add_argument("--cache", default=None, help="cache directory (default ~/.cache/edge-continual)")
     p.add_argument("--out", default="docs/strategy_sweep.json", help="JSON output")
     args = p.parse_args(argv)

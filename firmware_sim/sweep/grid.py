@@ -3,7 +3,7 @@
 Grid file (``docs/sweep-example.toml`` is a worked one)::
 
     [sweep]                       # fixed settings of every cell (any of them may be an axis in [grid])
-    model = "../models/default"   # relative paths are relative to the grid file
+    model = "../models/tiny"   # relative paths are relative to the grid file
     data = "synthetic"
     runs = 2                      # shorthand for run = [0, 1]
 
@@ -55,7 +55,7 @@ KEY_VERSION = 1
 #: Simulation settings of a cell and their defaults (those of ``edge-sim run``, but one runtime thread:
 #: cells run in parallel, one CPU each).
 SIM_DEFAULTS: dict[str, Any] = {
-    "model": "models/default",
+    "model": "models/tiny",
     "data": "synthetic",
     "scenario": "nicv2_391",
     "run": 0,
