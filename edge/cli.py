@@ -5,11 +5,15 @@ on first boot), does its work and, for ``learn``, writes a new checkpoint atomic
 holds the state folder's OS lock (`edge.lock.StateLock`) from resume to save, so two writers
 never lose an update: the second waits up to ``--lock-timeout`` seconds, then fails.
 
-    edge-agent learn   --model models/tiny --state state/ --label 3 img1.png img2.png
-    edge-agent predict --model models/tiny --state state/ img3.png
-    edge-agent status  --model models/tiny --state state/
-    edge-agent run     --model models/tiny --state state/ --source camera:0 [--http 127.0.0.1:8080]
+    edge-agent learn   --state state/ --label 3 img1.png img2.png
+    edge-agent predict --state state/ img3.png
+    edge-agent status  --state state/
+    edge-agent run     --state state/ --source camera:0 [--http 127.0.0.1:8080]
     edge-agent teach   --label cup --frames 30 [--http 127.0.0.1:8080]
+
+Without ``--model`` they use the packaged ImageNet backbone (``efficientnet_lite0_224``, int8 on
+LiteRT); ``--model`` takes a folder or a name (``edge-agent models list``; ``tiny``: the 32-px test
+backbone).
 
 ``run`` is the long-running device runtime (`edge.device.loop.DeviceLoop`): it holds the lock for
 its lifetime (a second ``run`` on the same state is refused at once), predicts on every frame,
@@ -45,7 +49,8 @@ from edge.manifest import FIT_POLICIES, Manifest
 from edge.preprocess import load_frame
 from edge.openset import MIN_PROBABILITY, OpenSetPolicy
 from edge.lock import DEFAULT_TIMEOUT_S, StateLock
-from edge.models import default_model_dir
+from edge.model_store import default_precision, resolve_model
+from edge.models import DEFAULT_MODEL_NAME, TINY_MODEL_NAME, default_model_dir
 from edge.runtimes import open_backbone
 from edge.version import package_version
 
@@ -106,7 +111,9 @@ def _open(args: argparse.Namespace, exclusive: bool = False) -> tuple[Agent, Che
     from edge.device.loop import restore_agent
 
     asked = _asked_config(args)
-    backbone = open_backbone(args.model or default_model_dir(), runtime=args.runtime, precision=args.precision,
+    model_dir = resolve_model(args.model) if args.model else default_model_dir()
+    backbone = open_backbone(model_dir, runtime=args.runtime,
+                             precision=args.precision or default_precision(model_dir, args.runtime),
                              num_threads=args.threads, providers=args.providers)
     store = CheckpointStore(args.state, backbone.manifest.fingerprint, validate_config=validate_agent_config,
                             exclusive=exclusive)
@@ -337,15 +344,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     common = _OneLineParser(add_help=False)
-    common.add_argument("--model", default=None, help="model directory with manifest.json "
-                        "(default: the model shipped in the package, edge.models.default_model_dir())")
+    common.add_argument("--model", default=None, help="a model folder (with manifest.json) or a NAME: installed "
+                        f"(edge-agent models list) or packaged (default: {DEFAULT_MODEL_NAME}, ImageNet weights; "
+                        f"{TINY_MODEL_NAME}: the 32-px test backbone)")
     common.add_argument("--state", required=True, help="state directory (checkpoints)")
     common.add_argument("--runtime", default="auto", choices=("auto", "litert", "onnx"),
                         help="inference runtime (default: auto = LiteRT if installed)")
     common.add_argument("--providers", default="cpu", choices=("cpu", "cuda", "tensorrt"),
                         help="ONNX Runtime providers with --runtime onnx (cuda, tensorrt: onnxruntime-gpu, e.g. a Jetson)")
-    common.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
-                        help="backbone precision (int8 runs on LiteRT)")
+    common.add_argument("--precision", default=None, choices=("fp32", "int8"),
+                        help="backbone precision (int8 runs on LiteRT; default fp32, or int8 on LiteRT for a model "
+                             f"without an fp32 TFLite file, as the shipped {DEFAULT_MODEL_NAME})")
     common.add_argument("--threads", type=_int_in(1, 256), default=None, help="inference threads")
     fresh = common.add_argument_group(
         "agent configuration (defaults: AgentConfig's; a new state is created with it; a stored state keeps "

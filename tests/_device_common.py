@@ -57,8 +57,9 @@ class RunningAgent:
     """``edge-agent run`` in a child process; its JSON-line events are collected as they come."""
 
     def __init__(self, state: Path, source: str, *extra: str, token: str | None = None) -> None:
-        cmd = [sys.executable, "-m", "edge.cli", "run", "--state", str(state), "--source", source,
-               "--http", "127.0.0.1:0", *extra]
+        # The tiny backbone (fast); the default ImageNet one is exercised by test_packaging / test_real_photos.
+        cmd = [sys.executable, "-m", "edge.cli", "run", "--model", str(ROOT / "models" / "tiny"), "--state",
+               str(state), "--source", source, "--http", "127.0.0.1:0", *extra]
         env = dict(os.environ)
         env.pop("EDGE_AGENT_TOKEN", None)
         if token is not None:

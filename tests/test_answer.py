@@ -239,8 +239,8 @@ def taught_state(tmp_path):
         Image.fromarray(frame).save(path)
         paths.append(str(path))
     state = str(tmp_path / "state")
-    assert main(["learn", "--state", state, "--label", "cup", *paths[:4]]) == 0
-    assert main(["learn", "--state", state, "--label", "ball", *paths[4:8]]) == 0
+    assert main(["learn", "--model", str(need_model()), "--state", state, "--label", "cup", *paths[:4]]) == 0
+    assert main(["learn", "--model", str(need_model()), "--state", state, "--label", "ball", *paths[4:8]]) == 0
     return state, sorted(paths[8:]), asked
 
 
@@ -249,10 +249,10 @@ def test_the_same_image_gets_the_same_answer_from_predict_and_the_device_loop(ta
 
     state, asked_paths, asked_dir = taught_state
     capsys.readouterr()
-    assert main(["predict", "--state", state, "--json", *asked_paths]) == 0
+    assert main(["predict", "--model", str(need_model()), "--state", state, "--json", *asked_paths]) == 0
     rows = {Path(r["path"]).name: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
     events = tmp_path / "events.jsonl"
-    assert main(["run", "--state", state, "--source", f"folder:{asked_dir}", "--exit-at-end", "--no-http",
+    assert main(["run", "--model", str(need_model()), "--state", state, "--source", f"folder:{asked_dir}", "--exit-at-end", "--no-http",
                  "--events", str(events)]) == 0
     found = [json.loads(line) for line in events.read_text().splitlines()]
     answers = {e["file"]: e for e in found if e["event"] == "prediction"}
@@ -270,20 +270,20 @@ def test_predict_json_has_the_keys_of_get_prediction_and_status_prints_names(tau
 
     state, asked_paths, _ = taught_state
     capsys.readouterr()
-    assert main(["predict", "--state", state, "--json", asked_paths[0]]) == 0
+    assert main(["predict", "--model", str(need_model()), "--state", state, "--json", asked_paths[0]]) == 0
     row = json.loads(capsys.readouterr().out)
     # GET /prediction: label, index, score, novelty, unknown, top (+ frame, frame_time, name there)
     assert set(row) == {"path", "label", "index", "score", "novelty", "unknown", "top"}
     assert row["label"] == "cup" and row["index"] == 0 and isinstance(row["novelty"], float)
     assert row["top"][0] == {"label": "cup", "p": row["top"][0]["p"]}
-    assert main(["predict", "--state", state, "--unknown-threshold", "1.0", "--json", asked_paths[0]]) == 0
+    assert main(["predict", "--model", str(need_model()), "--state", state, "--unknown-threshold", "1.0", "--json", asked_paths[0]]) == 0
     row = json.loads(capsys.readouterr().out)
     assert row["label"] == "unknown" and row["index"] is None and row["unknown"] is True
-    assert main(["status", "--state", state]) == 0
+    assert main(["status", "--model", str(need_model()), "--state", state]) == 0
     text = capsys.readouterr().out
     assert "classes: cup (index 0, 4 samples), ball (index 1, 4 samples)" in text
     assert "{" not in text and "[" not in text
-    assert main(["status", "--state", state, "--json"]) == 0
+    assert main(["status", "--model", str(need_model()), "--state", state, "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["classes"] == [{"index": 0, "name": "cup", "samples": 4}, {"index": 1, "name": "ball", "samples": 4}]
 
@@ -293,7 +293,7 @@ def test_closed_set_is_a_deprecated_alias_with_one_line(taught_state, capsys, ca
 
     state, asked_paths, _ = taught_state
     capsys.readouterr()
-    assert main(["predict", "--state", state, "--closed-set", "--unknown-threshold", "1.0", asked_paths[0]]) == 0
+    assert main(["predict", "--model", str(need_model()), "--state", state, "--closed-set", "--unknown-threshold", "1.0", asked_paths[0]]) == 0
     assert capsys.readouterr().out.split("\t")[1] == "cup"   # always a learned class
     notes = [r for r in caplog.records if "deprecated" in r.getMessage()]
     assert len(notes) == 1 and notes[0].levelname == "WARNING" and "--closed-set" in notes[0].getMessage()

@@ -112,7 +112,7 @@ def test_edge_agent_refuses_a_config_that_differs_from_the_stored_state(tmp_path
     need_model()
     image = tmp_path / "a.png"
     write_png(image, object_frames(OBJ_A, 1)[0])
-    state = ["--state", str(tmp_path / "s")]
+    state = ["--model", str(need_model()), "--state", str(tmp_path / "s")]
     (tmp_path / "agent.json").write_text(json.dumps({"buffer_capacity": 300}))
     assert main(["learn", *state, "--config", str(tmp_path / "agent.json"), "--label", "cup", str(image)]) == 0
     assert main(["learn", *state, "--label", "cup", "--buffer", "300", str(image)]) == 0  # same: fine

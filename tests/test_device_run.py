@@ -106,7 +106,7 @@ def test_sigkill_then_restart_resumes_and_a_second_run_is_refused(tmp_path):
         agent.started()
         agent.wait_for(lambda e: e["event"] == "checkpoint" and e["step"] == 1, 60)
         # A second run on the same state is refused at once (the first holds the lock).
-        second = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--state", str(state), "--source",
+        second = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--model", str(need_model()), "--state", str(state), "--source",
                                  f"folder:{folder}", "--no-http"], cwd=ROOT, capture_output=True, text=True,
                                 timeout=60)
         assert second.returncode == 2 and "locked by another writer" in second.stderr, second.stderr
@@ -183,7 +183,7 @@ def test_bad_requests_are_4xx_with_a_message_and_leave_the_state_intact(tmp_path
 
 def test_non_loopback_bind_needs_a_token_and_teach_cli_reaches_the_agent(tmp_path):
     need_model()
-    out = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--state", str(tmp_path / "s"), "--source",
+    out = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--model", str(need_model()), "--state", str(tmp_path / "s"), "--source",
                           f"folder:{tmp_path}", "--http", "0.0.0.0:0"], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 2 and "expected --token for a non-loopback address" in out.stderr, out.stderr

@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from _edge_common import backbone
+from _edge_common import backbone, need_model
 from edge.agent import Agent, AgentConfig
 from edge.errors import InputError
 from edge.openset import UNKNOWN, OpenSet, OpenSetPolicy, accuracy_at_false_accept, auroc
@@ -110,15 +110,15 @@ def test_edge_agent_predict_prints_unknown_for_a_black_frame(tmp_path, capsys):
     black = tmp_path / "black.png"
     Image.fromarray(np.zeros_like(np.asarray(views[0]))).save(black)
     state = str(tmp_path / "state")
-    assert main(["learn", "--state", state, "--label", "cup", *paths]) == 0
+    assert main(["learn", "--model", str(need_model()), "--state", state, "--label", "cup", *paths]) == 0
     capsys.readouterr()
-    assert main(["predict", "--state", state, "--reject-novel", "--json", str(black), paths[0]]) == 0
+    assert main(["predict", "--model", str(need_model()), "--state", state, "--reject-novel", "--json", str(black), paths[0]]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert rows[0]["label"] == "unknown" and rows[0]["index"] is None and rows[0]["unknown"] is True
     assert rows[1]["label"] == "cup" and rows[1]["index"] == 0 and rows[1]["unknown"] is False
-    assert main(["predict", "--state", state, "--reject-novel", str(black)]) == 0
+    assert main(["predict", "--model", str(need_model()), "--state", state, "--reject-novel", str(black)]) == 0
     assert capsys.readouterr().out.split("\t")[1] == "unknown"
-    assert main(["predict", "--state", state, str(black)]) == 0    # the default: novelty rejection off
+    assert main(["predict", "--model", str(need_model()), "--state", state, str(black)]) == 0    # the default: novelty rejection off
     assert capsys.readouterr().out.split("\t")[1] == "cup"
 
 

@@ -1,4 +1,4 @@
-"""The LiteRT fallback really works: ``tflite_runtime`` on NumPy 1.x runs the default model (issue 13).
+"""The LiteRT fallback really works: ``tflite_runtime`` on NumPy 1.x runs the packaged tiny model (issue 13).
 
 `make test-tflrt` runs this file (and a slice of the contract tests) in a second virtual environment,
 ``.venv-tflrt``: NumPy 1.24, ``tflite-runtime`` 2.14, no ``ai-edge-litert`` and no ``onnxruntime``.
@@ -24,7 +24,7 @@ from _edge_common import frames_for
 from edge.agent import Agent, AgentConfig
 from edge.checkpoint import CheckpointStore, resume
 from edge.config import validate_agent_config
-from edge.models import default_model_dir
+from edge.models import tiny_model_dir
 from edge.runtimes import import_litert_interpreter, open_backbone
 
 #: The LiteRT package the environment must use (set by `make test-tflrt`), else None: any.
@@ -38,9 +38,9 @@ CROSS_RUNTIME_INT8_MIN_COSINE = 0.999
 
 
 def _model() -> Path:
-    model = default_model_dir()
+    model = tiny_model_dir()
     if not (model / "manifest.json").is_file():
-        pytest.skip(f"the default model is missing: {model}/manifest.json")
+        pytest.skip(f"the tiny model is missing: {model}/manifest.json")
     return model
 
 
@@ -91,12 +91,12 @@ def test_int8_agrees_with_fp32_within_the_manifest_tolerance():
 
 _REFERENCE = """
 import sys, numpy as np
-from edge.models import default_model_dir
+from edge.models import tiny_model_dir
 from edge.runtimes import open_backbone
 frames = np.load(sys.argv[1])
 out = {}
 for precision in ("fp32", "int8"):
-    with open_backbone(default_model_dir(), runtime="litert", precision=precision, num_threads=2) as bb:
+    with open_backbone(tiny_model_dir(), runtime="litert", precision=precision, num_threads=2) as bb:
         assert bb.info.runtime == "ai_edge_litert", bb.info.runtime
         out[precision] = bb.embed(frames)
 np.savez(sys.argv[2], **out)
@@ -178,7 +178,7 @@ def test_edge_agent_cli_on_the_installed_runtime(tmp_path):
             images.append(path.name)
     state = tmp_path / "state"
     base = [str(exe)]
-    common = ["--state", str(state), "--precision", "int8", "--runtime", "litert"]
+    common = ["--model", str(_model()), "--state", str(state), "--precision", "int8", "--runtime", "litert"]
     for label in (0, 1):
         proc = subprocess.run([*base, "learn", *common, "--label", str(label),
                                *[p for p in images if p.startswith(f"c{label}_")]],

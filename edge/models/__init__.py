@@ -8,11 +8,12 @@ the binary files in git); the wheel build follows it, so an installed ``edge`` c
   for GPUs), the backbone that knows real objects (`imagenet_model_dir`).
 - ``TINY_MODEL_NAME``: the 32x32 ``tiny_cnn`` pretrained on the generator's synthetic objects, for
   fast simulator runs and tests (`tiny_model_dir`).
-- ``DEFAULT_MODEL_NAME``: the one `default_model_dir` returns (``edge-agent`` without ``--model``).
+- ``DEFAULT_MODEL_NAME``: the one `default_model_dir` returns (``edge-agent`` without ``--model``):
+  the ImageNet backbone. The simulator (``edge-sim``) and most tests name the tiny one explicitly.
 
 Example:
     >>> from edge.models import default_model_dir, imagenet_model_dir, tiny_model_dir
-    >>> (default_model_dir() / "manifest.json").is_file()
+    >>> default_model_dir() == imagenet_model_dir()
     True
     >>> (tiny_model_dir() / "manifest.json").is_file(), (imagenet_model_dir() / "manifest.json").is_file()
     (True, True)
@@ -25,12 +26,12 @@ from pathlib import Path
 __all__ = ["DEFAULT_MODEL_NAME", "IMAGENET_MODEL_NAME", "TINY_MODEL_NAME", "default_model_dir",
            "imagenet_model_dir", "packaged_model_dir", "packaged_model_names", "tiny_model_dir"]
 
-#: The 32x32 synthetic-trained backbone (folder ``models/tiny``).
+#: The 32x32 synthetic-trained backbone (folder ``models/tiny``): the simulator's and the tests'.
 TINY_MODEL_NAME = "tiny"
 #: EfficientNet-Lite0, ImageNet weights, 224x224 input (folder ``models/efficientnet_lite0_224``).
 IMAGENET_MODEL_NAME = "efficientnet_lite0_224"
-#: The model used when none is named. Set to IMAGENET_MODEL_NAME to make the ImageNet backbone the default.
-DEFAULT_MODEL_NAME = TINY_MODEL_NAME
+#: The model ``edge-agent`` uses when none is named: the ImageNet backbone (a device must know real objects).
+DEFAULT_MODEL_NAME = IMAGENET_MODEL_NAME
 PACKAGED_MODELS = (IMAGENET_MODEL_NAME, TINY_MODEL_NAME)
 
 _HERE = Path(__file__).resolve().parent

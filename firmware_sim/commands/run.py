@@ -34,10 +34,11 @@ SCENARIO_HELP = (f"for core50/synthetic data: {', '.join(SCENARIOS)}; for idx/np
 
 
 def default_model_dir() -> Path:
-    """The shipped default model (`edge.models.default_model_dir`: package data, else the checkout's)."""
-    from edge.models import default_model_dir as packaged
+    """The simulator's default backbone: the 32-px tiny one (`edge.models.tiny_model_dir`), fast enough
+    for whole-stream runs on a small CPU; the device's default (``edge-agent``) is the ImageNet one."""
+    from edge.models import tiny_model_dir
 
-    return packaged()
+    return tiny_model_dir()
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
 def _add_common(p: argparse.ArgumentParser, strategy: bool = True) -> None:
     """The options of ``run``, ``compare`` and ``device``; ``strategy``: with ``--strategy`` (compare
     has ``--strategies``)."""
-    p.add_argument("--model", default=_D.model, help="model directory with manifest.json (default: models/tiny)")
+    p.add_argument("--model", default=_D.model, help="model directory with manifest.json (default: models/tiny, the 32-px tiny backbone; "
+                   "the device default is models/efficientnet_lite0_224)")
     p.add_argument("--data", default=_D.data, help=f"data spec (default synthetic): {DATA_HELP}")
     p.add_argument("--scenario", default=_D.scenario, help=f"scenario or protocol (default nicv2_391): {SCENARIO_HELP}")
     p.add_argument("--run", type=int, default=_D.run, help="first run (batch order) to replay (default 0)")
@@ -223,8 +225,17 @@ def compare_command(args: argparse.Namespace) -> int:
     return compare(options_from_args(args), names)
 
 
+def _backbone_line(model_dir: Path) -> str:
+    """``tiny (tiny_cnn_32, 32x32 input, models/tiny)``: which backbone a run uses, for its first line."""
+    from edge.manifest import load_manifest
+
+    m = load_manifest(model_dir, verify=False)
+    h, w = m.input_shape[0], m.input_shape[1]
+    return f"{m.name} ({m.architecture}, {h}x{w} input, {model_dir})"
+
+
 def main_job(out: str = "runs/edge-sim-default") -> int:
-    """``edge-sim`` with no arguments: default model, generated NICv2-391, naive vs replay."""
-    print("edge-sim main job: models/tiny on the generated NICv2-391 stream, naive vs replay "
-          "(see `edge-sim --help` for everything else)", flush=True)
+    """``edge-sim`` with no arguments: the tiny backbone, generated NICv2-391, naive vs replay."""
+    print(f"edge-sim main job: backbone {_backbone_line(default_model_dir())}; generated NICv2-391 stream, "
+          "naive vs replay (see `edge-sim --help` for everything else)", flush=True)
     return compare(RunOptions(out=out), ["naive", "replay"])

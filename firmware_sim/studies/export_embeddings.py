@@ -52,7 +52,7 @@ def export(model: str, data: str, scenario: str, run: int, out: Path, cache: Pat
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edge.models import default_model_dir
+    from edge.models import tiny_model_dir
 
     p = argparse.ArgumentParser(prog="python -m firmware_sim.studies.export_embeddings",
                                 description=__doc__.split("\n\n")[0])
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cache = default_cache_dir() / "embeddings"
     for scenario in args.scenarios.split(","):
-        path = export(str(args.model or default_model_dir()), args.data, scenario, args.run, Path(args.out), cache)
+        path = export(str(args.model or tiny_model_dir()), args.data, scenario, args.run, Path(args.out), cache)
         print(path)
     return 0
 

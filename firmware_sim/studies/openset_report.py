@@ -110,7 +110,7 @@ def render(results: dict[str, Any], held_out: int, command: str, wall: float) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edge.models import default_model_dir
+    from edge.models import tiny_model_dir
 
     p = argparse.ArgumentParser(prog="python -m firmware_sim.studies.openset_report",
                                 description=__doc__.split("\n\n")[0])
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     results = {}
     for scenario in SCENARIOS:
-        res = run_scenario(str(args.model or default_model_dir()), scenario, args.held_out, cache)
+        res = run_scenario(str(args.model or tiny_model_dir()), scenario, args.held_out, cache)
         plot_score_histograms(out.parent / f"openset_{scenario}.png",
                               {n: r["_known"] for n, r in res["strategies"].items()},
                               {n: r["_unknown"] for n, r in res["strategies"].items()},

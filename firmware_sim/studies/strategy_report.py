@@ -75,8 +75,8 @@ SECOND_KEYS = ("ni", "nc", "nicv2_391")
 def model_input_size(model: str) -> int:
     """The square input size a model directory's manifest declares.
 
-    >>> from edge.models import default_model_dir
-    >>> model_input_size(str(default_model_dir()))
+    >>> from edge.models import tiny_model_dir
+    >>> model_input_size(str(tiny_model_dir()))
     32
     """
     manifest = json.loads((Path(model) / "manifest.json").read_text(encoding="utf-8"))
@@ -600,7 +600,7 @@ def run_second(args: argparse.Namespace, cache: Path, given_command: str) -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edge.models import default_model_dir
+    from edge.models import tiny_model_dir
     from firmware_sim.studies.strategy_sweep import main as sweep_main
 
     p = argparse.ArgumentParser(prog="python -m firmware_sim.studies.strategy_report", description=__doc__.split("\n\n")[0])
@@ -630,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--only-second needs --second-model")
     started = time.perf_counter()
     cache = Path(args.cache) if args.cache else default_cache_dir()
-    model = str(args.model or default_model_dir())
+    model = str(args.model or tiny_model_dir())
     sweep_path = Path(args.out).parent / "strategy_sweep.json"
     results = Path(args.results)
     stream_list = streams(cache)

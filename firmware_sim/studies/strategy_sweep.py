@@ -101,7 +101,7 @@ def sweep(model: str, cache: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edge.models import default_model_dir
+    from edge.models import tiny_model_dir
 
     p = argparse.ArgumentParser(prog="python -m firmware_sim.studies.strategy_sweep", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="model directory (default models/tiny)")
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="docs/strategy_sweep.json", help="JSON output")
     args = p.parse_args(argv)
     cache = Path(args.cache) if args.cache else default_cache_dir()
-    result = sweep(str(args.model or default_model_dir()), cache)
+    result = sweep(str(args.model or tiny_model_dir()), cache)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     for s, params in result["best"].items():
