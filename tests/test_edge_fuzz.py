@@ -123,6 +123,7 @@ def _sample(n_bits: int, k: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n_bits, size=min(k, n_bits), replace=False))
 
 
+@pytest.mark.slow
 def test_checkpoint_bit_flips_sampled(tmp_path: Path) -> None:
     _, pristine, _, _ = _store_with_two(tmp_path / "probe")
     tally = _fuzz_checkpoint(tmp_path, _sample(len(pristine) * 8, SAMPLE_CHECKPOINT_BITS, seed=11))
