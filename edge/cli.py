@@ -54,7 +54,7 @@ from edge.models import DEFAULT_MODEL_NAME, TINY_MODEL_NAME, default_model_dir
 from edge.runtimes import open_backbone
 from edge.version import package_version
 
-logger = logging.getLogger("edge.cli")
+logger = logging.getLogger(__name__)
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
