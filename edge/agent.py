@@ -45,6 +45,7 @@ from edge.config import HEAD_BACKENDS as HEAD_BACKENDS  # re-exported, as before
 from edge.config import AgentConfig as AgentConfig  # re-exported: `from edge.agent import AgentConfig`
 from edge.errors import ConfigError, InputError
 from edge.heads import make_head
+from edge.knowledge.ledger import Ledger
 from edge.openset import UNKNOWN, Answer, OpenSet, OpenSetPolicy, decide, exclude_classes
 from edge.preprocess import as_frame_batch
 from edge.runtimes import Backbone, limit_blas_threads
@@ -125,6 +126,9 @@ class Agent:
         self.openset = OpenSet(self.stats)
         self.step_ = 0
         self.n_learned_ = 0
+        #: The teach ledger (`edge.knowledge.ledger.Ledger`): None until `enable_ledger`; saved in
+        #: the state under ``knowledge.*`` when on.
+        self.knowledge: Ledger | None = None
 
     def _new_head(self) -> Head | None:
         """A fresh head of the configured kind and backend (same seed: same initial weights), or
@@ -337,12 +341,14 @@ class Agent:
         state["agent.rng"] = _rng_state_array(self.rng_)
         state["agent.step"] = np.array(self.step_, dtype=np.int64)
         state["agent.n_learned"] = np.array(self.n_learned_, dtype=np.int64)
+        if self.knowledge is not None:
+            state.update(self.knowledge.state_dict())
         return state
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Restore everything from `state_dict` output; nothing changes if any part is invalid."""
         parts: dict[str, dict[str, np.ndarray]] = {"head": {}, "buffer": {}, "strategy": {}, "agent": {},
-                                                   "stats": {}, "openset": {}}
+                                                   "stats": {}, "openset": {}, "knowledge": {}}
         for key, value in state.items():
             prefix, _, name = key.partition(".")
             if prefix not in parts:
@@ -382,6 +388,9 @@ class Agent:
         openset = OpenSet(stats)
         if openset_state:  # checkpoints written before open-set rejection have none: it relearns
             openset.load_state_dict(openset_state)
+        knowledge = (Ledger.from_state(parts["knowledge"], self.embedding_size, self.config.max_classes)
+                     if parts["knowledge"] else None)
+        self.knowledge = knowledge
         self.head, self.buffer, self.strategy, self.rng_ = head, buffer, strategy, rng
         self.stats, self.openset = stats, openset
         self.step_ = int(parts["agent"]["step"])
@@ -421,6 +430,160 @@ class Agent:
             n = np.maximum(count, 1).astype(np.float64)
             sq = (sums * sums).sum(1) / n + np.maximum(count - 1, 0) * float(sums.shape[-1])
         return strategy_state, {"count": count, "sum": sums, "sq": sq}, openset_state
+
+    # ------------------------------------------------------------------ knowledge
+    def enable_ledger(self, thumbnail_size: int = 96, **budgets: int) -> Ledger:
+        """Turn the teach ledger on (no-op when on); returns it. ``budgets``: ``thumbnail_budget``,
+        ``row_budget`` in bytes (`edge.knowledge.ledger`)."""
+        if self.knowledge is None:
+            self.knowledge = Ledger(self.embedding_size, thumbnail_size, **budgets)
+        return self.knowledge
+
+    def teach(self, frames: np.ndarray, labels: Any, *, source: str = "api") -> list[int]:
+        """`learn_many`, then record the teach in the ledger (when on) with a thumbnail of each
+        frame. Returns the new event ids (one per distinct label; [] with the ledger off)."""
+        batch = as_frame_batch(frames)
+        y = self._check_labels(labels, batch.shape[0])
+        x = self._embed_batch(batch)
+        if not np.isfinite(x).all():
+            raise InputError("embeddings: expected finite values from the backbone, got NaN or inf")
+        thumbs = None
+        if self.knowledge is not None and self.knowledge.thumbnail_size > 0:
+            from edge.knowledge.thumbnails import encode_thumbnail
+
+            thumbs = [encode_thumbnail(f, self.knowledge.thumbnail_size) for f in batch]
+        self._learn(x, y)
+        if self.knowledge is None:
+            return []
+        return self.knowledge.record(x, y, source=source, thumbnails=thumbs)
+
+    def teach_embeddings(self, emb: np.ndarray, labels: Any, *, source: str = "api",
+                         thumbnails: Sequence[bytes] | None = None) -> list[int]:
+        """`learn_embeddings`, then record the teach in the ledger (when on). Returns event ids."""
+        x = self._check_embeddings(emb)
+        y = self._check_labels(labels, x.shape[0])
+        self._learn(x, y)
+        if self.knowledge is None:
+            return []
+        return self.knowledge.record(x, y, source=source, thumbnails=thumbnails)
+
+    @property
+    def removal_is_exact(self) -> bool:
+        """True when removing rows subtracts them exactly (statistics strategies ``slda``, ``ncm``
+        and any strategy with ``forget_rows``); False: the rows leave the buffer and the head is
+        refitted from what remains."""
+        return bool(self.strategy.owns_classifier and (self.strategy.name in ("slda", "ncm")
+                                                       or hasattr(self.strategy, "forget_rows")))
+
+    def forget_samples(self, rows: np.ndarray, labels: Any) -> str:
+        """Remove rows learned before (as the backbone produced them) with their labels.
+
+        Statistics strategies: their per-row terms are subtracted (class statistics, SLDA's shared
+        scatter by the inverse of its parallel update, NCM's squares): the state equals one that
+        never learned the rows, up to float rounding. Gradient strategies: the rows leave the replay
+        buffer and the head (and the strategy) are refitted from what remains (the buffer, or the
+        ledger's rows for a strategy without a buffer). The open-set calibration sample is kept.
+        Returns ``"exact"`` or ``"refit"``. Nothing changes if the rows were not learned (`InputError`).
+        """
+        x = self._check_embeddings(rows)
+        y = self._check_labels(labels, x.shape[0])
+        z = self._standardize(x)
+        batch = ClassStatistics.of_rows(z, y, self.config.max_classes)
+        remaining = self.stats.copy()
+        remaining.subtract(batch)           # raises (nothing changed) when more rows than learned
+        if self.removal_is_exact:
+            self._subtract_from_strategy(z, y, batch, remaining)
+            self.stats.subtract(batch)
+            how = "exact"
+        else:
+            self.buffer.remove(x, y)
+            self.stats.subtract(batch)
+            self._refit()
+            how = "refit"
+        self.n_learned_ = max(0, self.n_learned_ - int(x.shape[0]))
+        self.step_ += 1
+        return how
+
+    def _subtract_from_strategy(self, z: np.ndarray, y: np.ndarray, batch: ClassStatistics,
+                                remaining: ClassStatistics) -> None:
+        strategy: Any = self.strategy
+        if hasattr(strategy, "forget_rows"):
+            strategy.forget_rows(z, y)
+            return
+        z64 = z.astype(np.float64)
+        if strategy.name == "ncm" and getattr(strategy, "sq_", None) is not None:
+            strategy.sq_ -= (z64 * z64).sum(axis=0)
+        elif strategy.name == "slda" and getattr(strategy, "scatter_", None) is not None:
+            # inverse of Chan et al.'s parallel update: S_all = S_rest + S_batch + n m/(n+m) dd^T
+            total = np.zeros_like(strategy.scatter_, dtype=np.float64)
+            for c in np.flatnonzero(batch.count_):
+                m = int(batch.count_[c])
+                mean_b = batch.sum_[c] / m
+                centred = z64[y == c] - mean_b
+                n = int(remaining.count_[c])
+                delta = mean_b - remaining.sum_[c] / max(n, 1)
+                total += centred.T @ centred + (n * m / (n + m)) * np.outer(delta, delta)
+            strategy.scatter_ = (strategy.scatter_ - total).astype(strategy.scatter_.dtype)
+
+    def _refit(self) -> None:
+        """A fresh head and strategy fitted on what remains (buffer rows, or the ledger's)."""
+        if self.strategy.uses_buffer:
+            z, y = self.buffer.contents()
+        elif self.knowledge is not None and len(self.knowledge):
+            z, y = self._standardize(self.knowledge.rows), self.knowledge.sample_label.copy()
+        else:
+            z, y = np.zeros((0, self.embedding_size), np.float32), np.zeros(0, np.int64)
+        head = self._new_head()
+        strategy = make_strategy(self.config.strategy, **self.config.strategy_params)
+        strategy.attach_statistics(self.stats)
+        if z.shape[0]:
+            empty = ReplayBuffer(0, self.embedding_size, self.buffer.policy, self.buffer.storage,
+                                 self.config.max_classes)
+            strategy.learn(head, empty, z, y, self.rng_, self.config)
+        self.head, self.strategy = head, strategy
+
+    def _require_ledger(self) -> Ledger:
+        if self.knowledge is None:
+            raise ConfigError("teach ledger: expected a state with a ledger (taught with it on), got none: "
+                              "this state's teaches cannot be undone one by one (forget the class instead)")
+        return self.knowledge
+
+    def remove_event(self, event_id: int) -> dict[str, Any]:
+        """Undo one teach event (its samples); returns ``{"event", "label", "samples", "removal"}``."""
+        ledger = self._require_ledger()
+        positions = ledger.samples_of_event(event_id)
+        info = ledger.event(event_id)
+        how = self.forget_samples(ledger.rows[positions], ledger.sample_label[positions])
+        ledger.take(positions)
+        return {"event": int(event_id), "label": int(info["label"]), "samples": int(positions.size),
+                "removal": how}
+
+    def remove_sample(self, sample_id: int) -> dict[str, Any]:
+        """Remove one taught sample; returns ``{"sample", "label", "removal"}``."""
+        ledger = self._require_ledger()
+        positions = ledger.position_of_sample(sample_id)
+        how = self.forget_samples(ledger.rows[positions], ledger.sample_label[positions])
+        _, labels = ledger.take(positions)
+        return {"sample": int(sample_id), "label": int(labels[0]), "removal": how}
+
+    def undo_last(self) -> dict[str, Any]:
+        """Undo the newest teach event still in the ledger (`remove_event`)."""
+        last = self._require_ledger().last_event()
+        if last is None:
+            raise InputError("undo: expected a teach to undo, got an empty ledger")
+        return self.remove_event(last.id)
+
+    def remove_label(self, label: int) -> dict[str, Any]:
+        """Remove every ledger sample of one class; ``complete`` says whether that was all of it
+        (the class then holds no row; else rows learned before the ledger remain)."""
+        ledger = self._require_ledger()
+        positions = ledger.samples_of_label(label)
+        how = "none"
+        if positions.size:
+            how = self.forget_samples(ledger.rows[positions], ledger.sample_label[positions])
+            ledger.take(positions)
+        left = int(self.stats.count_[int(label)])
+        return {"label": int(label), "samples": int(positions.size), "removal": how, "complete": left == 0}
 
     def memory_bytes(self) -> dict[str, int]:
         """Bytes of learned state: ``head``, ``buffer``, ``strategy``, ``stats`` (class

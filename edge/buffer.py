@@ -299,6 +299,39 @@ class ReplayBuffer:
         slots = np.arange(self.size_)
         return self._read(slots), self.labels_[: self.size_].astype(np.int64)
 
+    def remove(self, emb: np.ndarray, labels: np.ndarray) -> int:
+        """Take rows out (undo of a teach): each given row (as `add` took it, unstandardised) removes
+        at most one stored row with the same label and the same stored encoding; the rows that the
+        policy never kept are simply not found. They also leave the seen counts. Returns the number
+        of stored rows removed (the last filled slot moves into each freed one)."""
+        emb, labels = self._validate(emb, labels)
+        n = emb.shape[0]
+        self.n_seen_ = max(0, self.n_seen_ - n)
+        np.subtract.at(self.seen_per_class_, labels, 1)
+        np.maximum(self.seen_per_class_, 0, out=self.seen_per_class_)
+        if n == 0 or self.size_ == 0:
+            return 0
+        scratch = ReplayBuffer(n, self.embedding_size, self.policy, self.storage, self.max_classes)
+        scratch._write(np.arange(n), emb)   # the same encoding as the stored rows
+        removed = 0
+        for i in range(n):
+            size = self.size_
+            match = np.flatnonzero((self.labels_[:size] == labels[i])
+                                   & (self.data_[:size] == scratch.data_[i]).all(axis=1)
+                                   & ((self.scales_[:size] == scratch.scales_[i]) if self.storage == "int8"
+                                      else True))
+            if match.size == 0:
+                continue
+            slot, last = int(match[0]), size - 1
+            self.count_per_class_[self.labels_[slot]] -= 1
+            self.data_[slot] = self.data_[last]
+            self.labels_[slot] = self.labels_[last]
+            if self.storage == "int8":
+                self.scales_[slot] = self.scales_[last]
+            self.size_ = last
+            removed += 1
+        return removed
+
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, np.ndarray]:
         """Plain arrays (copies); only the filled rows are stored."""
