@@ -51,7 +51,8 @@ def bundle_model(model_dir: str | os.PathLike[str], out: str | os.PathLike[str],
     if out.exists() and not overwrite:
         raise FileExistsError(f"bundle: {out} exists (expected a new file, or --overwrite)")
     paths = [MANIFEST_NAME] + [f.path for f in manifest.files] + [h.path for h in manifest.heads]
-    files = {p: {"bytes": (model_dir / p).stat().st_size, "sha256": sha256_file(model_dir / p)} for p in paths}
+    sizes = {p: (model_dir / p).stat().st_size for p in paths}
+    files = {p: {"bytes": sizes[p], "sha256": sha256_file(model_dir / p)} for p in paths}
     index = json.dumps({"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "name": name,
                         "fingerprint": manifest.fingerprint, "files": files}, indent=2, sort_keys=True).encode()
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -60,7 +61,7 @@ def bundle_model(model_dir: str | os.PathLike[str], out: str | os.PathLike[str],
             tar.addfile(_tarinfo(f"{name}/{BUNDLE_INDEX}", len(index)), io.BytesIO(index))
             for p in paths:
                 with open(model_dir / p, "rb") as handle:
-                    tar.addfile(_tarinfo(f"{name}/{p}", files[p]["bytes"]), handle)
+                    tar.addfile(_tarinfo(f"{name}/{p}", sizes[p]), handle)
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
