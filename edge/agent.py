@@ -225,6 +225,7 @@ class Agent:
         z = self._standardize(x)
         self.strategy.learn(self.head, self.buffer, z, y, self.rng_, self.config)  # sees stats before z
         self.stats.update(z, y)
+        self.strategy.refresh()  # e.g. SLDA's precision, here on the learning thread, not at predict
         self.openset.calibrate(z, y)
         self.strategy.remember(self.buffer, x, y)
         self.step_ += 1
@@ -430,6 +431,15 @@ class Agent:
             n = np.maximum(count, 1).astype(np.float64)
             sq = (sums * sums).sum(1) / n + np.maximum(count - 1, 0) * float(sums.shape[-1])
         return strategy_state, {"count": count, "sum": sums, "sq": sq}, openset_state
+
+    def copy(self) -> Agent:
+        """An independent agent with the same backbone, config, standardisation and (copied) state."""
+        clone = Agent(self.backbone, self.config,
+                      embedding_size=self.embedding_size if self.backbone is None else None)
+        clone.standardizer = self.standardizer
+        clone.buffer.standardizer = self.standardizer
+        clone.load_state_dict(self.state_dict())
+        return clone
 
     # ------------------------------------------------------------------ knowledge
     def enable_ledger(self, thumbnail_size: int = 96, **budgets: int) -> Ledger:

@@ -111,16 +111,16 @@ def test_slda_reports_its_d_by_d_memory_and_caches_the_precision():
     x, y = stream(2)[0]
     a.learn_embeddings(x, y)
     assert a.buffer.capacity == 0 and a.memory_bytes()["buffer"] == 0
-    # scatter + precision (d x d float64) + P mu^T (K x d) + offsets; means and counts are the
-    # agent's class statistics (counts, sums, squared norms)
-    assert a.memory_bytes()["strategy"] == 2 * DIM * DIM * 8 + K * DIM * 8 + K * 8
+    # scatter (d x d float64) + precision (d x d float32) + P mu^T (K x d) + offsets; means and
+    # counts are the agent's class statistics (counts, sums, squared norms)
+    assert a.memory_bytes()["strategy"] == DIM * DIM * 8 + DIM * DIM * 4 + K * DIM * 8 + K * 8
     assert a.memory_bytes()["stats"] == K * 8 + K * DIM * 8 + K * 8
-    a.predict_embeddings(x)
     cached = a.strategy._cache
+    assert cached is not None and cached[0] == a.stats.version  # computed by the learn, not a predict
     a.predict_embeddings(x)
     assert a.strategy._cache is cached  # cached until the next update
     a.learn_embeddings(x, y)
-    assert a.strategy._cache is None
+    assert a.strategy._cache is not cached and a.strategy._cache[0] == a.stats.version
 
 
 # ------------------------------------------------------------------------- NCM

@@ -70,6 +70,11 @@ class Strategy:
         head for it). Rows sampled from ``buffer`` come out standardised like ``emb``."""
         raise NotImplementedError
 
+    def refresh(self) -> None:
+        """After the agent added a learned batch to the class statistics (right after `learn`, on
+        the same thread): precompute what predictions derive from them (SLDA's precision), so the
+        first prediction after a teach does not. Nothing by default."""
+
     def remember(self, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray) -> None:
         """After `learn`: offer the batch to the buffer, as the backbone produced it (not
         standardised: the buffer stores raw rows and standardises what it returns). By default
