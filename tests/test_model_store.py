@@ -283,3 +283,33 @@ def test_bundle_refuses_a_model_folder_that_fails_its_checksums(tmp_path: Path,
     err = capsys.readouterr().err
     assert err.startswith("edge-host bundle: error: ") and "sha256 expected" in err
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["mine"]
+
+
+def test_edge_agent_without_model_uses_the_imagenet_backbone(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """No --model, no --precision: the packaged efficientnet_lite0_224, int8 on LiteRT; a learn/predict
+    round trip works on it; ``--model tiny`` (a name) opens the tiny backbone instead. SLDA, as the
+    real-photo checks: the default ``replay`` softmax head on this backbone answered "blue" for the red
+    image too (issue 22 report), which is the strategy's business, not the backbone's."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths: dict[str, list[str]] = {}
+    for label, colour in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
+        for i in range(3):
+            path = tmp_path / f"{label}{i}.png"
+            Image.fromarray(np.clip(np.asarray(colour) + rng.normal(0, 20, (48, 64, 3)), 0, 255)
+                            .astype(np.uint8)).save(path)
+            paths.setdefault(label, []).append(str(path))
+    state = ["--state", str(tmp_path / "state")]
+    for label, files in paths.items():
+        assert agent_main(["learn", *state, "--strategy", "slda", "--label", label, *files[:2]]) == 0
+    capsys.readouterr()
+    assert agent_main(["predict", *state, "--json", paths["red"][2], paths["blue"][2]]) == 0
+    answers = [json.loads(line)["label"] for line in capsys.readouterr().out.splitlines()]
+    assert answers == ["red", "blue"]
+    assert agent_main(["status", *state, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["model"], status["precision"], status["step"]) == (IMAGENET_MODEL_NAME, "int8", 2), status
+    assert agent_main(["status", "--model", TINY_MODEL_NAME, "--state", str(tmp_path / "tiny-state"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == TINY_MODEL_NAME
