@@ -505,6 +505,9 @@ class Agent:
             self._subtract_from_strategy(z, y, batch, remaining)
             self.stats.subtract(batch)
             how = "exact"
+            refresh = getattr(self.strategy, "refresh", None)
+            if refresh is not None:  # a strategy that derives its classifier after each change
+                refresh()
         else:
             self.buffer.remove(x, y)
             self.stats.subtract(batch)
