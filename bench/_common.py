@@ -36,6 +36,10 @@ MOBILENET_NAME = "mobilenet_v2_a035_128_u8"
 EFFICIENTNET_NAME = "efficientnet_lite0_128"
 BATCH_FRAMES = 300          # the update size every learning figure is about
 KERAS_EPOCHS = 5            # the "E epochs" Keras baseline
+#: The bench key of the packaged device default (edge-agent without --model): EfficientNet-Lite0 @224.
+DEVICE_DEFAULT = "lite0_224"
+#: Models whose frames take tens of ms: fewer repetitions (same interleaved protocol).
+HEAVY_MODELS = ("efficientnet", DEVICE_DEFAULT)
 THREADS = 2                 # thread count of the agent-level suites (the dev box has 2 cores)
 
 #: name -> (runtime, precision, providers) of every backbone configuration benchmarked.

@@ -33,7 +33,9 @@ def _grid(config: pytest.Config) -> dict[str, list[Any]]:
     quick = C.quick_mode(config)
     return {
         # EfficientNet-Lite0 @128 (ImageNet weights) only in the full grid: building it takes minutes.
-        "model": ["default", "mobilenet"] if quick else ["default", "mobilenet", "efficientnet"],
+        # lite0_224: the packaged device default (int8 TFLite + ONNX), full grid only (18 ms a frame).
+        # "default" is the tiny 32-px model (models/tiny), the key kept so earlier results still merge.
+        "model": ["default", "mobilenet"] if quick else ["default", "mobilenet", "efficientnet", C.DEVICE_DEFAULT],
         # EDGE_BENCH_BATCHES="1,32,256" (bench/gpu.sh) widens the batch sizes.
         "batch": [int(b) for b in os.environ.get("EDGE_BENCH_BATCHES", "1,32").split(",") if b.strip()],
         "threads": [C.THREADS] if quick else [1, 2, 4],
@@ -108,7 +110,8 @@ _MODEL_DIRS: dict[str, Path] = {}
 
 def model_dir_for(model: str) -> Path:
     """``default`` -> models/tiny; ``mobilenet`` -> the cached MobileNetV2-0.35 export (TF once);
-    ``efficientnet`` -> EfficientNet-Lite0 @128 (`bench._common.efficientnet_model_dir`)."""
+    ``efficientnet`` -> EfficientNet-Lite0 @128 (`bench._common.efficientnet_model_dir`);
+    ``lite0_224`` -> the packaged device default, EfficientNet-Lite0 @224 (`edge.models.imagenet_model_dir`)."""
     if model in _MODEL_DIRS:
         return _MODEL_DIRS[model]
     if model == "default":
@@ -120,6 +123,12 @@ def model_dir_for(model: str) -> Path:
         if not cached.is_file() and not C.has_tensorflow():
             pytest.skip("MobileNetV2 export needs TensorFlow (the host extra) and is not cached yet")
         path = C.mobilenet_model_dir()
+    elif model == C.DEVICE_DEFAULT:
+        from edge.models import imagenet_model_dir
+
+        path = imagenet_model_dir()
+        if not (path / "manifest.json").is_file():
+            pytest.skip(f"the packaged ImageNet model is missing: {path}/manifest.json")
     elif model == "efficientnet":
         found = C.efficientnet_model_dir()
         if found is None:
@@ -127,7 +136,7 @@ def model_dir_for(model: str) -> Path:
                         "(needs TensorFlow, the weights package and the ImageNet sample)")
         path = found
     else:  # pragma: no cover - grid typo
-        raise ValueError(f"model: expected 'default' or 'mobilenet', got {model!r}")
+        raise ValueError(f"model: expected 'default', 'mobilenet', 'efficientnet' or 'lite0_224', got {model!r}")
     _MODEL_DIRS[model] = path
     return path
 
@@ -140,10 +149,20 @@ def need_case(case: str) -> tuple[str, str, str]:
     return C.RUNTIME_CASES[case]
 
 
+def need_file(model_dir: Path, runtime: str, precision: str) -> None:
+    """Skip when the model ships no file for this runtime/precision (lite0_224: no fp32 TFLite)."""
+    from edge.manifest import load_manifest
+
+    fmt = "onnx" if runtime == "onnx" else "tflite"
+    if not any(f.format == fmt and f.precision == precision for f in load_manifest(model_dir, verify=False).files):
+        pytest.skip(f"{model_dir.name} ships no {fmt}/{precision} file")
+
+
 def open_case(model: str, case: str, threads: int | None):
     from edge.runtimes import open_backbone
 
     runtime, precision, providers = need_case(case)
+    need_file(model_dir_for(model), runtime, precision)
     return open_backbone(model_dir_for(model), runtime=runtime, precision=precision,
                          providers=providers, num_threads=threads,
                          on_fallback="error" if case in C.GPU_CASES else "warn")

@@ -42,7 +42,8 @@ def test_predict(benchmark, model, case, batch, figures, quick):
         frames = frames_for_model(mdir, batch, seed=99)
         pred = benchmark(agent.predict_many, frames, unknown=True)
         raw = raw_runner(mdir, runtime, precision, providers, C.THREADS, frames)
-        reps = 3 if quick else (400 if batch == 1 else 60)
+        heavy = model in C.HEAVY_MODELS   # tens of ms a frame: fewer repetitions, same protocol
+        reps = 3 if quick else ((40 if heavy else 400) if batch == 1 else (6 if heavy else 60))
         t = interleaved(lambda: agent.predict_many(frames, unknown=True), raw, reps, warmup=1 if quick else 5)
         # the same without the open-set novelty score (edge.openset), which is not part of this path's cost
         closed = interleaved(lambda: agent.predict_many(frames, unknown=False), raw, reps,
@@ -69,13 +70,13 @@ def test_learn_many(benchmark, learn_config, figures, quick):
     mdir = model_dir_for(model)
     agent = _agent(model, case, strategy)
     try:
-        batches = _class_batches(mdir, 2 if quick else 5)
+        batches = _class_batches(mdir, 2 if quick or model in C.HEAVY_MODELS else 5)
         for frames, labels in batches[:-1]:  # warm: the buffer is full and evicting
             agent.learn_many(frames, labels)
         frames, labels = batches[-1]
         before = agent.step_
         benchmark(agent.learn_many, frames, labels)
-        reps = 1 if quick else (15 if model == "default" else 8)
+        reps = 1 if quick else (15 if model == "default" else (3 if model in C.HEAVY_MODELS else 8))
         t = interleaved(lambda: agent.learn_many(frames, labels), lambda: agent.embed(frames), reps,
                         warmup=0 if quick else 1)
         acc = agent.evaluate(frames, labels)
@@ -90,6 +91,32 @@ def test_learn_many(benchmark, learn_config, figures, quick):
         "memory_bytes": mem}
     assert agent.step_ > before
     assert 0.0 <= acc <= 1.0
+    assert np.isfinite(ratio) and ratio > 0
+
+
+def test_learn_small_batch(benchmark, model, batch, figures, quick):
+    """learn_many on a teach batch of 1 or 32 frames (replay, LiteRT int8: the device default's
+    precision) vs embedding the same frames: what one teach request costs beyond the backbone."""
+    case = "litert-int8"
+    need_case(case)
+    mdir = model_dir_for(model)
+    agent = _agent(model, case)
+    try:
+        warm = frames_for_model(mdir, 64, seed=41)
+        agent.learn_many(warm, np.arange(64) % 5)     # 5 classes known, the buffer holds rows
+        frames = frames_for_model(mdir, batch, seed=42)
+        labels = np.full(batch, 5, np.int64)           # a new class taught
+        benchmark(agent.learn_many, frames, labels)
+        heavy = model in C.HEAVY_MODELS
+        reps = 1 if quick else ((30 if heavy else 200) if batch == 1 else (6 if heavy else 40))
+        t = interleaved(lambda: agent.learn_many(frames, labels), lambda: agent.embed(frames), reps,
+                        warmup=0 if quick else 1)
+    finally:
+        agent.close()
+    benchmark.extra_info.update(kind="learn_small", model=model, case=case, threads=C.THREADS, batch=batch)
+    ratio = t["a_median_s"] / t["b_median_s"]
+    figures.setdefault("learn_vs_embed_small", {})[f"{model}|{case}|b{batch}"] = {
+        **t, "learn_over_embed": ratio, "learn_over_embed_min": t["a_min_s"] / t["b_min_s"]}
     assert np.isfinite(ratio) and ratio > 0
 
 

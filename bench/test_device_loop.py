@@ -3,7 +3,9 @@ teach batch learns, and the RSS of the running agent with and without its HTTP s
 
 Targets (bench/report.py TARGETS): loop throughput >= 0.9x `Backbone.embed` at batch 1 on the same
 frames; prediction latency p99 while learning below one frame period at 30 fps (33 ms) on the
-default model. No test asserts a time; each asserts that its figure was measured.
+tiny model (bench key ``default``) and on the device default, EfficientNet-Lite0 @224 int8
+(``lite0_224``, full grid only; its figures are keyed ``<figure>|lite0_224``). No test asserts a
+time; each asserts that its figure was measured.
 """
 
 from __future__ import annotations
@@ -26,11 +28,31 @@ from bench.conftest import frames_for_model
 MODEL = C.ROOT / "models" / "tiny"
 
 
-def _agent(threads: int = C.THREADS):
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "loop_model" in metafunc.fixturenames:
+        models = ["default"] if C.quick_mode(metafunc.config) else ["default", C.DEVICE_DEFAULT]
+        metafunc.parametrize("loop_model", models)
+
+
+def _model_dir(loop_model: str) -> Path:
+    from edge.models import imagenet_model_dir
+
+    return MODEL if loop_model == "default" else imagenet_model_dir()
+
+
+def _key(name: str, loop_model: str) -> str:
+    """Figure key: the tiny model's keep their historical names, the others get ``|<model>``."""
+    return name if loop_model == "default" else f"{name}|{loop_model}"
+
+
+def _agent(loop_model: str = "default", threads: int = C.THREADS):
     from edge.agent import Agent
+    from edge.model_store import default_precision
     from edge.runtimes import open_backbone
 
-    return Agent(open_backbone(MODEL, num_threads=threads))
+    mdir = _model_dir(loop_model)
+    return Agent(open_backbone(mdir, runtime="litert", precision=default_precision(mdir, "litert"),
+                               num_threads=threads))
 
 
 def _taught(agent, frames: np.ndarray) -> None:
@@ -38,7 +60,7 @@ def _taught(agent, frames: np.ndarray) -> None:
     agent.learn_many(frames[20:40], np.ones(20, np.int64))
 
 
-def test_loop_frames_per_second_vs_bare_embedding(benchmark, figures, quick):
+def test_loop_frames_per_second_vs_bare_embedding(benchmark, figures, quick, loop_model):
     """The whole loop per frame (grabber thread, fit, embed, predict, smoothing, events) vs
     `Backbone.embed` of the same frames one at a time."""
     from edge.device.events import EventWriter
@@ -46,10 +68,11 @@ def test_loop_frames_per_second_vs_bare_embedding(benchmark, figures, quick):
     from edge.device.sources import IterableSource
 
     pytest.importorskip("ai_edge_litert", reason="the default backbone runs on LiteRT")
-    n = 50 if quick else 600
-    frames = frames_for_model(MODEL, n, seed=3)
+    heavy = loop_model in C.HEAVY_MODELS
+    n = 50 if quick else (150 if heavy else 600)
+    frames = frames_for_model(_model_dir(loop_model), n, seed=3)
     stream = [(frame, i / 30) for i, frame in enumerate(frames)]
-    agent = _agent()
+    agent = _agent(loop_model)
     _taught(agent, frames)
     backbone = agent.backbone
     options = LoopOptions(exit_at_end=True, checkpoint=False)
@@ -63,18 +86,18 @@ def test_loop_frames_per_second_vs_bare_embedding(benchmark, figures, quick):
         for frame in frames:
             backbone.embed(frame[None])
 
-    benchmark.pedantic(loop_once, rounds=1 if quick else 3, iterations=1)
-    t = interleaved(loop_once, bare_once, reps=1 if quick else 7, warmup=0 if quick else 1)
+    benchmark.pedantic(loop_once, rounds=1 if quick or heavy else 3, iterations=1)
+    t = interleaved(loop_once, bare_once, reps=1 if quick else (4 if heavy else 7), warmup=0 if quick else 1)
     agent.close()
     ratio = t["b_median_s"] / t["a_median_s"]
-    figures.setdefault("device_loop", {})["fps_vs_bare_embed"] = {
-        **t, "frames": n, "loop_fps": n / t["a_median_s"], "bare_embed_fps": n / t["b_median_s"],
+    figures.setdefault("device_loop", {})[_key("fps_vs_bare_embed", loop_model)] = {
+        **t, "frames": n, "model": _model_dir(loop_model).name, "precision": agent.backbone.info.precision, "loop_fps": n / t["a_median_s"], "bare_embed_fps": n / t["b_median_s"],
         "loop_throughput_vs_bare": ratio}
     benchmark.extra_info.update(kind="device_loop", frames=n, loop_throughput_vs_bare=ratio)
     assert np.isfinite(ratio) and ratio > 0
 
 
-def test_prediction_latency_while_learning(benchmark, figures, quick):
+def test_prediction_latency_while_learning(benchmark, figures, quick, loop_model):
     """A 60 fps camera-like source (frames dropped when late) with a 64-frame teach request every
     120 frames: latency of each prediction (fit + embed + predict) while batches learn."""
     from edge.device.events import EventWriter
@@ -83,8 +106,8 @@ def test_prediction_latency_while_learning(benchmark, figures, quick):
 
     pytest.importorskip("ai_edge_litert", reason="the default backbone runs on LiteRT")
     n = 120 if quick else 1200
-    frames = frames_for_model(MODEL, 64, seed=5)
-    agent = _agent()
+    frames = frames_for_model(_model_dir(loop_model), 64, seed=5)
+    agent = _agent(loop_model)
     _taught(agent, frames)
     learned: list[float] = []
     events = EventWriter(None)
@@ -110,8 +133,8 @@ def test_prediction_latency_while_learning(benchmark, figures, quick):
     benchmark.pedantic(loop.run, rounds=1, iterations=1)
     agent.close()
     lat = np.asarray(loop._latency_ms, dtype=np.float64)
-    figures.setdefault("device_loop", {})["latency_while_learning"] = {
-        "predictions": int(lat.size), "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+    figures.setdefault("device_loop", {})[_key("latency_while_learning", loop_model)] = {
+        "model": _model_dir(loop_model).name, "predictions": int(lat.size), "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
         "max_ms": float(lat.max()), "learned_batches": len(learned),
         "learn_ms_median": float(np.median(learned)) if learned else None,
         "dropped_frames": loop.grabber.dropped, "frame_period_ms_at_30fps": 1000 / 30}
@@ -144,8 +167,8 @@ def _run_rss(extra: list[str], folder: Path, state: Path) -> int:
             proc.wait(10)
 
 
-def test_rss_of_the_running_agent(benchmark, figures, quick):
-    """Resident memory of `edge-agent run` on a folder (default model, 16 frames learned), with the
+def test_rss_of_the_running_agent(benchmark, figures, quick, loop_model):
+    """Resident memory of `edge-agent run --model M` on a folder (16 frames learned), with the
     Starlette/uvicorn API and without it (--no-http): what the HTTP server costs."""
     pytest.importorskip("starlette", reason="the HTTP API needs starlette")
     pytest.importorskip("ai_edge_litert", reason="the default backbone runs on LiteRT")
@@ -154,11 +177,13 @@ def test_rss_of_the_running_agent(benchmark, figures, quick):
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "inbox" / "cup"
         folder.mkdir(parents=True)
-        for i, frame in enumerate(frames_for_model(MODEL, 16, seed=7)):
+        mdir = _model_dir(loop_model)
+        for i, frame in enumerate(frames_for_model(mdir, 16, seed=7)):
             Image.fromarray(frame).save(folder / f"{i:02d}.png")
-        with_http = benchmark.pedantic(_run_rss, args=(["--http", "127.0.0.1:0"], folder.parent, Path(tmp) / "s1"),
-                                       rounds=1, iterations=1)
-        without = _run_rss(["--no-http"], folder.parent, Path(tmp) / "s2")
-    figures.setdefault("device_loop", {})["rss"] = {
-        "with_http_bytes": with_http, "without_http_bytes": without, "http_server_bytes": with_http - without}
+        model = ["--model", str(mdir)]
+        with_http = benchmark.pedantic(_run_rss, args=([*model, "--http", "127.0.0.1:0"], folder.parent,
+                                                       Path(tmp) / "s1"), rounds=1, iterations=1)
+        without = _run_rss([*model, "--no-http"], folder.parent, Path(tmp) / "s2")
+    figures.setdefault("device_loop", {})[_key("rss", loop_model)] = {
+        "model": mdir.name, "with_http_bytes": with_http, "without_http_bytes": without, "http_server_bytes": with_http - without}
     assert with_http > 0 and without > 0
