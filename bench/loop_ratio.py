@@ -1,6 +1,6 @@
 """One-off: `edge-agent run` loop vs bare `Backbone.embed` at batch 1 per model (5 alternating reps).
 
-    python -m bench.loop_ratio default mobilenet efficientnet
+    python -m bench.loop_ratio default mobilenet efficientnet lite0_224   # default = the tiny model
 """
 import sys
 import time
@@ -9,13 +9,15 @@ import numpy as np
 from bench.conftest import frames_for_model, model_dir_for
 from bench import _common as C
 from edge.agent import Agent
+from edge.model_store import default_precision
 from edge.runtimes import open_backbone
 from edge.device.events import EventWriter
 from edge.device.loop import DeviceLoop, LoopOptions
 from edge.device.sources import IterableSource
 for name in sys.argv[1:]:
     mdir = C.ROOT / "models" / "tiny" if name == "default" else model_dir_for(name)
-    agent = Agent(open_backbone(mdir, num_threads=C.THREADS))
+    agent = Agent(open_backbone(mdir, runtime="litert", precision=default_precision(mdir, "litert"),
+                                num_threads=C.THREADS))
     n = 300 if name != "default" else 1000
     frames = frames_for_model(mdir, n, seed=3)
     agent.learn_many(frames[:20], np.zeros(20, np.int64)); agent.learn_many(frames[20:40], np.ones(20, np.int64))
