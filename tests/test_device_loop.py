@@ -128,7 +128,8 @@ def test_folder_source_reads_stable_files_then_new_ones_with_labels(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     source = FolderSource(tmp_path, watch=True, poll_s=0.02)
     first = [source.read(), source.read()]
-    assert [(f.name, f.label) for f in first] == [("b.png", None), ("cup/a.png", "cup")]
+    # The DIR/<label>/ files present at start come first (issue 26: learned before anything is answered).
+    assert [(f.name, f.label) for f in first] == [("cup/a.png", "cup"), ("b.png", None)]
     threading.Timer(0.1, write_png, (tmp_path / "c.png", np.ones((8, 8, 3), np.uint8))).start()
     assert source.read().name == "c.png"
     (tmp_path / "broken.png").write_bytes(b"not a png")

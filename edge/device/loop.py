@@ -51,8 +51,8 @@ import numpy as np
 from edge.agent import Agent
 from edge.checkpoint import CheckpointStore
 from edge.device.events import EventWriter
-from edge.device.labels import TOP_CLASSES, LabelMap, UnknownClassError, split_state
-from edge.device.sources import FolderSource, Frame, FrameGrabber, Source
+from edge.device.labels import TOP_CLASSES, UNKNOWN_NAME, LabelMap, UnknownClassError, split_state
+from edge.device.sources import Frame, FrameGrabber, Source
 from edge.errors import ConfigError, EdgeError, InputError
 from edge.openset import MIN_PROBABILITY, OpenSetPolicy, decide
 from edge.manifest import FIT_POLICIES
@@ -181,17 +181,25 @@ class DeviceLoop:
         self._agent = agent
         self.input_hw = tuple(agent.backbone.manifest.input_shape[:2])
         self._manifest = agent.backbone.manifest  # its size and fit policy: `edge.preprocess.fit_frame`
-        if isinstance(source, FolderSource):  # files decode as `edge.preprocess.load_frame` decodes them
+        if hasattr(source, "decode_size"):  # files decode as `edge.preprocess.load_frame` decodes them
             source.decode_size = decode_size(self._manifest)
+        if hasattr(source, "on_event"):  # skipped files, waiting for the source
+            source.on_event = self.events.emit
+        if callable(getattr(source, "note_event", None)):  # a folder remembers the files a checkpoint holds
+            self.events.listeners.append(source.note_event)  # type: ignore[attr-defined]
         self.grabber = FrameGrabber(source)
+        #: The source is exhausted (a file or folder source at its end, or a source that failed).
+        self.source_ended = False
         self._state_lock = threading.RLock()  # learner swap, rename, forget, checkpoint
         self._teach_lock = threading.Lock()
         self._pending: deque[_Teach] = deque()
-        self._learn_q: queue.Queue[tuple[int, np.ndarray] | None] = queue.Queue(maxsize=2 * MAX_PENDING_TEACH)
+        self._learn_q: queue.Queue[tuple[int, np.ndarray, list[str] | None] | None] = queue.Queue(
+            maxsize=2 * MAX_PENDING_TEACH)
         self._learning = 0  # batches queued or training
         self._count_lock = threading.Lock()  # _learning is changed by the loop, HTTP and learner threads
         self._stop = threading.Event()
         self._labelled: list[np.ndarray] = []
+        self._labelled_files: list[str] = []  # the file names of ``_labelled`` (a folder's label files)
         self._labelled_index: int | None = None
         self._window: deque[np.ndarray] = deque(maxlen=self.options.window)
         self._novelty_window: deque[float] = deque(maxlen=self.options.window)
@@ -356,7 +364,19 @@ class DeviceLoop:
             "predictions": self.predictions, "dropped_frames": self.grabber.dropped,
             "learned_batches": self.learned_batches, "learning": self._learning, "teach_pending": pending,
             "latency_ms": self.latency_ms(), "last_checkpoint": self.last_checkpoint,
+            "source": self._source_status(), "source_ended": self.source_ended,
         }
+
+    def _source_status(self) -> dict[str, Any]:
+        """``state``: ``waiting`` (``--wait-for-source``: not opened yet), ``open`` or ``ended``; while
+        waiting, ``attempts`` and ``last_error``."""
+        if self.source_ended:
+            return {"state": "ended", "error": None if self.grabber.error is None else str(self.grabber.error)}
+        state = getattr(self.source, "state", "open")
+        if state == "waiting":
+            return {"state": state, "attempts": getattr(self.source, "attempts", 0),
+                    "last_error": getattr(self.source, "last_error", None)}
+        return {"state": "open"}
 
     # --------------------------------------------------------------- running
     def run(self) -> None:
@@ -369,9 +389,14 @@ class DeviceLoop:
                 self._report_drops()
                 if frame is None:
                     if self.grabber.exhausted:
-                        if self.grabber.error is not None:
+                        ended_now = not self.source_ended
+                        if ended_now and self.grabber.error is not None:
                             self.events.emit("error", where="source", message=str(self.grabber.error))
                         self._flush_teach(at_end=True)
+                        if ended_now:  # after the learned events of its last files
+                            self.source_ended = True
+                            self.events.emit("source_ended", frames=self.frames, predictions=self.predictions,
+                                             error=None if self.grabber.error is None else str(self.grabber.error))
                         if self.options.exit_at_end or self.grabber.error is not None:
                             break
                         self._stop.wait(self.options.poll_s)
@@ -412,16 +437,21 @@ class DeviceLoop:
             self._flush_labelled()
             if not self.grabber.drop:
                 self._learn_q.join()
+                agent = self._agent  # answer with what those files taught
         predict = (frame.label is None or opts.predict_labelled) and (frame.name is not None or (self.frames - 1) % opts.every == 0)
         if not (teach is not None or predict or frame.label is not None):
             return
         emb = agent.embed(image[None])
         if frame.label is not None:
-            self._add_labelled(frame.label, emb[0])
+            self._add_labelled(frame.label, emb[0], frame.name)
         elif teach is not None:
             self._collect(teach, emb[0], frame.timestamp)
         if predict and agent.classes_seen().size:
             self._predict(agent, emb, frame, start)
+        elif predict and frame.name is not None:  # every file gets its event, even before any class
+            self.events.emit("prediction", label=UNKNOWN_NAME, index=None, score=None, novelty=None, unknown=True,
+                             frame=self.frames, frame_time=round(frame.timestamp, 6), file=frame.name,
+                             reason="no class learned yet")
 
     def _predict(self, agent: Agent, emb: np.ndarray, frame: Frame, start: float) -> None:
         if not np.isfinite(emb).all():  # the backbone's (N, E) float32: only finiteness is checked
@@ -483,29 +513,32 @@ class DeviceLoop:
         if at_end:
             self._learn_q.join()
 
-    def _add_labelled(self, label: str, emb: np.ndarray) -> None:
+    def _add_labelled(self, label: str, emb: np.ndarray, name: str | None = None) -> None:
         with self._state_lock:
             try:
                 index = self.labels.index_for(label, create=True, used=self._agent.classes_seen().tolist())
             except InputError as exc:
-                self.events.emit("error", where="teach", label=label, message=str(exc))
+                self.events.emit("error", where="teach", label=label, message=str(exc),
+                                 **({} if name is None else {"file": name}))
                 return
         if self._labelled_index is not None and index != self._labelled_index:
             self._flush_labelled()
         self._labelled_index = index
         self._labelled.append(emb)
+        if name is not None:
+            self._labelled_files.append(name)
         if len(self._labelled) >= self.options.teach_batch:
             self._flush_labelled()
 
     def _flush_labelled(self) -> None:
         if self._labelled and self._labelled_index is not None:
-            self._submit(self._labelled_index, np.stack(self._labelled))
-        self._labelled, self._labelled_index = [], None
+            self._submit(self._labelled_index, np.stack(self._labelled), self._labelled_files)
+        self._labelled, self._labelled_files, self._labelled_index = [], [], None
 
-    def _submit(self, index: int, emb: np.ndarray) -> None:
+    def _submit(self, index: int, emb: np.ndarray, files: list[str] | None = None) -> None:
         with self._count_lock:
             self._learning += 1
-        self._learn_q.put((index, emb))
+        self._learn_q.put((index, emb, files or None))
 
     # --------------------------------------------------------------- learner
     def _learn_worker(self) -> None:
@@ -518,7 +551,10 @@ class DeviceLoop:
             finally:
                 self._learn_q.task_done()
 
-    def _learn_one(self, index: int, emb: np.ndarray) -> None:
+    def _learn_one(self, index: int, emb: np.ndarray, files: list[str] | None = None) -> None:
+        """Learn one batch; ``files``: the folder files it came from (named in the ``learned`` event,
+        so every file of a folder source is named by exactly one event)."""
+        named = {} if not files else {"files": list(files)}
         start = time.perf_counter()
         try:
             with self._state_lock:
@@ -529,11 +565,11 @@ class DeviceLoop:
                 self.learned_batches += 1
                 ms = (time.perf_counter() - start) * 1000.0
                 self.events.emit("learned", label=self.labels.name_of(index), index=index,
-                                 frames=int(emb.shape[0]), step=clone.step_, ms=round(ms, 3))
+                                 frames=int(emb.shape[0]), step=clone.step_, ms=round(ms, 3), **named)
                 self._save(reason="learned")
         except (EdgeError, ValueError, MemoryError) as exc:
             self.learn_errors += 1
-            self.events.emit("error", where="learn", label=self.labels.name_of(index), message=str(exc))
+            self.events.emit("error", where="learn", label=self.labels.name_of(index), message=str(exc), **named)
         finally:
             with self._count_lock:
                 self._learning -= 1

@@ -11,12 +11,17 @@ Specs accepted by `open_source` (the ``--source`` of ``edge-agent run``):
 * ``camera:N`` or ``/dev/videoN``: a V4L2 camera through OpenCV;
 * ``rtsp://...`` (and ``http(s)://``) streams, and any video file path, through OpenCV;
 * ``gst:PIPELINE``: a GStreamer pipeline ending in ``appsink`` (Jetson CSI cameras);
-* ``folder:DIR``: the image files already in DIR, then new ones as they appear; files in
-  ``DIR/<label>/`` teach that label;
+* ``folder:DIR``: the image files already in DIR (the ``DIR/<label>/`` ones, which teach that
+  label, first), then new ones in the order they arrive; with a ``memory`` file (``edge-agent run``
+  keeps it in the state folder) files learned before a restart are not learned again;
 * ``picamera2`` or ``picamera2:N``: the Raspberry Pi camera (the package is imported only here).
 
 Another process (``edge-sim device``) drives the loop with an `IterableSource` over its own
 simulated camera: any iterable of `Frame` or ``(frame, timestamp)`` pairs.
+
+A source that is well formed but cannot be opened now (no camera yet, no such file or folder, a
+stream that is down) raises `SourceUnavailable`; `WaitingSource` retries such a source with capped
+exponential backoff (``edge-agent run --wait-for-source``).
 
 OpenCV and picamera2 are imported lazily, so ``import edge.device`` needs neither.
 
@@ -30,8 +35,10 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -47,6 +54,21 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 #: Seconds between two scans of a watched folder.
 FOLDER_POLL_S = 0.1
+#: `WaitingSource` backoff: the first retry after this many seconds, doubling up to the cap.
+WAIT_FIRST_S = 1.0
+WAIT_CAP_S = 30.0
+#: Files a folder source remembers as learned at most (the oldest are forgotten first).
+MAX_REMEMBERED_FILES = 20_000
+#: The folder source's memory file in the state folder (``edge-agent run``).
+FOLDER_MEMORY_NAME = "folder-source-learned.json"
+
+#: Called by a source to report something as an event: ``(kind, **fields)`` (`EventWriter.emit`).
+EventSink = Callable[..., None]
+
+
+class SourceUnavailable(InputError):
+    """The source is well formed but cannot be opened now (no such device, file or folder yet, a
+    stream that is down): `WaitingSource` retries it."""
 
 
 @dataclass
@@ -97,12 +119,59 @@ class IterableSource:
 
 
 def _import_cv2() -> Any:
+    # OpenCV's own "[ WARN:0@0.015] ... can't open camera by index" lines would come before (and
+    # say less than) our error; an environment that sets OPENCV_LOG_LEVEL keeps its choice.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     try:
         import cv2
     except ImportError as exc:
         raise InputError("video sources need OpenCV: expected the opencv-python-headless package "
                          "(pip install 'edge-continual[edge]'), got none") from exc
     return cv2
+
+
+def _open_capture(cv2: Any, target: Any, *backend: int) -> Any:
+    """``cv2.VideoCapture(target, *backend)`` with OpenCV's log silenced while it probes backends
+    (a failure is reported by the caller, in one line)."""
+    log: Any = getattr(getattr(cv2, "utils", None), "logging", None)
+    previous = None
+    if log is not None and hasattr(log, "setLogLevel"):
+        previous = log.getLogLevel()
+        log.setLogLevel(log.LOG_LEVEL_SILENT)
+    try:
+        return cv2.VideoCapture(target, *backend)
+    finally:
+        if previous is not None:
+            log.setLogLevel(previous)
+
+
+def check_spec(spec: object) -> str:
+    """``spec`` if it is a well-formed ``--source`` (see the module docstring); `InputError` naming
+    the expected form otherwise. Whether it can be opened is not checked.
+
+    Example:
+        >>> check_spec("camera:0")
+        'camera:0'
+    """
+    if not isinstance(spec, str) or not spec:
+        raise InputError(f"source: expected a spec such as camera:0 or folder:DIR, got {spec!r}")
+    if spec.startswith("camera:") and not spec.partition(":")[2].isdigit():
+        raise InputError(f"source {spec!r}: expected camera:N with N a number, got {spec.partition(':')[2]!r}")
+    if spec.startswith("picamera2:") and not spec.partition(":")[2].isdigit():
+        raise InputError(f"source {spec!r}: expected picamera2 or picamera2:N, got {spec.partition(':')[2]!r}")
+    if spec == "folder:":
+        raise InputError("source 'folder:': expected folder:DIR with a directory, got none")
+    return spec
+
+
+def is_realtime(spec: str, pace: bool = True) -> bool:
+    """Whether the source of ``spec`` keeps producing frames without waiting for the reader (cameras,
+    streams, a video file played at its own rate): frames the loop cannot take are dropped."""
+    if spec.startswith("folder:"):
+        return False
+    if (spec.startswith(("camera:", "/dev/video", "gst:", "picamera2")) or "://" in spec):
+        return True
+    return bool(pace)
 
 
 class OpenCVSource:
@@ -119,32 +188,33 @@ class OpenCVSource:
         cv2 = _import_cv2()
         self.spec = spec
         self.clock = clock
+        check_spec(spec)
         if spec.startswith("camera:"):
-            index = spec.partition(":")[2]
-            if not index.isdigit():
-                raise InputError(f"source {spec!r}: expected camera:N with N a number, got {index!r}")
-            target: Any = int(index)
             self.realtime = True
-            cap = cv2.VideoCapture(target)
+            cap = _open_capture(cv2, int(spec.partition(":")[2]))
         elif spec.startswith("/dev/video"):
             self.realtime = True
-            cap = cv2.VideoCapture(spec, cv2.CAP_V4L2)
+            if not os.path.exists(spec):
+                raise SourceUnavailable(f"source {spec!r}: expected a camera device, got no such device")
+            cap = _open_capture(cv2, spec, cv2.CAP_V4L2)
         elif spec.startswith("gst:"):
             self.realtime = True
-            cap = cv2.VideoCapture(spec[4:], cv2.CAP_GSTREAMER)
+            cap = _open_capture(cv2, spec[4:], cv2.CAP_GSTREAMER)
         elif "://" in spec:
             self.realtime = True
-            cap = cv2.VideoCapture(spec)
+            cap = _open_capture(cv2, spec)
         else:
             if not Path(spec).is_file():
-                raise InputError(f"source {spec!r}: expected a video file, camera:N, /dev/videoN, rtsp://, "
-                                 "gst:PIPELINE, folder:DIR or picamera2, got no such file")
+                raise SourceUnavailable(f"source {spec!r}: expected a video file, camera:N, /dev/videoN, rtsp://, "
+                                        "gst:PIPELINE, folder:DIR or picamera2, got no such file")
             self.realtime = False
-            cap = cv2.VideoCapture(spec)
+            cap = _open_capture(cv2, spec)
         if not cap.isOpened():
             cap.release()
-            raise InputError(f"source {spec!r}: expected a source OpenCV can open, got a failure "
-                             "(no such device, unsupported codec, or no GStreamer/FFmpeg backend)")
+            what = "a video file OpenCV can decode" if not self.realtime else "a source OpenCV can open"
+            error = SourceUnavailable if self.realtime else InputError  # a bad file stays bad
+            raise error(f"source {spec!r}: expected {what}, got a failure "
+                        "(no such device, unsupported codec, or no GStreamer/FFmpeg backend)")
         self._cap = cap
         self._cv2 = cv2
         self._count = 0
@@ -185,17 +255,105 @@ class OpenCVSource:
             self._cap = None
 
 
-class FolderSource:
-    """Image files in a folder: those there at start (sorted), then new ones as they appear.
+class FolderMemory:
+    """The files a folder source has learned, by path relative to the folder, size and mtime: a
+    JSON file written atomically (temp file, fsync, rename), at most `MAX_REMEMBERED_FILES` entries
+    (the oldest go first). A missing or unreadable file means nothing was learned yet (logged).
 
-    A file is read once its size is the same on two scans (so a half-copied file is not read); names
-    starting with ``.`` are skipped (temp files). Files in ``DIR/<label>/`` carry that teach label.
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / FOLDER_MEMORY_NAME
+        >>> FolderMemory(path).add([("cup/1.png", 10, 5)])
+        >>> FolderMemory(path).knows("cup/1.png", 10, 5), FolderMemory(path).knows("cup/1.png", 11, 5)
+        (True, False)
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None, limit: int = MAX_REMEMBERED_FILES) -> None:
+        self.path = None if path is None else Path(path)
+        self.limit = int(limit)
+        self._files: dict[str, tuple[int, int]] = {}
+        if self.path is not None:
+            self._load()
+
+    def _load(self) -> None:
+        assert self.path is not None
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            rows = data["files"] if isinstance(data, dict) and data.get("version") == 1 else None
+            if not isinstance(rows, list):
+                raise ValueError("expected {'version': 1, 'files': [...]}")
+            for row in rows[-self.limit:]:
+                rel, size, mtime_ns = row
+                if isinstance(rel, str) and isinstance(size, int) and isinstance(mtime_ns, int):
+                    self._files[rel] = (size, mtime_ns)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            logger.warning("folder source memory %s: expected the list of learned files, got an unreadable "
+                           "file (%s); files there may be learned again", self.path, exc)
+            self._files = {}
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def knows(self, rel: str, size: int, mtime_ns: int) -> bool:
+        """Whether this file, with this size and mtime, was learned."""
+        return self._files.get(rel) == (size, mtime_ns)
+
+    def keep_only(self, present: set[str]) -> None:
+        """Forget the files no longer in the folder (in memory; saved with the next `add`)."""
+        self._files = {rel: meta for rel, meta in self._files.items() if rel in present}
+
+    def add(self, files: Iterable[tuple[str, int, int]]) -> None:
+        """Remember ``(relative path, size, mtime_ns)`` rows and save."""
+        for rel, size, mtime_ns in files:
+            self._files.pop(rel, None)
+            self._files[rel] = (int(size), int(mtime_ns))
+        while len(self._files) > self.limit:
+            self._files.pop(next(iter(self._files)))
+        self.save()
+
+    def save(self) -> None:
+        """Write the file atomically (a power cut leaves the old or the new list, never a torn one)."""
+        if self.path is None:
+            return
+        rows = [[rel, size, mtime_ns] for rel, (size, mtime_ns) in self._files.items()]
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump({"version": 1, "files": rows}, f, ensure_ascii=False, separators=(",", ":"))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:  # a full disk: the files may be learned again after a restart
+            logger.warning("folder source memory %s: could not save (%s)", self.path, exc)
+
+
+class FolderSource:
+    """Image files in a folder: those there at start, then new ones in the order they arrive.
+
+    At start the ``DIR/<label>/`` files (which teach that label) come first, grouped by label, then
+    the other files by modification time: nothing is answered before what was there to learn is
+    learned. Later, each scan's new files come by modification time (then name). A file is read once
+    its size and mtime are the same on two scans (a half-copied file is not read); names starting
+    with ``.`` are ignored (temp files). Every other entry is read once or reported once through
+    ``on_event("skipped", file=..., reason=...)``: symlinks, FIFOs and other non-regular files, names
+    that are not images, unreadable images, and files the ``memory`` says were learned already.
 
     Args:
-        directory: the folder (must exist).
+        directory: the folder.
         watch: keep watching for new files; False: exhausted once a scan finds nothing new.
         poll_s: seconds between scans.
         clock: frame timestamps.
+        memory: a `FolderMemory` file path (None: nothing is remembered across runs). Learned files
+            are added once a checkpoint holds them (`note_event`, fed the loop's events).
+
+    Raises `SourceUnavailable` when ``directory`` is not a directory (yet).
 
     ``decode_size`` (the model's input ``(height, width)``, set by `edge.device.loop.DeviceLoop`) is
     handed to `edge.images.load_image` as ``target_size``, so a JPEG decodes at the reduced scale
@@ -205,52 +363,103 @@ class FolderSource:
     realtime = False
 
     def __init__(self, directory: str | os.PathLike[str], watch: bool = True, poll_s: float = FOLDER_POLL_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 memory: str | os.PathLike[str] | None = None) -> None:
         self.directory = Path(directory)
         if not self.directory.is_dir():
-            raise InputError(f"source folder:{directory}: expected a directory, got none")
+            raise SourceUnavailable(f"source folder:{directory}: expected a directory, got none")
         self.watch = bool(watch)
         self.poll_s = float(poll_s)
         self.clock = clock
+        self.memory = FolderMemory(memory)
         self._done: set[str] = set()
-        self._sizes: dict[str, int] = {}
+        self._seen: dict[str, tuple[int, int]] = {}  # path -> (size, mtime_ns) at the last scan
         self._ready: list[tuple[str, str | None]] = []
+        self._meta: dict[str, tuple[int, int]] = {}  # rel -> (size, mtime_ns) of labelled files read
+        self._pending_learned: list[str] = []
+        self._meta_lock = threading.Lock()
+        self._scans = 0
         self._closed = threading.Event()
         self.errors = 0
+        self.skipped = 0
         self.decode_size: tuple[int, int] | None = None
+        #: Where skipped files are reported (`edge.device.events.EventWriter.emit`); None: log only.
+        self.on_event: EventSink | None = None
+
+    def _rel(self, path: str) -> str:
+        return os.path.relpath(path, self.directory)
+
+    def _skip(self, path: str, reason: str) -> None:
+        self._done.add(path)
+        self.skipped += 1
+        logger.info("folder source: skipping %s (%s)", path, reason)
+        if self.on_event is not None:
+            self.on_event("skipped", file=self._rel(path), reason=reason)
+
+    def _entries(self) -> list[tuple[os.DirEntry[str], str | None]]:
+        """The folder's and its label folders' entries: (entry, label or None); others reported."""
+        top = list(os.scandir(self.directory))
+        entries: list[tuple[os.DirEntry[str], str | None]] = []
+        for entry in top:
+            if entry.name.startswith(".") or entry.path in self._done:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                try:
+                    entries.extend((sub, entry.name) for sub in os.scandir(entry.path))
+                except OSError as exc:
+                    self._skip(entry.path, f"unreadable label folder: {exc.strerror or exc}")
+            else:
+                entries.append((entry, None))
+        return entries
 
     def _scan(self) -> list[tuple[str, str | None]]:
-        """Stable, not yet read files: (path, label or None), ordered by name."""
-        found: list[tuple[str, str | None]] = []
-        sizes: dict[str, int] = {}
+        """Stable files not yet read or reported: (path, label or None), in reading order."""
         try:
-            top = list(os.scandir(self.directory))
+            entries = self._entries()
         except OSError as exc:
             logger.warning("folder source %s: cannot list (%s)", self.directory, exc)
             return []
-        entries: list[tuple[os.DirEntry[str], str | None]] = [(e, None) for e in top]
-        for entry in top:
-            if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
-                continue
-            try:
-                entries.extend((sub, entry.name) for sub in os.scandir(entry.path))
-            except OSError:
-                continue
+        self._scans += 1
+        found: list[tuple[bool, int, str, str | None]] = []
+        seen: dict[str, tuple[int, int]] = {}
+        present: set[str] = set()
         for entry, label in entries:
-            if (entry.name.startswith(".") or not entry.name.lower().endswith(IMAGE_SUFFIXES)
-                    or entry.path in self._done):
+            path = entry.path
+            if entry.name.startswith(".") or path in self._done:
                 continue
             try:
-                if not entry.is_file(follow_symlinks=False):
+                if entry.is_symlink():
+                    self._skip(path, "a symlink (not followed)")
                     continue
-                size = entry.stat(follow_symlinks=False).st_size
+                st = entry.stat(follow_symlinks=False)
             except OSError:
+                continue  # gone since the listing
+            if stat.S_ISDIR(st.st_mode):
+                self._skip(path, "a folder below a label folder (not read)")
                 continue
-            sizes[entry.path] = size
-            if self._sizes.get(entry.path) == size:
-                found.append((entry.path, label))
-        self._sizes = sizes
-        return sorted(found)
+            if not stat.S_ISREG(st.st_mode):
+                self._skip(path, "not a regular file (a FIFO, socket or device)")
+                continue
+            if not entry.name.lower().endswith(IMAGE_SUFFIXES):
+                self._skip(path, f"not an image file name (expected one of {', '.join(IMAGE_SUFFIXES)})")
+                continue
+            rel = self._rel(path)
+            present.add(rel)
+            meta = (st.st_size, st.st_mtime_ns)
+            if label is not None and self.memory.knows(rel, *meta):
+                self._skip(path, "already learned (the state remembers it)")
+                continue
+            seen[path] = meta
+            if self._seen.get(path) == meta:
+                found.append((label is None, st.st_mtime_ns, path, label))
+        if self._scans == 1 and len(self.memory):
+            self.memory.keep_only(present | {self._rel(p) for p in self._done})
+        self._seen = seen
+        if self._scans <= 2:  # present at start: every DIR/<label>/ file first, grouped by label
+            found.sort(key=lambda f: (f[0], f[3] or "", f[2]) if not f[0] else (f[0], "", f[1], f[2]))
+        else:  # arrival order
+            found.sort(key=lambda f: (f[1], f[2]))
+        return [(path, label) for _, _, path, label in found]
 
     def read(self) -> Frame | None:
         from edge.images import load_image
@@ -261,15 +470,18 @@ class FolderSource:
                 self._ready = self._scan()
             if self._ready:
                 path, label = self._ready.pop(0)
+                meta = self._seen.pop(path, None)
                 self._done.add(path)
-                self._sizes.pop(path, None)
                 try:
                     image = load_image(path, target_size=self.decode_size)
                 except InputError as exc:
                     self.errors += 1
-                    logger.warning("folder source: skipping %s (%s)", path, exc)
+                    self._skip(path, f"unreadable: {exc}")
                     continue
-                rel = os.path.relpath(path, self.directory)
+                rel = self._rel(path)
+                if label is not None and meta is not None:
+                    with self._meta_lock:
+                        self._meta[rel] = meta
                 return Frame(image, self.clock(), name=rel, label=label)
             idle_scans += 1
             # Two scans are needed to see a new file as stable; a third finding nothing means no more.
@@ -278,8 +490,22 @@ class FolderSource:
             self._closed.wait(self.poll_s)
         return None
 
+    def note_event(self, record: dict[str, Any]) -> None:
+        """Fed the loop's events: files of a ``learned`` event are remembered once a ``checkpoint``
+        holds them (a crash in between learns them again, it never skips an unlearned file)."""
+        kind = record.get("event")
+        with self._meta_lock:
+            if kind == "learned" and record.get("files"):
+                self._pending_learned.extend(str(f) for f in record["files"])
+            elif kind == "checkpoint" and self._pending_learned and self.memory.path is not None:
+                rows = [(rel, *self._meta.pop(rel)) for rel in self._pending_learned if rel in self._meta]
+                self._pending_learned = []
+                self.memory.add(rows)
+
     def close(self) -> None:
         self._closed.set()
+
+    interrupt = close
 
 
 class Picamera2Source:
@@ -295,7 +521,10 @@ class Picamera2Source:
             raise InputError("source picamera2: expected the picamera2 package (Raspberry Pi OS: "
                              "apt install python3-picamera2), got none") from exc
         self.clock = clock
-        self._cam = Picamera2(camera)
+        try:
+            self._cam = Picamera2(camera)
+        except (IndexError, RuntimeError, OSError) as exc:  # no camera attached (yet), or it is busy
+            raise SourceUnavailable(f"source picamera2:{camera}: expected a connected camera, got {exc}") from exc
         # "RGB888" is stored B, G, R in memory (libcamera's naming); read() flips it to RGB.
         self._cam.configure(self._cam.create_video_configuration(main={"format": "RGB888", "size": size}))
         self._cam.start()
@@ -313,20 +542,140 @@ class Picamera2Source:
             self._cam = None
 
 
-def open_source(spec: str, *, watch: bool = True, pace: bool = False,
-                clock: Callable[[], float] = time.monotonic) -> Source:
-    """A source from a ``--source`` spec (see the module docstring). ``watch`` applies to folders,
-    ``pace`` to video files (`OpenCVSource`)."""
-    if not isinstance(spec, str) or not spec:
-        raise InputError(f"source: expected a spec such as camera:0 or folder:DIR, got {spec!r}")
+def open_source(spec: str, *, watch: bool = True, pace: bool = True,
+                clock: Callable[[], float] = time.monotonic,
+                memory: str | os.PathLike[str] | None = None) -> Source:
+    """A source from a ``--source`` spec (see the module docstring). ``watch`` and ``memory`` (a
+    `FolderMemory` file) apply to folders, ``pace`` to video files (`OpenCVSource`).
+
+    Raises `InputError` for a malformed spec, `SourceUnavailable` (an `InputError`) for one that
+    cannot be opened now (`WaitingSource` retries those)."""
+    check_spec(spec)
     if spec.startswith("folder:"):
-        return FolderSource(spec[len("folder:"):], watch=watch, clock=clock)
+        return FolderSource(spec[len("folder:"):], watch=watch, clock=clock, memory=memory)
     if spec == "picamera2" or spec.startswith("picamera2:"):
-        index = spec.partition(":")[2] or "0"
-        if not index.isdigit():
-            raise InputError(f"source {spec!r}: expected picamera2 or picamera2:N, got {index!r}")
-        return Picamera2Source(int(index), clock=clock)
+        return Picamera2Source(int(spec.partition(":")[2] or "0"), clock=clock)
     return OpenCVSource(spec, clock=clock, pace=pace)
+
+
+def backoff_delays(first_s: float = WAIT_FIRST_S, cap_s: float = WAIT_CAP_S, factor: float = 2.0) -> Iterator[float]:
+    """Seconds to wait before each retry: ``first_s``, times ``factor`` each time, at most ``cap_s``.
+
+    Example:
+        >>> import itertools
+        >>> list(itertools.islice(backoff_delays(), 8))
+        [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    """
+    delay = float(first_s)
+    while True:
+        yield min(delay, float(cap_s))
+        delay = min(delay * factor, float(cap_s))
+
+
+class WaitingSource:
+    """A source opened when it becomes available: ``read`` retries ``opener`` with capped
+    exponential backoff (`backoff_delays`) while it raises `SourceUnavailable`, logging one line per
+    attempt and reporting ``source_waiting`` / ``source_opened`` through ``on_event``; then reads
+    from it. Any other error of ``opener`` ends the source (the reader reports it).
+
+    Args:
+        spec: the ``--source`` text (for messages).
+        opener: opens the source (e.g. ``lambda: open_source(spec)``).
+        realtime: whether the source, once open, drops frames (`is_realtime`); fixed up front
+            because `FrameGrabber` reads it at construction.
+        first_error: the message of an attempt already made (counted as attempt 1).
+        first_s, cap_s: the backoff.
+
+    Example:
+        >>> attempts = []
+        >>> def opener():
+        ...     attempts.append(1)
+        ...     if len(attempts) < 3:
+        ...         raise SourceUnavailable("not yet")
+        ...     return IterableSource([(np.zeros((2, 2, 3), np.uint8), 0.0)])
+        >>> source = WaitingSource("demo", opener, realtime=False, first_s=0.01)
+        >>> source.read().timestamp, source.attempts, source.state
+        (0.0, 3, 'open')
+    """
+
+    def __init__(self, spec: str, opener: Callable[[], Source], *, realtime: bool, first_error: str | None = None,
+                 first_s: float = WAIT_FIRST_S, cap_s: float = WAIT_CAP_S) -> None:
+        self.spec = spec
+        self.realtime = bool(realtime)
+        self._opener = opener
+        self._delays = backoff_delays(first_s, cap_s)
+        self._inner: Source | None = None
+        self._closed = threading.Event()
+        self._decode_size: tuple[int, int] | None = None
+        self.attempts = 0 if first_error is None else 1
+        self.last_error = first_error
+        self.state = "waiting"
+        self.on_event: EventSink | None = None
+
+    @property
+    def decode_size(self) -> tuple[int, int] | None:
+        return self._decode_size
+
+    @decode_size.setter
+    def decode_size(self, value: tuple[int, int] | None) -> None:
+        self._decode_size = value
+        if self._inner is not None and hasattr(self._inner, "decode_size"):
+            setattr(self._inner, "decode_size", value)
+
+    def _emit(self, kind: str, **fields: Any) -> None:
+        if self.on_event is not None:
+            self.on_event(kind, source=self.spec, **fields)
+
+    def _open(self) -> bool:
+        while not self._closed.is_set():
+            if self.attempts:
+                delay = next(self._delays)
+                logger.warning("%s (attempt %d); retrying in %g s", self.last_error, self.attempts, delay)
+                self._emit("source_waiting", attempt=self.attempts, retry_in_s=delay, message=self.last_error)
+                if self._closed.wait(delay):
+                    return False
+            self.attempts += 1
+            try:
+                inner = self._opener()
+            except SourceUnavailable as exc:
+                self.last_error = " ".join(str(exc).split())
+                continue
+            if self._closed.is_set():
+                inner.close()
+                return False
+            if self._decode_size is not None and hasattr(inner, "decode_size"):
+                setattr(inner, "decode_size", self._decode_size)
+            if hasattr(inner, "on_event"):
+                setattr(inner, "on_event", self.on_event)
+            self._inner, self.state = inner, "open"
+            logger.warning("source %s: opened (attempt %d)", self.spec, self.attempts)
+            self._emit("source_opened", attempt=self.attempts)
+            return True
+        return False
+
+    def read(self) -> Frame | None:
+        if self._inner is None and not self._open():
+            return None
+        assert self._inner is not None
+        return self._inner.read()
+
+    def note_event(self, record: dict[str, Any]) -> None:
+        """Handed on to the open source (a folder's memory of learned files)."""
+        note = getattr(self._inner, "note_event", None)
+        if callable(note):
+            note(record)
+
+    def interrupt(self) -> None:
+        """Wake a backoff wait or a folder scan (any thread); the reader thread then closes."""
+        self._closed.set()
+        interrupt = getattr(self._inner, "interrupt", None)
+        if callable(interrupt):
+            interrupt()
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._inner is not None:
+            self._inner.close()
 
 
 class FrameGrabber:
@@ -403,9 +752,9 @@ class FrameGrabber:
     def stop(self, timeout: float = 2.0) -> None:
         """Stop reading and close the source (waits up to ``timeout`` for the thread)."""
         self._stop.set()
-        close = getattr(self.source, "close", None)
-        if isinstance(self.source, FolderSource) and callable(close):
-            close()  # wakes a folder scan; cameras are closed by the reader thread itself
+        interrupt = getattr(self.source, "interrupt", None)
+        if callable(interrupt):
+            interrupt()  # wakes a folder scan or a source wait; cameras are closed by the reader thread
         with self._cond:
             self._cond.notify_all()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
