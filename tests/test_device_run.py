@@ -7,6 +7,7 @@ its HTTP API on 127.0.0.1 (a free port) and reads its JSON-line events.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -38,7 +39,7 @@ def test_video_taught_over_http_then_predicts_later_segments(tmp_path):
     video = tmp_path / "objects.avi"
     # 20 fps: A (s1) 0-4 s, B (s1) 4-8 s, then the same objects in another session: A 8-11 s, B 11-14 s.
     write_video(video, [(OBJ_A, 80, 1), (OBJ_B, 80, 1), (OBJ_A, 60, 2), (OBJ_B, 60, 2)])
-    agent = RunningAgent(tmp_path / "state", str(video), "--realtime", "--exit-at-end")
+    agent = RunningAgent(tmp_path / "state", str(video), "--exit-at-end")  # at the video's own frame rate
     try:
         agent.started()
         status, body = agent.http("POST", "/teach", {"label": "cup", "frames": 20})
@@ -203,6 +204,77 @@ def test_non_loopback_bind_needs_a_token_and_teach_cli_reaches_the_agent(tmp_pat
                               "--http", f"127.0.0.1:{agent.port}", "--token", "x" * 10], cwd=ROOT,
                              capture_output=True, text=True, timeout=60)
         assert bad.returncode == 0  # no token configured: any is accepted
+        agent.signal(signal.SIGTERM)
+        assert agent.finish(30) == 0
+    finally:
+        agent.close()
+
+
+def _run_to_end(state, source: str, *extra: str) -> tuple[int, list[dict], str]:
+    out = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--model", str(ROOT / "models" / "tiny"),
+                          "--state", str(state), "--source", source, "--no-http", "--exit-at-end", *extra],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return out.returncode, [json.loads(line) for line in out.stdout.splitlines()], out.stderr
+
+
+def test_a_restarted_folder_source_does_not_learn_again_and_reports_what_it_skips(tmp_path):
+    """Issue 24 item 7: restarts over the same folder keep the step; symlinks and FIFOs are events."""
+    need_model()
+    folder, state = tmp_path / "inbox", tmp_path / "state"
+    for name, obj in (("cup", OBJ_A), ("ball", OBJ_B)):
+        for i, frame in enumerate(object_frames(obj, 6)):
+            write_png(folder / name / f"{i}.png", frame)
+    write_png(folder / "q.png", object_frames(OBJ_A, 1, session=2)[0])
+    os.symlink(folder / "q.png", folder / "link.png")
+    os.mkfifo(folder / "pipe.png")
+    steps = []
+    for run in range(3):
+        code, events, err = _run_to_end(state, f"folder:{folder}", "--teach-batch", "6")
+        assert code == 0 and "Traceback" not in err, err
+        started, stopped = events[0], events[-1]
+        assert started["event"] == "started" and stopped["event"] == "stopped"
+        learned = [f for e in events if e["event"] == "learned" for f in e["files"]]
+        skipped = {e["file"]: e["reason"] for e in events if e["event"] == "skipped"}
+        answered = [e["file"] for e in events if e["event"] == "prediction"]
+        assert answered == ["q.png"]  # files to answer are answered again on each run
+        assert skipped["link.png"].startswith("a symlink") and skipped["pipe.png"].startswith("not a regular")
+        if run == 0:
+            assert len(learned) == 12 and len(skipped) == 2
+        else:
+            assert learned == [] and len(skipped) == 14, skipped  # the 12 learned files: skipped, named
+            assert all(skipped[f"{n}/{i}.png"].startswith("already learned") for n in ("cup", "ball") for i in range(6))
+        assert sorted(learned + list(skipped) + answered) == sorted(
+            os.path.relpath(p, folder) for p in folder.rglob("*") if not p.is_dir() or p.is_symlink())
+        assert any(e["event"] == "source_ended" for e in events)
+        steps.append((started["step"], stopped["step"]))
+    assert steps == [(0, 2), (2, 2), (2, 2)]
+
+
+def test_a_video_file_plays_at_its_own_rate_and_says_when_it_ended(tmp_path):
+    need_model()
+    video = tmp_path / "clip.avi"
+    write_video(video, [(OBJ_A, 20, 1), (OBJ_B, 20, 1)])  # 40 frames at 20 fps: 2 s
+    code, events, err = _run_to_end(tmp_path / "s1", str(video))
+    assert code == 0, err
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "started" and kinds[-2:] == ["source_ended", "stopped"], kinds
+    played_s = events[-2]["time"] - events[0]["time"]
+    assert played_s >= 1.8, f"expected the video's own 2 s, got {played_s:.2f} s"
+    # Batch use: every frame, as fast as it goes; --realtime is a deprecated no-op with one line.
+    code, events, err = _run_to_end(tmp_path / "s2", str(video), "--as-fast-as-possible", "--realtime")
+    assert code == 0 and err.count("--realtime is deprecated") == 1, err
+    ended = [e for e in events if e["event"] == "source_ended"]
+    assert len(ended) == 1 and ended[0]["frames"] == 40 and events[-1]["dropped"] == 0
+    # Without --exit-at-end the agent keeps serving and says the source ended.
+    agent = RunningAgent(tmp_path / "s3", str(video), "--as-fast-as-possible")
+    try:
+        agent.started()
+        status, info = agent.http("GET", "/status")
+        assert status == 200 and info["source_ended"] in (False, True)
+        agent.wait_for(lambda e: e["event"] == "source_ended", 30)
+        status, info = agent.http("GET", "/status")
+        assert info["source_ended"] is True and info["source"]["state"] == "ended" and info["frames"] == 40
+        assert agent.proc.poll() is None
         agent.signal(signal.SIGTERM)
         assert agent.finish(30) == 0
     finally:
