@@ -217,9 +217,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from edge.device.events import EventWriter
+    from edge.device.events import EventWriter, RotatingFile
     from edge.device.loop import DeviceLoop, LoopOptions
-    from edge.device.sources import open_source
+    from edge.device.sources import FOLDER_MEMORY_NAME, Source, SourceUnavailable, WaitingSource, is_realtime, \
+        open_source
 
     policy = _policy(args)
     options = LoopOptions(every=args.every, window=args.window, unknown_threshold=policy.min_probability,
@@ -230,12 +231,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from edge.device.http import parse_bind
 
         host, port = parse_bind(args.http)
-    stream = open(args.events, "a", encoding="utf-8") if args.events else sys.stdout
+    if args.realtime:
+        print("edge-agent: warning: --realtime is deprecated and does nothing: a video file plays at its own "
+              "frame rate by default (--as-fast-as-possible for batch use)", file=sys.stderr)
+    stream = (RotatingFile(args.events, args.events_max_bytes, args.events_keep) if args.events else sys.stdout)
     received: list[int] = []
     try:
         with StateLock(args.state, timeout_s=args.lock_timeout):
             agent, store, step, labels = _open(args, exclusive=True)
-            source = open_source(args.source, watch=not args.exit_at_end, pace=args.realtime)
+
+            def opener() -> Source:
+                return open_source(args.source, watch=not args.exit_at_end, pace=not args.as_fast_as_possible,
+                                   memory=os.path.join(args.state, FOLDER_MEMORY_NAME))
+
+            source: Source
+            try:
+                source = opener()
+            except SourceUnavailable as exc:
+                if not args.wait_for_source:
+                    raise InputError(f"{exc} (--wait-for-source waits for it)") from None
+                source = WaitingSource(args.source, opener, realtime=is_realtime(args.source, not args.as_fast_as_possible),
+                                       first_error=" ".join(str(exc).split()))
             events = EventWriter(stream)
             loop = DeviceLoop(agent, source, store=store, labels=labels, options=options, events=events)
             if not args.no_http:
@@ -394,7 +410,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-http", action="store_true", help="no HTTP API")
     p.add_argument("--token", default=os.environ.get("EDGE_AGENT_TOKEN"),
                    help="bearer token every request must send (default: $EDGE_AGENT_TOKEN)")
+    p.add_argument("--wait-for-source", action="store_true",
+                   help="when the source cannot be opened (no camera, file or folder yet, a stream down), retry "
+                        "every 1 s doubling to 30 s, one log line per attempt, the HTTP API answering meanwhile "
+                        "(default: exit 2 at once)")
     p.add_argument("--events", default=None, metavar="FILE", help="append events here (default: stdout)")
+    p.add_argument("--events-max-bytes", type=_int_in(0, 2**40), default=0, metavar="N",
+                   help="rotate --events FILE before it passes N bytes: FILE -> FILE.1 -> ... (default 0: never)")
+    p.add_argument("--events-keep", type=_int_in(1, 100), default=3, metavar="K",
+                   help="rotated events files kept, FILE.1 .. FILE.K (default 3)")
     p.add_argument("--every", type=_int_in(1, 10_000), default=1, metavar="K", help="predict every K-th frame")
     p.add_argument("--window", type=_int_in(1, 1000), default=5, help="predictions averaged per answer (default 5)")
     _add_unknown_options(p, "the top probability averaged over --window frames (a file of a folder: its own)")
@@ -403,10 +427,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "letterbox (fit longest) (default: the model's own, preprocessing.fit of its manifest)")
     p.add_argument("--teach-batch", type=_int_in(1, 1000), default=32,
                    help="frames per learned batch for DIR/<label>/ files (default 32)")
-    p.add_argument("--realtime", action="store_true",
-                   help="play a video file at its own frame rate, as a camera would (frames may be dropped)")
+    p.add_argument("--as-fast-as-possible", action="store_true",
+                   help="read a video file as fast as the loop can, no frame dropped (batch use; default: at its "
+                        "own frame rate, as a camera would deliver it, frames the loop cannot keep up with dropped)")
+    p.add_argument("--realtime", action="store_true", help="deprecated, does nothing (a video file plays at its "
+                   "own frame rate by default)")
     p.add_argument("--exit-at-end", action="store_true",
-                   help="end once a file or folder source is exhausted and every teach batch is learned")
+                   help="end (exit 0, after the final checkpoint) once a file or folder source is exhausted and "
+                        "every teach batch is learned; without it the agent keeps serving and /status says "
+                        "source_ended")
     _add_lock_timeout(p, 0.0, "wait this long for another process holding the state (0: refuse at once)")
     p.set_defaults(func=_cmd_run)
 
