@@ -179,6 +179,7 @@ class DeviceLoop:
         self.events = events if events is not None else EventWriter(None)
         self.clock = clock
         self._agent = agent
+        agent.enable_ledger()  # every teach becomes a ledger event (edge.knowledge): undo, export
         self.input_hw = tuple(agent.backbone.manifest.input_shape[:2])
         self._manifest = agent.backbone.manifest  # its size and fit policy: `edge.preprocess.fit_frame`
         if hasattr(source, "decode_size"):  # files decode as `edge.preprocess.load_frame` decodes them
@@ -559,7 +560,7 @@ class DeviceLoop:
         try:
             with self._state_lock:
                 clone = copy_agent(self._agent)
-                clone.learn_embeddings(emb, np.full(emb.shape[0], index, dtype=np.int64))
+                clone.teach_embeddings(emb, np.full(emb.shape[0], index, dtype=np.int64), source="device")  # ledger
                 self._agent = clone  # the swap: one assignment
                 self.labels.add_counts(index, emb.shape[0])
                 self.learned_batches += 1
