@@ -449,9 +449,12 @@ class Agent:
             self.knowledge = Ledger(self.embedding_size, thumbnail_size, **budgets)
         return self.knowledge
 
-    def teach(self, frames: np.ndarray, labels: Any, *, source: str = "api") -> list[int]:
+    def teach(self, frames: np.ndarray, labels: Any, *, source: str = "api",
+              thumbnail_frames: Sequence[np.ndarray] | None = None) -> list[int]:
         """`learn_many`, then record the teach in the ledger (when on) with a thumbnail of each
-        frame. Returns the new event ids (one per distinct label; [] with the ledger off)."""
+        frame (of ``thumbnail_frames`` when given: the original pictures, any size, one per frame,
+        so that a model with a larger input can re-embed them). Returns the new event ids (one per
+        distinct label; [] with the ledger off)."""
         batch = as_frame_batch(frames)
         y = self._check_labels(labels, batch.shape[0])
         x = self._embed_batch(batch)
@@ -461,7 +464,10 @@ class Agent:
         if self.knowledge is not None and self.knowledge.thumbnail_size > 0:
             from edge.knowledge.thumbnails import encode_thumbnail
 
-            thumbs = [encode_thumbnail(f, self.knowledge.thumbnail_size) for f in batch]
+            pictures = batch if thumbnail_frames is None else thumbnail_frames
+            if len(pictures) != batch.shape[0]:
+                raise InputError(f"thumbnail_frames: expected {batch.shape[0]} (one per frame), got {len(pictures)}")
+            thumbs = [encode_thumbnail(f, self.knowledge.thumbnail_size) for f in pictures]
         self._learn(x, y)
         if self.knowledge is None:
             return []

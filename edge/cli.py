@@ -152,7 +152,9 @@ def _cmd_learn(args: argparse.Namespace) -> int:
         index = labels.index_for(args.label, create=True, used=agent.classes_seen().tolist())
         frames = _frames_for(agent, args.images)
         agent.enable_ledger()  # each learn is a teach event with thumbnails (edge.knowledge)
-        agent.teach(frames, np.full(len(frames), index, dtype=np.int64), source="cli")
+        from edge.knowledge.thumbnails import pictures_for_thumbnails  # thumbnails of the originals
+        agent.teach(frames, np.full(len(frames), index, dtype=np.int64), source="cli",
+                    thumbnail_frames=pictures_for_thumbnails(args.images))
         labels.add_counts(index, len(frames))
         path = _save_with_labels(store, agent, labels)
     print(f"learned {len(frames)} image(s) as label {labels.name_of(index)}; step {agent.step_}; saved {path}")

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import io
+from typing import Sequence
 
 import numpy as np
 
@@ -70,3 +71,11 @@ def decode_thumbnail(data: bytes) -> np.ndarray:
         raise
     except Exception as exc:  # noqa: BLE001 - untrusted bytes: Pillow raises many classes
         raise InputError(f"thumbnail: expected a decodable image, got {type(exc).__name__}: {exc}") from exc
+
+
+def pictures_for_thumbnails(paths: Sequence[str], size: int = THUMBNAIL_SIZE) -> list[np.ndarray]:
+    """Image files -> uint8 pictures decoded near ``size`` (`edge.images.load_image`, the same safe
+    decoder as the frames), the sources of their thumbnails (``Agent.teach(thumbnail_frames=...)``)."""
+    from edge.images import load_image
+
+    return [load_image(p, target_size=(int(size), int(size))) for p in paths]

@@ -31,7 +31,12 @@ def embed_thumbnails(agent: Any, thumbnails: Sequence[bytes], batch: int = 32) -
     Thumbnails of one size are embedded in batches; `InputError` for an undecodable one."""
     from edge.knowledge.thumbnails import decode_thumbnail
 
-    frames = [decode_thumbnail(t) for t in thumbnails]
+    from edge.preprocess import fit_frame
+
+    if agent.backbone is None:
+        raise InputError("re-embedding thumbnails: expected an agent with a backbone, got embeddings only")
+    manifest = agent.backbone.manifest
+    frames = [fit_frame(decode_thumbnail(t), manifest) for t in thumbnails]   # the device's own fit
     out = np.zeros((len(frames), agent.embedding_size), np.float32)
     i = 0
     while i < len(frames):
