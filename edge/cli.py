@@ -221,8 +221,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from edge.device.events import EventWriter, RotatingFile
     from edge.device.loop import DeviceLoop, LoopOptions
-    from edge.device.sources import FOLDER_MEMORY_NAME, Source, SourceUnavailable, WaitingSource, is_realtime, \
-        open_source
+    from edge.device.sources import FOLDER_MEMORY_NAME, Source, SourceUnavailable, WaitingSource, is_live, \
+        is_realtime, open_source
 
     policy = _policy(args)
     options = LoopOptions(every=args.every, window=args.window, unknown_threshold=policy.min_probability,
@@ -246,14 +246,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 return open_source(args.source, watch=not args.exit_at_end, pace=not args.as_fast_as_possible,
                                    memory=os.path.join(args.state, FOLDER_MEMORY_NAME))
 
-            source: Source
+            source: Source | None = None
+            first_error = None
             try:
                 source = opener()
             except SourceUnavailable as exc:
                 if not args.wait_for_source:
                     raise InputError(f"{exc} (--wait-for-source waits for it)") from None
+                first_error = " ".join(str(exc).split())
+            if args.wait_for_source:  # also waits again for a camera or stream that stops
                 source = WaitingSource(args.source, opener, realtime=is_realtime(args.source, not args.as_fast_as_possible),
-                                       first_error=" ".join(str(exc).split()))
+                                       first_error=first_error, reopen=is_live(args.source), opened=source)
+            assert source is not None
             events = EventWriter(stream)
             loop = DeviceLoop(agent, source, store=store, labels=labels, options=options, events=events)
             if not args.no_http:

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from _device_common import OBJ_A, OBJ_B, ROOT, RunningAgent, object_frames, write_png, write_video
-from edge.device.sources import (SourceUnavailable, WaitingSource, backoff_delays, is_realtime, open_source)
+from edge.device.sources import (IterableSource, SourceUnavailable, WaitingSource, backoff_delays, is_realtime,
+                                 open_source)
 from edge.errors import InputError
 
 TINY = str(ROOT / "models" / "tiny")
@@ -197,3 +198,25 @@ def test_read_through_a_waiting_source_decodes_at_the_model_size(tmp_path):
     assert frame is not None and frame.name == "a.png"
     assert getattr(source._inner, "decode_size") == (16, 16)
     source.close()
+
+
+def test_a_live_source_that_stops_is_waited_for_again(caplog):
+    """A camera unplugged mid-run (its reads fail): closed, waited for, and read again when back."""
+    opened: list[int] = []
+
+    def opener():
+        opened.append(1)
+        if len(opened) == 2:  # unplugged: the first retry fails
+            raise SourceUnavailable("source camera:9: expected a source OpenCV can open, got a failure")
+        return IterableSource([(np.full((2, 2, 3), len(opened), np.uint8), float(i)) for i in range(2)])
+
+    source = WaitingSource("camera:9", opener, realtime=True, reopen=True, opened=opener(), first_s=0.05)
+    assert source.state == "open"
+    with caplog.at_level(logging.WARNING, logger="edge.device.sources"):
+        values = [int(source.read().image[0, 0, 0]) for _ in range(4)]
+    assert values == [1, 1, 3, 3] and len(opened) == 3 and source.state == "open"
+    assert "no more frames; waiting for it again" in caplog.text and "(attempt 2)" in caplog.text
+    source.interrupt()
+    assert source.read() is None  # closed: no more waiting
+    once = WaitingSource("v.avi", opener, realtime=False, opened=IterableSource([]))  # a file: its end is the end
+    assert once.read() is None

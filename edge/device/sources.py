@@ -164,6 +164,11 @@ def check_spec(spec: object) -> str:
     return spec
 
 
+def is_live(spec: str) -> bool:
+    """Whether ``spec`` is a camera or a stream (not a file or folder): its end is a fault, not the end."""
+    return spec.startswith(("camera:", "/dev/video", "gst:", "picamera2")) or "://" in spec
+
+
 def is_realtime(spec: str, pace: bool = True) -> bool:
     """Whether the source of ``spec`` keeps producing frames without waiting for the reader (cameras,
     streams, a video file played at its own rate): frames the loop cannot take are dropped."""
@@ -585,6 +590,9 @@ class WaitingSource:
             because `FrameGrabber` reads it at construction.
         first_error: the message of an attempt already made (counted as attempt 1).
         first_s, cap_s: the backoff.
+        reopen: a live source (camera, stream) whose frames stop (unplugged, stream down) is closed
+            and waited for again (`is_live`); False: its end is the end.
+        opened: the source, when the first attempt opened it (``reopen`` still applies).
 
     Example:
         >>> attempts = []
@@ -599,17 +607,21 @@ class WaitingSource:
     """
 
     def __init__(self, spec: str, opener: Callable[[], Source], *, realtime: bool, first_error: str | None = None,
-                 first_s: float = WAIT_FIRST_S, cap_s: float = WAIT_CAP_S) -> None:
+                 first_s: float = WAIT_FIRST_S, cap_s: float = WAIT_CAP_S, reopen: bool = False,
+                 opened: Source | None = None) -> None:
         self.spec = spec
         self.realtime = bool(realtime)
+        self.reopen = bool(reopen)
+        self._backoff = (first_s, cap_s)
         self._opener = opener
         self._delays = backoff_delays(first_s, cap_s)
-        self._inner: Source | None = None
+        self._inner: Source | None = opened
         self._closed = threading.Event()
         self._decode_size: tuple[int, int] | None = None
-        self.attempts = 0 if first_error is None else 1
+        self._delivered = 0  # frames read since the source was last opened
+        self.attempts = 0 if first_error is None and opened is None else 1
         self.last_error = first_error
-        self.state = "waiting"
+        self.state = "waiting" if opened is None else "open"
         self.on_event: EventSink | None = None
 
     @property
@@ -654,10 +666,21 @@ class WaitingSource:
         return False
 
     def read(self) -> Frame | None:
-        if self._inner is None and not self._open():
-            return None
-        assert self._inner is not None
-        return self._inner.read()
+        while True:
+            if self._inner is None and not self._open():
+                return None
+            assert self._inner is not None
+            frame = self._inner.read()
+            if frame is not None or not self.reopen or self._closed.is_set():
+                self._delivered += frame is not None
+                return frame
+            logger.warning("source %s: no more frames; waiting for it again", self.spec)
+            self._inner.close()
+            self._inner, self.state = None, "waiting"
+            self.last_error = f"source {self.spec}: expected frames, got none (unplugged or stream down)"
+            if self._delivered:  # it worked for a while: start the backoff again
+                self._delays = backoff_delays(*self._backoff)
+            self._delivered = 0
 
     def note_event(self, record: dict[str, Any]) -> None:
         """Handed on to the open source (a folder's memory of learned files)."""
