@@ -1,0 +1,243 @@
+"""The teach ledger (issue 25): events, thumbnails, undo and delete, saved inside the checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _edge_common import need_model
+from edge.agent import Agent, AgentConfig
+from edge.checkpoint import CheckpointStore
+from edge.cli import main
+from edge.errors import CheckpointError, InputError
+from edge.knowledge.ledger import Ledger
+from edge.knowledge.thumbnails import decode_thumbnail, encode_thumbnail
+
+D = 16
+
+
+def _data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(3, D)) * 3
+    return centres, rng.normal(size=(60, D)) * 3
+
+
+def _agent(strategy: str) -> Agent:
+    agent = Agent(None, AgentConfig(strategy=strategy, max_classes=5, buffer_capacity=40),
+                  embedding_size=D, embedding_mean=np.full(D, 0.5), embedding_std=np.full(D, 2.0))
+    agent.enable_ledger()
+    return agent
+
+
+def _taught(strategy: str, seed: int = 0) -> tuple[Agent, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed + 1)
+    centres, queries = _data(seed)
+    agent = _agent(strategy)
+    for c in range(3):
+        agent.teach_embeddings(centres[c] + rng.normal(size=(12, D)), np.full(12, c), source="test")
+    return agent, centres, queries
+
+
+@pytest.mark.parametrize("strategy", ["slda", "ncm"])
+def test_a_wrong_teach_undone_gives_bit_identical_answers(strategy: str) -> None:
+    agent, centres, queries = _taught(strategy)
+    before = agent.answer_embeddings(queries)
+    stats_before = agent.stats.state_dict()
+    wrong = centres[0] + np.random.default_rng(9).normal(size=(10, D))   # a cup taught as "ball" (2)
+    agent.teach_embeddings(wrong, np.full(10, 2), source="test")
+    assert not np.array_equal(agent.answer_embeddings(queries).probabilities, before.probabilities)
+    done = agent.undo_last()
+    assert done == {"event": 4, "label": 2, "samples": 10, "removal": "exact"}
+    after = agent.answer_embeddings(queries)
+    assert np.array_equal(after.index, before.index)
+    assert np.array_equal(after.probabilities, before.probabilities)      # bit-identical
+    assert np.array_equal(after.unknown, before.unknown)
+    for key, value in agent.stats.state_dict().items():
+        np.testing.assert_allclose(value, stats_before[key], rtol=0, atol=1e-9)
+    assert [e.id for e in agent.knowledge.events()] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("strategy", ["slda", "ncm"])
+def test_deleting_one_sample_equals_never_teaching_it(strategy: str) -> None:
+    agent, centres, queries = _taught(strategy)
+    ledger = agent.knowledge
+    victim = int(ledger.sample_id[5])
+    rows = np.delete(ledger.rows, 5, axis=0)
+    labels = np.delete(ledger.sample_label, 5)
+    assert agent.remove_sample(victim)["removal"] == "exact"
+    fresh = _agent(strategy)
+    for c in range(3):
+        fresh.teach_embeddings(rows[labels == c], labels[labels == c])
+    np.testing.assert_allclose(agent.stats.sum_, fresh.stats.sum_, atol=1e-9)
+    assert np.array_equal(agent.stats.count_, fresh.stats.count_)
+    a, b = agent.answer_embeddings(queries), fresh.answer_embeddings(queries)
+    assert np.array_equal(a.index, b.index)
+    np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-5)
+    with pytest.raises(InputError, match="unknown id"):
+        agent.remove_sample(victim)
+
+
+def test_a_gradient_head_loses_the_rows_from_its_buffer_and_is_refitted() -> None:
+    agent, centres, queries = _taught("replay")
+    wrong = centres[0] + np.random.default_rng(9).normal(size=(10, D))
+    agent.teach_embeddings(wrong, np.full(10, 2))
+    stored_before = len(agent.buffer)
+    assert agent.undo_last()["removal"] == "refit"
+    assert len(agent.buffer) < stored_before
+    rows, labels = agent.buffer.contents()
+    wrong_z = agent.standardizer(wrong.astype(np.float32))
+    for row in wrong_z:                       # none of the undone rows is replayed any more
+        assert not np.any(np.all(np.isclose(rows, row, atol=1e-6), axis=1) & (labels == 2))
+    assert agent.evaluate_embeddings(centres, np.arange(3)) == 1.0   # refitted on what remains
+
+
+def test_undo_on_an_empty_ledger_or_without_one_is_a_clear_error() -> None:
+    agent = _agent("slda")
+    with pytest.raises(InputError, match="empty ledger"):
+        agent.undo_last()
+    plain = Agent(None, AgentConfig(strategy="ncm", max_classes=3), embedding_size=D)
+    with pytest.raises(Exception, match="ledger"):
+        plain.undo_last()
+
+
+def test_thumbnail_budget_drops_the_oldest_of_the_fullest_class_and_counts() -> None:
+    frame = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    thumb = encode_thumbnail(frame, 96)
+    assert decode_thumbnail(thumb).shape == (72, 96, 3)     # aspect kept, longer side 96
+    ledger = Ledger(4, thumbnail_budget=5 * len(thumb) + 10)
+    ledger.record(np.zeros((4, 4)), np.zeros(4, np.int64), thumbnails=[thumb] * 4, when=1.0)
+    ledger.record(np.zeros((2, 4)), np.ones(2, np.int64), thumbnails=[thumb] * 2, when=2.0)
+    assert ledger.dropped_thumbnails == 1
+    assert [len(t) > 0 for t in ledger.thumbs] == [False, True, True, True, True, True]   # class 0's oldest
+    assert len(ledger) == 6                                 # the rows stay: removal stays exact
+
+
+def test_the_ledger_lives_in_the_checkpoint_verified(tmp_path: Path) -> None:
+    agent, _, queries = _taught("slda")
+    thumb = encode_thumbnail(np.full((64, 64, 3), 90, np.uint8))
+    agent.knowledge.thumbs[0] = thumb
+    store = CheckpointStore(tmp_path, fingerprint="ab" * 32)
+    path = store.save(agent.state_dict(), agent.config.to_dict(), agent.step_)
+    loaded = store.latest()
+    assert loaded is not None and any(k.startswith("knowledge.") for k in loaded.state)
+    back = _agent("slda")
+    back.load_state_dict(loaded.state)
+    assert back.knowledge is not None and back.knowledge.thumbs[0] == thumb
+    assert [e.to_dict() for e in back.knowledge.events()] == [e.to_dict() for e in agent.knowledge.events()]
+    assert np.array_equal(back.answer_embeddings(queries).probabilities, agent.answer_embeddings(queries).probabilities)
+    # an old state (no knowledge.* keys) loads with no ledger
+    old = {k: v for k, v in agent.state_dict().items() if not k.startswith("knowledge.")}
+    plain = _agent("slda")
+    plain.load_state_dict(old)
+    assert plain.knowledge is None
+    # a changed thumbnail byte is caught by the checkpoint's payload hash
+    state = dict(loaded.state)
+    data = state["knowledge.thumb_data"].copy()
+    data[len(data) // 2] ^= 0xFF
+    state["knowledge.thumb_data"] = data
+    import zipfile
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        blobs = {n: zf.read(n) for n in names}
+    import io
+    buf = io.BytesIO()
+    np.save(buf, data)
+    blobs["knowledge.thumb_data.npy"] = buf.getvalue()
+    with zipfile.ZipFile(path, "w") as zf:
+        for n, b in blobs.items():
+            zf.writestr(n, b)
+    with pytest.raises(CheckpointError, match="sha256"):
+        store.load(path)
+
+
+def test_a_malformed_ledger_state_is_refused_and_changes_nothing() -> None:
+    agent, _, queries = _taught("ncm")
+    state = agent.state_dict()
+    before = agent.answer_embeddings(queries).probabilities
+    bad = dict(state)
+    bad["knowledge.sample_label"] = state["knowledge.sample_label"] + 7   # out of range
+    with pytest.raises(InputError, match="teach ledger"):
+        agent.load_state_dict(bad)
+    assert np.array_equal(agent.answer_embeddings(queries).probabilities, before)
+    assert len(agent.knowledge) == 36
+
+
+def _write_images(folder: Path, name: str, colour: tuple[int, int, int], n: int, seed: int) -> list[str]:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        pixels = (np.array(colour)[None, None, :] + rng.normal(0, 25, (80, 100, 3))).clip(0, 255).astype(np.uint8)
+        path = folder / f"{name}{i}.png"
+        Image.fromarray(pixels).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def test_cli_teach_wrong_undo_samples_rename_forget(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = str(need_model())
+    common = ["--model", model, "--state", str(tmp_path / "st"), "--strategy", "slda"]
+    cup = _write_images(tmp_path, "cup", (200, 30, 30), 4, 0)
+    ball = _write_images(tmp_path, "ball", (30, 200, 30), 4, 1)
+    probe = _write_images(tmp_path, "probe", (120, 120, 40), 3, 2)
+    assert main(["learn", *common, "--label", "cup", *cup]) == 0
+    assert main(["learn", *common, "--label", "ball", *ball]) == 0
+    capsys.readouterr()
+    assert main(["predict", *common, "--json", *probe]) == 0
+    before = capsys.readouterr().out
+    assert main(["learn", *common, "--label", "ball", *cup]) == 0          # the wrong teach
+    assert main(["predict", *common, "--json", *probe]) == 0
+    assert capsys.readouterr().out.splitlines()[-3:] != before.splitlines()
+    assert main(["undo", *common]) == 0
+    assert "removed teach 3 (4 samples) of class ball (exact)" in capsys.readouterr().out
+    assert main(["predict", *common, "--json", *probe]) == 0
+    after = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    first = [json.loads(line) for line in before.splitlines()]
+    for a, b in zip(after, first, strict=True):   # the answers are identical; the novelty score
+        na, nb = a.pop("novelty", None), b.pop("novelty", None)   # up to float rounding (1e-9)
+        assert a == b
+        assert na == pytest.approx(nb, rel=1e-9)
+    assert main(["samples", *common, "--label", "cup", "--json", "--thumbnails", str(tmp_path / "th")]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert listing["learned_rows"] == 4 and [s["event"] for s in listing["samples"]] == [1] * 4
+    assert all(s["thumbnail_bytes"] > 0 for s in listing["samples"])
+    assert decode_thumbnail((tmp_path / "th" / "1.jpg").read_bytes()).shape == (77, 96, 3)  # the original's aspect
+    assert main(["undo", *common, "--sample", "2"]) == 0
+    assert main(["rename", *common, "--label", "ball", "--to", "sphere"]) == 0
+    assert main(["forget", *common, "--label", "cup"]) == 0
+    assert "3 samples removed (exact)" in capsys.readouterr().out
+    assert main(["status", *common, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert [c["name"] for c in status["classes"]] == ["sphere"]
+    assert main(["undo", *common, "--event", "99"]) == 2                  # unknown: one line, exit 2
+    assert "teach event 99" in capsys.readouterr().err
+
+
+def test_undo_help_says_which_strategies_remove_exactly(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["undo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "exact for the statistics strategies slda and ncm" in text and "refitted" in text
+
+
+def test_flash_cost_of_thumbnails_per_1000_samples() -> None:
+    """96-px JPEG thumbnails of 224x224 camera-like frames (smooth gradients + noise + shapes)."""
+    rng = np.random.default_rng(0)
+    total = 0
+    n = 100
+    yy, xx = np.mgrid[0:224, 0:224]
+    for i in range(n):
+        base = np.stack([(xx * rng.uniform(0.3, 1.1) + rng.uniform(0, 80)),
+                         (yy * rng.uniform(0.3, 1.1) + rng.uniform(0, 80)),
+                         ((xx + yy) * rng.uniform(0.1, 0.5))], axis=2)
+        cx, cy, r = rng.integers(40, 180, 2).tolist() + [int(rng.integers(20, 60))]
+        base[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = rng.uniform(0, 255, 3)
+        frame = (base + rng.normal(0, 8, base.shape)).clip(0, 255).astype(np.uint8)
+        total += len(encode_thumbnail(frame, 96)) + 8          # + its int64 offset in the checkpoint
+    per_1000 = total / n * 1000
+    print(f"thumbnail flash: {per_1000 / 1e6:.2f} MB per 1,000 samples (96 px JPEG q80)")
+    assert 0.5e6 < per_1000 < 6e6
