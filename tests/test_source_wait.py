@@ -11,7 +11,9 @@ The late sources here are a folder and a video file path created after the agent
 from __future__ import annotations
 
 import itertools
+import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -220,3 +222,20 @@ def test_a_live_source_that_stops_is_waited_for_again(caplog):
     assert source.read() is None  # closed: no more waiting
     once = WaitingSource("v.avi", opener, realtime=False, opened=IterableSource([]))  # a file: its end is the end
     assert once.read() is None
+
+
+def test_a_folder_open_at_start_under_wait_for_source_still_reports_and_remembers(tmp_path):
+    """The unit's flags over a folder that exists: skipped entries are events, learned files remembered."""
+    folder = tmp_path / "inbox"
+    for i, frame in enumerate(object_frames(OBJ_A, 3)):
+        write_png(folder / "cup" / f"{i}.png", frame)
+    os.mkfifo(folder / "pipe.png")
+    for run in range(2):
+        out = _agent_cli("--state", str(tmp_path / "s"), "--source", f"folder:{folder}", "--no-http",
+                         "--exit-at-end", "--wait-for-source")
+        assert out.returncode == 0, out.stderr
+        events = [json.loads(line) for line in out.stdout.splitlines()]
+        skipped = sorted(e["file"] for e in events if e["event"] == "skipped")
+        learned = [f for e in events if e["event"] == "learned" for f in e["files"]]
+        assert skipped == (["pipe.png"] if run == 0 else ["cup/0.png", "cup/1.png", "cup/2.png", "pipe.png"])
+        assert len(learned) == (3 if run == 0 else 0)

@@ -622,7 +622,18 @@ class WaitingSource:
         self.attempts = 0 if first_error is None and opened is None else 1
         self.last_error = first_error
         self.state = "waiting" if opened is None else "open"
-        self.on_event: EventSink | None = None
+        self._on_event: EventSink | None = None
+
+    @property
+    def on_event(self) -> EventSink | None:
+        """Where ``source_waiting`` / ``source_opened`` (and the open source's own events) go."""
+        return self._on_event
+
+    @on_event.setter
+    def on_event(self, sink: EventSink | None) -> None:
+        self._on_event = sink
+        if self._inner is not None and hasattr(self._inner, "on_event"):
+            setattr(self._inner, "on_event", sink)
 
     @property
     def decode_size(self) -> tuple[int, int] | None:
@@ -635,8 +646,8 @@ class WaitingSource:
             setattr(self._inner, "decode_size", value)
 
     def _emit(self, kind: str, **fields: Any) -> None:
-        if self.on_event is not None:
-            self.on_event(kind, source=self.spec, **fields)
+        if self._on_event is not None:
+            self._on_event(kind, source=self.spec, **fields)
 
     def _open(self) -> bool:
         while not self._closed.is_set():
@@ -658,7 +669,7 @@ class WaitingSource:
             if self._decode_size is not None and hasattr(inner, "decode_size"):
                 setattr(inner, "decode_size", self._decode_size)
             if hasattr(inner, "on_event"):
-                setattr(inner, "on_event", self.on_event)
+                setattr(inner, "on_event", self._on_event)
             self._inner, self.state = inner, "open"
             logger.warning("source %s: opened (attempt %d)", self.spec, self.attempts)
             self._emit("source_opened", attempt=self.attempts)
