@@ -128,7 +128,7 @@ def _open(args: argparse.Namespace, exclusive: bool = False) -> tuple[Agent, Che
 
 def _label_arg(text: str) -> str | int:
     """``--label``: an int index in [0, max_classes) or a class name."""
-    if re.fullmatch(r"[+-]?\d+", text.strip()):
+    if re.fullmatch(r"[+-]?[0-9]+", text.strip()):  # ASCII digits only: "٣" is not index 3
         return _int_in(0, int(SETTINGS_BY_NAME["max_classes"].high or 0) - 1)(text)
     try:
         return check_name(text)
@@ -151,10 +151,7 @@ def _cmd_learn(args: argparse.Namespace) -> int:
                              f"got {args.label}")
         index = labels.index_for(args.label, create=True, used=agent.classes_seen().tolist())
         frames = _frames_for(agent, args.images)
-        agent.enable_ledger()  # each learn is a teach event with thumbnails (edge.knowledge)
-        from edge.knowledge.thumbnails import pictures_for_thumbnails  # thumbnails of the originals
-        agent.teach(frames, np.full(len(frames), index, dtype=np.int64), source="cli",
-                    thumbnail_frames=pictures_for_thumbnails(args.images))
+        agent.learn_many(frames, np.full(len(frames), index, dtype=np.int64))
         labels.add_counts(index, len(frames))
         path = _save_with_labels(store, agent, labels)
     print(f"learned {len(frames)} image(s) as label {labels.name_of(index)}; step {agent.step_}; saved {path}")
@@ -221,8 +218,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from edge.device.events import EventWriter, RotatingFile
     from edge.device.loop import DeviceLoop, LoopOptions
-    from edge.device.sources import FOLDER_MEMORY_NAME, Source, SourceUnavailable, WaitingSource, is_live, \
-        is_realtime, open_source
+    from edge.device.sources import FOLDER_MEMORY_NAME, Source, SourceUnavailable, WaitingSource, is_realtime, \
+        open_source
 
     policy = _policy(args)
     options = LoopOptions(every=args.every, window=args.window, unknown_threshold=policy.min_probability,
@@ -246,24 +243,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 return open_source(args.source, watch=not args.exit_at_end, pace=not args.as_fast_as_possible,
                                    memory=os.path.join(args.state, FOLDER_MEMORY_NAME))
 
-            source: Source | None = None
-            first_error = None
+            source: Source
             try:
                 source = opener()
             except SourceUnavailable as exc:
                 if not args.wait_for_source:
                     raise InputError(f"{exc} (--wait-for-source waits for it)") from None
-                first_error = " ".join(str(exc).split())
-            if args.wait_for_source:  # also waits again for a camera or stream that stops
                 source = WaitingSource(args.source, opener, realtime=is_realtime(args.source, not args.as_fast_as_possible),
-                                       first_error=first_error, reopen=is_live(args.source), opened=source)
-            assert source is not None
+                                       first_error=" ".join(str(exc).split()))
             events = EventWriter(stream)
             loop = DeviceLoop(agent, source, store=store, labels=labels, options=options, events=events)
             if not args.no_http:
                 from edge.device.http import HTTPServer
 
-                server = HTTPServer(loop, host, port, token=args.token).start()
+                server = HTTPServer(loop, host, port, token=args.token, allow_hosts=args.allow_host,
+                                    allow_origins=args.allow_origin, max_connections=args.max_connections).start()
 
             def on_signal(signum: int, _frame: object) -> None:
                 received.append(signum)
@@ -286,6 +280,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     finally:
         if stream is not sys.stdout:
             stream.close()
+    if loop.final_checkpoint_error is not None:  # what was learned since the last checkpoint is lost
+        print(f"edge-agent: error: final checkpoint failed: {loop.final_checkpoint_error}", file=sys.stderr)
+        return 1
     return EXIT_INTERRUPTED if received and received[0] == signal.SIGINT else 0
 
 
@@ -296,7 +293,7 @@ def _cmd_teach(args: argparse.Namespace) -> int:
     from edge.device.http import parse_bind
 
     host, port = parse_bind(args.http)
-    label: object = int(args.label) if args.label.isdigit() else args.label
+    label: object = int(args.label) if args.label.isascii() and args.label.isdigit() else args.label
     body = {"label": label, **({"frames": args.frames} if args.frames is not None else {"seconds": args.seconds})}
     headers = {"Content-Type": "application/json"}
     if args.token:
@@ -416,6 +413,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-http", action="store_true", help="no HTTP API")
     p.add_argument("--token", default=os.environ.get("EDGE_AGENT_TOKEN"),
                    help="bearer token every request must send (default: $EDGE_AGENT_TOKEN)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME[:PORT]",
+                   help="also answer requests whose Host is NAME (repeatable; default: only the bound address, "
+                        "127.0.0.1, localhost, [::1], and on a non-loopback bind IP literals and this machine's "
+                        "name; others get 421: DNS rebinding)")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="also accept requests from pages of ORIGIN, e.g. http://kiosk.local:8000 (repeatable; "
+                        "default: only the agent's own page; others get 403)")
+    p.add_argument("--max-connections", type=_int_in(16, 1_000_000), default=None, metavar="N",
+                   help="HTTP connections open at once at most (default: 8192, less when the open-file limit, "
+                        "raised to its hard limit at start, leaves less room after 128 reserved descriptors)")
     p.add_argument("--wait-for-source", action="store_true",
                    help="when the source cannot be opened (no camera, file or folder yet, a stream down), retry "
                         "every 1 s doubling to 30 s, one log line per attempt, the HTTP API answering meanwhile "
@@ -455,8 +462,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_teach)
     from edge.model_store import add_models_subparser  # edge-agent models list|install
     add_models_subparser(sub)
-    from edge.knowledge.cli import add_knowledge_subparsers  # undo, forget, rename, samples, export, ...
-    add_knowledge_subparsers(sub, common)
     return parser
 
 

@@ -14,9 +14,13 @@ Routes (JSON in and out; errors are ``{"error": "..."}`` with a 4xx status):
 * ``GET /metrics``: Prometheus text format (``prometheus_client``);
 * the teach page: ``GET /``, ``/stream.mjpg``, ``/frame.jpg``, ``/events`` (`edge.device.page`).
 
-Bodies are limited to `MAX_BODY_BYTES` (413 beyond; read in chunks, never trusted from
-``Content-Length`` alone). With a token every request needs ``Authorization: Bearer <token>``
-(401 otherwise); `serve` refuses to bind anything but a loopback address without one.
+Before any route: ``Host`` must name this agent (421), an ``Origin`` must be the page's own (403)
+and a ``POST`` needs ``Content-Type: application/json`` (415): `edge.device.crosssite` (cross-site
+requests, DNS rebinding). Bodies are limited to `MAX_BODY_BYTES` (413 beyond; read in chunks, never
+trusted from ``Content-Length`` alone), must arrive within `edge.device.connections.BODY_TIMEOUT_S`
+(408) and may nest JSON `MAX_JSON_DEPTH` deep (400). With a token every request needs
+``Authorization: Bearer <token>`` (401 otherwise); `HTTPServer` refuses to bind anything but a
+loopback address without one. Connections are limited and timed out (`edge.device.connections`).
 
 Why Starlette + uvicorn: both are small pure-Python packages with aarch64-neutral wheels (uvicorn's
 optional C speedups are not needed), the server runs in a thread of the agent's process, and the
@@ -31,9 +35,12 @@ import json
 import logging
 import socket
 import threading
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 from urllib.parse import unquote
 
+from edge.device.connections import (BODY_TIMEOUT_S, KEEP_ALIVE_S, MAX_HEADER_BYTES, ConnectionGuard,
+                                     connection_budget, guarded_protocol, raise_nofile_limit)
+from edge.device.crosssite import RequestPolicy, RequestPolicyMiddleware
 from edge.device.labels import UnknownClassError
 from edge.device.loop import DeviceLoop, TeachQueueFull
 from edge.device.page import TOKEN_COOKIE, page_routes
@@ -47,6 +54,34 @@ logger = logging.getLogger(__name__)
 
 #: Largest request body accepted, in bytes.
 MAX_BODY_BYTES = 4096
+#: Deepest nesting of JSON arrays/objects accepted in a body (the API's bodies are flat).
+MAX_JSON_DEPTH = 16
+
+
+def json_depth(raw: bytes) -> int:
+    """Deepest nesting of ``[``/``{`` in JSON text (brackets inside strings do not count).
+
+    >>> json_depth(b'{"a": [1, {"b": "[[["}]}')
+    3
+    """
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
 
 
 class HTTPError(EdgeError, ValueError):
@@ -104,6 +139,13 @@ def _metrics_collector(loop: DeviceLoop) -> Any:
                                                          (latency["p99"] or 0.0) / 1000.0)}
             for name, (doc, value) in gauges.items():
                 yield GaugeMetricFamily(f"edge_agent_{name}", doc, value=value)
+            unknown, per_class = loop.answer_counts()
+            yield CounterMetricFamily("edge_agent_unknown_answers", "Answers that were 'unknown'", value=unknown)
+            answers = CounterMetricFamily("edge_agent_answers", "Answers per class (known classes)",
+                                          labels=["index", "label"])
+            for index, (name, count) in sorted(per_class.items()):
+                answers.add_metric([str(index), name], count)
+            yield answers
             ckpt = status["last_checkpoint"]
             yield GaugeMetricFamily("edge_agent_last_checkpoint_step", "Step of the last checkpoint",
                                     value=-1 if ckpt is None else ckpt["step"])
@@ -111,9 +153,13 @@ def _metrics_collector(loop: DeviceLoop) -> Any:
     return LoopCollector()
 
 
-def build_app(loop: DeviceLoop, token: str | None = None, max_body: int = MAX_BODY_BYTES) -> Starlette:
-    """The Starlette application of the API over ``loop``."""
+def build_app(loop: DeviceLoop, token: str | None = None, max_body: int = MAX_BODY_BYTES,
+              policy: RequestPolicy | None = None) -> Any:
+    """The ASGI application of the API over ``loop``: the Starlette routes behind the
+    `edge.device.crosssite.RequestPolicy` (default: loopback, port 8080)."""
+    import anyio
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+    from starlette.requests import ClientDisconnect
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import JSONResponse, Response
@@ -139,17 +185,25 @@ def build_app(loop: DeviceLoop, token: str | None = None, max_body: int = MAX_BO
         if length is not None and (not length.isdigit() or int(length) > max_body):
             raise HTTPError(413, f"body: expected at most {max_body} bytes, got Content-Length {length:.20}")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body:
-                raise HTTPError(413, f"body: expected at most {max_body} bytes, got more")
-            chunks.append(chunk)
+        try:
+            with anyio.fail_after(BODY_TIMEOUT_S):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > max_body:
+                        raise HTTPError(413, f"body: expected at most {max_body} bytes, got more")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise HTTPError(408, f"body: expected it within {BODY_TIMEOUT_S:g} s, got {size} bytes by then") from None
+        except ClientDisconnect:  # the client left mid-body: nobody reads the answer, nothing to log
+            raise HTTPError(400, "body: expected a whole body, got a closed connection") from None
         raw = b"".join(chunks)
         if not raw.strip():
             return {}
+        if json_depth(raw) > MAX_JSON_DEPTH:
+            raise HTTPError(400, f"body: expected JSON nested at most {MAX_JSON_DEPTH} deep, got deeper")
         try:
             data = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise HTTPError(400, f"body: expected a JSON object, got malformed JSON ({exc})") from exc
         if not isinstance(data, dict):
             raise HTTPError(400, f"body: expected a JSON object, got {type(data).__name__}")
@@ -226,7 +280,8 @@ def build_app(loop: DeviceLoop, token: str | None = None, max_body: int = MAX_BO
               Route("/classes/{name}/forget", endpoint(forget), methods=["POST"]),
               Route("/metrics", endpoint(metrics), methods=["GET"]),
               *page_routes(loop, endpoint)]
-    return Starlette(routes=routes)
+    policy = policy if policy is not None else RequestPolicy("127.0.0.1", 8080)
+    return RequestPolicyMiddleware(Starlette(routes=routes), policy)
 
 
 class HTTPServer:
@@ -236,10 +291,16 @@ class HTTPServer:
         loop: the `DeviceLoop`.
         host, port: where to listen (port 0: any free port, see ``port`` after `start`).
         token: required bearer token (mandatory for a non-loopback host).
+        allow_hosts, allow_origins: more ``Host`` names and ``Origin`` values to serve
+            (`edge.device.crosssite.RequestPolicy`).
+        max_connections: connections open at once at most (default and ceiling:
+            `edge.device.connections.connection_budget`).
     """
 
     def __init__(self, loop: DeviceLoop, host: str = "127.0.0.1", port: int = 8080,
-                 token: str | None = None, max_body: int = MAX_BODY_BYTES) -> None:
+                 token: str | None = None, max_body: int = MAX_BODY_BYTES, *,
+                 allow_hosts: Sequence[str] = (), allow_origins: Sequence[str] = (),
+                 max_connections: int | None = None) -> None:
         if not is_loopback(host) and not token:
             raise InputError(f"--http {host}:{port}: expected --token for a non-loopback address, got none "
                              "(anyone on the network could teach the device)")
@@ -247,7 +308,10 @@ class HTTPServer:
             raise InputError("--token: expected at least 8 printable characters without spaces, got "
                              f"{len(token)} characters")
         self.host, self.port = host, int(port)
-        self.app = build_app(loop, token, max_body)
+        self.policy = RequestPolicy(host, self.port, allow_hosts, allow_origins)
+        self.max_connections = max_connections
+        self.guard: ConnectionGuard | None = None
+        self.app = build_app(loop, token, max_body, self.policy)
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -263,11 +327,23 @@ class HTTPServer:
         except OSError as exc:
             sock.close()
             raise InputError(f"--http {self.host}:{self.port}: expected a free address, got {exc.strerror or exc}") from exc
-        sock.listen(64)
-        self.port = sock.getsockname()[1]
+        sock.listen(128)
+        self.port = self.policy.port = sock.getsockname()[1]
+        raise_nofile_limit()
+        self.guard = guard = ConnectionGuard(connection_budget(self.max_connections))
         config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False,
-                                timeout_graceful_shutdown=2)
-        self._server = uvicorn.Server(config)
+                                timeout_graceful_shutdown=2, http=guarded_protocol(guard),
+                                limit_concurrency=guard.max_connections + 1, timeout_keep_alive=int(KEEP_ALIVE_S),
+                                h11_max_incomplete_event_size=MAX_HEADER_BYTES)
+
+        class Server(uvicorn.Server):  # type: ignore[misc]
+            async def serve(self, sockets: Any = None) -> None:
+                import asyncio
+
+                asyncio.get_running_loop().set_exception_handler(guard.exception_handler)
+                await super().serve(sockets)
+
+        self._server = Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
                                         name="edge-http", daemon=True)
         self._thread.start()

@@ -8,8 +8,13 @@ that owns its classifier keeps their statistics). It is saved in the same checkp
 rest, and `LabelMap.state_dict` puts them back before a save, so the agent's own state format is
 unchanged.
 
-Integers keep working: a label given as digits (``"3"``) is that index, and an index without a name
-is shown as its digits.
+Integers keep working: a label given as ASCII digits (``"3"``) is that index, and an index without a
+name is shown as its digits. Other digits (``"٣"``, ``"３"``) are neither an index nor a name. Names
+are compared and stored in Unicode NFC (an NFD ``"é"`` is the same class as an NFC one), and
+`UNKNOWN_NAME` (the open-set answer, any case) cannot name a class.
+
+An index is *taken* when a name is given to it (a teach) and *released* again (`LabelMap.release`)
+when that teach learns nothing; a class that was learned is *retired* when forgotten.
 
 Example:
     >>> labels = LabelMap(max_classes=4)
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -51,15 +57,27 @@ class UnknownClassError(InputError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-def check_name(name: Any) -> str:
-    """A valid class name, else `InputError` naming expected vs got."""
+def is_index_text(label: str) -> bool:
+    """Whether a label string is an index: ASCII digits only (``"٣"`` is not)."""
+    return label.isascii() and label.isdigit()
+
+
+def check_name(name: Any, stored: bool = False) -> str:
+    """A valid class name in NFC, else `InputError` naming expected vs got. ``stored``: a name read
+    from a saved state (kept as it was saved; the reserved name is accepted so an old state loads)."""
     if not isinstance(name, str):
         raise InputError(f"class name: expected a string, got {type(name).__name__}")
+    if not stored:
+        name = unicodedata.normalize("NFC", name)
     ok = (0 < len(name) <= MAX_NAME_CHARS and name == name.strip() and "/" not in name
           and name.isprintable() and not name.isdigit())
     if not ok:
+        what = "only digits (ASCII digits are an index)" if name.isdigit() else "not that"
         raise InputError(f"class name: expected 1-{MAX_NAME_CHARS} printable characters without '/', "
-                         f"surrounding spaces or only digits, got {name!r:.80}")
+                         f"surrounding spaces or only digits, got {name!r:.80} ({what})")
+    if not stored and name.casefold() == UNKNOWN_NAME:
+        raise InputError(f"class name: expected a name other than {UNKNOWN_NAME!r} (the answer for an unknown "
+                         f"object), got {name!r}")
     return name
 
 
@@ -83,11 +101,12 @@ class LabelMap:
         """The index of a name or of a digits/int label; None when unknown."""
         if isinstance(label, (int, np.integer)) and not isinstance(label, bool):
             index = int(label)
-        elif isinstance(label, str) and label.isdigit():
+        elif isinstance(label, str) and is_index_text(label):
             index = int(label)
         elif isinstance(label, str):
+            wanted = unicodedata.normalize("NFC", label)
             for i, name in self.names.items():
-                if name == label:
+                if name == wanted or unicodedata.normalize("NFC", name) == wanted:
                     return i
             return None
         else:
@@ -103,8 +122,8 @@ class LabelMap:
         index = self.find(label)
         if index is not None:
             return index
-        if isinstance(label, str) and not label.isdigit():
-            check_name(label)
+        if isinstance(label, str) and not is_index_text(label):
+            label = check_name(label)
             if not create:
                 raise UnknownClassError(f"class {label!r}: expected one of {self.known()}, got an unknown name")
             taken = set(self.names) | set(int(i) for i in used) | set(np.flatnonzero(self.retired).tolist())
@@ -127,7 +146,7 @@ class LabelMap:
 
     def rename(self, old: str | int, new: str) -> int:
         """Give a class a new name (unique); returns its index."""
-        check_name(new)
+        new = check_name(new)
         index = self.find(old)
         if index is None:
             raise UnknownClassError(f"class {old!r}: expected one of {self.known()}, got an unknown name")
@@ -146,6 +165,15 @@ class LabelMap:
         self.retired[index] = True
         self.counts[index] = 0
         return index
+
+    def release(self, index: int) -> None:
+        """Free an index that was named but never learned (a teach that collected nothing): its
+        name goes and the index can be handed out again (it is not retired)."""
+        index = int(index)
+        if self.counts[index]:
+            raise InputError(f"release {index}: expected an index without learned samples, got "
+                             f"{int(self.counts[index])}")
+        self.names.pop(index, None)
 
     def mask(self, proba: np.ndarray) -> np.ndarray:
         """Probabilities with retired classes zeroed and rows renormalised (a new array)."""
@@ -167,9 +195,13 @@ class LabelMap:
             >>> fields["label"], fields["index"], fields["top"]
             ('cup', 0, [{'label': 'cup', 'p': 0.75}, {'label': '1', 'p': 0.25}])
         """
-        unknown = bool(answer.unknown[row])
-        index = int(answer.index[row])
         proba = np.asarray(answer.probabilities[row])
+        index = int(answer.index[row])
+        best = int(answer.best[row])
+        # a forgotten class is never an answer, even from probabilities it was not masked out of
+        # (and a row whose every class is forgotten has no answer at all)
+        retired = proba.shape[-1] == self.max_classes and bool(self.retired[best])
+        unknown = bool(answer.unknown[row]) or retired or not float(proba.sum()) > 0.0
         novelty = float(answer.novelty[row])
         return {"label": UNKNOWN_NAME if unknown else self.name_of(index),
                 "index": None if unknown else index,
@@ -177,7 +209,8 @@ class LabelMap:
                 "novelty": round(novelty, 6) if math.isfinite(novelty) else None,
                 "unknown": unknown,
                 "top": [{"label": self.name_of(int(i)), "p": round(float(proba[i]), 4)}
-                        for i in np.argsort(-proba, kind="stable")[:top] if proba[i] > 0.0]}
+                        for i in np.argsort(-proba, kind="stable")[:top]
+                        if proba[i] > 0.0 and not (proba.shape[-1] == self.max_classes and self.retired[i])]}
 
     def classes(self, seen: Iterable[int]) -> list[dict[str, Any]]:
         """``{"index", "name", "samples"}`` of each class in ``seen`` that is not retired (what
@@ -210,9 +243,9 @@ class LabelMap:
         if not isinstance(names, dict):
             raise InputError(f"labels.names: expected a JSON object, got {type(names).__name__}")
         for key, name in names.items():
-            if not key.isdigit() or not 0 <= int(key) < max_classes:
+            if not is_index_text(key) or not 0 <= int(key) < max_classes:
                 raise InputError(f"labels.names: expected indices in [0, {max_classes - 1}], got {key!r:.20}")
-            labels.names[int(key)] = check_name(name)
+            labels.names[int(key)] = check_name(name, stored=True)
         if len(set(labels.names.values())) != len(labels.names):
             raise InputError("labels.names: expected unique names, got a duplicate")
         for key, dtype in (("counts", np.int64), ("retired", np.bool_)):

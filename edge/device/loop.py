@@ -215,6 +215,12 @@ class DeviceLoop:
         self.learn_errors = 0
         self._reported_drops = 0
         self.last_checkpoint: dict[str, Any] | None = None
+        #: Why the final checkpoint (at `stop` or the source's end) failed; None when it did not.
+        self.final_checkpoint_error: str | None = None
+        self.unknown_answers = 0  # answers that were "unknown" (``/metrics``)
+        self._answers: dict[int, int] = {}  # answers per class index (``/metrics``)
+        self._inflight: dict[int, int] = {}  # per class index: batches queued or training
+        self._drop: dict[int, int] = {}  # per class index: queued batches to drop (their class was forgotten)
         #: Called after every frame with the frame and its processing seconds (the simulator's frame clock).
         self.frame_listeners: list[Callable[[Frame, float], None]] = []
         self._learner = threading.Thread(target=self._learn_worker, name="edge-learner", daemon=True)
@@ -271,33 +277,68 @@ class DeviceLoop:
         return {"index": index, "label": to}
 
     def forget(self, name: str) -> dict[str, Any]:
-        """Forget a class: its replay rows and seen mark go, its index is retired (checkpointed)."""
-        with self._state_lock:
+        """Forget a class: a teach still collecting for it is cancelled and batches of it not learned
+        yet are dropped; a learned class loses its replay rows and seen mark and its index is retired
+        (checkpointed), a class that was only named (nothing learned) frees its index. The latest
+        prediction is cleared. A name or index never taught: `UnknownClassError` (404)."""
+        with self._teach_lock, self._state_lock:
             index = self.labels.find(name)
-            if index is None:
-                raise UnknownClassError(f"class {name!r}: expected one of {self.labels.known()}, got an unknown name")
-            state = self._agent.state_dict()
-            keep = np.asarray(state["buffer.labels"]) != index
-            for key in ("buffer.data", "buffer.labels", "buffer.scales"):
-                if state[key].shape[:1] == keep.shape:
-                    state[key] = state[key][keep]
-            state["buffer.seen_per_class"] = state["buffer.seen_per_class"].copy()
-            state["buffer.seen_per_class"][index] = 0
-            if "head.seen" in state:
-                state["head.seen"] = state["head.seen"].copy()
-                state["head.seen"][index] = False
-            clone = copy_agent(self._agent)
-            try:
-                clone.load_state_dict(state)
-            except (InputError, ValueError) as exc:  # a strategy's own statistics: masked only
-                logger.warning("forget %r: state kept, class masked from predictions (%s)", name, exc)
+            seen = set(self._agent.classes_seen().tolist())
+            if index is None or not (index in seen or index in self.labels.names or self._inflight.get(index)):
+                raise UnknownClassError(f"class {name!r}: expected one of {self.labels.known()} (a taught class), "
+                                        "got " + ("an unknown name" if index is None else "an index never taught"))
+            label = self.labels.name_of(index)
+            cancelled = [t for t in self._pending if t.index == index]
+            for teach in cancelled:
+                teach.finished = True
+            self._pending = deque(t for t in self._pending if t.index != index)
+            if self._inflight.get(index):
+                self._drop[index] = self._inflight[index]
+            learned = index in seen or bool(self.labels.counts[index])
+            if learned:
+                self._forget_learned(index, label)
             else:
-                self._agent = clone
-            self.labels.forget(index)
+                self.labels.release(index)
             self._window.clear()
             self._novelty_window.clear()
-            self._save(reason="forget")
-        return {"index": index, "forgotten": name}
+            self._latest, self._last_answer = None, None  # never answer a forgotten class
+            self._answers.pop(index, None)
+            if learned:
+                self._save(reason="forget")
+        for teach in cancelled:
+            self.events.emit("teach", label=teach.name, index=index, cancelled=True,
+                             collected=len(teach.collected or []), reason="class forgotten")
+        return {"index": index, "forgotten": label}
+
+    def _forget_learned(self, index: int, name: str) -> None:
+        """Take a learned class out of the agent's state and retire its index (state lock held)."""
+        state = self._agent.state_dict()
+        keep = np.asarray(state["buffer.labels"]) != index
+        for key in ("buffer.data", "buffer.labels", "buffer.scales"):
+            if state[key].shape[:1] == keep.shape:
+                state[key] = state[key][keep]
+        state["buffer.seen_per_class"] = state["buffer.seen_per_class"].copy()
+        state["buffer.seen_per_class"][index] = 0
+        if "head.seen" in state:
+            state["head.seen"] = state["head.seen"].copy()
+            state["head.seen"][index] = False
+        clone = copy_agent(self._agent)
+        try:
+            clone.load_state_dict(state)
+        except (InputError, ValueError) as exc:  # a strategy's own statistics: masked only
+            logger.warning("forget %r: state kept, class masked from predictions (%s)", name, exc)
+        else:
+            self._agent = clone
+        self.labels.forget(index)
+
+    def _release_if_unused(self, index: int) -> None:
+        """Free a class index that was named for a teach but never learned (no frames collected)."""
+        with self._teach_lock, self._state_lock:
+            if any(t.index == index for t in self._pending) or self._inflight.get(index) \
+                    or self.labels.retired[index] or self.labels.counts[index] \
+                    or index in self._agent.classes_seen().tolist():
+                return
+            self.labels.release(index)
 
     def finish_teach(self, label: str | int) -> dict[str, Any]:
         """End the oldest waiting teach of ``label`` now (a hold-to-record button released): the
@@ -318,6 +359,8 @@ class DeviceLoop:
             collected = list(teach.collected or [])
         if collected:
             self._submit(index, np.stack(collected))
+        else:  # nothing to learn: the index is not kept
+            self._release_if_unused(index)
         self.events.emit("teach", label=name, index=index, finished=True, collected=len(collected))
         return {"label": name, "index": index, "frames": len(collected)}
 
@@ -329,6 +372,13 @@ class DeviceLoop:
         """The latest answer: ``label``, ``index``, ``score``, ``unknown``, ``frame_time``, ``frame``."""
         latest = self._latest
         return None if latest is None else dict(latest)
+
+    def answer_counts(self) -> tuple[int, dict[int, tuple[str, int]]]:
+        """(answers that were ``unknown``, ``{index: (name, answers)}`` of the classes known now)."""
+        with self._state_lock:
+            per_class = {i: (self.labels.name_of(i), n) for i, n in list(self._answers.items())
+                         if not self.labels.retired[i]}
+        return self.unknown_answers, per_class
 
     def latency_ms(self) -> dict[str, float | None]:
         """Per-prediction latency (fit + embed + predict), p50 / p99 over the last 1000."""
@@ -469,6 +519,10 @@ class DeviceLoop:
         label, unknown = fields["label"], fields["unknown"]
         self._latency_ms.append((time.perf_counter() - start) * 1000.0)
         self.predictions += 1
+        if unknown:
+            self.unknown_answers += 1
+        else:
+            self._answers[int(fields["index"])] = self._answers.get(int(fields["index"]), 0) + 1
         self._latest = {**fields, "frame_time": frame.timestamp, "frame": self.frames, "name": frame.name}
         said = (label, unknown)
         if frame.name is not None or said != self._last_answer:
@@ -509,6 +563,7 @@ class DeviceLoop:
             if teach.collected:
                 self._submit(teach.index, np.stack(teach.collected))
             else:
+                self._release_if_unused(teach.index)
                 self.events.emit("error", where="teach", label=teach.name,
                                  message="teach: expected frames to learn, got none (the source ended)")
         if at_end:
@@ -539,6 +594,7 @@ class DeviceLoop:
     def _submit(self, index: int, emb: np.ndarray, files: list[str] | None = None) -> None:
         with self._count_lock:
             self._learning += 1
+            self._inflight[index] = self._inflight.get(index, 0) + 1
         self._learn_q.put((index, emb, files or None))
 
     # --------------------------------------------------------------- learner
@@ -559,6 +615,12 @@ class DeviceLoop:
         start = time.perf_counter()
         try:
             with self._state_lock:
+                if self._drop.get(index) or self.labels.retired[index]:  # its class was forgotten meanwhile
+                    if self._drop.get(index):
+                        self._drop[index] -= 1
+                    self.events.emit("teach", label=self.labels.name_of(index), index=index, cancelled=True,
+                                     collected=int(emb.shape[0]), reason="class forgotten", **named)
+                    return
                 clone = copy_agent(self._agent)
                 clone.teach_embeddings(emb, np.full(emb.shape[0], index, dtype=np.int64), source="device")  # ledger
                 self._agent = clone  # the swap: one assignment
@@ -574,6 +636,7 @@ class DeviceLoop:
         finally:
             with self._count_lock:
                 self._learning -= 1
+                self._inflight[index] -= 1
 
     # --------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -590,7 +653,9 @@ class DeviceLoop:
         try:
             path = self.store.save(self.state_dict(), agent.config.to_dict(), agent.step_)
         except (EdgeError, OSError) as exc:
-            self.events.emit("error", where="checkpoint", message=str(exc))
+            self.events.emit("error", where="checkpoint", message=str(exc), final=final)
+            if final:
+                self.final_checkpoint_error = " ".join(str(exc).split())
             return
         self.last_checkpoint = {"step": agent.step_, "time": time.time(), "path": str(path)}
         self.events.emit("checkpoint", step=agent.step_, path=str(path), reason=reason, final=final)

@@ -33,7 +33,9 @@
 
   async function api(method, path, body) {
     const headers = {};
-    if (body !== undefined) headers["Content-Type"] = "application/json";
+    // The agent refuses a state-changing request without the JSON content type (415).
+    if (method !== "GET") headers["Content-Type"] = "application/json";
+    if (method !== "GET" && body === undefined) body = {};
     if (token) headers.Authorization = `Bearer ${token}`;
     const resp = await fetch(path, {method, headers, cache: "no-store",
                                     body: body === undefined ? undefined : JSON.stringify(body)});
