@@ -151,7 +151,10 @@ def _cmd_learn(args: argparse.Namespace) -> int:
                              f"got {args.label}")
         index = labels.index_for(args.label, create=True, used=agent.classes_seen().tolist())
         frames = _frames_for(agent, args.images)
-        agent.learn_many(frames, np.full(len(frames), index, dtype=np.int64))
+        agent.enable_ledger()  # each learn is a teach event with thumbnails (edge.knowledge)
+        from edge.knowledge.thumbnails import pictures_for_thumbnails  # thumbnails of the originals
+        agent.teach(frames, np.full(len(frames), index, dtype=np.int64), source="cli",
+                    thumbnail_frames=pictures_for_thumbnails(args.images))
         labels.add_counts(index, len(frames))
         path = _save_with_labels(store, agent, labels)
     print(f"learned {len(frames)} image(s) as label {labels.name_of(index)}; step {agent.step_}; saved {path}")
@@ -218,8 +221,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from edge.device.events import EventWriter, RotatingFile
     from edge.device.loop import DeviceLoop, LoopOptions
-    from edge.device.sources import FOLDER_MEMORY_NAME, Source, SourceUnavailable, WaitingSource, is_realtime, \
-        open_source
+    from edge.device.sources import FOLDER_MEMORY_NAME, Source, SourceUnavailable, WaitingSource, is_live, \
+        is_realtime, open_source
 
     policy = _policy(args)
     options = LoopOptions(every=args.every, window=args.window, unknown_threshold=policy.min_probability,
@@ -243,14 +246,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 return open_source(args.source, watch=not args.exit_at_end, pace=not args.as_fast_as_possible,
                                    memory=os.path.join(args.state, FOLDER_MEMORY_NAME))
 
-            source: Source
+            source: Source | None = None
+            first_error = None
             try:
                 source = opener()
             except SourceUnavailable as exc:
                 if not args.wait_for_source:
                     raise InputError(f"{exc} (--wait-for-source waits for it)") from None
+                first_error = " ".join(str(exc).split())
+            if args.wait_for_source:  # also waits again for a camera or stream that stops
                 source = WaitingSource(args.source, opener, realtime=is_realtime(args.source, not args.as_fast_as_possible),
-                                       first_error=" ".join(str(exc).split()))
+                                       first_error=first_error, reopen=is_live(args.source), opened=source)
+            assert source is not None
             events = EventWriter(stream)
             loop = DeviceLoop(agent, source, store=store, labels=labels, options=options, events=events)
             if not args.no_http:
@@ -462,6 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_teach)
     from edge.model_store import add_models_subparser  # edge-agent models list|install
     add_models_subparser(sub)
+    from edge.knowledge.cli import add_knowledge_subparsers  # undo, forget, rename, samples, export, ...
+    add_knowledge_subparsers(sub, common)
     return parser
 
 
