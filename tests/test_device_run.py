@@ -274,6 +274,8 @@ def test_a_video_file_plays_at_its_own_rate_and_says_when_it_ended(tmp_path):
         agent.wait_for(lambda e: e["event"] == "source_ended", 30)
         status, info = agent.http("GET", "/status")
         assert info["source_ended"] is True and info["source"]["state"] == "ended" and info["frames"] == 40
+        assert agent.http("POST", "/teach", {"label": "cup", "frames": 3})[0] == 200  # nothing comes to learn
+        agent.wait_for(lambda e: e["event"] == "error" and e.get("where") == "teach", 10)
         assert agent.proc.poll() is None
         agent.signal(signal.SIGTERM)
         assert agent.finish(30) == 0

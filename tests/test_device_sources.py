@@ -203,3 +203,33 @@ def test_events_file_rotates_by_size_and_keeps_k(tmp_path):
     EventWriter(again).emit("stopped", step=1)
     again.close()
     assert json.loads(path.read_text().splitlines()[-1])["event"] == "stopped" and path.stat().st_size <= 2_000
+
+
+def test_the_loop_says_when_its_source_ended_and_keeps_serving(tmp_path):
+    from edge.agent import Agent
+    from edge.device.loop import DeviceLoop
+    from edge.device.sources import Frame, IterableSource
+
+    frames = [Frame(f, i / 20, label="cup") for i, f in enumerate(object_frames(OBJ_A, 6))]
+    frames += [Frame(f, 1 + i / 20) for i, f in enumerate(object_frames(OBJ_A, 4, session=2))]
+    events: list[dict] = []
+    writer = EventWriter(None)
+    writer.listeners.append(events.append)
+    from edge.runtimes import open_backbone
+
+    loop = DeviceLoop(Agent(open_backbone(ROOT / "models" / "tiny")), IterableSource(frames), events=writer)
+    runner = threading.Thread(target=loop.run)
+    runner.start()
+    try:
+        _wait(lambda: any(e["event"] == "source_ended" for e in events))
+        latest, status = loop.latest_prediction(), loop.status()
+        assert runner.is_alive()  # no --exit-at-end: still serving
+    finally:
+        loop.stop()
+        runner.join(30)
+    assert latest is not None and latest["source_ended"] is True and latest["frame"] == 10
+    assert status["source_ended"] is True and status["source"] == {"state": "ended", "error": None}
+    kinds = [e["event"] for e in events]
+    assert kinds.count("source_ended") == 1 and kinds.index("learned") < kinds.index("source_ended")
+    ended = next(e for e in events if e["event"] == "source_ended")
+    assert ended["frames"] == 10 and ended["error"] is None

@@ -369,9 +369,10 @@ class DeviceLoop:
         return self._latest_frame
 
     def latest_prediction(self) -> dict[str, Any] | None:
-        """The latest answer: ``label``, ``index``, ``score``, ``unknown``, ``frame_time``, ``frame``."""
+        """The latest answer: ``label``, ``index``, ``score``, ``unknown``, ``frame_time``, ``frame``,
+        and ``source_ended`` (no newer answer will come: a file or folder source is exhausted)."""
         latest = self._latest
-        return None if latest is None else dict(latest)
+        return None if latest is None else {**latest, "source_ended": self.source_ended}
 
     def answer_counts(self) -> tuple[int, dict[int, tuple[str, int]]]:
         """(answers that were ``unknown``, ``{index: (name, answers)}`` of the classes known now)."""
