@@ -281,3 +281,23 @@ def test_a_video_file_plays_at_its_own_rate_and_says_when_it_ended(tmp_path):
         assert agent.finish(30) == 0
     finally:
         agent.close()
+
+
+def test_events_file_rotates_at_the_given_size(tmp_path):
+    need_model()
+    folder = tmp_path / "inbox"
+    for i, frame in enumerate(object_frames(OBJ_A, 4)):
+        write_png(folder / "cup" / f"{i}.png", frame)
+    for i, frame in enumerate(object_frames(OBJ_A, 30, session=2)):
+        write_png(folder / f"q{i:02d}.png", frame)
+    log = tmp_path / "events.jsonl"
+    code, stdout_events, err = _run_to_end(tmp_path / "s", f"folder:{folder}", "--events", str(log),
+                                           "--events-max-bytes", "2000", "--events-keep", "2")
+    assert code == 0 and stdout_events == [], err  # the events go to the file, not stdout
+    files = [log.with_name("events.jsonl.2"), log.with_name("events.jsonl.1"), log]
+    assert all(f.exists() and 0 < f.stat().st_size <= 2000 for f in files), [f.stat().st_size for f in files]
+    assert not log.with_name("events.jsonl.3").exists()
+    events = [json.loads(line) for f in files for line in f.read_text().splitlines()]
+    assert events[-1]["event"] == "stopped"  # the newest lines, whole and in order
+    answered = [e["file"] for e in events if e["event"] == "prediction"]
+    assert answered == sorted(answered) and answered[-1] == "q29.png"
