@@ -1,8 +1,8 @@
 """deploy/edge-agent.service: the systemd unit of ``edge-agent run`` (issues 13, 24, 26).
 
 What is checked here: the unit parses as systemd reads it (``systemd-analyze verify``), its hardening
-score (``systemd-analyze security --offline``) stays at the level the README states, it keeps retrying a
-missing camera forever (no start-rate limit), its models live under /var/lib/edge-agent (ProtectHome
+score (``systemd-analyze security --offline``) stays at the level the README states, the agent waits for a
+camera missing at boot (``--wait-for-source``) and systemd restarts any other exit forever (no start-rate limit), its models live under /var/lib/edge-agent (ProtectHome
 hides /home), the API binds to loopback, and ExecStart is a command ``edge-agent run`` accepts.
 Not run here: the unit under a real systemd (this machine has no systemd as PID 1) with a camera.
 """
@@ -62,7 +62,8 @@ def test_unit_runs_as_a_user_and_keeps_state_and_models_under_var_lib():
 
 
 def test_unit_never_gives_up_on_a_late_camera():
-    """Exit 2 (no camera yet) is retried every RestartSec with no start-rate limit: never a failed state."""
+    """The agent waits for a late camera itself (--wait-for-source, tests/test_source_wait.py); any exit is
+    retried every RestartSec with no start-rate limit: never a failed state."""
     unit = _unit()
     svc = unit["Service"]
     assert svc["Restart"] == "always", f"Restart: expected always (exit 2 counts), got {svc['Restart']!r}"
@@ -85,10 +86,9 @@ def test_execstart_is_a_valid_edge_agent_run_command_on_loopback():
     assert proc.returncode == 0, proc.stderr
     missing = sorted(o for o in options if o not in proc.stdout)
     assert not missing, f"ExecStart flags missing from edge-agent run --help: {missing}"
-    if "--wait-for-source" in proc.stdout:  # issue 26: once the agent can wait, the service does
-        assert "--wait-for-source" in options, "edge-agent run has --wait-for-source: the unit must use it"
+    assert "--wait-for-source" in options, "issue 26: the unit waits for a late camera instead of exiting"
     args = build_parser().parse_args(argv[1:])  # the values parse too (exit 2 would raise SystemExit)
-    assert (args.state, args.source) == ("/var/lib/edge-agent", "camera:0")
+    assert (args.state, args.source, args.wait_for_source) == ("/var/lib/edge-agent", "camera:0", True)
     # Loopback by default (issue 24): the LAN needs an explicit --http 0.0.0.0:PORT and a token.
     assert args.http == "127.0.0.1:8080", args.http
 
