@@ -251,12 +251,12 @@ def import_packs(agent: Any, labels: Any, packs: Iterable[Pack], *, fingerprint:
                 raise PackError(f"{pack.path}: backbone fingerprint expected {fingerprint}, got {pack.fingerprint} "
                                 "(the pack was taught on another model; pass --re-embed to embed its thumbnails "
                                 "with this one)")
-            if clone.backbone is None:
-                raise PackError(f"{pack.path}: --re-embed: expected a state with a backbone, got embeddings only")
             if any(len(t) == 0 for t in pack.ledger.thumbs):
                 missing = sum(len(t) == 0 for t in pack.ledger.thumbs)
                 raise PackError(f"{pack.path}: --re-embed: expected a thumbnail for every sample, got {missing} "
                                 f"of {len(pack.ledger)} without one")
+            if clone.backbone is None:
+                raise PackError(f"{pack.path}: --re-embed: expected a state with a backbone, got embeddings only")
         mapping = {}
         for k, name in enumerate(pack.class_names):
             index = names.find(name)
