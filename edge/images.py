@@ -5,9 +5,12 @@ file into pixels. It never hangs, never allocates without a bound and never cast
 
 * only regular files are opened (a FIFO, device or directory is refused without blocking), and at
   most ``max_file_bytes`` of them;
-* the decoded size is capped at ``max_pixels`` *before* decoding (Pillow's DecompressionBombError
-  and warning become `ImageError`); a JPEG larger than the cap, or than ``target_size``, is decoded
-  at a reduced scale (``draft``) instead of in full;
+* decoding stays within a memory budget, `DECODE_BUDGET_BYTES`: the decoded size is capped at
+  ``max_pixels`` (default `MAX_PIXELS` = the budget / `PEAK_BYTES_PER_PIXEL`, the measured peak of a
+  decode per pixel) *before* decoding; a JPEG larger than the cap, or than ``target_size``, is
+  decoded at a reduced scale (``draft``: 1/2, 1/4, 1/8) instead of in full, so a 100-megapixel
+  photo is read at 1/4 scale rather than refused; beyond that (or past Pillow's own bomb limit,
+  2 x ``Image.MAX_IMAGE_PIXELS``) the file is an `ImageError`;
 * pixel values are converted by the image's real bit depth: 16-bit grayscale (``I;16`` or ``I`` from
   a 16-bit PNG/TIFF) is scaled with ``round(v * 255 / (2**bits - 1))``; 32-bit integer images of
   unknown depth and float images (``F``, e.g. float TIFFs) are refused, since no range can be
@@ -40,8 +43,13 @@ import numpy as np
 
 from edge.errors import InputError
 
-#: Default cap on decoded pixels (width x height): 40 Mpx, 120 MB as RGB uint8.
-MAX_PIXELS = 40_000_000
+#: Most memory one decode may add to the process (bytes): a quarter of a 1 GB Raspberry Pi 4.
+DECODE_BUDGET_BYTES = 256 << 20
+#: Peak bytes per decoded pixel (Pillow's 4-byte pixels, the RGB array and the decoder's buffers;
+#: measured ~10 for RGB and ~14 for palette/RGBA PNGs: tests/test_hardening_round2.py).
+PEAK_BYTES_PER_PIXEL = 16
+#: Default cap on decoded pixels (width x height), from the budget: 16.7 Mpx.
+MAX_PIXELS = DECODE_BUDGET_BYTES // PEAK_BYTES_PER_PIXEL
 #: Default cap on the bytes of an image file.
 MAX_FILE_BYTES = 256 << 20
 #: Modes that `Image.convert("RGB")` maps exactly (8 bits per channel or fewer).
@@ -102,6 +110,8 @@ def _real_bits(img: Any, handle: Any) -> int | None:
 def _to_uint8(img: Any, bits: int | None, path: Path) -> np.ndarray:
     """Decoded Pillow image -> (H, W, 3) uint8 RGB, converting by the real bit depth ``bits``."""
     mode = img.mode
+    if mode == "RGB":
+        return np.asarray(img, dtype=np.uint8)  # one copy of the pixels (convert would add another)
     if mode in _EIGHT_BIT_MODES:
         return np.asarray(img.convert("RGB"), dtype=np.uint8)
     if mode == "F":
@@ -111,13 +121,19 @@ def _to_uint8(img: Any, bits: int | None, path: Path) -> np.ndarray:
         if bits is None or not 1 <= bits <= 16:
             raise ImageError(f"image {path}: expected 8- or 16-bit integer pixels, got mode {mode} with "
                              f"{'an unknown' if bits is None else bits}-bit depth; convert it explicitly")
-        values = np.asarray(img).astype(np.int64)
+        values = np.asarray(img)
         top = (1 << bits) - 1
-        if values.size and (values.min() < 0 or values.max() > top):
+        if values.size and (int(values.min()) < 0 or int(values.max()) > top):
             raise ImageError(f"image {path}: expected {bits}-bit values in [0, {top}], got "
                              f"[{values.min()}, {values.max()}]")
-        gray = ((values * 255 + top // 2) // top).astype(np.uint8)
-        return np.repeat(gray[..., np.newaxis], 3, axis=2)
+        scaled = values.astype(np.uint32)  # v * 255 < 2**24: exact in uint32, in place (memory budget)
+        del values
+        scaled *= 255
+        scaled += top // 2
+        scaled //= top
+        rgb = np.empty(scaled.shape + (3,), np.uint8)
+        rgb[...] = scaled[..., np.newaxis]
+        return rgb
     raise ImageError(f"image {path}: expected an 8-bit or 16-bit image, got Pillow mode {mode!r}")
 
 
@@ -142,7 +158,8 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS,
     with _open_regular(path, int(max_file_bytes)) as handle:
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                # the caps below are stricter and checked before decoding (a JPEG is reduced first)
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 with Image.open(handle) as img:
                     width, height = img.size
                     if img.format == "JPEG":
@@ -159,8 +176,8 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS,
                                          f"{img.size[0]}x{img.size[1]} = {img.size[0] * img.size[1]}")
                     img.load()
                     bits = _real_bits(img, handle)  # before exif_transpose, which drops the format
-                    upright = ImageOps.exif_transpose(img) or img
-                    return _to_uint8(upright, bits, path)
+                    ImageOps.exif_transpose(img, in_place=True)  # no copy of the pixels
+                    return _to_uint8(img, bits, path)
         except ImageError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -386,6 +386,10 @@ def verify_file(path: Path, entry: ModelFile | HeadFile) -> None:
     """Raise `ChecksumError` (expected vs got) if ``path`` is missing or differs from ``entry``."""
     if not path.is_file():
         raise ChecksumError(f"model file {entry.path!r} listed in the manifest is missing: {path}")
+    size = path.stat().st_size
+    if size != entry.bytes:  # cheap, and a truncated or padded file is never hashed
+        raise ChecksumError(f"model file {entry.path!r} does not match the manifest: size expected "
+                            f"{entry.bytes} bytes, got {size} (the file was changed or corrupted)")
     got = sha256_file(path)
     if got != entry.sha256:
         raise ChecksumError(

@@ -314,3 +314,128 @@ def test_metrics_count_unknown_answers_and_answers_per_class(tmp_path):
         assert agent.finish(30) == 0
     finally:
         agent.close()
+
+
+# ------------------------------------------------------------------ 9. labels (the real LabelMap), manifest, cut plan
+def test_label_map_normalises_refuses_reserved_and_non_ascii_digits():
+    from edge.device.labels import LabelMap, check_name
+    from edge.errors import InputError
+
+    labels = LabelMap(max_classes=8)
+    nfd = unicodedata.normalize("NFD", "caf\u00e9")
+    assert labels.index_for(nfd, create=True) == labels.index_for("caf\u00e9", create=True) == 0
+    assert labels.names == {0: "caf\u00e9"} and labels.find(nfd) == 0
+    for bad in ("\u0663", "\uff13", "\u00b2", "unknown", "UNKNOWN", "Unknown"):
+        with pytest.raises(InputError, match="expected .* got"):
+            labels.index_for(bad, create=True)
+    assert labels.find("3") == 3 and labels.find("\u0663") is None  # "٣" is not index 3
+    with pytest.raises(InputError, match="other than 'unknown'"):
+        labels.rename("caf\u00e9", "unknown")
+    # a state saved before the rule still loads (its names are kept as saved)
+    old = LabelMap(4)
+    old.names = {0: "unknown"}
+    assert LabelMap.from_state(old.state_dict(), 4).names == {0: "unknown"}
+    assert check_name("caf\u00e9") == "caf\u00e9"
+
+
+def test_cli_label_of_non_ascii_digits_is_not_an_index(tmp_path):
+    folder = tmp_path / "imgs"
+    write_png(folder / "a.png", object_frames(OBJ_A, 1)[0])
+    out = _cli("learn", "--model", TINY, "--state", str(tmp_path / "s"), "--label", "\u0663", str(folder / "a.png"))
+    assert out.returncode == 2 and "expected" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_manifest_verify_checks_the_size_before_the_hash(tmp_path):
+    from edge.errors import ChecksumError
+    from edge.manifest import load_manifest
+
+    model = tmp_path / "tiny"
+    shutil.copytree(TINY, model)
+    manifest = load_manifest(model)
+    target = model / manifest.files[0].path
+    target.write_bytes(target.read_bytes() + b"\0")
+    with pytest.raises(ChecksumError, match=r"size expected \d+ bytes, got \d+"):
+        manifest.verify(model)
+
+
+def test_cut_plan_says_when_it_cannot_place_every_cut(caplog):
+    import logging
+
+    from firmware_sim.device.sim import cut_plan
+
+    with caplog.at_level(logging.WARNING, logger="firmware_sim.device.sim"):
+        assert len(cut_plan(60, 1000, 40, seed=0)) == 60
+        assert not caplog.records
+        cuts = cut_plan(60, 20, 3, seed=0)
+    assert len(cuts) == 20
+    assert any("--power-cuts 60: planned 20" in r.getMessage() for r in caplog.records), caplog.text
+
+
+# ------------------------------------------------------------------ 8. loaders and the image memory budget
+def test_filelist_labels_out_of_range_and_non_utf8_name_the_file(tmp_path):
+    from firmware_sim.data.core50 import read_filelist
+
+    good = "s1/o1/C_01_01_000.png 0\n"
+    cases = [(good + "s1/o1/C_01_01_001.png 99999999999999999999\n", ":2:"),
+             (good + "s1/o1/C_01_01_001.png 50\n", ":2:"),
+             (good + "s1/o1/C_01_01_001.png \u0663\n", ":2:"),
+             (good + "s1/o1/C_01_01_001.png -1\n", ":2:")]
+    for i, (text, where) in enumerate(cases):
+        path = tmp_path / f"list{i}.txt"
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(ValueError, match="expected") as info:
+            read_filelist(path)
+        assert f"{path}{where}" in str(info.value), info.value
+    path = tmp_path / "latin1.txt"
+    path.write_bytes(good.encode() + b"s1/o1/C_01_01_\xe9.png 0\n")
+    with pytest.raises(ValueError, match="UTF-8") as info:
+        read_filelist(path)
+    assert str(path) in str(info.value)
+
+
+_PEAK = """
+import os, resource, sys
+import psutil
+from edge.images import load_image
+load_image(sys.argv[2])  # Pillow's plugins loaded before measuring
+rss = psutil.Process(os.getpid()).memory_info().rss
+frame = load_image(sys.argv[1])
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+print(frame.shape[0], frame.shape[1], peak - rss)
+"""
+
+
+def _decode_peak(path, warm) -> tuple[int, int, int]:
+    out = subprocess.run([sys.executable, "-c", _PEAK, str(path), str(warm)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    h, w, grown = (int(v) for v in out.stdout.split())
+    return h, w, grown
+
+
+@pytest.mark.slow
+def test_image_decoding_stays_within_the_memory_budget(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from edge.images import DECODE_BUDGET_BYTES, MAX_PIXELS, PEAK_BYTES_PER_PIXEL
+
+    assert MAX_PIXELS * PEAK_BYTES_PER_PIXEL <= DECODE_BUDGET_BYTES
+    warm = tmp_path / "warm.png"
+    Image.new("RGB", (8, 8)).save(warm)
+    rng = np.random.default_rng(0)
+    side = int(MAX_PIXELS ** 0.5)  # an image at the cap, in the modes that cost the most
+    noise = rng.integers(0, 256, (side, side // 16, 1), dtype=np.uint8).repeat(16, axis=1)
+    for mode in ("RGB", "RGBA", "P"):
+        path = tmp_path / f"cap-{mode}.png"
+        Image.fromarray(noise[..., 0]).convert(mode).save(path, compress_level=1)
+        h, w, grown = _decode_peak(path, warm)
+        assert (h, w) == (side, side // 16 * 16)
+        assert grown <= DECODE_BUDGET_BYTES, (mode, grown, DECODE_BUDGET_BYTES)
+        path.unlink()
+    # a 100-megapixel JPEG is decoded reduced (draft), within the budget, not refused
+    big = tmp_path / "100mp.jpg"
+    Image.new("L", (10_000, 10_000), 128).save(big, quality=50)
+    h, w, grown = _decode_peak(big, warm)
+    assert h * w <= MAX_PIXELS and (h, w) == (2500, 2500), (h, w)
+    assert grown <= DECODE_BUDGET_BYTES, grown

@@ -285,24 +285,29 @@ def read_filelist(path: Path) -> tuple[list[str], np.ndarray]:
         raise FileNotFoundError(f"filelist not found: {path}")
     paths: list[str] = []
     labels: list[int] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            text = line.strip()
-            if not text:
-                continue
-            parts = text.split()
-            try:
-                if len(parts) != 2:
-                    raise ValueError(f"expected 2 fields, got {len(parts)}")
-                parse_core50_path(parts[0])
-                label = int(parts[1])
-                if label < 0:
-                    raise ValueError(f"negative label {label}")
-            except ValueError as exc:
-                raise ValueError(f"{path}:{lineno}: malformed filelist line {text!r} "
-                                 f"(expected 'sX/oY/C_XX_YY_ZZZ.png label'): {exc}") from None
-            paths.append(parts[0].replace("\\", "/"))
-            labels.append(label)
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: expected a UTF-8 filelist, got undecodable bytes at byte {exc.start}") from None
+    for lineno, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text:
+            continue
+        parts = text.split()
+        try:
+            if len(parts) != 2:
+                raise ValueError(f"expected 2 fields, got {len(parts)}")
+            parse_core50_path(parts[0])
+            if not (parts[1].isascii() and parts[1].isdigit()) or len(parts[1]) > 6:
+                raise ValueError(f"expected a label of ASCII digits in [0, {N_OBJECTS - 1}], got {parts[1][:30]!r}")
+            label = int(parts[1])
+            if label >= N_OBJECTS:
+                raise ValueError(f"expected a label in [0, {N_OBJECTS - 1}], got {label}")
+        except ValueError as exc:
+            raise ValueError(f"{path}:{lineno}: malformed filelist line {text[:120]!r} "
+                             f"(expected 'sX/oY/C_XX_YY_ZZZ.png label'): {exc}") from None
+        paths.append(parts[0].replace("\\", "/"))
+        labels.append(label)
     return paths, np.asarray(labels, np.int64)
 
 

@@ -82,6 +82,7 @@ def run_entry(run: DeviceRun, frames: StreamFrames, plan: TeachPlan, options: De
             "max_bursts_lost_per_cut": max((c.bursts_lost for c in cuts), default=0),
             "max_bursts_touched_per_cut": max((c.bursts_touched for c in cuts), default=0),
             "updates_lost": sum(c.updates_lost for c in cuts)},
+        "missed_cuts": list(run.missed_cuts),  # planned cuts that did not happen, with why
     }
     rss = [r for _, r in run.rss]
     peak = max([*rss, int(final.rss_peak or 0) if final is not None else 0]) if (rss or final is not None) else None

@@ -130,10 +130,17 @@ class PlannedCut:
 
 
 def cut_plan(n_cuts: int, n_frames: int, n_bursts: int, seed: int) -> list[PlannedCut]:
-    """Seeded power cuts: half between frames (random frame), half during a checkpoint write (random save)."""
+    """Seeded power cuts: half between frames (random frame), half during a checkpoint write (random save).
+
+    Fewer than ``n_cuts`` are planned (with a warning saying why) only when the stream has too few
+    frames or checkpoint writes to place them; checkpoint cuts it cannot place become frame cuts."""
     rng = np.random.default_rng([seed, 14])
     n_ckpt = min(n_cuts // 2, max(n_bursts - 1, 0))
     n_frame = min(n_cuts - n_ckpt, max(n_frames - 2, 0))
+    if n_ckpt + n_frame < n_cuts:
+        log.warning("--power-cuts %d: planned %d (%d between frames: %d frames can be cut; %d during a "
+                       "checkpoint write: %d teach bursts)", n_cuts, n_ckpt + n_frame, n_frame,
+                       max(n_frames - 2, 0), n_ckpt, n_bursts)
     frames = sorted(rng.choice(np.arange(1, n_frames - 1), n_frame, replace=False).tolist()) if n_frame else []
     saves = sorted(rng.choice(np.arange(1, n_bursts), n_ckpt, replace=False).tolist()) if n_ckpt else []
     cuts = [PlannedCut("frame", int(f)) for f in frames]
@@ -249,6 +256,8 @@ class DeviceRun:
     ram: str = "none"  # how the RAM budget was enforced (`firmware_sim.device.budgets.RamLimit.mechanism`)
     boots: list[float] = field(default_factory=list)
     wall_s: float = 0.0
+    #: Planned cuts that did not happen, ``{"kind", "at", "reason"}`` (`DeviceSimulation.run` logs them).
+    missed_cuts: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def empty(cls, n_frames: int) -> DeviceRun:
@@ -403,7 +412,20 @@ class DeviceSimulation:
             bar.update_to(self.k)
             bar.close()
         self.record.wall_s = time.perf_counter() - started_wall
+        self._note_missed_cuts()
         return self.record
+
+    def _note_missed_cuts(self) -> None:
+        """Record and log the planned cuts that did not happen (the stream ended or failed first)."""
+        record = self.record
+        end = "the stream failed first" if record.failure is not None else "the stream ended first"
+        record.missed_cuts += [{"kind": "frame", "at": at, "reason": end} for at in self.frame_cuts]
+        record.missed_cuts += [{"kind": c.kind, "at": c.at, "reason": end} for c in self.save_cuts]
+        self.frame_cuts, self.save_cuts = [], []
+        if record.missed_cuts:
+            planned = len(record.cuts) + len(record.missed_cuts)
+            log.warning("power cuts: %d of %d planned happened; %s", len(record.cuts), planned,
+                           "; ".join(f"{m['kind']} at {m['at']}: {m['reason']}" for m in record.missed_cuts[:10]))
 
     def _start_child(self) -> tuple[_Child, dict[str, Any] | None]:
         """Boot a device on the state folder; returns it and its first message (``ready`` or why not)."""
@@ -506,7 +528,10 @@ class DeviceSimulation:
             record.checkpoints += 1
             record.bytes_written += int(msg["bytes"])
             if self.save_cuts and self.save_cuts[0].at <= record.checkpoints:
-                self.save_cuts.pop(0)  # passed without landing (e.g. the final save came first)
+                missed = self.save_cuts.pop(0)  # passed without landing (e.g. the final save came first)
+                record.missed_cuts.append({"kind": missed.kind, "at": missed.at,
+                                           "reason": f"checkpoint write {missed.at} passed without reaching "
+                                                     "the cut point (e.g. the final save came first)"})
             if self.flash_limit is not None and msg["disk_bytes"] > self.flash_limit:
                 record.failure = Failure("flash_budget", where=f"checkpoint after frame {self.k}",
                                          disk_bytes=msg["disk_bytes"], flash_budget_mb=self.budgets["flash_budget_mb"])
