@@ -442,7 +442,7 @@ class Agent:
         return clone
 
     # ------------------------------------------------------------------ knowledge
-    def enable_ledger(self, thumbnail_size: int = 96, **budgets: int) -> Ledger:
+    def enable_ledger(self, thumbnail_size: int = 128, **budgets: int) -> Ledger:
         """Turn the teach ledger on (no-op when on); returns it. ``budgets``: ``thumbnail_budget``,
         ``row_budget`` in bytes (`edge.knowledge.ledger`)."""
         if self.knowledge is None:

@@ -11,7 +11,8 @@ What is kept per sample: an id, its event id, its label index, its embedding row
 produced it (float32, ``4 * d`` bytes: what exact removal subtracts) and a JPEG thumbnail
 (`edge.knowledge.thumbnails`, optional). Budgets:
 
-* thumbnails: ``thumbnail_budget`` bytes in all (default 8 MiB, about 2,700 96-px thumbnails);
+* thumbnails: ``thumbnail_budget`` bytes in all (default 16 MiB: about 4,000 128-px thumbnails of
+  real photos, 4.0 MB per 1,000);
   over it, the oldest thumbnail of the class holding the most thumbnails is dropped first, repeat
   (``dropped_thumbnails`` counts them; the rows stay, so removal stays exact);
 * rows: ``row_budget`` bytes (default 32 MiB); over it, the oldest samples are *sealed*: they leave
@@ -45,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 PREFIX = "knowledge."
 LEDGER_VERSION = 1
-THUMBNAIL_BUDGET = 8 << 20
+THUMBNAIL_BUDGET = 16 << 20
 ROW_BUDGET = 32 << 20
 MAX_SOURCE_CHARS = 64
 _MAX_JSON = 16 << 20
@@ -93,7 +94,7 @@ class Ledger:
         thumbnail_budget, row_budget: bytes (see the module docstring).
     """
 
-    def __init__(self, embedding_size: int, thumbnail_size: int = 96, *,
+    def __init__(self, embedding_size: int, thumbnail_size: int = 128, *,
                  thumbnail_budget: int = THUMBNAIL_BUDGET, row_budget: int = ROW_BUDGET) -> None:
         self.embedding_size = int(embedding_size)
         self.thumbnail_size = int(thumbnail_size)

@@ -7,7 +7,7 @@ Samples without a thumbnail (dropped by the budget, or taught before the ledger)
 re-embedded: they are counted in the report (``lost_samples``); a class left with none is
 reported in ``lost_classes``.
 
-The thumbnail is smaller than the frame it came from (96 px by default): the new backbone sees
+The thumbnail is smaller than the frame it came from (128 px by default): the new backbone sees
 an upscaled thumbnail; tests/test_upgrade.py measures what that costs against a fresh teach.
 
 Example (CLI): ``edge-agent upgrade --state S --model tiny --to-model efficientnet_lite0_224``
