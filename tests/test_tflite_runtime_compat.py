@@ -187,7 +187,7 @@ def test_edge_agent_cli_on_the_installed_runtime(tmp_path):
     proc = subprocess.run([*base, "predict", *common, "--json", *images], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    predicted = [json.loads(line)["label"] for line in proc.stdout.splitlines()]
+    predicted = [json.loads(line)["index"] for line in proc.stdout.splitlines()]
     assert predicted == [int(p[1]) for p in images], f"labels: expected the taught ones, got {predicted}"
     proc = subprocess.run([*base, "status", *common, "--json"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
