@@ -238,3 +238,47 @@ def test_flash_cost_of_thumbnails_per_1000_samples() -> None:
     assert 2e6 < sizes[THUMBNAIL_SIZE] < 6e6
     assert sizes[96] < sizes[THUMBNAIL_SIZE] < sizes[160]
     assert Ledger(8).thumbnail_budget / (sizes[THUMBNAIL_SIZE] / 1000) > 3000   # the default budget's samples
+
+
+def test_http_classes_samples_delete_undo_and_export_on_a_running_agent(tmp_path: Path) -> None:
+    """A real ``edge-agent run`` on loopback: folder teaches become ledger events; the API lists,
+    deletes one sample, undoes the last teach (answers back to before, exact) and exports a pack."""
+    from _device_common import RunningAgent, object_frames, write_png
+    from edge.knowledge.pack import read_pack
+
+    need_model()
+    folder = tmp_path / "inbox"
+    for name, obj in (("cup", 1), ("ball", 2)):
+        for i, frame in enumerate(object_frames(obj, 6)):
+            write_png(folder / name / f"{i:03d}.png", frame)
+    agent = RunningAgent(tmp_path / "state", f"folder:{folder}", "--teach-batch", "6", "--strategy", "slda")
+    try:
+        agent.started()
+        agent.wait_for(lambda e: e["event"] == "learned", 60, count=2)
+        status, listing = agent.http("GET", "/classes")
+        assert status == 200 and listing["removal"] == "exact"
+        assert {c["name"]: c["ledger_samples"] for c in listing["classes"]} == {"cup": 6, "ball": 6}
+        assert listing["last_event"]["source"] == "device" and listing["last_event"]["samples"] == 6
+        status, page = agent.http("GET", "/classes/cup/samples?limit=4")
+        assert status == 200 and page["total"] == 6 and len(page["samples"]) == 4
+        victim = page["samples"][0]["id"]
+        status, done = agent.http("DELETE", f"/samples/{victim}")
+        assert status == 200 and done["removal"] == "exact" and done["name"] == "cup", done
+        assert agent.http("DELETE", f"/samples/{victim}")[0] == 400          # already gone
+        assert agent.http("GET", "/classes/nothing/samples")[0] == 404
+        assert agent.http("GET", "/classes/cup/samples?limit=9999")[0] == 400
+        # a cross-site page may not delete (the API's Origin check applies to these routes too)
+        assert agent.http("DELETE", "/events/1", headers={"Origin": "http://evil.example"})[0] == 403
+        status, done = agent.http("POST", "/undo", {})   # the folder's last teach: "cup" (ball/ comes first)
+        assert status == 200 and done["name"] == "cup" and done["samples"] == 5, done
+        status, listing = agent.http("GET", "/classes")
+        assert {c["name"]: c["ledger_samples"] for c in listing["classes"]} == {"ball": 6}
+        req = __import__("urllib.request").request.Request(f"http://127.0.0.1:{agent.port}/export")
+        with __import__("urllib.request").request.urlopen(req, timeout=20) as resp:
+            (tmp_path / "x.pack").write_bytes(resp.read())
+        pack = read_pack(tmp_path / "x.pack")
+        assert pack.class_names == ["ball"] and len(pack.ledger) == 6
+        agent.signal(__import__("signal").SIGTERM)
+        assert agent.finish(30) == 0, agent.stderr()
+    finally:
+        agent.close()

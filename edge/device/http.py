@@ -43,6 +43,7 @@ from edge.device.connections import (BODY_TIMEOUT_S, KEEP_ALIVE_S, MAX_HEADER_BY
 from edge.device.crosssite import RequestPolicy, RequestPolicyMiddleware
 from edge.device.labels import UnknownClassError
 from edge.device.loop import DeviceLoop, TeachQueueFull
+from edge.device.knowledge_http import knowledge_routes
 from edge.device.page import TOKEN_COOKIE, page_routes
 from edge.errors import EdgeError, InputError
 
@@ -279,7 +280,8 @@ def build_app(loop: DeviceLoop, token: str | None = None, max_body: int = MAX_BO
               Route("/classes/{name}/rename", endpoint(rename), methods=["POST"]),
               Route("/classes/{name}/forget", endpoint(forget), methods=["POST"]),
               Route("/metrics", endpoint(metrics), methods=["GET"]),
-              *page_routes(loop, endpoint)]
+              *page_routes(loop, endpoint),
+              *knowledge_routes(loop, endpoint, body_json)]   # /classes, /samples, /undo, /export (issue 25)
     policy = policy if policy is not None else RequestPolicy("127.0.0.1", 8080)
     return RequestPolicyMiddleware(Starlette(routes=routes), policy)
 

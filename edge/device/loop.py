@@ -639,6 +639,17 @@ class DeviceLoop:
                 self._learning -= 1
                 self._inflight[index] -= 1
 
+    def change_agent(self, change: Callable[[Agent, LabelMap], Any], reason: str) -> Any:
+        """Apply ``change(copy_of_agent, labels)`` under the state lock, swap the copy in and save
+        (undo, delete: `edge.device.knowledge_http`); on an error nothing is swapped. Returns
+        ``change``'s result."""
+        with self._state_lock:
+            clone = copy_agent(self._agent)
+            result = change(clone, self.labels)
+            self._agent = clone
+            self._save(reason=reason)
+            return result
+
     # --------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, np.ndarray]:
         """The agent's state plus the ``labels.*`` arrays: what a checkpoint holds."""
