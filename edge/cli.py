@@ -429,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: only the agent's own page; others get 403)")
     p.add_argument("--max-connections", type=_int_in(16, 1_000_000), default=None, metavar="N",
                    help="HTTP connections open at once at most (default: 8192, less when the open-file limit, "
-                        "raised to its hard limit at start, leaves less room after 128 reserved descriptors)")
+                        "raised to its hard limit at start, leaves less room after 256 reserved descriptors)")
     p.add_argument("--wait-for-source", action="store_true",
                    help="when the source cannot be opened (no camera, file or folder yet, a stream down), retry "
                         "every 1 s doubling to 30 s, one log line per attempt, the HTTP API answering meanwhile "

@@ -7,9 +7,10 @@ the process's file descriptors, make the API unreachable and make checkpoint wri
 ``EMFILE`` (a power cut would then lose what was learned meanwhile). So:
 
 * `raise_nofile_limit` raises the soft ``RLIMIT_NOFILE`` to the hard limit at start;
-* `ConnectionGuard` keeps `RESERVED_FDS` descriptors (checkpoints, the model, the source, logs) out of
-  the sockets' reach: a connection beyond ``max_connections`` is closed as soon as it is accepted,
-  before it costs anything but the accept;
+* `ConnectionGuard` keeps `RESERVED_FDS` descriptors (checkpoints, the model, the source, logs) and
+  two accept bursts (`ACCEPT_BURST`) out of the sockets' reach (`connection_budget`): a connection
+  beyond ``max_connections`` is closed as soon as it is accepted, before it costs anything but the
+  accept;
 * a connection must finish its request line and headers within `HEADER_TIMEOUT_S` (slow and idle
   clients are closed; uvicorn's own keep-alive timeout closes idle connections between requests;
   `edge.device.http` bounds the body read with `BODY_TIMEOUT_S`);
@@ -38,6 +39,11 @@ logger = logging.getLogger(__name__)
 
 #: Descriptors kept free for everything but sockets (checkpoint writes, the source, the model, logs).
 RESERVED_FDS = 128
+#: Connections the kernel queues for the listening socket (they cost the agent no descriptor).
+LISTEN_BACKLOG = 1024
+#: Connections the server accepts in one go (asyncio's accept loop); one more go may come before
+#: the first is refused, so the budget leaves room for two.
+ACCEPT_BURST = 64
 #: Most simultaneous connections by default (lower when the descriptor limit is lower).
 DEFAULT_MAX_CONNECTIONS = 8192
 #: Seconds a new connection (or a kept-alive one that starts a request) has to send its headers.
@@ -80,7 +86,8 @@ def open_fds() -> int:
 
 def connection_budget(requested: int | None = None) -> int:
     """How many connections may be open at once: ``requested`` (or `DEFAULT_MAX_CONNECTIONS`),
-    at most the soft descriptor limit less the descriptors open now and `RESERVED_FDS`."""
+    at most the soft descriptor limit less the descriptors open now, `RESERVED_FDS` and two accept
+    bursts (`ACCEPT_BURST`)."""
     try:
         import resource
 
@@ -90,10 +97,11 @@ def connection_budget(requested: int | None = None) -> int:
     want = DEFAULT_MAX_CONNECTIONS if requested is None else int(requested)
     if soft < 0:
         return want
-    room = int(soft) - open_fds() - RESERVED_FDS
+    room = int(soft) - open_fds() - RESERVED_FDS - 2 * ACCEPT_BURST
     if room < 16:
-        raise ConfigError(f"open-file limit: expected room for at least 16 connections after {RESERVED_FDS} "
-                          f"reserved descriptors, got a limit of {soft} (raise LimitNOFILE / ulimit -n)")
+        raise ConfigError(f"open-file limit: expected room for at least 16 connections after "
+                          f"{RESERVED_FDS + 2 * ACCEPT_BURST} reserved descriptors, got a limit of {soft} "
+                          "(raise LimitNOFILE / ulimit -n)")
     return max(1, min(want, room))
 
 

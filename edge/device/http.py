@@ -38,8 +38,8 @@ import threading
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 from urllib.parse import unquote
 
-from edge.device.connections import (BODY_TIMEOUT_S, KEEP_ALIVE_S, MAX_HEADER_BYTES, ConnectionGuard,
-                                     connection_budget, guarded_protocol, raise_nofile_limit)
+from edge.device.connections import (ACCEPT_BURST, BODY_TIMEOUT_S, KEEP_ALIVE_S, LISTEN_BACKLOG, MAX_HEADER_BYTES,
+                                     ConnectionGuard, connection_budget, guarded_protocol, raise_nofile_limit)
 from edge.device.crosssite import RequestPolicy, RequestPolicyMiddleware
 from edge.device.labels import UnknownClassError
 from edge.device.loop import DeviceLoop, TeachQueueFull
@@ -329,14 +329,14 @@ class HTTPServer:
         except OSError as exc:
             sock.close()
             raise InputError(f"--http {self.host}:{self.port}: expected a free address, got {exc.strerror or exc}") from exc
-        sock.listen(128)
+        sock.listen(LISTEN_BACKLOG)
         self.port = self.policy.port = sock.getsockname()[1]
         raise_nofile_limit()
         self.guard = guard = ConnectionGuard(connection_budget(self.max_connections))
         config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False,
                                 timeout_graceful_shutdown=2, http=guarded_protocol(guard),
                                 limit_concurrency=guard.max_connections + 1, timeout_keep_alive=int(KEEP_ALIVE_S),
-                                h11_max_incomplete_event_size=MAX_HEADER_BYTES)
+                                h11_max_incomplete_event_size=MAX_HEADER_BYTES, backlog=ACCEPT_BURST)
 
         class Server(uvicorn.Server):  # type: ignore[misc]
             async def serve(self, sockets: Any = None) -> None:
@@ -344,6 +344,11 @@ class HTTPServer:
 
                 asyncio.get_running_loop().set_exception_handler(guard.exception_handler)
                 await super().serve(sockets)
+
+            async def startup(self, sockets: Any = None) -> None:
+                await super().startup(sockets)
+                for listening in sockets or ():  # asyncio set ACCEPT_BURST as the kernel's queue too
+                    listening.listen(LISTEN_BACKLOG)
 
         self._server = Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
