@@ -119,9 +119,9 @@ def _late_folder_run(tmp_path, delay_s: float) -> tuple[RunningAgent, float, str
         assert status == 200 and info["source"]["state"] == "waiting", info
         assert "expected a directory" in info["source"]["last_error"] and info["frames"] == 0
         time.sleep(max(0.0, delay_s - 0.2))
+        created = time.monotonic()  # the folder appears with the first file
         for i, frame in enumerate(object_frames(OBJ_A, 6)):
             write_png(folder / "cup" / f"{i}.png", frame)
-        created = time.monotonic()
         agent.wait_for(lambda e: e["event"] == "source_opened", delay_s + 60)
         picked_up = time.monotonic() - created
         learned = agent.wait_for(lambda e: e["event"] == "learned", 60)[0]
@@ -149,6 +149,7 @@ def _check_wait_log(agent: RunningAgent, err: str) -> None:
 def test_run_waits_for_a_folder_created_3_s_after_start(tmp_path):
     agent, picked_up, err = _late_folder_run(tmp_path, 3.0)
     _check_wait_log(agent, err)
+    print(f"folder created 3 s after start: picked up {picked_up:.1f} s after it appeared")
     # Attempts at 0, 1, 3, 7 s: a folder created at ~3 s is opened by the attempt at 3 or 7 s.
     assert picked_up < 5.0, picked_up
 
@@ -158,6 +159,9 @@ def test_run_waits_for_a_folder_created_30_s_after_start(tmp_path):
     """The issue's case: a late camera (here a folder) 30 s after start; attempts at 0, 1, 3, 7, 15, 31 s."""
     agent, picked_up, err = _late_folder_run(tmp_path, 30.0)
     _check_wait_log(agent, err)
+    opened = next(e for e in agent.events if e["event"] == "source_opened")
+    print(f"folder created 30 s after start: opened at attempt {opened['attempt']}, "
+          f"{opened['time'] - agent.events[0]['time']:.1f} s after start, {picked_up:.1f} s after it appeared")
     assert picked_up < 31.0, picked_up
 
 
