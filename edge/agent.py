@@ -108,7 +108,7 @@ class Agent:
                                   f"({self.standardizer.embedding_size},)")
         #: Per-class counts and sums (`edge.stats`): the one copy the open-set score and the
         #: statistics strategies (``slda``, ``ncm``) read.
-        self.stats = ClassStatistics(cfg.max_classes, self.embedding_size)
+        self.stats = ClassStatistics(cfg.max_classes, self.embedding_size, directions=True)
         self.strategy: Strategy = make_strategy(cfg.strategy, **cfg.strategy_params)
         self.strategy.attach_statistics(self.stats)
         if cfg.head_backend == "tflite" and not type(self.strategy).supports_tflite_head:
@@ -224,9 +224,9 @@ class Agent:
     def _learn(self, x: np.ndarray, y: np.ndarray) -> None:
         z = self._standardize(x)
         self.strategy.learn(self.head, self.buffer, z, y, self.rng_, self.config)  # sees stats before z
-        self.stats.update(z, y)
+        self.stats.update(z, y, units=x)
         self.strategy.refresh()  # e.g. SLDA's precision, here on the learning thread, not at predict
-        self.openset.calibrate(z, y)
+        self.openset.calibrate(x, y)      # also derives the whitening here, not on a prediction
         self.strategy.remember(self.buffer, x, y)
         self.step_ += 1
         self.n_learned_ += int(x.shape[0])
@@ -265,7 +265,8 @@ class Agent:
         proba = self._proba_standardized(z)
         if exclude is not None:
             proba = exclude_classes(proba, exclude)
-        return decide(proba, self.openset.novelty(z), self.openset.threshold, policy)
+        rate = policy.unknown_rate if policy is not None else OpenSetPolicy().unknown_rate
+        return decide(proba, self.openset.novelty(x), self.openset.threshold_at(rate), policy)
 
     def answer_many(self, frames: np.ndarray, policy: OpenSetPolicy | None = None, *,
                     exclude: np.ndarray | None = None) -> Answer:
@@ -286,13 +287,14 @@ class Agent:
         return labels
 
     def novelty_embeddings(self, emb: np.ndarray) -> np.ndarray:
-        """Open-set score per row (float64): normalised squared distance to the nearest learned
-        class mean (`edge.openset`); above `novelty_threshold` a row is novel."""
-        return self.openset.novelty(self._standardize(self._check_embeddings(emb)))
+        """Open-set score per row (float64): MDS++, the Mahalanobis distance of the row's direction
+        to the nearest learned class mean direction (`edge.openset`); above `novelty_threshold` a
+        row is novel (NaN for a checkpoint that predates the direction statistics: never novel)."""
+        return self.openset.novelty(self._check_embeddings(emb))
 
     def novelty_many(self, frames: np.ndarray) -> np.ndarray:
         """Frames -> open-set score per frame (see `novelty_embeddings`)."""
-        return self.openset.novelty(self._standardize(self.embed(frames)))
+        return self.openset.novelty(self.embed(frames))
 
     @property
     def novelty_threshold(self) -> float:
@@ -379,7 +381,7 @@ class Agent:
         except KeyError as exc:
             raise InputError(f"buffer state: expected key {exc}, got none") from exc
         strategy = make_strategy(self.config.strategy, **self.config.strategy_params)
-        stats = ClassStatistics(self.config.max_classes, self.embedding_size)
+        stats = ClassStatistics(self.config.max_classes, self.embedding_size, directions=True)
         strategy_state, stats_state, openset_state = self._split_legacy(strategy, parts)
         strategy.load_state_dict(strategy_state)
         if stats_state:
@@ -478,7 +480,7 @@ class Agent:
         """`learn_embeddings`, then record the teach in the ledger (when on). Returns event ids."""
         x = self._check_embeddings(emb)
         y = self._check_labels(labels, x.shape[0])
-        self._learn(x, y)
+        self.learn_embeddings(x, y)   # the public verb (what callers and tests wrap)
         if self.knowledge is None:
             return []
         return self.knowledge.record(x, y, source=source, thumbnails=thumbnails)
@@ -504,7 +506,8 @@ class Agent:
         x = self._check_embeddings(rows)
         y = self._check_labels(labels, x.shape[0])
         z = self._standardize(x)
-        batch = ClassStatistics.of_rows(z, y, self.config.max_classes)
+        batch = ClassStatistics.of_rows(z, y, self.config.max_classes,
+                                        units=x if self.stats.directions else None)
         remaining = self.stats.copy()
         remaining.subtract(batch)           # raises (nothing changed) when more rows than learned
         if self.removal_is_exact:

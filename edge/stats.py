@@ -10,6 +10,12 @@ statistics are exact, independent of batch order up to float rounding, and compo
 * ``add(other)`` merges the statistics of other rows (another device, an imported pack);
 * ``subtract(other)`` removes rows that were added before (undo a teach), exactly up to rounding.
 
+With ``directions=True`` it also keeps the *direction statistics* the open-set score reads
+(`edge.openset`, MDS++): per class the sum of the L2-normalised raw embeddings (``unit_sum_``) and,
+over all rows, the sum of their outer products (``unit_outer_``, ``(d, d)``), from which the shared
+within-class covariance of the unit rows follows exactly. The raw rows are passed as ``units=`` (the
+agent's embeddings before standardisation); add/subtract carry these sums too.
+
 ``version`` counts changes, so consumers cache what they derive (means, spreads, a precision) and
 recompute it only when it moved.
 
@@ -47,19 +53,43 @@ class ClassStatistics:
     """
 
     KEYS = ("count", "sum", "sq")
+    #: State keys of the direction statistics (present only with ``directions=True``).
+    UNIT_KEYS = ("unit_sum", "unit_outer")
 
-    def __init__(self, max_classes: int, embedding_size: int) -> None:
+    def __init__(self, max_classes: int, embedding_size: int, directions: bool = False) -> None:
         self.max_classes = int(max_classes)
         self.embedding_size = int(embedding_size)
         self.count_ = np.zeros(self.max_classes, np.int64)
         self.sum_ = np.zeros((self.max_classes, self.embedding_size), np.float64)
         self.sq_ = np.zeros(self.max_classes, np.float64)
+        #: ``(K, d)`` sums of unit rows per class and ``(d, d)`` sum of their outer products, or
+        #: None when this object keeps no direction statistics.
+        self.unit_sum_: np.ndarray | None = None
+        self.unit_outer_: np.ndarray | None = None
+        if directions:
+            self.unit_sum_ = np.zeros((self.max_classes, self.embedding_size), np.float64)
+            self.unit_outer_ = np.zeros((self.embedding_size, self.embedding_size), np.float64)
         self.version = 0
 
+    @property
+    def directions(self) -> bool:
+        """Whether the direction statistics (``unit_sum_``, ``unit_outer_``) are kept."""
+        return self.unit_sum_ is not None
+
+    @staticmethod
+    def unit_rows(rows: np.ndarray) -> np.ndarray:
+        """Rows scaled to unit L2 norm (float64; an all-zero row stays zero)."""
+        x = np.asarray(rows).astype(np.float32, copy=False).astype(np.float64)
+        norm = np.sqrt((x * x).sum(1, keepdims=True))
+        out: np.ndarray = np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+        return out
+
     @classmethod
-    def of_rows(cls, z: np.ndarray, labels: np.ndarray, max_classes: int) -> ClassStatistics:
+    def of_rows(cls, z: np.ndarray, labels: np.ndarray, max_classes: int,
+                units: np.ndarray | None = None) -> ClassStatistics:
         """The statistics of the rows ``z`` ``(N, d)`` with integer ``labels`` in ``[0, max_classes)``
-        (rows are taken as float32, as the agent gives them, then summed in float64)."""
+        (rows are taken as float32, as the agent gives them, then summed in float64). With ``units``
+        (``(N, d)``: the same rows before standardisation) the direction statistics are kept too."""
         x = np.asarray(z).astype(np.float32, copy=False).astype(np.float64)
         y = np.asarray(labels).astype(np.int64, copy=False)
         if x.ndim != 2 or y.shape != (x.shape[0],):
@@ -67,23 +97,35 @@ class ClassStatistics:
         if y.size and (y.min() < 0 or y.max() >= max_classes):
             raise InputError(f"class statistics: expected labels in [0, {max_classes - 1}], "
                              f"got {int(y.min())}..{int(y.max())}")
-        out = cls(max_classes, x.shape[1])
+        out = cls(max_classes, x.shape[1], directions=units is not None)
         out.count_ = np.bincount(y, minlength=out.max_classes).astype(np.int64)
         np.add.at(out.sum_, y, x)
         np.add.at(out.sq_, y, (x * x).sum(1))
+        if units is not None:
+            u = cls.unit_rows(units)
+            if u.shape != x.shape:
+                raise InputError(f"class statistics: expected units of shape {x.shape}, got {u.shape}")
+            assert out.unit_sum_ is not None
+            np.add.at(out.unit_sum_, y, u)
+            out.unit_outer_ = u.T @ u
         return out
 
     # ---------------------------------------------------------------- changes
-    def update(self, z: np.ndarray, labels: np.ndarray) -> None:
-        """Add a batch of rows (``add(of_rows(z, labels))``)."""
-        self.add(self.of_rows(z, labels, self.max_classes))
+    def update(self, z: np.ndarray, labels: np.ndarray, units: np.ndarray | None = None) -> None:
+        """Add a batch of rows (``add(of_rows(z, labels, units=units))``; ``units`` is ignored
+        when this object keeps no direction statistics)."""
+        self.add(self.of_rows(z, labels, self.max_classes, units if self.directions else None))
 
     def add(self, other: ClassStatistics) -> None:
-        """Merge the statistics of other rows (same shape)."""
+        """Merge the statistics of other rows (same shape; direction statistics both or neither)."""
         self._check_like(other)
         self.count_ = self.count_ + other.count_
         self.sum_ = self.sum_ + other.sum_
         self.sq_ = self.sq_ + other.sq_
+        if (self.unit_sum_ is not None and other.unit_sum_ is not None and self.unit_outer_ is not None
+                and other.unit_outer_ is not None):
+            self.unit_sum_ = self.unit_sum_ + other.unit_sum_
+            self.unit_outer_ = self.unit_outer_ + other.unit_outer_
         self.version += 1
 
     def subtract(self, other: ClassStatistics) -> None:
@@ -98,6 +140,10 @@ class ClassStatistics:
         empty = count == 0
         self.sum_ = np.where(empty[:, None], 0.0, self.sum_ - other.sum_)
         self.sq_ = np.where(empty, 0.0, self.sq_ - other.sq_)
+        if self.unit_sum_ is not None and other.unit_sum_ is not None and self.unit_outer_ is not None:
+            self.unit_sum_ = np.where(empty[:, None], 0.0, self.unit_sum_ - other.unit_sum_)
+            self.unit_outer_ = (np.zeros_like(self.unit_outer_) if not count.any()
+                                else self.unit_outer_ - other.unit_outer_)
         self.count_ = count
         self.version += 1
 
@@ -106,6 +152,9 @@ class ClassStatistics:
             raise InputError(f"class statistics: expected (max_classes, embedding_size) = "
                              f"{(self.max_classes, self.embedding_size)}, got "
                              f"{(other.max_classes, other.embedding_size)}")
+        if self.directions and not other.directions:
+            raise InputError("class statistics: expected direction statistics (rows given with units=) "
+                             "to merge into statistics that keep them, got none")
 
     # ---------------------------------------------------------------- reads
     @property
@@ -121,17 +170,25 @@ class ClassStatistics:
         """An independent copy."""
         out = ClassStatistics(self.max_classes, self.embedding_size)
         out.count_, out.sum_, out.sq_ = self.count_.copy(), self.sum_.copy(), self.sq_.copy()
+        if self.unit_sum_ is not None and self.unit_outer_ is not None:
+            out.unit_sum_, out.unit_outer_ = self.unit_sum_.copy(), self.unit_outer_.copy()
         return out
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, np.ndarray]:
-        """``count``, ``sum``, ``sq`` (stored by the agent under ``stats.*``)."""
-        return {"count": self.count_.copy(), "sum": self.sum_.copy(), "sq": self.sq_.copy()}
+        """``count``, ``sum``, ``sq`` (+ ``unit_sum``, ``unit_outer`` with direction statistics;
+        stored by the agent under ``stats.*``)."""
+        state = {"count": self.count_.copy(), "sum": self.sum_.copy(), "sq": self.sq_.copy()}
+        if self.unit_sum_ is not None and self.unit_outer_ is not None:
+            state.update(unit_sum=self.unit_sum_.copy(), unit_outer=self.unit_outer_.copy())
+        return state
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         """Restore `state_dict` output; keys, dtypes, shapes and signs checked (`InputError`,
-        nothing changed)."""
-        ref = self.state_dict()
+        nothing changed). A state without direction statistics (written before they existed)
+        loads into an object that keeps them by switching them off (`directions` becomes False)."""
+        keep_units = self.directions and bool(set(self.UNIT_KEYS) & set(state))
+        ref = {k: v for k, v in self.state_dict().items() if keep_units or k not in self.UNIT_KEYS}
         if set(state) != set(ref):
             raise InputError(f"class statistics state: expected keys {sorted(ref)}, got {sorted(state)}")
         for key, want in ref.items():
@@ -141,15 +198,21 @@ class ClassStatistics:
                                  f"got {got.dtype}{got.shape}")
         if (np.asarray(state["count"]) < 0).any():
             raise InputError("class statistics state: expected counts >= 0, got a negative count")
-        if not (np.isfinite(state["sum"]).all() and np.isfinite(state["sq"]).all()):
+        if not all(np.isfinite(state[k]).all() for k in ref if k != "count"):
             raise InputError("class statistics state: expected finite sums, got NaN or inf")
         self.count_, self.sum_, self.sq_ = (np.asarray(state[k]).copy() for k in self.KEYS)
+        if keep_units:
+            self.unit_sum_, self.unit_outer_ = (np.asarray(state[k]).copy() for k in self.UNIT_KEYS)
+        else:
+            self.unit_sum_ = self.unit_outer_ = None
         self.version += 1
 
     @property
     def nbytes(self) -> int:
         """Bytes of state."""
-        return int(self.count_.nbytes + self.sum_.nbytes + self.sq_.nbytes)
+        units = (0 if self.unit_sum_ is None or self.unit_outer_ is None
+                 else self.unit_sum_.nbytes + self.unit_outer_.nbytes)
+        return int(self.count_.nbytes + self.sum_.nbytes + self.sq_.nbytes + units)
 
     def __repr__(self) -> str:
         return (f"ClassStatistics(max_classes={self.max_classes}, embedding_size={self.embedding_size}, "

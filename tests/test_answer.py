@@ -47,21 +47,20 @@ def test_the_golden_file_covers_every_strategy():
 @pytest.mark.parametrize("name", GOLDEN_STRATEGIES)
 def test_answers_are_bit_identical_to_the_code_before_shared_statistics(golden, name):
     """The seeded stream of ``make_answer_golden.py`` through today's agent gives the labels,
-    probabilities and threshold the previous code (02a37fb) wrote, bit for bit; the novelty
-    (float64) to rounding (its class sums are now added per batch)."""
+    probabilities the previous code (02a37fb) wrote, bit for bit. The open-set score and its
+    calibration changed on purpose in issue 23 (MDS++, leave-one-burst-out; tests/test_openset.py):
+    only the closed-set part of the answer is compared; the novelty must be finite."""
     batches, probe = stream()
     np.testing.assert_array_equal(probe, golden["probe"])
     agent = make_agent(name)
     for x, y in batches:
         agent.learn_embeddings(x, y)
     np.testing.assert_array_equal(agent.predict_embeddings(probe), golden[f"{name}/closed"])
-    np.testing.assert_array_equal(agent.predict_embeddings(probe, unknown=True), golden[f"{name}/open"])
     np.testing.assert_array_equal(agent.predict_proba_embeddings(probe), golden[f"{name}/proba"])
-    assert agent.novelty_threshold == float(golden[f"{name}/threshold"])
-    np.testing.assert_allclose(agent.novelty_embeddings(probe), golden[f"{name}/novelty"], rtol=1e-12)
+    assert np.isfinite(agent.novelty_embeddings(probe)).all()
     answer = agent.answer_embeddings(probe, OpenSetPolicy(reject_novel=True, min_probability=0.0))
-    np.testing.assert_array_equal(answer.index, golden[f"{name}/open"])
     np.testing.assert_array_equal(answer.best, golden[f"{name}/closed"])
+    assert set(answer.index[answer.unknown].tolist()) <= {-1}
 
 
 @pytest.mark.parametrize("name", GOLDEN_STRATEGIES)
@@ -72,7 +71,8 @@ def test_checkpoints_written_by_the_old_code_load_and_answer_the_same(golden, na
     agent = make_agent(name)
     agent.load_state_dict(state)
     np.testing.assert_array_equal(agent.predict_embeddings(probe), golden[f"{name}/closed"])
-    np.testing.assert_array_equal(agent.predict_embeddings(probe, unknown=True), golden[f"{name}/open"])
+    # their statistics predate the direction statistics: open-set rejection is off (NaN novelty)
+    np.testing.assert_array_equal(agent.predict_embeddings(probe, unknown=True), golden[f"{name}/closed"])
     np.testing.assert_array_equal(agent.predict_proba_embeddings(probe), golden[f"{name}/proba"])
     new = agent.state_dict()
     assert {"stats.count", "stats.sum", "stats.sq"} <= set(new)
@@ -169,7 +169,8 @@ def test_slda_follows_the_statistics_when_they_change_without_a_teach():
         agent.learn_embeddings(x, y)
     before = agent.predict_proba_embeddings(probe)
     z = (batches[-1][0] - 1.5) / 2.0
-    agent.stats.subtract(ClassStatistics.of_rows(z, batches[-1][1], agent.config.max_classes))
+    agent.stats.subtract(ClassStatistics.of_rows(z, batches[-1][1], agent.config.max_classes,
+                                                units=batches[-1][0]))
     assert not np.array_equal(agent.predict_proba_embeddings(probe), before)
 
 
@@ -187,6 +188,10 @@ def test_the_unknown_rule_and_its_default():
     assert answer.score.tolist() == pytest.approx([0.9, 0.45, 0.0, 1.0])
     with pytest.raises(ValueError, match="min_probability: expected a value in \\[0, 1\\]"):
         OpenSetPolicy(min_probability=1.5)
+    assert policy.unknown_rate == 0.05                                  # --unknown-rate's default
+    for bad in (-0.1, 1.0, "x"):
+        with pytest.raises(ValueError, match="unknown_rate: expected a rate in \\[0, 1\\)"):
+            OpenSetPolicy(unknown_rate=bad)
 
 
 def test_predict_and_run_have_the_same_default_rule():
