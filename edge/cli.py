@@ -47,7 +47,7 @@ from edge.device.labels import LabelMap, check_name
 from edge.errors import EdgeError, InputError
 from edge.manifest import FIT_POLICIES, Manifest
 from edge.preprocess import load_frame
-from edge.openset import MIN_PROBABILITY, OpenSetPolicy
+from edge.openset import FALSE_REJECT, MIN_PROBABILITY, OpenSetPolicy
 from edge.lock import DEFAULT_TIMEOUT_S, StateLock
 from edge.model_store import default_precision, resolve_model
 from edge.models import DEFAULT_MODEL_NAME, TINY_MODEL_NAME, default_model_dir
@@ -167,7 +167,8 @@ def _policy(args: argparse.Namespace) -> OpenSetPolicy:
         logger.warning("--closed-set is deprecated: novelty rejection is off by default now; it means "
                        "--unknown-threshold 0 (always a learned class)")
         return OpenSetPolicy(reject_novel=False, min_probability=0.0)
-    return OpenSetPolicy(reject_novel=args.reject_novel, min_probability=args.unknown_threshold)
+    return OpenSetPolicy(reject_novel=args.reject_novel, min_probability=args.unknown_threshold,
+                         unknown_rate=args.unknown_rate)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -226,7 +227,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     policy = _policy(args)
     options = LoopOptions(every=args.every, window=args.window, unknown_threshold=policy.min_probability,
-                          reject_novel=policy.reject_novel,
+                          reject_novel=policy.reject_novel, unknown_rate=policy.unknown_rate,
                           resize=args.resize, exit_at_end=args.exit_at_end, teach_batch=args.teach_batch)
     server = None
     if not args.no_http:
@@ -356,8 +357,12 @@ def _add_unknown_options(p: argparse.ArgumentParser, what: str) -> None:
                    help=f"answer 'unknown' when {what} is below this (default {MIN_PROBABILITY:g}; 0 disables)")
     p.add_argument("--reject-novel", action="store_true",
                    help="also answer 'unknown' when the agent's calibrated open-set score marks an image as "
-                        "novel (off by default: a taught object under new lighting counts as novel; for "
-                        "fixed scenes, see docs/openset.md)")
+                        "novel (off by default: taught objects in conditions unlike any taught are rejected "
+                        "far above the target rate; needs each object taught in >= 2 learn calls; "
+                        "see docs/openset.md)")
+    p.add_argument("--unknown-rate", type=_float_in(0.0, 0.5), default=FALSE_REJECT, metavar="RATE",
+                   help=f"with --reject-novel: the share of known objects the novelty threshold may call "
+                        f"unknown, calibrated on teach bursts held out in turn (default {FALSE_REJECT:g})")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -334,11 +334,12 @@ def test_a_never_taught_object_is_unknown_by_novelty_alone(backbone):
     """With the probability rule off and ``reject_novel`` on, the agent's calibrated open-set score
     rejects a frame it was never taught, even with a single class (where the top probability is 1)."""
     options = LoopOptions(exit_at_end=True, unknown_threshold=0.0, reject_novel=True, teach_batch=20)
-    taught = [Frame(x, i, label="cup") for i, x in enumerate(object_frames(OBJ_A, 20))]
+    # three teach bursts of 20: the threshold is calibrated leave-one-burst-out (one burst: none)
+    taught = [Frame(x, i, label="cup") for i, x in enumerate(object_frames(OBJ_A, 60))]
     teacher = DeviceLoop(Agent(backbone), IterableSource(taught), events=Events(), options=options)
     teacher.run()
-    files = [Frame(object_frames(OBJ_A, 1)[0], 40, name="a.png"),
-             Frame(np.zeros_like(object_frames(OBJ_A, 1)[0]), 41, name="black.png")]
+    files = [Frame(object_frames(OBJ_A, 1)[0], 80, name="a.png"),
+             Frame(np.zeros_like(object_frames(OBJ_A, 1)[0]), 81, name="black.png")]
     events = Events()
     loop = DeviceLoop(teacher.agent, IterableSource(files), events=events, options=options, labels=teacher.labels)
     loop.run()

@@ -146,6 +146,10 @@ def test_edge_agent_predict_prints_unknown_for_a_black_frame(tmp_path, capsys):
     assert rows[1]["label"] == "cup" and rows[1]["index"] == 0 and rows[1]["unknown"] is False
     assert main(["predict", "--model", str(need_model()), "--state", state, "--reject-novel", str(black)]) == 0
     assert capsys.readouterr().out.split("\t")[1] == "unknown"
+    # one knob: a target false-reject rate of 0 rejects nothing as novel
+    assert main(["predict", "--model", str(need_model()), "--state", state, "--reject-novel", "--unknown-rate", "0",
+                 str(black)]) == 0
+    assert capsys.readouterr().out.split("\t")[1] == "cup"
     assert main(["predict", "--model", str(need_model()), "--state", state, str(black)]) == 0    # the default: novelty rejection off
     assert capsys.readouterr().out.split("\t")[1] == "cup"
 

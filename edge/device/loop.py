@@ -54,7 +54,7 @@ from edge.device.events import EventWriter
 from edge.device.labels import TOP_CLASSES, UNKNOWN_NAME, LabelMap, UnknownClassError, split_state
 from edge.device.sources import Frame, FrameGrabber, Source
 from edge.errors import ConfigError, EdgeError, InputError
-from edge.openset import MIN_PROBABILITY, OpenSetPolicy, decide
+from edge.openset import FALSE_REJECT, MIN_PROBABILITY, OpenSetPolicy, check_rate, decide
 from edge.manifest import FIT_POLICIES
 from edge.preprocess import decode_size, fit_frame
 
@@ -93,6 +93,8 @@ class LoopOptions:
         reject_novel: also answer ``unknown`` when the agent's calibrated open-set score
             (`edge.openset`) marks the frame as novel (`edge.openset.OpenSetPolicy.reject_novel`; off
             by default there and in ``edge-agent predict``, the module docstring says why).
+        unknown_rate: the target false-reject rate of that score's threshold (``--unknown-rate``,
+            `edge.openset.OpenSetPolicy.unknown_rate`).
     """
 
     every: int = 1
@@ -105,8 +107,10 @@ class LoopOptions:
     poll_s: float = 0.05
     predict_labelled: bool = False
     reject_novel: bool = False
+    unknown_rate: float = FALSE_REJECT
 
     def __post_init__(self) -> None:
+        check_rate(self.unknown_rate, "LoopOptions.unknown_rate")
         checks = [
             (1 <= self.every <= 10_000, "every", "an int in [1, 10000]", self.every),
             (1 <= self.window <= 1_000, "window", "an int in [1, 1000]", self.window),
@@ -124,7 +128,8 @@ class LoopOptions:
     @property
     def policy(self) -> OpenSetPolicy:
         """The "unknown" rule's knobs (`edge.openset.OpenSetPolicy`) these options ask for."""
-        return OpenSetPolicy(reject_novel=self.reject_novel, min_probability=self.unknown_threshold)
+        return OpenSetPolicy(reject_novel=self.reject_novel, min_probability=self.unknown_threshold,
+                             unknown_rate=self.unknown_rate)
 
 
 @dataclass
