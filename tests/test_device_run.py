@@ -301,3 +301,26 @@ def test_events_file_rotates_at_the_given_size(tmp_path):
     assert events[-1]["event"] == "stopped"  # the newest lines, whole and in order
     answered = [e["file"] for e in events if e["event"] == "prediction"]
     assert answered == sorted(answered) and answered[-1] == "q29.png"
+
+
+def test_files_of_a_lost_checkpoint_are_learned_again(tmp_path):
+    """The folder memory follows the checkpoint resumed: a corrupt newest one (step 2) falls back to
+    step 1, and the files only step 2 held are learned again (never skipped as if learned)."""
+    need_model()
+    folder, state = tmp_path / "inbox", tmp_path / "state"
+    for name, obj in (("ball", OBJ_B), ("cup", OBJ_A)):
+        for i, frame in enumerate(object_frames(obj, 4)):
+            write_png(folder / name / f"{i}.png", frame)
+    code, events, err = _run_to_end(state, f"folder:{folder}", "--teach-batch", "4")
+    assert code == 0, err
+    assert [(e["label"], e["step"]) for e in events if e["event"] == "learned"] == [("ball", 1), ("cup", 2)]
+    newest = max(state.glob("state-*.npz"), key=lambda p: p.stat().st_mtime_ns)
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    newest.write_bytes(bytes(data))
+    code, events, err = _run_to_end(state, f"folder:{folder}", "--teach-batch", "4")
+    assert code == 0, err
+    assert events[0]["step"] == 1 and "learned again" in err
+    assert [e["label"] for e in events if e["event"] == "learned"] == ["cup"]
+    assert sorted(e["file"] for e in events if e["event"] == "skipped") == [f"ball/{i}.png" for i in range(4)]
+    assert events[-1]["step"] == 2

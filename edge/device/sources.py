@@ -261,9 +261,11 @@ class OpenCVSource:
 
 
 class FolderMemory:
-    """The files a folder source has learned, by path relative to the folder, size and mtime: a
-    JSON file written atomically (temp file, fsync, rename), at most `MAX_REMEMBERED_FILES` entries
-    (the oldest go first). A missing or unreadable file means nothing was learned yet (logged).
+    """The files a folder source has learned, by path relative to the folder, size and mtime, with
+    the step of the checkpoint that first held them: a JSON file written atomically (temp file, fsync,
+    rename), at most `MAX_REMEMBERED_FILES` entries (the oldest go first; 1.1 MB at the cap). A
+    missing or unreadable file means nothing was learned yet (logged). `forget_after` drops the files
+    of checkpoints newer than the one resumed (a corrupt newest checkpoint: they are learned again).
 
     Example:
         >>> import tempfile
@@ -277,6 +279,7 @@ class FolderMemory:
         self.path = None if path is None else Path(path)
         self.limit = int(limit)
         self._files: dict[str, tuple[int, int]] = {}
+        self._steps: dict[str, int] = {}
         if self.path is not None:
             self._load()
 
@@ -288,15 +291,15 @@ class FolderMemory:
             if not isinstance(rows, list):
                 raise ValueError("expected {'version': 1, 'files': [...]}")
             for row in rows[-self.limit:]:
-                rel, size, mtime_ns = row
-                if isinstance(rel, str) and isinstance(size, int) and isinstance(mtime_ns, int):
-                    self._files[rel] = (size, mtime_ns)
+                rel, size, mtime_ns, step = (*row, 0) if len(row) == 3 else row
+                if isinstance(rel, str) and all(isinstance(v, int) for v in (size, mtime_ns, step)):
+                    self._files[rel], self._steps[rel] = (size, mtime_ns), step
         except FileNotFoundError:
             return
         except (OSError, ValueError, TypeError, KeyError) as exc:
             logger.warning("folder source memory %s: expected the list of learned files, got an unreadable "
                            "file (%s); files there may be learned again", self.path, exc)
-            self._files = {}
+            self._files, self._steps = {}, {}
 
     def __len__(self) -> int:
         return len(self._files)
@@ -309,11 +312,23 @@ class FolderMemory:
         """Forget the files no longer in the folder (in memory; saved with the next `add`)."""
         self._files = {rel: meta for rel, meta in self._files.items() if rel in present}
 
-    def add(self, files: Iterable[tuple[str, int, int]]) -> None:
-        """Remember ``(relative path, size, mtime_ns)`` rows and save."""
+    def forget_after(self, step: int) -> int:
+        """Forget the files first held by a checkpoint with a step above ``step`` (the resumed one);
+        returns how many (saved at once when any)."""
+        newer = [rel for rel in self._files if self._steps.get(rel, 0) > step]
+        for rel in newer:
+            del self._files[rel]
+        if newer:
+            logger.warning("folder source memory: %d files were learned after step %d (the checkpoint "
+                           "resumed); they will be learned again", len(newer), step)
+            self.save()
+        return len(newer)
+
+    def add(self, files: Iterable[tuple[str, int, int]], step: int = 0) -> None:
+        """Remember ``(relative path, size, mtime_ns)`` rows, held since checkpoint ``step``, and save."""
         for rel, size, mtime_ns in files:
             self._files.pop(rel, None)
-            self._files[rel] = (int(size), int(mtime_ns))
+            self._files[rel], self._steps[rel] = (int(size), int(mtime_ns)), int(step)
         while len(self._files) > self.limit:
             self._files.pop(next(iter(self._files)))
         self.save()
@@ -322,7 +337,7 @@ class FolderMemory:
         """Write the file atomically (a power cut leaves the old or the new list, never a torn one)."""
         if self.path is None:
             return
-        rows = [[rel, size, mtime_ns] for rel, (size, mtime_ns) in self._files.items()]
+        rows = [[rel, size, mtime_ns, self._steps.get(rel, 0)] for rel, (size, mtime_ns) in self._files.items()]
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:
             with open(tmp, "w", encoding="utf-8") as f:
@@ -497,15 +512,18 @@ class FolderSource:
 
     def note_event(self, record: dict[str, Any]) -> None:
         """Fed the loop's events: files of a ``learned`` event are remembered once a ``checkpoint``
-        holds them (a crash in between learns them again, it never skips an unlearned file)."""
+        holds them (a crash in between learns them again, it never skips an unlearned file); at
+        ``started`` (its ``step``: the checkpoint resumed) files of newer checkpoints are forgotten."""
         kind = record.get("event")
         with self._meta_lock:
-            if kind == "learned" and record.get("files"):
+            if kind == "started" and isinstance(record.get("step"), int):
+                self.memory.forget_after(record["step"])
+            elif kind == "learned" and record.get("files"):
                 self._pending_learned.extend(str(f) for f in record["files"])
             elif kind == "checkpoint" and self._pending_learned and self.memory.path is not None:
                 rows = [(rel, *self._meta.pop(rel)) for rel in self._pending_learned if rel in self._meta]
                 self._pending_learned = []
-                self.memory.add(rows)
+                self.memory.add(rows, step=int(record.get("step") or 0))
 
     def close(self) -> None:
         self._closed.set()
