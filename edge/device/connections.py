@@ -157,6 +157,29 @@ class ConnectionGuard:
         loop.default_exception_handler(context)
 
 
+class OncePerInterval(logging.Filter):
+    """A logging filter that lets each distinct message through once per interval (uvicorn logs
+    "Invalid HTTP request received." once per bad request: a flood of them must not flood the log)."""
+
+    def __init__(self, interval_s: float = LOG_INTERVAL_S) -> None:
+        super().__init__()
+        self.interval_s = float(interval_s)
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = f"{record.name}:{record.levelno}:{record.msg}"
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.interval_s:
+                return False
+            if len(self._last) > 1000:
+                self._last.clear()
+            self._last[key] = now
+        return True
+
+
 def guarded_protocol(guard: ConnectionGuard, header_timeout_s: float = HEADER_TIMEOUT_S) -> type:
     """uvicorn's h11 protocol with the connection budget of ``guard`` and a header timeout."""
     from uvicorn.protocols.http.h11_impl import H11Protocol

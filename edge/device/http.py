@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 from urllib.parse import unquote
 
 from edge.device.connections import (ACCEPT_BURST, BODY_TIMEOUT_S, KEEP_ALIVE_S, LISTEN_BACKLOG, MAX_HEADER_BYTES,
-                                     ConnectionGuard, connection_budget, guarded_protocol, raise_nofile_limit)
+                                     ConnectionGuard, OncePerInterval, connection_budget, guarded_protocol,
+                                     raise_nofile_limit)
 from edge.device.crosssite import RequestPolicy, RequestPolicyMiddleware
 from edge.device.labels import UnknownClassError
 from edge.device.loop import DeviceLoop, TeachQueueFull
@@ -333,6 +334,9 @@ class HTTPServer:
         self.port = self.policy.port = sock.getsockname()[1]
         raise_nofile_limit()
         self.guard = guard = ConnectionGuard(connection_budget(self.max_connections))
+        for name in ("uvicorn.error", "asyncio"):  # one line per message and interval, not per request
+            if not any(isinstance(f, OncePerInterval) for f in logging.getLogger(name).filters):
+                logging.getLogger(name).addFilter(OncePerInterval())
         config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False,
                                 timeout_graceful_shutdown=2, http=guarded_protocol(guard),
                                 limit_concurrency=guard.max_connections + 1, timeout_keep_alive=int(KEEP_ALIVE_S),
