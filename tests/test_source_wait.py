@@ -243,3 +243,18 @@ def test_a_folder_open_at_start_under_wait_for_source_still_reports_and_remember
         learned = [f for e in events if e["event"] == "learned" for f in e["files"]]
         assert skipped == (["pipe.png"] if run == 0 else ["cup/0.png", "cup/1.png", "cup/2.png", "pipe.png"])
         assert len(learned) == (3 if run == 0 else 0)
+
+
+def test_sigterm_while_waiting_stops_at_once(tmp_path):
+    agent = RunningAgent(tmp_path / "state", f"folder:{tmp_path / 'never'}", "--wait-for-source")
+    try:
+        agent.started()
+        agent.wait_for(lambda e: e["event"] == "source_waiting" and e["attempt"] == 2, 10)  # in the 2 s wait
+        start = time.monotonic()
+        agent.signal(15)
+        assert agent.finish(10) == 0 and time.monotonic() - start < 2.0
+        err = agent.stderr()
+    finally:
+        agent.close()
+    assert agent.events[-1]["event"] == "stopped" and agent.events[-1]["frames"] == 0
+    assert "Traceback" not in err
