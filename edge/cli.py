@@ -182,7 +182,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         if args.json:  # the keys of GET /prediction, plus the file
             print(json.dumps({"path": path, **fields}))
         else:
-            print(f"{tsv_field(path)}\t{tsv_field(fields['label'])}\t{answer.score[row]:.4f}")
+            # shown to 4 places, never as 1.0000: no answer is certain (SLDA's probabilities saturate)
+            print(f"{tsv_field(path)}\t{tsv_field(fields['label'])}\t{min(answer.score[row], 0.9999):.4f}")
     return 0
 
 

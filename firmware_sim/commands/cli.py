@@ -23,7 +23,7 @@ from typing import NoReturn, Sequence
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
 #: Modules (under ``firmware_sim.commands``) that each provide ``register(subparsers)``.
-COMMAND_MODULES: list[str] = ["generate", "run", "sweep", "device"]
+COMMAND_MODULES: list[str] = ["generate", "run", "sweep", "device", "openset"]
 
 
 class _Parser(argparse.ArgumentParser):
