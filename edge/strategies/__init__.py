@@ -23,8 +23,9 @@ replay     latent replay, class-balanced buffer          replay_ratio (agent's, 
 cumulative train on everything seen, to convergence     epochs (None), max_epochs, tol   UNBOUNDED
 cwr_star   CWR* consolidated output weights             train_units ('all'), ...         head+K ints
 ar1_head   CWR* + latent replay, MLP head trains        replay_ratio, freeze_below=False head+buffer
-slda       Deep Streaming LDA                            shrinkage (1e-4)                 2 d x d
+slda       Deep Streaming LDA                            shrinkage ('auto': OAS)          1.5 d x d
 ncm        nearest class mean                           standardize ('fixed')            K x d
+ridge      ridge on a random ReLU projection (GCV)      dims (2048), lam ('auto')        D x D
 ewc        online EWC on the head's weights             ewc_lambda (1000), gamma (1.0)   3 x head
 lwf        distillation to the head before the batch    alpha (2.0), temperature (2.0)   head
 ========== ============================================ ================================ ===========
@@ -43,7 +44,7 @@ Example:
     >>> len(buf), head.classes_.tolist()
     (6, [0])
     >>> sorted(STRATEGIES)
-    ['ar1_head', 'cumulative', 'cwr_star', 'ewc', 'lwf', 'naive', 'ncm', 'replay', 'slda']
+    ['ar1_head', 'cumulative', 'cwr_star', 'ewc', 'lwf', 'naive', 'ncm', 'replay', 'ridge', 'slda']
 """
 
 from __future__ import annotations
@@ -56,15 +57,17 @@ from edge.strategies.basic import CumulativeStrategy, NaiveStrategy, ReplayStrat
 from edge.strategies.cwr import AR1HeadStrategy, CWRStarStrategy, cwr_consolidate
 from edge.strategies.lda import NCMStrategy, SLDAStrategy
 from edge.strategies.regularized import EWCStrategy, LwFStrategy
+from edge.strategies.ridge import RidgeStrategy
 
 __all__ = ["STRATEGIES", "Strategy", "LearnSettings", "make_strategy", "NaiveStrategy", "ReplayStrategy",
            "CumulativeStrategy", "CWRStarStrategy", "AR1HeadStrategy", "SLDAStrategy", "NCMStrategy",
-           "EWCStrategy", "LwFStrategy", "cwr_consolidate", "tflite_head_strategies"]
+           "EWCStrategy", "LwFStrategy", "RidgeStrategy", "cwr_consolidate", "tflite_head_strategies"]
 
 #: Strategy classes by name; `make_strategy` builds one.
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls for cls in (NaiveStrategy, ReplayStrategy, CumulativeStrategy, CWRStarStrategy,
-                              AR1HeadStrategy, SLDAStrategy, NCMStrategy, EWCStrategy, LwFStrategy)
+                              AR1HeadStrategy, SLDAStrategy, NCMStrategy, EWCStrategy, LwFStrategy,
+                              RidgeStrategy)
 }
 
 
