@@ -151,7 +151,8 @@ def test_edge_agent_predict_prints_unknown_for_a_black_frame(tmp_path, capsys):
                  str(black)]) == 0
     assert capsys.readouterr().out.split("\t")[1] == "cup"
     assert main(["predict", "--model", str(need_model()), "--state", state, str(black)]) == 0    # the default: novelty rejection off
-    assert capsys.readouterr().out.split("\t")[1] == "cup"
+    shown = capsys.readouterr().out.split("\t")
+    assert shown[1] == "cup" and shown[2].strip() == "0.9999"   # one class: probability 1, never shown as 1.0000
 
 
 def test_open_set_protocol_holds_classes_out_and_the_histograms_plot(tmp_path):
