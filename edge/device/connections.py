@@ -184,11 +184,11 @@ def guarded_protocol(guard: ConnectionGuard, header_timeout_s: float = HEADER_TI
     """uvicorn's h11 protocol with the connection budget of ``guard`` and a header timeout."""
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    class GuardedH11Protocol(H11Protocol):  # type: ignore[misc]
+    class GuardedH11Protocol(H11Protocol):
         _header_timer: asyncio.TimerHandle | None = None
         _refused = False
 
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        def connection_made(self, transport: Any) -> None:
             if not guard.admit(len(self.connections)):
                 self._refused = True
                 self.transport = transport

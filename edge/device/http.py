@@ -342,7 +342,7 @@ class HTTPServer:
                                 limit_concurrency=guard.max_connections + 1, timeout_keep_alive=int(KEEP_ALIVE_S),
                                 h11_max_incomplete_event_size=MAX_HEADER_BYTES, backlog=ACCEPT_BURST)
 
-        class Server(uvicorn.Server):  # type: ignore[misc]
+        class Server(uvicorn.Server):
             async def serve(self, sockets: Any = None) -> None:
                 import asyncio
 

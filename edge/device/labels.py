@@ -72,9 +72,9 @@ def check_name(name: Any, stored: bool = False) -> str:
     ok = (0 < len(name) <= MAX_NAME_CHARS and name == name.strip() and "/" not in name
           and name.isprintable() and not name.isdigit())
     if not ok:
-        what = "only digits (ASCII digits are an index)" if name.isdigit() else "not that"
+        why = " (only digits: ASCII digits name an index, other digits nothing)" if name.isdigit() else ""
         raise InputError(f"class name: expected 1-{MAX_NAME_CHARS} printable characters without '/', "
-                         f"surrounding spaces or only digits, got {name!r:.80} ({what})")
+                         f"surrounding spaces or only digits, got {name!r:.80}{why}")
     if not stored and name.casefold() == UNKNOWN_NAME:
         raise InputError(f"class name: expected a name other than {UNKNOWN_NAME!r} (the answer for an unknown "
                          f"object), got {name!r}")
