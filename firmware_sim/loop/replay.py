@@ -28,7 +28,7 @@ import numpy as np
 from edge.agent import Agent, AgentConfig
 from edge.checkpoint import CheckpointStore
 from edge.runtimes import Backbone
-from firmware_sim.cache import EmbeddingCache, embed_test_set
+from firmware_sim.cache import EMBED_CHUNK, EmbeddingCache, embed_test_set
 from firmware_sim.data.stream import Stream
 from firmware_sim.loop.progress import progress_iter
 from firmware_sim.loop.result import CurvePoint, MemoryUsage, RunResult
@@ -104,11 +104,15 @@ def embed_stream(stream: Stream, backbone: Backbone, cache: EmbeddingCache | Non
     latency = LatencyRecorder()
     train = []
     for batch in _progress(stream.train_batches, len(stream.train_batches), "embed", progress):
-        frames = batch.images()
-        started = time.perf_counter()
-        emb = backbone.embed(frames)
-        latency.update(time.perf_counter() - started, frames=len(frames))
-        train.append(emb)
+        # read and embed EMBED_CHUNK frames at a time: a 6,000-frame batch of 224-px frames would
+        # otherwise hold ~900 MB of pixels (and the runtime's copies) at once
+        chunks = []
+        for start in range(0, len(batch), EMBED_CHUNK):
+            frames = batch.images_at(np.arange(start, min(start + EMBED_CHUNK, len(batch))))
+            started = time.perf_counter()
+            chunks.append(backbone.embed(frames))
+            latency.update(time.perf_counter() - started, frames=len(frames))
+        train.append(np.concatenate(chunks) if chunks else np.zeros((0, backbone.embedding_size), np.float32))
     return EmbeddedStream(stream=stream, train=train, test=test, embed_latency=latency,
                           test_from_cache=from_cache, backbone_info=_backbone_info(backbone))
 

@@ -42,7 +42,10 @@ class MemoryUsage:
 
     @property
     def rss_peak_bytes(self) -> int:
-        return int(self.rss["rss_peak_sampled_bytes"])
+        """The process's true peak: the kernel's high-water mark (ru_maxrss, which also covers
+        embedding before the measured loop) where known, never below the sampled peak."""
+        os_peak = self.rss.get("rss_peak_os_bytes")
+        return int(max(self.rss["rss_peak_sampled_bytes"], os_peak or 0))
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.rss, "head_bytes": self.head_bytes, "replay_bytes": self.replay_bytes,
