@@ -439,3 +439,31 @@ def test_image_decoding_stays_within_the_memory_budget(tmp_path):
     h, w, grown = _decode_peak(big, warm)
     assert h * w <= MAX_PIXELS and (h, w) == (2500, 2500), (h, w)
     assert grown <= DECODE_BUDGET_BYTES, grown
+
+
+def test_a_teach_interrupted_by_a_restart_does_not_keep_its_index(tmp_path):
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    state = tmp_path / "state"
+    agent = RunningAgent(state, f"folder:{folder}", "--teach-batch", "4")
+    try:
+        agent.started()
+        assert agent.http("POST", "/teach", {"label": "tap", "seconds": 60})[1]["index"] == 0
+        for i, frame in enumerate(object_frames(OBJ_A, 4)):  # a class learned meanwhile: a checkpoint
+            write_png(folder / "cup" / f"{i:03d}.png", frame)
+        agent.wait_for(lambda e: e["event"] == "checkpoint" and e["step"] == 1, 60)
+        agent.signal(signal.SIGKILL)
+        agent.finish(30)
+    finally:
+        agent.close()
+    again = RunningAgent(state, f"folder:{folder}", "--teach-batch", "4")
+    try:
+        again.started()
+        status, body = again.http("POST", "/classes/tap/forget")
+        assert status == 404, body
+        assert [c["name"] for c in again.http("GET", "/status")[1]["classes"]] == ["cup"]
+        assert again.http("POST", "/teach", {"label": "mug", "frames": 2})[1]["index"] == 0
+        again.signal(signal.SIGTERM)
+        assert again.finish(30) == 0
+    finally:
+        again.close()

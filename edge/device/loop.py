@@ -181,6 +181,9 @@ class DeviceLoop:
         self.labels = labels if labels is not None else LabelMap(agent.config.max_classes)
         if self.labels.max_classes != agent.config.max_classes:
             raise ConfigError(f"labels: expected max_classes {agent.config.max_classes}, got {self.labels.max_classes}")
+        seen = set(agent.classes_seen().tolist())
+        for index in [i for i in self.labels.names if not self.labels.counts[i] and i not in seen]:
+            self.labels.release(index)  # named for a teach that a restart interrupted: nothing learned
         self.events = events if events is not None else EventWriter(None)
         self.clock = clock
         self._agent = agent
