@@ -487,11 +487,11 @@ class Agent:
 
     @property
     def removal_is_exact(self) -> bool:
-        """True when removing rows subtracts them exactly (statistics strategies ``slda``, ``ncm``
-        and any strategy with ``forget_rows``); False: the rows leave the buffer and the head is
-        refitted from what remains."""
+        """True when removing rows subtracts them exactly (statistics strategies ``slda``, ``ncm``,
+        ``ridge`` and any strategy with ``subtract_statistics``); False: the rows leave the buffer
+        and the head is refitted from what remains."""
         return bool(self.strategy.owns_classifier and (self.strategy.name in ("slda", "ncm")
-                                                       or hasattr(self.strategy, "forget_rows")))
+                                                       or hasattr(self.strategy, "subtract_statistics")))
 
     def forget_samples(self, rows: np.ndarray, labels: Any) -> str:
         """Remove rows learned before (as the backbone produced them) with their labels.
@@ -529,8 +529,8 @@ class Agent:
     def _subtract_from_strategy(self, z: np.ndarray, y: np.ndarray, batch: ClassStatistics,
                                 remaining: ClassStatistics) -> None:
         strategy: Any = self.strategy
-        if hasattr(strategy, "forget_rows"):
-            strategy.forget_rows(z, y)
+        if hasattr(strategy, "subtract_statistics"):   # ridge: its own sufficient statistics
+            strategy.subtract_statistics(strategy.statistics_of(z, y, self.config.max_classes))
             return
         z64 = z.astype(np.float64)
         if strategy.name == "ncm" and getattr(strategy, "sq_", None) is not None:

@@ -26,7 +26,8 @@ def _data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _agent(strategy: str) -> Agent:
-    agent = Agent(None, AgentConfig(strategy=strategy, max_classes=5, buffer_capacity=40),
+    params = {"dims": 128} if strategy == "ridge" else {}   # a small projection: fast
+    agent = Agent(None, AgentConfig(strategy=strategy, max_classes=5, buffer_capacity=40, strategy_params=params),
                   embedding_size=D, embedding_mean=np.full(D, 0.5), embedding_std=np.full(D, 2.0))
     agent.enable_ledger()
     return agent
@@ -41,7 +42,7 @@ def _taught(strategy: str, seed: int = 0) -> tuple[Agent, np.ndarray, np.ndarray
     return agent, centres, queries
 
 
-@pytest.mark.parametrize("strategy", ["slda", "ncm"])
+@pytest.mark.parametrize("strategy", ["slda", "ncm", "ridge"])
 def test_a_wrong_teach_undone_gives_bit_identical_answers(strategy: str) -> None:
     agent, centres, queries = _taught(strategy)
     before = agent.answer_embeddings(queries)
@@ -60,7 +61,7 @@ def test_a_wrong_teach_undone_gives_bit_identical_answers(strategy: str) -> None
     assert [e.id for e in agent.knowledge.events()] == [1, 2, 3]
 
 
-@pytest.mark.parametrize("strategy", ["slda", "ncm"])
+@pytest.mark.parametrize("strategy", ["slda", "ncm", "ridge"])
 def test_deleting_one_sample_equals_never_teaching_it(strategy: str) -> None:
     agent, centres, queries = _taught(strategy)
     ledger = agent.knowledge
@@ -261,6 +262,11 @@ def test_http_classes_samples_delete_undo_and_export_on_a_running_agent(tmp_path
         assert listing["last_event"]["source"] == "device" and listing["last_event"]["samples"] == 6
         status, page = agent.http("GET", "/classes/cup/samples?limit=4")
         assert status == 200 and page["total"] == 6 and len(page["samples"]) == 4
+        assert all(s["thumbnail"] for s in page["samples"])            # the camera pictures' thumbnails
+        req = __import__("urllib.request").request.Request(f"http://127.0.0.1:{agent.port}{page['samples'][0]['thumbnail']}")
+        with __import__("urllib.request").request.urlopen(req, timeout=20) as resp:
+            assert resp.headers["Content-Type"] == "image/jpeg"
+            assert decode_thumbnail(resp.read()).shape == (64, 64, 3)     # the 64-px folder files, not 32-px input
         victim = page["samples"][0]["id"]
         status, done = agent.http("DELETE", f"/samples/{victim}")
         assert status == 200 and done["removal"] == "exact" and done["name"] == "cup", done

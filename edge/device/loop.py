@@ -188,6 +188,8 @@ class DeviceLoop:
         self.clock = clock
         self._agent = agent
         agent.enable_ledger()  # every teach becomes a ledger event (edge.knowledge): undo, export
+        self._thumbnails: dict[bytes, bytes] = {}  # a taught frame's embedding -> its JPEG thumbnail
+        self._thumbnail_lock = threading.Lock()  # capture thread adds, learner thread takes
         self.input_hw = tuple(agent.backbone.manifest.input_shape[:2])
         self._manifest = agent.backbone.manifest  # its size and fit policy: `edge.preprocess.fit_frame`
         if hasattr(source, "decode_size"):  # files decode as `edge.preprocess.load_frame` decodes them
@@ -502,6 +504,8 @@ class DeviceLoop:
         if not (teach is not None or predict or frame.label is not None):
             return
         emb = agent.embed(image[None])
+        if teach is not None or frame.label is not None:
+            self._remember_thumbnail(agent, emb[0], frame.image)
         if frame.label is not None:
             self._add_labelled(frame.label, emb[0], frame.name)
         elif teach is not None:
@@ -631,7 +635,8 @@ class DeviceLoop:
                                      collected=int(emb.shape[0]), reason="class forgotten", **named)
                     return
                 clone = copy_agent(self._agent)
-                clone.teach_embeddings(emb, np.full(emb.shape[0], index, dtype=np.int64), source="device")  # ledger
+                clone.teach_embeddings(emb, np.full(emb.shape[0], index, dtype=np.int64), source="device",  # ledger
+                                      thumbnails=self._take_thumbnails(emb))
                 self._agent = clone  # the swap: one assignment
                 self.labels.add_counts(index, emb.shape[0])
                 self.learned_batches += 1
@@ -646,6 +651,27 @@ class DeviceLoop:
             with self._count_lock:
                 self._learning -= 1
                 self._inflight[index] -= 1
+
+    def _remember_thumbnail(self, agent: Agent, row: np.ndarray, picture: np.ndarray) -> None:
+        """Keep the JPEG thumbnail of a taught frame (the camera's picture, not the model input)
+        until its batch is learned, keyed by the frame's embedding; at most 4096 waiting."""
+        from edge.knowledge.thumbnails import encode_thumbnail
+
+        size = agent.knowledge.thumbnail_size if agent.knowledge is not None else 0
+        if size <= 0:
+            return
+        try:
+            jpeg = encode_thumbnail(picture, size)
+        except (EdgeError, ValueError, OSError):   # a frame Pillow cannot encode: no thumbnail
+            return
+        with self._thumbnail_lock:
+            self._thumbnails[row.tobytes()] = jpeg
+            while len(self._thumbnails) > 4096:
+                self._thumbnails.pop(next(iter(self._thumbnails)))
+
+    def _take_thumbnails(self, emb: np.ndarray) -> list[bytes]:
+        with self._thumbnail_lock:
+            return [self._thumbnails.pop(row.tobytes(), b"") for row in emb]
 
     def change_agent(self, change: Callable[[Agent, LabelMap], Any], reason: str) -> Any:
         """Apply ``change(copy_of_agent, labels)`` under the state lock, swap the copy in and save
