@@ -222,7 +222,7 @@ def test_undo_help_says_which_strategies_remove_exactly(capsys: pytest.CaptureFi
     with pytest.raises(SystemExit):
         main(["undo", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "exact for the statistics strategies slda and ncm" in text and "refitted" in text
+    assert "exact for the statistics strategies slda, ncm and ridge" in text and "refitted" in text
 
 
 def test_flash_cost_of_thumbnails_per_1000_samples() -> None:

@@ -30,7 +30,9 @@ def _rows(seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def _device(strategy: str, teaches: list[tuple[str, np.ndarray]], max_classes: int = 8) -> tuple[Agent, LabelMap]:
-    agent = Agent(None, AgentConfig(strategy=strategy, max_classes=max_classes, buffer_capacity=30),
+    params = {"dims": 128} if strategy == "ridge" else {}
+    agent = Agent(None, AgentConfig(strategy=strategy, max_classes=max_classes, buffer_capacity=30,
+                                    strategy_params=params),
                   embedding_size=D, embedding_mean=np.full(D, 0.25), embedding_std=np.full(D, 1.5))
     agent.enable_ledger()
     labels = LabelMap(max_classes)
@@ -41,7 +43,7 @@ def _device(strategy: str, teaches: list[tuple[str, np.ndarray]], max_classes: i
     return agent, labels
 
 
-@pytest.mark.parametrize("strategy", ["slda", "ncm"])
+@pytest.mark.parametrize("strategy", ["slda", "ncm", "ridge"])
 def test_two_devices_merged_equal_one_device_taught_everything(strategy: str, tmp_path: Path) -> None:
     rows = _rows()
     a, la = _device(strategy, [("cup", rows["cup"]), ("ball", rows["ball"][:10])])

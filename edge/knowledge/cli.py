@@ -3,7 +3,7 @@ import and upgrade. Registered by ``edge.cli.build_parser`` through `add_knowled
 
 Every verb takes the state folder's lock, works on the newest checkpoint and saves a new one
 atomically (``samples`` and ``export`` only read). Removal is exact for the statistics strategies
-(``slda``, ``ncm``: their per-sample sums are subtracted, the answers are those of a state that
+(``slda``, ``ncm``, ``ridge``: their per-sample sums are subtracted, the answers are those of a state that
 never learned the samples) and a refit for the gradient heads (the samples leave the replay buffer
 and the head is retrained from what remains).
 """
@@ -21,7 +21,7 @@ from edge.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-REMOVAL_HELP = ("Removal is exact for the statistics strategies slda and ncm (their per-sample sums are "
+REMOVAL_HELP = ("Removal is exact for the statistics strategies slda, ncm and ridge (their per-sample sums are "
                 "subtracted: answers equal a state that never learned the samples); for the gradient "
                 "strategies the samples leave the replay buffer and the head is refitted from what remains. "
                 "Works on a stopped agent's state (the folder's lock is taken).")
@@ -236,7 +236,7 @@ def add_knowledge_subparsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("import", parents=[common], help="merge pack files into the state",
-                       description="Merge packs (edge-agent export). Statistics strategies (slda, ncm) merge "
+                       description="Merge packs (edge-agent export). Statistics strategies (slda, ncm, ridge) merge "
                                    "exactly: the result equals one device taught everything; gradient "
                                    "strategies learn the rows and their buffer keeps what its policy keeps. "
                                    "A pack from another backbone is refused unless --re-embed.")
