@@ -432,6 +432,7 @@ def test_image_decoding_stays_within_the_memory_budget(tmp_path):
         h, w, grown = _decode_peak(path, warm)
         assert (h, w) == (side, side // 16 * 16)
         assert grown <= DECODE_BUDGET_BYTES, (mode, grown, DECODE_BUDGET_BYTES)
+        print(f"\n{mode} PNG {w}x{h}: decode peak +{grown / 2**20:.0f} MiB (budget {DECODE_BUDGET_BYTES / 2**20:.0f} MiB)")
         path.unlink()
     # a 100-megapixel JPEG is decoded reduced (draft), within the budget, not refused
     big = tmp_path / "100mp.jpg"
@@ -439,6 +440,7 @@ def test_image_decoding_stays_within_the_memory_budget(tmp_path):
     h, w, grown = _decode_peak(big, warm)
     assert h * w <= MAX_PIXELS and (h, w) == (2500, 2500), (h, w)
     assert grown <= DECODE_BUDGET_BYTES, grown
+    print(f"100 Mpx JPEG: decoded at {w}x{h}, peak +{grown / 2**20:.0f} MiB")
 
 
 def test_a_teach_interrupted_by_a_restart_does_not_keep_its_index(tmp_path):
