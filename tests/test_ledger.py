@@ -288,3 +288,23 @@ def test_http_classes_samples_delete_undo_and_export_on_a_running_agent(tmp_path
         assert agent.finish(30) == 0, agent.stderr()
     finally:
         agent.close()
+
+
+def test_a_state_from_before_the_ledger_loads_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.runtimes import open_backbone
+
+    model = need_model()
+    state = tmp_path / "st"
+    with open_backbone(model) as backbone:
+        agent = Agent(backbone, AgentConfig(strategy="ncm"))       # no ledger: as before issue 25
+        rng = np.random.default_rng(0)
+        agent.learn_many(rng.integers(0, 255, (4, 32, 32, 3), dtype=np.uint8), np.zeros(4, int))
+        CheckpointStore(state, backbone.manifest.fingerprint).save(agent.state_dict(), agent.config.to_dict(),
+                                                                    agent.step_)
+    common = ["--model", str(model), "--state", str(state), "--strategy", "ncm"]
+    assert main(["undo", *common]) == 2
+    captured = capsys.readouterr()
+    assert "taught before the teach ledger" in captured.out and "empty ledger" in captured.err
+    assert main(["samples", *common, "--label", "0", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert listing["learned_rows"] == 4 and listing["samples"] == []
