@@ -198,3 +198,39 @@ def test_a_low_open_file_limit_refuses_sockets_before_checkpoints_fail(tmp_path)
             sock.close()
         agent.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_accept_errors_and_repeated_warnings_are_logged_once_per_interval(caplog):
+    import asyncio
+    import errno
+    import logging
+
+    from edge.device.connections import ConnectionGuard, OncePerInterval
+
+    guard = ConnectionGuard(max_connections=4, log_interval_s=60.0)
+    loop = asyncio.new_event_loop()
+    try:
+        with caplog.at_level(logging.WARNING):
+            for _ in range(500):  # what asyncio's accept loop reports on EMFILE
+                guard.exception_handler(loop, {"message": "socket.accept() out of system resource",
+                                               "exception": OSError(errno.EMFILE, "Too many open files")})
+            assert [guard.admit(n) for n in (3, 4, 5)] == [True, False, False]
+    finally:
+        loop.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert guard.accept_errors == 500 and guard.refused == 2
+    assert len(lines) == 2 and "EMFILE" in lines[0] and "at most 4 open" in lines[1], lines
+    assert "Traceback" not in caplog.text
+
+    log = logging.getLogger("test.once")
+    once = OncePerInterval(60.0)
+    log.addFilter(once)
+    try:
+        with caplog.at_level(logging.WARNING, logger="test.once"):
+            caplog.clear()
+            for _ in range(100):
+                log.warning("Invalid HTTP request received.")
+            log.warning("another message")
+        assert [r.getMessage() for r in caplog.records] == ["Invalid HTTP request received.", "another message"]
+    finally:
+        log.removeFilter(once)
