@@ -308,3 +308,55 @@ def test_a_state_from_before_the_ledger_loads_with_a_note(tmp_path: Path, capsys
     assert main(["samples", *common, "--label", "0", "--json"]) == 0
     listing = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert listing["learned_rows"] == 4 and listing["samples"] == []
+
+
+@pytest.mark.slow
+def test_the_page_shows_thumbnails_deletes_a_sample_and_undoes_the_last_teach(tmp_path: Path) -> None:
+    """Headless Chromium on the page of a real ``edge-agent run`` (loopback): a class's thumbnails
+    load, one is deleted, "Undo last teach" removes the newest teach. Screenshot: docs/knowledge-page.png
+    is copied from tmp_path/knowledge-page.png."""
+    import shutil
+
+    from _device_common import RunningAgent, object_frames, write_png
+
+    need_model()
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.skip("chromium and chromedriver are needed (make setup-test installs them)")
+    pytest.importorskip("selenium")
+    from test_device_page import _browser, _wait
+
+    folder = tmp_path / "inbox"
+    for name, obj in (("cup", 1), ("ball", 2)):
+        for i, frame in enumerate(object_frames(obj, 5, size=128)):
+            write_png(folder / name / f"{i:03d}.png", frame)
+    agent = RunningAgent(tmp_path / "state", f"folder:{folder}", "--teach-batch", "5", "--strategy", "ncm")
+    driver = None
+    try:
+        agent.started()
+        agent.wait_for(lambda e: e["event"] == "learned", 60, count=2)
+        driver = _browser(tmp_path)
+        driver.get(f"http://127.0.0.1:{agent.port}/")
+        _wait(driver, "document.querySelectorAll('#class-list li').length === 2", 20, "two classes")
+        driver.execute_script("document.querySelector('#class-list li[data-name=\"ball\"] [data-action=\"samples\"]').click()")
+        loaded = ("Array.from(document.querySelectorAll('.thumb img'))"
+                  ".filter((i) => i.complete && i.naturalWidth === 128).length")
+        assert _wait(driver, f"{loaded} === 5 && {loaded}", 20, "five 128-px thumbnails of ball") == 5
+        driver.save_screenshot(str(tmp_path / "knowledge-page.png"))
+        driver.execute_script("document.querySelector('.thumb [data-action=\"delete-sample\"]').click()")
+        _wait(driver, "document.getElementById('classes-message').textContent.includes('deleted sample')", 20,
+              "the delete message")
+        _wait(driver, "document.querySelectorAll('.thumb').length === 4", 20, "four thumbnails left")
+        driver.execute_script("document.getElementById('undo').click()")
+        _wait(driver, "document.getElementById('classes-message').textContent.includes('undid the last teach')",
+              20, "the undo message")
+        _wait(driver, "document.querySelectorAll('#class-list li').length === 1", 20, "one class left")
+        status, listing = agent.http("GET", "/classes")
+        assert status == 200 and len(listing["classes"]) == 1
+        left = listing["classes"][0]
+        # the undone teach was the newest (cup: the folder's second label); ball lost one sample
+        assert (left["name"], left["ledger_samples"]) == ("ball", 4), listing
+        assert (tmp_path / "knowledge-page.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        if driver is not None:
+            driver.quit()
+        agent.close()

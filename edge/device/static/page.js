@@ -1,6 +1,7 @@
 // The teach page of edge-agent. Plain JavaScript, no build step: it talks only to the agent's public
 // HTTP API (GET /status, GET /events, GET /stream.mjpg, POST /teach, POST /teach/finish,
-// POST /classes/<name>/rename and /forget), so everything it does can be scripted.
+// POST /classes/<name>/rename and /forget; the taught samples: GET /classes/<name>/samples,
+// GET /samples/<id>/thumbnail, DELETE /samples/<id>, POST /undo), so everything it does can be scripted.
 "use strict";
 (() => {
   const TOKEN_KEY = "edge-agent-token";
@@ -20,6 +21,7 @@
   let learnWatch = null;          // {label, frames, before}: a finished teach until its frames are learned
   let classesKey = "";
   let editing = null;             // name of the class being renamed
+  let openSamples = null;         // name of the class whose thumbnails are shown
   let lastAnnounced = "";
   let lastAnswerAt = 0;           // performance.now() of the latest prediction event
 
@@ -308,8 +310,71 @@
     rename.setAttribute("aria-label", `Rename ${c.name}`);
     const forget = button("Forget", "forget", () => confirmForget(forget, c.name));
     forget.setAttribute("aria-label", `Forget ${c.name}`);
-    li.append(name, samples, rename, forget);
+    const shown = button(openSamples === c.name ? "Hide" : "Samples", "samples", () => toggleSamples(c.name));
+    shown.setAttribute("aria-label", `Taught samples of ${c.name}`);
+    shown.setAttribute("aria-expanded", String(openSamples === c.name));
+    li.append(name, samples, shown, rename, forget);
+    if (openSamples === c.name) loadSamples(li, c.name);
     return li;
+  }
+
+  // ------------------------------------------------------------ taught samples (thumbnails)
+  function toggleSamples(name) {
+    openSamples = openSamples === name ? null : name;
+    classesKey = "";
+    if (lastStatus) showClasses(lastStatus.classes);
+  }
+
+  async function loadSamples(li, name) {
+    const strip = document.createElement("div");
+    strip.className = "thumbs";
+    strip.setAttribute("role", "list");
+    strip.setAttribute("aria-label", `Taught samples of ${name}`);
+    li.append(strip);
+    try {
+      const page = await api("GET", `/classes/${encodeURIComponent(name)}/samples?limit=50`);
+      strip.replaceChildren(...page.samples.map((s) => sampleTile(s, name)));
+      if (!page.samples.length) strip.textContent = "no samples in the ledger (taught before it)";
+      else if (page.total > page.samples.length) strip.append(`… ${page.total - page.samples.length} more`);
+    } catch (err) {
+      strip.textContent = err.message;
+    }
+  }
+
+  function sampleTile(s, name) {
+    const tile = document.createElement("figure");
+    tile.className = "thumb";
+    tile.setAttribute("role", "listitem");
+    tile.dataset.sample = String(s.id);
+    if (s.thumbnail) {
+      const img = document.createElement("img");
+      img.src = s.thumbnail;          // the token cookie authorises <img>
+      img.alt = `sample ${s.id} of ${name}`;
+      img.loading = "lazy";
+      tile.append(img);
+    } else {
+      tile.append(`#${s.id}`);
+    }
+    const del = button("Delete", "delete-sample", async () => {
+      try {
+        const done = await api("DELETE", `/samples/${s.id}`);
+        classMessage(`deleted sample ${s.id} of “${done.name}” (${done.removal})`);
+        classesKey = "";
+        await fetchStatus();
+      } catch (err) { classMessage(err.message, true); }
+    });
+    del.setAttribute("aria-label", `Delete sample ${s.id} of ${name}`);
+    tile.append(del);
+    return tile;
+  }
+
+  async function undoLastTeach() {
+    try {
+      const done = await api("POST", "/undo");
+      classMessage(`undid the last teach: ${done.samples} sample${done.samples === 1 ? "" : "s"} of “${done.name}” (${done.removal})`);
+      classesKey = "";
+      await fetchStatus();
+    } catch (err) { classMessage(err.message, true); }
   }
 
   function classMessage(text, error) {
@@ -361,6 +426,7 @@
   }
 
   // ------------------------------------------------------------ hold to record
+  $("undo").addEventListener("click", undoLastTeach);
   const holdButton = $("hold");
 
   function teachMessage(text, error, state) {
