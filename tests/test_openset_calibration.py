@@ -72,3 +72,21 @@ def test_the_threshold_holds_its_target_on_bursts_the_calibration_never_saw(targ
         o.calibrate(x, y)
     realised = rejected / seen
     assert abs(realised - target) <= 0.02, realised
+
+
+@pytest.mark.slow
+def test_edge_sim_openset_reports_both_scores_and_the_realised_rates(tmp_path, capsys):
+    """``edge-sim openset`` on the generated NC stream with a held-out list (about 20 s here)."""
+    import json
+
+    from firmware_sim.commands.cli import main
+
+    out = tmp_path / "openset.json"
+    assert main(["openset", "--scenario", "nc", "--held-out", "0,1,2,3,4", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["held_out"] == [0, 1, 2, 3, 4] and report["unknown_test"] > 0 and report["known_test"] > 0
+    assert 0.5 < report["auroc"] <= 1.0 and 0.0 <= report["previous_auroc"] <= 1.0
+    assert report["calibrated_on"] == "nothing"          # NC: every object in one batch, nothing held out
+    assert report["false_reject_test"] == 0.0 and report["false_accept_test"] == 1.0
+    assert "AUROC" in capsys.readouterr().out
+    assert main(["openset", "--unknown-rate", "1.5"]) == 2
