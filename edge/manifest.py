@@ -556,7 +556,7 @@ def _parse_sha256(entry: dict[str, Any], what: str) -> str:
         len(digest) == 64 and all(c in "0123456789abcdef" for c in digest),
         f"{what}.sha256", "64 lowercase hex digits", digest,
     )
-    return digest
+    return str(digest)
 
 
 def _parse_file(entry: Any, index: int) -> ModelFile:

@@ -179,7 +179,8 @@ def quantize(values: np.ndarray, params: QuantParams) -> np.ndarray:
     """Float -> int8/uint8 with ``q = clip(round(v / scale) + zero_point)``."""
     lo, hi = _QRANGE[params.dtype]
     q = np.rint(np.asarray(values, dtype=np.float32) / np.float32(params.scale)) + params.zero_point
-    return np.clip(q, lo, hi).astype(params.dtype)
+    out: np.ndarray = np.clip(q, lo, hi).astype(params.dtype)
+    return out
 
 
 def dequantize(q: np.ndarray, params: QuantParams) -> np.ndarray:
@@ -276,7 +277,8 @@ class InputMapper:
         if self.input_dtype == "uint8":
             if pixels.dtype == np.uint8:
                 return np.ascontiguousarray(pixels)
-            return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+            rounded: np.ndarray = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+            return rounded
         if pixels.dtype == np.uint8:
             return self._lookup(pixels)
         x = normalise_pixels(pixels, self.preprocessing)

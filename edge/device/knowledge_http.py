@@ -106,7 +106,8 @@ def knowledge_routes(loop: DeviceLoop, endpoint: Callable[..., Callable[[Any], A
             labels.counts[label] = max(0, int(labels.counts[label]) - int(done.get("samples", 1)))
             done["name"] = labels.name_of(label)
             return done
-        return loop.change_agent(apply, reason)
+        result: dict[str, Any] = loop.change_agent(apply, reason)
+        return result
 
     async def delete_sample(request: Any) -> Any:
         sample = _path_int(request, "sample")

@@ -78,7 +78,7 @@ def check_name(name: Any, stored: bool = False) -> str:
     if not stored and name.casefold() == UNKNOWN_NAME:
         raise InputError(f"class name: expected a name other than {UNKNOWN_NAME!r} (the answer for an unknown "
                          f"object), got {name!r}")
-    return name
+    return str(name)
 
 
 class LabelMap:
