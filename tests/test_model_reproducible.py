@@ -33,7 +33,7 @@ from edge.models import IMAGENET_MODEL_NAME, imagenet_model_dir  # noqa: E402
 from edge.runtimes import open_backbone  # noqa: E402
 from host.cli import main as host_main  # noqa: E402
 from host.export import FP32_TFLITE, INT8_TFLITE, ONNX_FILE  # noqa: E402
-from host.pretrained import load_imagenet_sample, random_crops  # noqa: E402
+from host.pretrained import MIN_TOP1, MIN_TOP5, check_passes, load_imagenet_sample, random_crops  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Byte-identical on a rebuild (TFLite converter: deterministic for a given TensorFlow).
@@ -115,3 +115,13 @@ def test_rebuilt_onnx_computes_the_committed_embeddings(rebuilt: Path) -> None:
     cos = (ea * eb).sum(1) / (np.linalg.norm(ea, axis=1) * np.linalg.norm(eb, axis=1))
     assert cos.min() >= 0.99999, cos.min()
     assert np.abs(ea - eb).max() <= 1e-4 * np.abs(ea).max()
+
+
+def test_rebuilt_224_px_model_passes_the_imagenet_check_in_every_file(rebuilt: Path) -> None:
+    """The gated ImageNet check of the documented build, every file it checked (the fp32 TFLite file is
+    checked before --no-fp32-tflite drops it)."""
+    check = load_manifest(rebuilt, verify=True).producer["imagenet_check"]
+    assert check["gated"] is True and {INT8_TFLITE, ONNX_FILE} <= set(check["results"])
+    assert check_passes(check) == []
+    for name, r in check["results"].items():
+        assert r["top1"] >= MIN_TOP1 and r["top5"] >= MIN_TOP5, f"{name}: {r}"
