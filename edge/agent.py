@@ -396,6 +396,7 @@ class Agent:
         self.knowledge = knowledge
         self.head, self.buffer, self.strategy, self.rng_ = head, buffer, strategy, rng
         self.stats, self.openset = stats, openset
+        self.openset.refresh()   # its whitening now, not on the first prediction
         self.step_ = int(parts["agent"]["step"])
         self.n_learned_ = int(parts["agent"]["n_learned"])
 
@@ -522,6 +523,7 @@ class Agent:
             self.stats.subtract(batch)
             self._refit()
             how = "refit"
+        self.openset.refresh()   # the open-set whitening follows the statistics, here, not at predict
         self.n_learned_ = max(0, self.n_learned_ - int(x.shape[0]))
         self.step_ += 1
         return how
