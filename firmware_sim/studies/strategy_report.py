@@ -599,6 +599,20 @@ def run_second(args: argparse.Namespace, cache: Path, given_command: str) -> dic
             "runs": len(next(iter(reports.values()))["runs"]), "meta": meta}
 
 
+#: Marks the start of the section made by `firmware_sim.studies.embedding_bound` (cached embeddings,
+#: both backbones, the joint bound): kept as it is when this generator rewrites the file.
+KEPT_MARKER = "<!-- embedding_bound: kept by strategy_report -->"
+
+
+def kept_section(path: Path) -> str:
+    """The kept section of the current file (from `KEPT_MARKER` to the end), or ""."""
+    if not path.is_file():
+        return ""
+    text = path.read_text(encoding="utf-8")
+    at = text.find(KEPT_MARKER)
+    return "" if at < 0 else "\n" + text[at:]
+
+
 def main(argv: list[str] | None = None) -> int:
     from edge.models import tiny_model_dir
     from firmware_sim.studies.strategy_sweep import main as sweep_main
@@ -659,6 +673,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(reports, stream_list, sweep, len(next(iter(reports.values()))["runs"]), meta["wall_seconds"],
                   meta["command"], second=second)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    text += kept_section(Path(args.out))
     Path(args.out).write_text(text, encoding="utf-8")
     print(f"wrote {args.out} in {time.perf_counter() - started:.0f} s ({platform.platform()})")
     return 0
