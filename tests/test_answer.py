@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from _edge_common import ROOT, frames_for, need_model
-from edge.agent import Agent
 from edge.errors import InputError
 from edge.openset import UNKNOWN, OpenSetPolicy, decide
 from edge.stats import ClassStatistics

@@ -233,7 +233,7 @@ def test_edge_agent_status_prints_nothing_on_stderr(tmp_path):
     out = subprocess.run([cli, "status", "--model", str(ROOT / "models" / "tiny"), "--state",
                           str(tmp_path / "state")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stderr == "" and "model: default" in out.stdout
+    assert out.stderr == "" and "model: tiny" in out.stdout
 
 
 # ----------------------------------------------------------------------------- the lean input path

@@ -34,8 +34,6 @@ from host.efficientnet_lite import (  # noqa: E402
 )
 from host.export import FP32_TFLITE, INT8_TFLITE, ONNX_FILE  # noqa: E402
 from host.pretrained import (  # noqa: E402
-    MIN_TOP1,
-    MIN_TOP5,
     ImageNetSampleError,
     check_passes,
     fetch_imagenet_sample,

@@ -114,7 +114,8 @@ def test_slda_reports_its_d_by_d_memory_and_caches_the_precision():
     # scatter (d x d float64) + precision (d x d float32) + P mu^T (K x d) + offsets; means and
     # counts are the agent's class statistics (counts, sums, squared norms)
     assert a.memory_bytes()["strategy"] == DIM * DIM * 8 + DIM * DIM * 4 + K * DIM * 8 + K * 8
-    assert a.memory_bytes()["stats"] == K * 8 + K * DIM * 8 + K * 8
+    # plus, for the open-set score, the per-class sums of unit rows and their shared d x d outer product
+    assert a.memory_bytes()["stats"] == K * 8 + K * DIM * 8 + K * 8 + K * DIM * 8 + DIM * DIM * 8
     cached = a.strategy._cache
     assert cached is not None and cached[0] == a.stats.version  # computed by the learn, not a predict
     a.predict_embeddings(x)

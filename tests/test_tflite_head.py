@@ -71,6 +71,11 @@ def test_bad_head_entries_are_refused(tmp_path: Path) -> None:
     for f in MODEL.iterdir():
         (copy_dir / f.name).write_bytes(f.read_bytes())
     (copy_dir / SOFTMAX_SGD.name).write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="size expected"):
+        load_manifest(copy_dir)
+    same_size = bytearray(SOFTMAX_SGD.read_bytes())
+    same_size[len(same_size) // 2] ^= 0xFF
+    (copy_dir / SOFTMAX_SGD.name).write_bytes(bytes(same_size))
     with pytest.raises(ValueError, match="sha256 expected"):
         load_manifest(copy_dir)
 

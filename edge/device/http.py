@@ -49,7 +49,6 @@ from edge.device.page import TOKEN_COOKIE, page_routes
 from edge.errors import EdgeError, InputError
 
 if TYPE_CHECKING:
-    from starlette.applications import Starlette
     from starlette.requests import Request
 
 logger = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
     python -m firmware_sim.studies.openset_report --out docs/openset.md [--wheel FOOLBOX_WHEEL]
 
 1. Generated CORe50-format streams (NC and NICv2-391, run 0, tiny backbone): ``edge-sim openset``
-   (`firmware_sim.commands.openset`), 10 objects held out (seed 0).
+   (`firmware_sim.loop.openset_study`), 10 objects held out (seed 0).
 2. Real photographs: the labelled sample photos of the ``foolbox==3.3.4`` wheel (CIFAR-10, CIFAR-100,
    ImageNet, MNIST, Fashion-MNIST; ``~/.cache/edge-continual/foolbox-3.3.4-py3-none-any.whl``, the one
    tests/_real_photos.py uses), through the device resize and each backbone. Every photo gives
@@ -30,7 +30,7 @@ import numpy as np
 
 from edge.agent import Agent, AgentConfig
 from edge.openset import FALSE_REJECT, auroc
-from firmware_sim.commands.openset import format_report, fpr_at_95_tpr, previous_novelty, run_openset
+from firmware_sim.loop.openset_study import format_report, fpr_at_95_tpr, previous_novelty, run_openset
 
 CROPS = 16
 MEMBER = re.compile(r"^foolbox/data/(\w+?)_(\d\d)_(\d+)\.(png|jpg)$")
