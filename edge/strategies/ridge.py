@@ -129,7 +129,7 @@ class RidgeStrategy(Strategy):
     def features(self, emb: np.ndarray) -> np.ndarray:
         """``relu(x R)`` ``(N, D)`` float64 of standardised embeddings ``(N, d)``."""
         z = np.asarray(emb, np.float32)
-        h = z @ self.projection(z.shape[1])
+        h: np.ndarray = z @ self.projection(z.shape[1])
         np.maximum(h, 0.0, out=h)
         return h.astype(np.float64)
 
