@@ -90,6 +90,21 @@ def payload_sha256(state: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
+def parse_header_array(raw: np.ndarray, where: str, max_bytes: int = MAX_HEADER_BYTES) -> dict[str, Any]:
+    """A uint8 array of JSON (an npz member: checkpoints, knowledge packs) -> the header object, at most
+    ``max_bytes``; `CheckpointError` naming expected vs got otherwise."""
+    if raw.dtype != np.uint8 or raw.ndim != 1 or raw.size > max_bytes:
+        raise CheckpointError(f"{where}: expected a uint8 JSON header of at most {max_bytes} "
+                              f"bytes, got dtype {raw.dtype} shape {raw.shape}")
+    try:
+        header = parse_json_bounded(raw.tobytes(), what=f"{where} header", max_bytes=max_bytes)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from exc
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{where}: expected a JSON object header, got {type(header).__name__}")
+    return header
+
+
 def header_sha256(header: dict[str, Any]) -> str:
     """sha256 of the canonical JSON of a header without its own ``header_sha256`` field."""
     body = {k: v for k, v in header.items() if k != "header_sha256"}
@@ -417,15 +432,7 @@ class CheckpointStore:
     # ------------------------------------------------------------------ reading
     def _header(self, path: Path, raw: np.ndarray) -> dict[str, Any]:
         """Parse and verify a header array (integrity first, then compatibility)."""
-        if raw.dtype != np.uint8 or raw.ndim != 1 or raw.size > MAX_HEADER_BYTES:
-            raise CheckpointError(f"{path}: expected a uint8 JSON header of at most {MAX_HEADER_BYTES} "
-                                  f"bytes, got dtype {raw.dtype} shape {raw.shape}")
-        try:
-            header = parse_json_bounded(raw.tobytes(), what=f"{path} header", max_bytes=MAX_HEADER_BYTES)
-        except ValueError as exc:
-            raise CheckpointError(str(exc)) from exc
-        if not isinstance(header, dict):
-            raise CheckpointError(f"{path}: expected a JSON object header, got {type(header).__name__}")
+        header = parse_header_array(raw, str(path))
         version = header.get("schema_version")
         if (isinstance(version, int) and not isinstance(version, bool) and version >= 2) or "header_sha256" in header:
             try:

@@ -60,7 +60,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.errors import ConfigError, InputError
-from edge.stats import ClassStatistics
+from edge.stats import ClassStatistics, check_state_arrays
 
 #: The label index of an answer the agent does not recognise.
 UNKNOWN = -1
@@ -391,13 +391,7 @@ class OpenSet:
                            "(it refills as the agent learns)")
             return
         ref = self.state_dict()
-        if set(state) != set(ref):
-            raise InputError(f"openset state: expected keys {sorted(ref)}, got {sorted(state)}")
-        for key, want in ref.items():
-            got = np.asarray(state[key])
-            if got.shape != want.shape or got.dtype != want.dtype:
-                raise InputError(f"openset state {key!r}: expected {want.dtype}{want.shape}, "
-                                 f"got {got.dtype}{got.shape}")
+        check_state_arrays(state, ref, "openset state")
         if int(state["n_rows"]) < 0 or int(state["n_bursts"]) < 0:
             raise InputError("openset state: expected n_rows, n_bursts >= 0, got a negative count")
         labels = np.asarray(state["labels"])

@@ -32,12 +32,22 @@ Example:
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from edge.errors import InputError
 
+
+
+def check_state_arrays(state: Mapping[str, Any], ref: Mapping[str, np.ndarray], what: str) -> None:
+    """`InputError` unless ``state`` has exactly the keys of ``ref``, each with its shape and dtype."""
+    if set(state) != set(ref):
+        raise InputError(f"{what}: expected keys {sorted(ref)}, got {sorted(state)}")
+    for key, want in ref.items():
+        got = np.asarray(state[key])
+        if got.shape != want.shape or got.dtype != want.dtype:
+            raise InputError(f"{what} {key!r}: expected {want.dtype}{want.shape}, got {got.dtype}{got.shape}")
 
 class ClassStatistics:
     """Per-class row count, sum of rows and sum of squared row norms (float64).
@@ -189,13 +199,7 @@ class ClassStatistics:
         loads into an object that keeps them by switching them off (`directions` becomes False)."""
         keep_units = self.directions and bool(set(self.UNIT_KEYS) & set(state))
         ref = {k: v for k, v in self.state_dict().items() if keep_units or k not in self.UNIT_KEYS}
-        if set(state) != set(ref):
-            raise InputError(f"class statistics state: expected keys {sorted(ref)}, got {sorted(state)}")
-        for key, want in ref.items():
-            got = np.asarray(state[key])
-            if got.shape != want.shape or got.dtype != want.dtype:
-                raise InputError(f"class statistics state {key!r}: expected {want.dtype}{want.shape}, "
-                                 f"got {got.dtype}{got.shape}")
+        check_state_arrays(state, ref, "class statistics state")
         if (np.asarray(state["count"]) < 0).any():
             raise InputError("class statistics state: expected counts >= 0, got a negative count")
         if not all(np.isfinite(state[k]).all() for k in ref if k != "count"):

@@ -53,6 +53,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from edge.atomic import atomic_write
+from edge.checkpoint import header_sha256
 from edge.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -88,12 +89,6 @@ def _member_sha256(arr: np.ndarray) -> str:
     digest = hashlib.sha256(f"{a.dtype.str}|{a.shape}|".encode())
     digest.update(a.tobytes())
     return digest.hexdigest()
-
-
-def _header_sha256(header: dict[str, Any]) -> str:
-    body = {k: v for k, v in header.items() if k != "header_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"),
-                                     allow_nan=False).encode("utf-8")).hexdigest()
 
 
 # ---------------------------------------------------------------------- export
@@ -149,7 +144,7 @@ def write_pack(path: str | os.PathLike[str], agent: Any, labels: Any, *, fingerp
         "embedding_size": int(ledger.embedding_size), "created": time.time(), "classes": class_info,
         "members": {k: _member_sha256(v) for k, v in sorted(arrays.items())},
     }
-    header["header_sha256"] = _header_sha256(header)
+    header["header_sha256"] = header_sha256(header)
     blob = np.frombuffer(json.dumps(header, sort_keys=True).encode("utf-8"), np.uint8)
     savez: Any = np.savez_compressed
 
@@ -163,10 +158,9 @@ def write_pack(path: str | os.PathLike[str], agent: Any, labels: Any, *, fingerp
 # ---------------------------------------------------------------------- reading
 def read_pack(path: str | os.PathLike[str], max_bytes: int = MAX_PACK_BYTES) -> Pack:
     """Read and verify a pack; any problem is a `PackError` naming expected vs got."""
-    from edge.checkpoint import read_npz_bounded
+    from edge.checkpoint import parse_header_array, read_npz_bounded
     from edge.errors import CheckpointError
     from edge.knowledge.ledger import Ledger
-    from edge.manifest import parse_json_bounded
 
     where = str(path)
     try:
@@ -175,18 +169,12 @@ def read_pack(path: str | os.PathLike[str], max_bytes: int = MAX_PACK_BYTES) -> 
         raise PackError(f"{where}: expected a knowledge pack, got an unreadable file ({exc})") from exc
     if set(arrays) != {HEADER, *ARRAYS}:
         raise PackError(f"{where}: expected members {sorted([HEADER, *ARRAYS])}, got {sorted(arrays)[:12]}")
-    raw = arrays.pop(HEADER)
-    if raw.dtype != np.uint8 or raw.ndim != 1 or raw.size > MAX_HEADER_BYTES:
-        raise PackError(f"{where}: expected a uint8 JSON header of at most {MAX_HEADER_BYTES} bytes, "
-                        f"got {raw.dtype}{raw.shape}")
     try:
-        header = parse_json_bounded(raw.tobytes(), what=f"{where} header", max_bytes=MAX_HEADER_BYTES)
-    except ValueError as exc:
+        header = parse_header_array(arrays.pop(HEADER), where, MAX_HEADER_BYTES)
+    except CheckpointError as exc:
         raise PackError(str(exc)) from exc
-    if not isinstance(header, dict):
-        raise PackError(f"{where}: expected a JSON object header, got {type(header).__name__}")
     try:
-        got_hash = _header_sha256(header)
+        got_hash = header_sha256(header)
     except (TypeError, ValueError) as exc:
         raise PackError(f"{where}: header: expected plain JSON, got {exc}") from exc
     if got_hash != header.get("header_sha256"):
