@@ -469,3 +469,29 @@ def test_a_teach_interrupted_by_a_restart_does_not_keep_its_index(tmp_path):
         assert again.finish(30) == 0
     finally:
         again.close()
+
+
+@pytest.mark.parametrize("strategy", ["slda", "replay"])
+def test_learned_and_forgotten_classes_free_their_index(tmp_path, strategy):
+    """Issue 24 item 3: a class that was learned and then forgotten gives its index back (the teach ledger
+    removes every sample: exact for slda, a refit for replay), so teach/forget cycles never use up the
+    class slots; the forgotten class is never answered again."""
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    agent = RunningAgent(tmp_path / "state", f"folder:{folder}", "--teach-batch", "4", "--max-classes", "2",
+                         "--strategy", strategy)
+    try:
+        agent.started()
+        for k, name in enumerate(("a", "b", "c", "d", "e")):
+            for i, frame in enumerate(object_frames(OBJ_A + k, 4)):
+                write_png(folder / name / f"{i:03d}.png", frame)
+            learned = agent.wait_for(lambda e, name=name: e["event"] == "learned" and e["label"] == name, 60)[0]
+            assert learned["index"] == 0, learned
+            status, body = agent.http("POST", f"/classes/{name}/forget")
+            assert status == 200, body
+            assert agent.http("GET", "/status")[1]["classes"] == []
+        assert not [e for e in agent.events if e["event"] == "error"], agent.events
+        agent.signal(signal.SIGTERM)
+        assert agent.finish(30) == 0, agent.stderr()
+    finally:
+        agent.close()

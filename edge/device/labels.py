@@ -156,13 +156,14 @@ class LabelMap:
         self.names[index] = new
         return index
 
-    def forget(self, label: str | int) -> int:
-        """Retire a class: its name is freed and its index is masked from predictions; returns it."""
+    def forget(self, label: str | int, reuse: bool = False) -> int:
+        """Forget a class: its name is freed; its index is retired (masked from predictions for good) or,
+        with ``reuse`` (the agent holds nothing of the class any more), free for a new class. Returns it."""
         index = self.find(label)
         if index is None:
             raise UnknownClassError(f"class {label!r}: expected one of {self.known()}, got an unknown name")
         self.names.pop(index, None)
-        self.retired[index] = True
+        self.retired[index] = not reuse
         self.counts[index] = 0
         return index
 

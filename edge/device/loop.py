@@ -321,7 +321,21 @@ class DeviceLoop:
         return {"index": index, "forgotten": label}
 
     def _forget_learned(self, index: int, name: str) -> None:
-        """Take a learned class out of the agent's state and retire its index (state lock held)."""
+        """Take a learned class out of the agent's state (state lock held). When the teach ledger holds
+        every sample of the class, they are removed (exact for statistics strategies, a refit for
+        gradient heads) and the index is free for a new class; otherwise the class's replay rows and
+        seen mark go and its index is retired."""
+        if self._agent.knowledge is not None:
+            clone = copy_agent(self._agent)
+            try:
+                removed = clone.remove_label(index)
+            except (InputError, ValueError) as exc:
+                logger.warning("forget %r: the ledger could not remove it (%s); retiring its index", name, exc)
+            else:
+                if removed["complete"] and index not in clone.classes_seen().tolist():
+                    self._agent = clone
+                    self.labels.forget(index, reuse=True)
+                    return
         state = self._agent.state_dict()
         keep = np.asarray(state["buffer.labels"]) != index
         for key in ("buffer.data", "buffer.labels", "buffer.scales"):

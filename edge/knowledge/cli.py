@@ -82,7 +82,8 @@ def _cmd_forget(args: argparse.Namespace) -> int:
         agent, store, labels = _open(args, exclusive=True)
         index = _index(labels, args.label)
         done = agent.remove_label(index)
-        labels.forget(index)
+        # the index is free for a new class once the agent holds nothing of it; else it stays retired
+        labels.forget(index, reuse=bool(done["complete"]) and index not in agent.classes_seen().tolist())
         path = _save(store, agent, labels)
     tail = ("" if done["complete"] else
             "; rows learned before the ledger stay in the state, masked from every answer")
