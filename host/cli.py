@@ -239,7 +239,7 @@ def _export_pretrained(args: argparse.Namespace) -> Path:
         opset=args.opset, overwrite=args.overwrite, seed=args.seed, fp32_tflite=not args.no_fp32_tflite)
 
 
-HOST_EXTRA = 'pip install "edge-continual[host]"'
+HOST_EXTRA = 'pip install ".[host]" in the project folder'
 # Import names of the host extra (pyproject [project.optional-dependencies] host).
 HOST_MODULES = ("tensorflow", "keras", "tf2onnx", "onnx", "ai_edge_litert", "onnxruntime")
 

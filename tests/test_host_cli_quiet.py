@@ -12,7 +12,7 @@ import pytest
 from host.quiet import is_noise
 
 REPO = Path(__file__).resolve().parents[1]
-HINT = 'pip install "edge-continual[host]"'
+HINT = 'pip install ".[host]" in the project folder'
 
 # A device-only install: the edge extra (LiteRT, ONNX Runtime) is there, the host extra is not.
 DEVICE_ONLY = """

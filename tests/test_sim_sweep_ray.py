@@ -41,7 +41,7 @@ def _namespace_problem() -> str | None:
 
 @pytest.mark.slow
 def test_ray_sweep_matches_local_retries_a_dead_worker_and_resumes(tmp_path: Path) -> None:
-    pytest.importorskip("ray", reason="Ray not installed (pip install 'edge-continual[sweep-ray]')")
+    pytest.importorskip("ray", reason="Ray not installed (pip install '.[sweep-ray]' in the project folder)")
     problem = _namespace_problem()
     if problem:
         pytest.skip(problem)

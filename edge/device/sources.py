@@ -126,7 +126,7 @@ def _import_cv2() -> Any:
         import cv2
     except ImportError as exc:
         raise InputError("video sources need OpenCV: expected the opencv-python-headless package "
-                         "(pip install 'edge-continual[edge]'), got none") from exc
+                         "(pip install '.[edge]' in the project folder), got none") from exc
     return cv2
 
 

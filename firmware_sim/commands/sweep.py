@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output directory (cells/, cache/, results.*, plots)")
     p.add_argument("--report", metavar="DIR", help="re-render results and plots of a sweep folder; runs nothing")
     p.add_argument("--executor", choices=("local", "ray"), default="local",
-                   help="local process pool (default) or Ray (pip install 'edge-continual[sweep-ray]')")
+                   help="local process pool (default) or Ray (pip install '.[sweep-ray]' in the project folder)")
     p.add_argument("--ray-address", default=None,
                    help="Ray cluster address (HOST:PORT or auto); default: start a local Ray instance")
     p.add_argument("--workers", type=int, default=None,

@@ -215,7 +215,7 @@ def _new_figure(width: float, height: float) -> Any | None:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        logger.warning("matplotlib is not installed (pip install 'edge-continual[sim]'): plot skipped")
+        logger.warning("matplotlib is not installed (pip install '.[sim]' in the project folder): plot skipped")
         return None
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)

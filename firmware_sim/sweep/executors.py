@@ -5,7 +5,7 @@ each finishes, ``result`` being the function's return value or the exception it 
 retry a job whose worker process died (a crash, the OOM killer, a lost node) up to ``max_retries``
 times; an exception raised by the job itself is not retried (it would fail again).
 
-Ray is imported only by :class:`RayExecutor` (``pip install 'edge-continual[sweep-ray]'``).
+Ray is imported only by :class:`RayExecutor` (``pip install '.[sweep-ray]' in the project folder``).
 """
 
 from __future__ import annotations
@@ -261,7 +261,7 @@ class RayExecutor(Executor):
             import ray
         except ImportError:
             raise ValueError("--executor ray: expected Ray to be installed "
-                             "(pip install 'edge-continual[sweep-ray]'), got no module 'ray'") from None
+                             "(pip install '.[sweep-ray]' in the project folder), got no module 'ray'") from None
         if max_retries < 0:
             raise ValueError(f"--max-retries: expected >= 0, got {max_retries}")
         self._ray = ray

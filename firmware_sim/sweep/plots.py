@@ -125,7 +125,7 @@ def plot_scenario(path: Path, scenario: str, groups: Sequence[Mapping[str, Any]]
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        log.warning("matplotlib is not installed (pip install 'edge-continual[sim]'): sweep plots skipped")
+        log.warning("matplotlib is not installed (pip install '.[sim]' in the project folder): sweep plots skipped")
         return None
     labels = [str(g["label"]) for g in groups]
     numbers = [str(i + 1) for i in range(len(groups))]
