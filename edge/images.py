@@ -46,9 +46,10 @@ from edge.errors import InputError
 #: Most memory one decode may add to the process (bytes): a quarter of a 1 GB Raspberry Pi 4.
 DECODE_BUDGET_BYTES = 256 << 20
 #: Peak bytes per decoded pixel (Pillow's 4-byte pixels, the RGB array and the decoder's buffers;
-#: measured ~10 for RGB and ~14 for palette/RGBA PNGs: tests/test_hardening_round2.py).
-PEAK_BYTES_PER_PIXEL = 16
-#: Default cap on decoded pixels (width x height), from the budget: 16.7 Mpx.
+#: measured ~10 for RGB and ~14 for palette/RGBA PNGs: tests/test_hardening_round2.py; 20 leaves room
+#: for the allocator: at 16 one loaded test run went over the budget).
+PEAK_BYTES_PER_PIXEL = 20
+#: Default cap on decoded pixels (width x height), from the budget: 13.4 Mpx.
 MAX_PIXELS = DECODE_BUDGET_BYTES // PEAK_BYTES_PER_PIXEL
 #: Default cap on the bytes of an image file.
 MAX_FILE_BYTES = 256 << 20
