@@ -73,7 +73,7 @@ def test_compare_summary_says_what_was_run_and_has_tail_latency_and_rss(compare_
     head, _, table = text.partition("| strategy")
     assert head.startswith("# edge-sim: nicv2_391 on synthetic:")
     for needle in (f"- data: synthetic:{report['data'].split(':', 1)[1]}, scenario nicv2_391 run 0: 391 batches",
-                   "3200 training frames", f"- model: {report['model']}: default (",
+                   "3200 training frames", f"- model: {report['model']}: tiny (",
                    "- strategy naive: naive, softmax head", "- strategy replay: replay, softmax head",
                    "buffer 1000", f"- machine: {machine['cpu']}", f"numpy {machine['versions']['numpy']}",
                    "- wall time:"):
