@@ -105,6 +105,17 @@ def parse_header_array(raw: np.ndarray, where: str, max_bytes: int = MAX_HEADER_
     return header
 
 
+def verify_header_sha256(header: dict[str, Any], where: str) -> None:
+    """`CheckpointError` unless the header's ``header_sha256`` is the sha256 of the rest of it."""
+    try:
+        got = header_sha256(header)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: header: expected plain JSON, got {exc}") from exc
+    if got != header.get("header_sha256"):
+        raise CheckpointError(f"{where}: header sha256 expected {str(header.get('header_sha256'))[:80]}, "
+                              f"got {got} (the file was changed or corrupted)")
+
+
 def header_sha256(header: dict[str, Any]) -> str:
     """sha256 of the canonical JSON of a header without its own ``header_sha256`` field."""
     body = {k: v for k, v in header.items() if k != "header_sha256"}
@@ -435,13 +446,7 @@ class CheckpointStore:
         header = parse_header_array(raw, str(path))
         version = header.get("schema_version")
         if (isinstance(version, int) and not isinstance(version, bool) and version >= 2) or "header_sha256" in header:
-            try:
-                got = header_sha256(header)
-            except (TypeError, ValueError) as exc:
-                raise CheckpointError(f"{path}: header: expected plain JSON, got {exc}") from exc
-            if got != header.get("header_sha256"):
-                raise CheckpointError(f"{path}: header sha256 expected {str(header.get('header_sha256'))[:80]}, "
-                                      f"got {got} (the file was changed or corrupted)")
+            verify_header_sha256(header, str(path))
         if not _is_int(version) or version not in READABLE_SCHEMA_VERSIONS:
             raise IncompatibleCheckpointError(f"{path}: checkpoint schema_version expected one of "
                                               f"{list(READABLE_SCHEMA_VERSIONS)}, got {version!r:.40}")

@@ -158,7 +158,7 @@ def write_pack(path: str | os.PathLike[str], agent: Any, labels: Any, *, fingerp
 # ---------------------------------------------------------------------- reading
 def read_pack(path: str | os.PathLike[str], max_bytes: int = MAX_PACK_BYTES) -> Pack:
     """Read and verify a pack; any problem is a `PackError` naming expected vs got."""
-    from edge.checkpoint import parse_header_array, read_npz_bounded
+    from edge.checkpoint import parse_header_array, read_npz_bounded, verify_header_sha256
     from edge.errors import CheckpointError
     from edge.knowledge.ledger import Ledger
 
@@ -171,15 +171,9 @@ def read_pack(path: str | os.PathLike[str], max_bytes: int = MAX_PACK_BYTES) -> 
         raise PackError(f"{where}: expected members {sorted([HEADER, *ARRAYS])}, got {sorted(arrays)[:12]}")
     try:
         header = parse_header_array(arrays.pop(HEADER), where, MAX_HEADER_BYTES)
+        verify_header_sha256(header, where)
     except CheckpointError as exc:
         raise PackError(str(exc)) from exc
-    try:
-        got_hash = header_sha256(header)
-    except (TypeError, ValueError) as exc:
-        raise PackError(f"{where}: header: expected plain JSON, got {exc}") from exc
-    if got_hash != header.get("header_sha256"):
-        raise PackError(f"{where}: header sha256 expected {str(header.get('header_sha256'))[:80]}, got {got_hash} "
-                        "(the file was changed or corrupted)")
     if header.get("format") != PACK_FORMAT or header.get("version") != PACK_VERSION:
         raise PackError(f"{where}: expected format {PACK_FORMAT!r} version {PACK_VERSION}, got "
                         f"{str(header.get('format'))[:40]!r} version {str(header.get('version'))[:20]}")
