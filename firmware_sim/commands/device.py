@@ -21,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "device", help="the device loop at a frame clock, with a teacher, budgets and power cuts",
         description="Run `edge-agent run`'s loop in a child process: frames of the stream at --fps, a share "
                     "taught in bursts after a delay, RAM/flash/latency budgets, seeded power cuts (SIGKILL, some "
-                    "during checkpoint writes). Writes report.json, summary.md and plots.")
+                    "during checkpoint writes). Reports the bytes written to flash by part (thumbnails, the rest of "
+                    "the teach ledger, the agent state). Writes report.json, summary.md and plots.")
     _add_common(p)
     p.add_argument("--out", required=True, help="output directory")
     d = p.add_argument_group("device")
@@ -43,6 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--window", type=int, default=1, help="predictions smoothed (default 1: the raw answer)")
     d.add_argument("--unknown-threshold", type=float, default=0.0, help="answer 'unknown' below this score")
     d.add_argument("--max-frames", type=int, default=None, help="only the first N frames of the stream")
+    d.add_argument("--no-thumbnails", action="store_true",
+                   help="keep no thumbnails of taught frames (default: as on a device, a JPEG of every taught frame, "
+                        "longer side at most 128 px, in the teach ledger of every checkpoint; the report says "
+                        "the bytes they add to flash)")
     p.set_defaults(func=device_command)
 
 
@@ -58,7 +63,7 @@ def device_command(args: argparse.Namespace) -> int:
                             device=args.device, threads=args.threads, ram_budget_mb=args.ram_budget,
                             flash_budget_mb=args.flash_budget, power_cuts=args.power_cuts, outage_s=args.outage,
                             seed=agent.seed, window=args.window, unknown_threshold=args.unknown_threshold,
-                            eval_every=args.eval_every)
+                            eval_every=args.eval_every, thumbnails=not args.no_thumbnails)
     spec = DeviceSpec(model=str(args.model or default_model_dir()), data=args.data, scenario=args.scenario,
                       agent=agent, options=options, run=args.run,
                       runtime=args.runtime, precision=args.precision, test=args.test, labels=args.labels,

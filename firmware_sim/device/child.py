@@ -4,7 +4,10 @@ It is firmware, not a simulator: it holds the state folder's lock, restores the 
 (or starts fresh), and runs the SAME `edge.device.loop.DeviceLoop` as ``edge-agent run`` over a
 `PipeCamera` (frames from its stdin). After every frame a listener reports the frame's processing
 time and the loop's answer on stdout (`firmware_sim.device.protocol`); learned batches, checkpoints
-and errors are forwarded from the loop's events. Under the simulated clock the listener waits for
+(with their bytes by part, measured on the file: `firmware_sim.device.flash`) and errors are forwarded
+from the loop's events. The loop keeps a JPEG thumbnail of every taught frame in its teach ledger, as
+on a real device; with ``thumbnails: false`` in the config the agent's ledger is made with thumbnail
+size 0 before the loop starts (the loop then encodes none). Under the simulated clock the listener waits for
 the learner to be idle before acknowledging a frame, so a taught burst is learned (and saved) before
 the next frame arrives and the run is reproducible; with ``realtime`` nothing waits.
 
@@ -102,13 +105,15 @@ def run(config: dict[str, Any], channel: Any, phase: list[str]) -> int:
     from edge.device.loop import DeviceLoop, LoopOptions, restore_agent, rss_bytes
     from edge.lock import StateLock
     from edge.runtimes import open_backbone
+    from firmware_sim.device.flash import checkpoint_parts
 
     realtime = bool(config["realtime"])
     state_dir = config["state_dir"]
     phase[0] = "model load"
     backbone = open_backbone(config["model"], runtime=config["runtime"], precision=config["precision"],
                              num_threads=config["threads"])
-    with StateLock(state_dir, timeout_s=10.0):
+    with StateLock(state_dir, timeout_s=10.0) as lock:
+        lock_bytes = lock.path.stat().st_size  # the holder's pid, written at every boot
         phase[0] = "restore"
         store = CheckpointStore(state_dir, backbone.manifest.fingerprint, validate_config=validate_agent_config,
                                 exclusive=True)
@@ -119,6 +124,8 @@ def run(config: dict[str, Any], channel: Any, phase: list[str]) -> int:
         else:
             agent_config = AgentConfig.from_dict(config["agent"])
             agent, labels, restored_step = Agent(backbone, agent_config), LabelMap(agent_config.max_classes), None
+        if not config.get("thumbnails", True):  # a ledger without thumbnails: the loop's own is a no-op then
+            agent.enable_ledger(thumbnail_size=0)
         test_x = np.load(config["test_embeddings"]) if config.get("test_embeddings") else None
         test_y = np.load(config["test_labels"]) if config.get("test_labels") else None
         if config.get("cut_save"):
@@ -136,9 +143,8 @@ def run(config: dict[str, Any], channel: Any, phase: list[str]) -> int:
                 channel.send({"kind": "learned", "step": record["step"], "frames": record["frames"],
                               "label": record["label"], "ms": record["ms"], "frame": camera.index})
             elif kind == "checkpoint":
-                path = record["path"]
-                size = os.path.getsize(path) if os.path.exists(path) else 0
-                channel.send({"kind": "checkpoint", "step": record["step"], "bytes": size,
+                parts = checkpoint_parts(record["path"])  # measured on the file just written
+                channel.send({"kind": "checkpoint", "step": record["step"], "parts": parts, "bytes": parts["bytes"],
                               "disk_bytes": store.disk_bytes(), "reason": record["reason"]})
             elif kind == "error":
                 exc = sys.exc_info()[1]
@@ -176,7 +182,7 @@ def run(config: dict[str, Any], channel: Any, phase: list[str]) -> int:
 
         loop.frame_listeners.append(on_frame)
         channel.send({"kind": "ready", "step": agent.step_, "restored_step": restored_step,
-                      "rss": rss_bytes(), "pid": os.getpid()})
+                      "rss": rss_bytes(), "pid": os.getpid(), "lock_bytes": lock_bytes})
         phase[0] = "loop"
         loop.run()
         phase[0] = "final evaluation"

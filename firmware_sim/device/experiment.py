@@ -104,7 +104,7 @@ def run_device(spec: DeviceSpec, out_dir: str | Path | None) -> dict[str, Any]:
                 "threads": budgets["threads"], "agent": spec.agent.to_dict(), "realtime": options.realtime,
                 "window": options.window, "unknown_threshold": options.unknown_threshold,
                 "resize": options.resize, "teach_batch": options.burst, "eval_every": options.eval_every,
-                "rss_every": 20, "test_embeddings": str(work / "test_x.npy"),
+                "rss_every": 20, "thumbnails": options.thumbnails, "test_embeddings": str(work / "test_x.npy"),
                 "test_labels": str(work / "test_y.npy")}
         cuts = cut_plan(options.power_cuts, len(frames), plan.n_bursts, options.seed)
         runs: dict[str, Any] = {}

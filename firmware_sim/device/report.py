@@ -23,11 +23,11 @@ from firmware_sim.measure.report import _new_figure, _save, markdown_table, writ
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SUMMARY_COLUMNS", "failure_entry", "run_entry", "summary_markdown", "summary_rows",
+__all__ = ["SUMMARY_COLUMNS", "failure_entry", "flash_lines", "run_entry", "summary_markdown", "summary_rows",
            "write_device_outputs"]
 
 SUMMARY_COLUMNS = ["run", "final acc %", "prequential acc %", "frames", "dropped", "off", "deadline misses",
-                   "latency p50 ms", "p95 ms", "p99 ms", "RSS peak MiB", "state KiB", "written MiB/h", "cuts",
+                   "latency p50 ms", "p95 ms", "p99 ms", "RSS peak MiB", "state KiB", "written MiB/h", "thumbnails %", "cuts",
                    "bursts lost", "wall s"]
 
 
@@ -97,6 +97,7 @@ def run_entry(run: DeviceRun, frames: StreamFrames, plan: TeachPlan, options: De
         "state_bytes_on_disk": None if final is None else final.disk_bytes,
         "memory": None if final is None else final.memory,
         "bytes_written": run.bytes_written, "checkpoints": run.checkpoints,
+        "flash": run.flash.entry(int((taught & done).sum())),
         "bytes_written_per_hour": run.bytes_written / hours if hours > 0 else None,
         "stream_hours": hours,
         "recovery_s": _percentiles(np.asarray([c.recovery_s for c in cuts], float)),
@@ -131,10 +132,36 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
             "state KiB": _num(None if m["state_bytes_on_disk"] is None else m["state_bytes_on_disk"] / 1024, "{:.0f}"),
             "written MiB/h": _num(None if m["bytes_written_per_hour"] is None
                                   else m["bytes_written_per_hour"] / 2**20, "{:.1f}"),
+            "thumbnails %": _pct(m["flash"]["thumbnail_share"]),
             "cuts": r["power_cut_totals"]["cuts"], "bursts lost": r["power_cut_totals"]["bursts_lost"],
             "wall s": _num(m["wall_s"], "{:.1f}"),
         })
     return rows
+
+
+def _size(n: Any) -> str:
+    if n is None:
+        return "n/a"
+    return f"{n:,} B" if n < 1024 else f"{n / 1024:,.1f} KiB" if n < 2**20 else f"{n / 2**20:,.1f} MiB"
+
+
+def flash_lines(report: dict[str, Any]) -> list[str]:
+    """Per run: the bytes written to flash by part, the thumbnails' share, and the thumbnails stored."""
+    lines = []
+    for name, entry in report["runs"].items():
+        f = entry["measured"]["flash"]
+        p = f["parts"]
+        size = f["thumbnail_size"]
+        stored = (f"{f['thumbnails_stored']:,} thumbnails stored (longer side <= {size} px) in "
+                  f"{_size(f['thumbnail_bytes_stored'])} of the newest checkpoint, "
+                  f"{_size(None if f['thumbnail_bytes_per_1000'] is None else round(f['thumbnail_bytes_per_1000']))} "
+                  f"per 1,000, {f['thumbnails_dropped'] or 0} dropped by the thumbnail budget" if size else
+                  "thumbnails off (--no-thumbnails)")
+        lines.append(f"- flash written ({name}): {_size(f['bytes_written'])} in {f['checkpoints']:,} checkpoints: "
+                     f"thumbnails {_size(p['thumbnails'])} ({_pct(f['thumbnail_share'])} %), the rest of the teach "
+                     f"ledger {_size(p['ledger'])}, the agent state {_size(p['state'])}, the lock file "
+                     f"{_size(p['lock'])}, temp files torn by cuts {_size(p['torn'])}; {stored}")
+    return lines + [""] if lines else lines
 
 
 def _budget(mb: Any) -> str:
@@ -163,6 +190,7 @@ def summary_markdown(report: dict[str, Any]) -> str:
         markdown_table(summary_rows(report), SUMMARY_COLUMNS),
         "",
     ]
+    lines += flash_lines(report)
     cost = report.get("power_cut_cost")
     if cost:
         lines.append(f"Power cuts cost {_num(None if cost['final_accuracy'] is None else -100 * cost['final_accuracy'], '{:.2f}')} "

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from firmware_sim.device.budgets import PRESETS, RamLimit, ram_limit
+from firmware_sim.device.flash import FlashWrites
 from firmware_sim.device.protocol import Channel
 from firmware_sim.device.teacher import TeachPlan
 
@@ -67,6 +68,7 @@ class DeviceOptions:
     unknown_threshold: float = 0.0
     resize: str = "squash"
     eval_every: int = 1
+    thumbnails: bool = True
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.fps) and self.fps > 0):
@@ -249,8 +251,8 @@ class DeviceRun:
     rss: list[tuple[float, int]] = field(default_factory=list)  # (stream time, child RSS bytes)
     cuts: list[Cut] = field(default_factory=list)
     errors: list[DeviceError] = field(default_factory=list)
-    bytes_written: int = 0
-    checkpoints: int = 0
+    #: What the device wrote to flash, by part (`firmware_sim.device.flash`).
+    flash: FlashWrites = field(default_factory=FlashWrites)
     final: FinalState | None = None
     failure: Failure | None = None
     ram: str = "none"  # how the RAM budget was enforced (`firmware_sim.device.budgets.RamLimit.mechanism`)
@@ -258,6 +260,15 @@ class DeviceRun:
     wall_s: float = 0.0
     #: Planned cuts that did not happen, ``{"kind", "at", "reason"}`` (`DeviceSimulation.run` logs them).
     missed_cuts: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def bytes_written(self) -> int:
+        """Every byte written to the state folder: checkpoints, lock file, temp files torn by cuts."""
+        return self.flash.total
+
+    @property
+    def checkpoints(self) -> int:
+        return self.flash.checkpoints
 
     @classmethod
     def empty(cls, n_frames: int) -> DeviceRun:
@@ -439,7 +450,10 @@ class DeviceSimulation:
         limit = ram_limit(self.budgets["ram_budget_mb"], f"edge-sim-{os.getpid()}-{self.boot_count}")
         self.record.ram = limit.mechanism
         child = _Child(path, self.env, limit)
-        return child, child.next()
+        msg = child.next()
+        if msg is not None and msg["kind"] == "ready":
+            self.record.flash.lock_bytes += int(msg["lock_bytes"])
+        return child, msg
 
     def _stream(self, child: _Child, bar: Any) -> _Child | None:
         """Show frames until the stream ends or the device fails; returns the device still on, if any."""
@@ -525,8 +539,7 @@ class DeviceSimulation:
             self.active.append(learned)
             record.learned.append(learned)
         elif kind == "checkpoint":
-            record.checkpoints += 1
-            record.bytes_written += int(msg["bytes"])
+            record.flash.add_checkpoint(msg["parts"], msg["step"])
             if self.save_cuts and self.save_cuts[0].at <= record.checkpoints:
                 missed = self.save_cuts.pop(0)  # passed without landing (e.g. the final save came first)
                 record.missed_cuts.append({"kind": missed.kind, "at": missed.at,
@@ -545,7 +558,7 @@ class DeviceSimulation:
         kill_wall = time.perf_counter()
         child.power_off()
         torn = sum(p.stat().st_size for p in self.state_dir.glob(".state-*"))
-        record.bytes_written += torn
+        record.flash.torn_bytes += torn
         learned_before = len(self.active)
         first_off = self.k if kind == "frame" else self.k + 1  # a checkpoint cut comes after frame k was received
         next_k = min(self.n, max(first_off, int(math.ceil((t_cut + self.options.outage_s) * self.options.fps - 1e-9))))
