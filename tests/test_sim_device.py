@@ -166,3 +166,45 @@ def test_run_entry_writes_the_typed_records_under_the_report_keys() -> None:
     assert list(run_entry(run, StreamFrames(labels, [0, 10], []), plan, DeviceOptions())["results"]["failure"]) == [
         "kind", "reason", "message", "where", "site", "frame", "peak_rss_bytes", "ram_budget_mb", "ram_mechanism",
         "exit_status"]
+
+
+def test_flash_bytes_with_thumbnails_on_and_off_match_the_files_and_the_frames(generated: Path, tmp_path: Path) -> None:
+    """The device keeps a JPEG thumbnail of every taught frame in each checkpoint (its own loop, as on a
+    device); the report's thumbnail bytes equal those JPEGs encoded here from the same frames, the
+    other parts do not move with --no-thumbnails, and the two newest writes are what the folder holds."""
+    from edge.knowledge.thumbnails import THUMBNAIL_SIZE, encode_thumbnail
+    from firmware_sim.data.streams import open_stream
+
+    n = 160
+    common = ("--max-frames", str(n), "--fps", "5")  # a 200 ms deadline: no frame is dropped
+    flash, results = {}, {}
+    for name, extra in (("on", ()), ("off", ("--no-thumbnails",))):
+        code, report = _device(generated, tmp_path / name, *common, *extra)
+        assert code == 0
+        entry = report["runs"]["uninterrupted"]
+        flash[name], results[name] = entry["measured"]["flash"], entry["results"]
+        assert results[name]["frames_dropped"] == 0 and results[name]["taught_received"] == n
+        f = flash[name]
+        assert f["bytes_written"] == entry["measured"]["bytes_written"] == sum(f["parts"].values())
+        assert f["parts"]["state"] + f["parts"]["ledger"] + f["parts"]["thumbnails"] == sum(
+            size for _, size in f["checkpoint_writes"])  # every checkpoint write, measured on its file
+        newest: dict[int, int] = {}
+        for step, size in f["checkpoint_writes"]:
+            newest[step] = size  # a second save of one step replaces its file
+        kept = sum(newest[s] for s in sorted(newest)[-2:])  # the store keeps the two newest steps
+        assert kept + f["parts"]["lock"] == entry["measured"]["state_bytes_on_disk"]
+    on, off = flash["on"], flash["off"]
+    assert on["parts"]["thumbnails"] > 0 and on["thumbnail_share"] > 0 and on["thumbnail_size"] == THUMBNAIL_SIZE
+    assert off["parts"]["thumbnails"] == 0 and off["thumbnail_share"] == 0 and off["thumbnails_stored"] == 0
+    assert off["thumbnail_size"] == 0 and off["thumbnail_bytes_per_1000"] is None
+    # the same frames taught, the same learning: only the thumbnails (and the ledger's JSON) differ
+    assert results["on"]["final_accuracy"] == results["off"]["final_accuracy"]
+    assert on["parts"]["state"] == off["parts"]["state"] and on["checkpoints"] == off["checkpoints"]
+    assert abs(on["parts"]["ledger"] - off["parts"]["ledger"]) <= 64 * on["checkpoints"]  # wall-clock times in JSON
+    stream = open_stream(f"synthetic:{generated}", "nicv2_391", test="reduced", image_size=32, progress=False)
+    frames = np.concatenate([b.images() for b, _ in zip(stream.train_batches, range(n))])[:n]
+    jpeg_bytes = sum(len(encode_thumbnail(frame, THUMBNAIL_SIZE)) for frame in frames)
+    assert on["thumbnails_stored"] == n and on["thumbnail_bytes_stored"] == jpeg_bytes
+    assert on["thumbnail_bytes_per_1000"] == pytest.approx(1000 * jpeg_bytes / n)
+    summary = (tmp_path / "on" / "summary.md").read_text()
+    assert f"{n} thumbnails stored" in summary and "thumbnails off" in (tmp_path / "off" / "summary.md").read_text()
