@@ -13,7 +13,8 @@ the answers because the browser thinks they are its own. So, for every request (
 * an ``Origin`` header, when present, must be the page's own (``http://`` + the ``Host`` sent) or
   one given with ``--allow-origin``. Otherwise **403**;
 * a request other than ``GET``/``HEAD`` needs ``Content-Type: application/json`` (a browser sends
-  it cross-origin only after a preflight that this API never answers). Otherwise **415**.
+  it cross-origin only after a preflight that this API never answers); ``POST /import`` needs
+  ``application/octet-stream`` (`BODY_TYPES`; not CORS-safelisted either). Otherwise **415**.
 
 The token (``--token``), when set, still applies after these checks (`edge.device.http`).
 
@@ -39,6 +40,8 @@ from edge.errors import InputError
 
 #: Methods that never change state (every other one needs the JSON content type).
 SAFE_METHODS = frozenset({"GET", "HEAD"})
+#: Paths whose body is not JSON, and the only content type they take (a knowledge pack's bytes).
+BODY_TYPES = {"/import": "application/octet-stream"}
 _LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
 
@@ -146,7 +149,7 @@ class RequestPolicy:
         value = origin.strip().lower().rstrip("/")
         return value == f"http://{host.strip().lower()}" or value in self.allow_origins
 
-    def check(self, method: str, headers: Mapping[str, str]) -> tuple[int, str] | None:
+    def check(self, method: str, headers: Mapping[str, str], path: str = "") -> tuple[int, str] | None:
         """None when the request may go on, else (status, message naming expected vs got)."""
         host = headers.get("host")
         if host is None or not self.host_ok(host):
@@ -158,9 +161,11 @@ class RequestPolicy:
                          f"got {origin!r:.80}")
         if method not in SAFE_METHODS:
             media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
-            if media != "application/json":
+            wanted = BODY_TYPES.get(path, "application/json")
+            if media != wanted:
                 got = headers.get("content-type")
-                return 415, (f"content-type: expected 'application/json' for a {method:.10}, "
+                where = f"{method:.10} {path}" if path in BODY_TYPES else method[:10]
+                return 415, (f"content-type: expected {wanted!r} for a {where}, "
                              f"got {'none' if got is None else repr(got[:60])}")
         return None
 
@@ -189,7 +194,7 @@ class RequestPolicyMiddleware:
                     headers[name] = "\x00duplicate"
                 else:
                     headers[name] = value.decode("latin-1")
-        problem = self.policy.check(scope.get("method", "GET"), headers)
+        problem = self.policy.check(scope.get("method", "GET"), headers, scope.get("path", ""))
         if problem is None:
             await self.app(scope, receive, send)
             return

@@ -202,6 +202,9 @@ class DeviceLoop:
         #: The source is exhausted (a file or folder source at its end, or a source that failed).
         self.source_ended = False
         self._state_lock = threading.RLock()  # learner swap, rename, forget, checkpoint
+        #: Held around every use of the backbone (it is not thread-safe): the loop's frames, and an
+        #: import over HTTP that re-embeds thumbnails (`replace_agent`).
+        self.backbone_lock = threading.Lock()
         self._teach_lock = threading.Lock()
         self._pending: deque[_Teach] = deque()
         self._learn_q: queue.Queue[tuple[int, np.ndarray, list[str] | None] | None] = queue.Queue(
@@ -517,7 +520,8 @@ class DeviceLoop:
         predict = (frame.label is None or opts.predict_labelled) and (frame.name is not None or (self.frames - 1) % opts.every == 0)
         if not (teach is not None or predict or frame.label is not None):
             return
-        emb = agent.embed(image[None])
+        with self.backbone_lock:
+            emb = agent.embed(image[None])
         if teach is not None or frame.label is not None:
             self._remember_thumbnail(agent, emb[0], frame.image)
         if frame.label is not None:
@@ -535,7 +539,10 @@ class DeviceLoop:
         if not np.isfinite(emb).all():  # the backbone's (N, E) float32: only finiteness is checked
             raise InputError("embeddings: expected finite values, got NaN or inf")
         policy = self.options.policy
-        answer = agent.answer_embeddings(emb, policy, exclude=self.labels.retired, validate=False)
+        # the novelty is computed when the rule uses it, and for a file (shown as `predict` shows
+        # it); a stream without --reject-novel skips it (most of an answer's time at 1280-d)
+        answer = agent.answer_embeddings(emb, policy, exclude=self.labels.retired, validate=False,
+                                         novelty=frame.name is not None)
         if frame.name is None:  # a stream: smooth over the last frames; a file stands alone
             self._window.append(answer.probabilities[0])
             self._novelty_window.append(float(answer.novelty[0]))
@@ -695,6 +702,19 @@ class DeviceLoop:
             clone = copy_agent(self._agent)
             result = change(clone, self.labels)
             self._agent = clone
+            self._save(reason=reason)
+            return result
+
+    def replace_agent(self, build: Callable[[Agent, LabelMap], tuple[Agent, LabelMap, Any]], reason: str) -> Any:
+        """Under the state lock, ``build(agent, labels)`` returns a NEW agent and label map (it must
+        not change the ones it is given) and a result; both are swapped in and saved (an import over
+        HTTP: `edge.device.knowledge_http`). On an error nothing changes. Returns the result."""
+        with self._state_lock:
+            agent, labels, result = build(self._agent, self.labels)
+            if labels.max_classes != self.labels.max_classes:
+                raise ConfigError(f"labels: expected max_classes {self.labels.max_classes}, got {labels.max_classes}")
+            self._agent = agent
+            self.labels.names, self.labels.counts, self.labels.retired = labels.names, labels.counts, labels.retired
             self._save(reason=reason)
             return result
 
