@@ -11,14 +11,17 @@ Routes (JSON in and out; errors are ``{"error": "..."}`` with a 4xx status):
 * ``POST /teach/finish`` ``{"label": "cup"}``: end that class's waiting teach now and learn what it
   collected (the page's hold-to-record button: press ``{"label": "cup", "seconds": 60}``, release);
 * ``POST /classes/<name>/rename`` ``{"to": "mug"}``; ``POST /classes/<name>/forget``;
+* what the device learned: ``GET /classes``, samples, thumbnails, ``DELETE``, ``POST /undo``,
+  ``GET /export`` and ``POST /import`` (a knowledge pack's bytes): `edge.device.knowledge_http`;
 * ``GET /metrics``: Prometheus text format (``prometheus_client``);
 * the teach page: ``GET /``, ``/stream.mjpg``, ``/frame.jpg``, ``/events`` (`edge.device.page`).
 
 Before any route: ``Host`` must name this agent (421), an ``Origin`` must be the page's own (403)
-and a ``POST`` needs ``Content-Type: application/json`` (415): `edge.device.crosssite` (cross-site
-requests, DNS rebinding). Bodies are limited to `MAX_BODY_BYTES` (413 beyond; read in chunks, never
-trusted from ``Content-Length`` alone), must arrive within `edge.device.connections.BODY_TIMEOUT_S`
-(408) and may nest JSON `MAX_JSON_DEPTH` deep (400). With a token every request needs
+and a ``POST`` needs ``Content-Type: application/json`` (``POST /import``: ``application/octet-stream``)
+(415): `edge.device.crosssite` (cross-site requests, DNS rebinding). JSON bodies are limited to
+`MAX_BODY_BYTES` (413 beyond; read in chunks, never trusted from ``Content-Length`` alone), must arrive
+within `edge.device.connections.BODY_TIMEOUT_S` (408) and may nest JSON `MAX_JSON_DEPTH` deep (400);
+an imported pack has its own limit (``max_import``, `edge.device.knowledge_http`). With a token every request needs
 ``Authorization: Bearer <token>`` (401 otherwise); `HTTPServer` refuses to bind anything but a
 loopback address without one. Connections are limited and timed out (`edge.device.connections`).
 
@@ -44,9 +47,10 @@ from edge.device.connections import (ACCEPT_BURST, BODY_TIMEOUT_S, KEEP_ALIVE_S,
 from edge.device.crosssite import RequestPolicy, RequestPolicyMiddleware
 from edge.device.labels import UnknownClassError
 from edge.device.loop import DeviceLoop, TeachQueueFull
-from edge.device.knowledge_http import knowledge_routes
+from edge.device.knowledge_http import IMPORT_TIMEOUT_S, knowledge_routes
 from edge.device.page import TOKEN_COOKIE, page_routes
 from edge.errors import EdgeError, InputError
+from edge.knowledge.pack import MAX_PACK_BYTES
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -155,9 +159,12 @@ def _metrics_collector(loop: DeviceLoop) -> Any:
 
 
 def build_app(loop: DeviceLoop, token: str | None = None, max_body: int = MAX_BODY_BYTES,
-              policy: RequestPolicy | None = None) -> Any:
+              policy: RequestPolicy | None = None, max_import: int = MAX_PACK_BYTES,
+              import_timeout_s: float = IMPORT_TIMEOUT_S) -> Any:
     """The ASGI application of the API over ``loop``: the Starlette routes behind the
-    `edge.device.crosssite.RequestPolicy` (default: loopback, port 8080)."""
+    `edge.device.crosssite.RequestPolicy` (default: loopback, port 8080). ``max_body``: the largest
+    JSON body; ``max_import``, ``import_timeout_s``: the largest ``POST /import`` body and the
+    seconds it may take."""
     import anyio
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
     from starlette.requests import ClientDisconnect
@@ -227,8 +234,10 @@ def build_app(loop: DeviceLoop, token: str | None = None, max_body: int = MAX_BO
                 return JSONResponse({"error": str(exc)}, status_code=404)
             except TeachQueueFull as exc:
                 return JSONResponse({"error": str(exc)}, status_code=429)
-            except (EdgeError, ValueError) as exc:
-                return JSONResponse({"error": str(exc)}, status_code=400)
+            except (EdgeError, ValueError) as exc:   # an error may name its status (an import: 409, 413, ...)
+                close = {"Connection": "close"} if getattr(exc, "close", None) is True else None  # body left unread
+                return JSONResponse({"error": str(exc)}, status_code=int(getattr(exc, "http_status", 400)),
+                                    headers=close)
             if isinstance(result, Response):
                 return result
             return JSONResponse(result)
@@ -281,7 +290,8 @@ def build_app(loop: DeviceLoop, token: str | None = None, max_body: int = MAX_BO
               Route("/classes/{name}/forget", endpoint(forget), methods=["POST"]),
               Route("/metrics", endpoint(metrics), methods=["GET"]),
               *page_routes(loop, endpoint),
-              *knowledge_routes(loop, endpoint, body_json)]   # /classes, /samples, /undo, /export (issue 25)
+              *knowledge_routes(loop, endpoint, body_json, max_import,   # /classes, /samples, /undo,
+                                import_timeout_s)]                        # /export, /import (issue 25)
     policy = policy if policy is not None else RequestPolicy("127.0.0.1", 8080)
     return RequestPolicyMiddleware(Starlette(routes=routes), policy)
 
@@ -297,12 +307,13 @@ class HTTPServer:
             (`edge.device.crosssite.RequestPolicy`).
         max_connections: connections open at once at most (default and ceiling:
             `edge.device.connections.connection_budget`).
+        max_import: the largest ``POST /import`` body in bytes (a knowledge pack).
     """
 
     def __init__(self, loop: DeviceLoop, host: str = "127.0.0.1", port: int = 8080,
                  token: str | None = None, max_body: int = MAX_BODY_BYTES, *,
                  allow_hosts: Sequence[str] = (), allow_origins: Sequence[str] = (),
-                 max_connections: int | None = None) -> None:
+                 max_connections: int | None = None, max_import: int = MAX_PACK_BYTES) -> None:
         if not is_loopback(host) and not token:
             raise InputError(f"--http {host}:{port}: expected --token for a non-loopback address, got none "
                              "(anyone on the network could teach the device)")
@@ -313,7 +324,7 @@ class HTTPServer:
         self.policy = RequestPolicy(host, self.port, allow_hosts, allow_origins)
         self.max_connections = max_connections
         self.guard: ConnectionGuard | None = None
-        self.app = build_app(loop, token, max_body, self.policy)
+        self.app = build_app(loop, token, max_body, self.policy, max_import)
         self._server: Any = None
         self._thread: threading.Thread | None = None
 

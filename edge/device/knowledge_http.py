@@ -8,25 +8,68 @@ Routes (behind the API's token, Host/Origin and content-type checks, JSON errors
 * ``GET /samples/<id>/thumbnail``: the JPEG (the token cookie is accepted, for ``<img>``);
 * ``DELETE /samples/<id>``, ``DELETE /events/<id>``: remove one sample or one teach event;
 * ``POST /undo``: undo the newest teach event;
-* ``GET /export?classes=a,b``: a knowledge pack (`edge.knowledge.pack`) of those classes (default all).
+* ``GET /export?classes=a,b``: a knowledge pack (`edge.knowledge.pack`) of those classes (default all);
+* ``POST /import?on_conflict=merge|rename|refuse[&re_embed=1]``: merge a pack into the running
+  state; the body is the pack's bytes (``Content-Type: application/octet-stream``, else 415).
+  Answer: ``added``, ``merged`` (names), ``renamed`` (pack name -> new name), ``classes`` (each
+  with its ``action`` and ``samples``), ``samples``, ``events``, ``step``.
 
 Removal is exact for ``slda``/``ncm`` and a refit for gradient heads (``removal`` in each answer);
-every change is made on a copy of the agent, swapped in and checkpointed (`DeviceLoop.change_agent`).
-Import is the CLI's (``edge-agent import`` on the stopped agent's state): a pack is larger than the
-API's body limit.
+every change is made on a copy of the agent, swapped in and checkpointed (`DeviceLoop.change_agent`,
+`DeviceLoop.replace_agent`).
+
+Import has its own body limit, `edge.knowledge.pack.MAX_PACK_BYTES` by default (``max_import`` of
+`edge.device.http.build_app`; 413 beyond, from ``Content-Length`` before anything is read, or as
+soon as the streamed bytes pass it, and the connection is closed). The body streams to a temporary
+file in chunks (never more than 1 MiB held in memory), each chunk within
+`edge.device.connections.BODY_TIMEOUT_S` and the whole body within `IMPORT_TIMEOUT_S` (408); one
+import runs at a time (429). The file is then read by the CLI's code (`edge.knowledge.pack.read_pack`,
+`edge.knowledge.pack.import_packs`: ``edge-agent import``) on copies of the agent and its names:
+a pack that cannot be read or is from another backbone answers 400, a class name the state has
+with ``on_conflict=refuse`` 409, each with the error naming expected vs got, and the state and its
+checkpoints are untouched. ``re_embed=1`` embeds a foreign pack's thumbnails with this backbone;
+the loop's frames wait meanwhile (`DeviceLoop.backbone_lock`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import tempfile
 from typing import Any, Awaitable, Callable
 
+import numpy as np
+
+from edge.device.connections import BODY_TIMEOUT_S
 from edge.device.labels import UnknownClassError
 from edge.device.loop import DeviceLoop
 from edge.errors import InputError
+from edge.knowledge.pack import CONFLICTS, MAX_PACK_BYTES, PackError
 
 MAX_PAGE = 200
+#: Seconds the whole body of ``POST /import`` may take (each chunk: `BODY_TIMEOUT_S`).
+IMPORT_TIMEOUT_S = 300.0
+#: The name of the uploaded pack in answers and errors (instead of its temporary file's path).
+IMPORT_BODY = "POST /import body"
+#: Bytes of an upload held in memory before they are written to the temporary file.
+_FLUSH_BYTES = 1 << 20
+
+
+class ImportConflict(PackError):
+    """A pack class whose name the state has, with ``on_conflict=refuse`` (HTTP 409)."""
+
+    http_status = 409
+
+
+class UploadError(InputError):
+    """An upload refused before its pack is read: ``http_status`` (413, 408, 429, ...) and whether
+    the connection is then closed (``close``: the rest of the body is not read)."""
+
+    def __init__(self, status: int, message: str, close: bool = False) -> None:
+        super().__init__(message)
+        self.http_status = status
+        self.close = close
 
 
 def _int_param(request: Any, name: str, default: int, low: int, high: int) -> int:
@@ -45,10 +88,91 @@ def _path_int(request: Any, name: str) -> int:
     return int(raw)
 
 
+def _import_params(request: Any) -> tuple[str, bool]:
+    """``on_conflict`` (default ``merge``) and ``re_embed`` (``0``/``1``) of ``POST /import``."""
+    extra = sorted(set(request.query_params) - {"on_conflict", "re_embed"})
+    if extra:
+        raise InputError(f"import: expected parameters among ['on_conflict', 're_embed'], got {extra[:5]}")
+    on_conflict = request.query_params.get("on_conflict", "merge")
+    if on_conflict not in CONFLICTS:
+        raise InputError(f"on_conflict: expected one of {list(CONFLICTS)}, got {on_conflict[:20]!r}")
+    re_embed = request.query_params.get("re_embed", "0")
+    if re_embed not in ("0", "1"):
+        raise InputError(f"re_embed: expected 0 or 1, got {re_embed[:20]!r}")
+    return on_conflict, re_embed == "1"
+
+
+def _http_words(message: str, path: str) -> str:
+    """A pack error in the API's words: the upload's name for its temporary path, the query's
+    parameters for the CLI's options."""
+    return message.replace(path, IMPORT_BODY).replace("--re-embed", "re_embed=1")
+
+
+async def receive_pack(request: Any, limit: int, timeout_s: float = IMPORT_TIMEOUT_S) -> str:
+    """Stream a request's body to a new temporary file; returns its path (the caller removes it).
+    413 past ``limit`` bytes (the ``Content-Length`` is checked first), 408 when a chunk takes over
+    `BODY_TIMEOUT_S` or the whole over ``timeout_s``: `UploadError`, the file removed."""
+    import anyio
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import ClientDisconnect
+
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        raise UploadError(413, f"import: expected a pack of at most {limit} bytes, got Content-Length "
+                               f"{length:.20}", close=True)
+    try:
+        fd, path = tempfile.mkstemp(prefix="edge-import-", suffix=".pack")
+    except OSError as exc:
+        raise UploadError(507, f"import: expected a temporary file in {tempfile.gettempdir()}, got "
+                               f"{exc.strerror or exc}", close=True) from None
+    size = 0
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            held: list[bytes] = []
+            held_bytes = 0
+            chunks = request.stream().__aiter__()
+            with anyio.fail_after(timeout_s):
+                while True:
+                    with anyio.fail_after(BODY_TIMEOUT_S):
+                        try:
+                            chunk = await chunks.__anext__()
+                        except StopAsyncIteration:
+                            break
+                    size += len(chunk)
+                    if size > limit:
+                        raise UploadError(413, f"import: expected a pack of at most {limit} bytes, got more",
+                                          close=True)
+                    held.append(chunk)
+                    held_bytes += len(chunk)
+                    if held_bytes >= _FLUSH_BYTES:
+                        await run_in_threadpool(handle.writelines, held)
+                        held, held_bytes = [], 0
+            await run_in_threadpool(handle.writelines, held)
+        if size == 0:
+            raise UploadError(400, "import: expected a knowledge pack's bytes (edge-agent export, GET /export), "
+                                   "got an empty body")
+    except TimeoutError:
+        os.unlink(path)
+        raise UploadError(408, f"import: expected the body within {BODY_TIMEOUT_S:g} s a chunk and {timeout_s:g} s "
+                               f"in all, got {size} bytes by then", close=True) from None
+    except ClientDisconnect:
+        os.unlink(path)
+        raise UploadError(400, "import: expected a whole body, got a closed connection") from None
+    except OSError as exc:
+        os.unlink(path)
+        raise UploadError(507, f"import: expected room for the pack in {tempfile.gettempdir()}, got "
+                               f"{exc.strerror or exc}", close=True) from None
+    except BaseException:
+        os.unlink(path)
+        raise
+    return path
+
+
 def knowledge_routes(loop: DeviceLoop, endpoint: Callable[..., Callable[[Any], Awaitable[Any]]],
-                     body_json: Callable[[Any], Awaitable[dict[str, Any]]]) -> list[Any]:
+                     body_json: Callable[[Any], Awaitable[dict[str, Any]]], max_import: int = MAX_PACK_BYTES,
+                     import_timeout_s: float = IMPORT_TIMEOUT_S) -> list[Any]:
     """The routes above; ``endpoint`` and ``body_json`` are `edge.device.http.build_app`'s (token
-    check, error mapping, bounded JSON bodies)."""
+    check, error mapping, bounded JSON bodies); ``max_import``: the largest ``POST /import`` body."""
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import Response
     from starlette.routing import Route
@@ -144,10 +268,65 @@ def knowledge_routes(loop: DeviceLoop, endpoint: Callable[..., Callable[[Any], A
         return Response(data, media_type="application/octet-stream",
                         headers={"Content-Disposition": 'attachment; filename="knowledge.pack"'})
 
+    def import_now(path: str, on_conflict: str, re_embed: bool) -> dict[str, Any]:
+        from edge.knowledge.pack import import_packs, read_pack
+
+        try:
+            pack = read_pack(path)           # verified before the state is touched
+        except PackError as exc:
+            raise PackError(_http_words(str(exc), path)) from None
+        pack = dataclasses.replace(pack, path=IMPORT_BODY)
+        per_class = np.bincount(pack.ledger.sample_label, minlength=len(pack.class_names))
+
+        def build(agent: Any, labels: Any) -> tuple[Any, Any, dict[str, Any]]:
+            existing = [name for name in pack.class_names if labels.find(name) is not None]
+            if existing and on_conflict == "refuse":
+                raise ImportConflict(f"{IMPORT_BODY}: classes {existing[:10]}: expected names this state does not "
+                                     "have (on_conflict=refuse), got existing classes")
+            fingerprint = agent.backbone.manifest.fingerprint if agent.backbone is not None else ""
+            embeds = re_embed and pack.fingerprint != fingerprint
+            with loop.backbone_lock if embeds else contextlib.nullcontext():
+                try:
+                    merged, names, report = import_packs(agent, labels, [pack], fingerprint=fingerprint,
+                                                         on_conflict=on_conflict, re_embed=re_embed)
+                except PackError as exc:
+                    raise PackError(_http_words(str(exc), path)) from None
+            out: dict[str, Any] = {"added": [], "merged": [], "renamed": {}, "classes": []}
+            for k, (name, now) in enumerate(report[0]["classes"].items()):
+                action = "renamed" if now != name else "merged" if name in existing else "added"
+                if action == "renamed":
+                    out["renamed"][name] = now
+                else:
+                    out[action].append(name)
+                out["classes"].append({"name": now, "from": name, "action": action, "samples": int(per_class[k])})
+            out.update(samples=int(report[0]["samples"]), events=len(pack.ledger.events()), step=int(merged.step_),
+                       re_embedded=embeds)
+            return merged, names, out
+
+        result: dict[str, Any] = loop.replace_agent(build, "import")
+        return result
+
+    importing: list[bool] = [False]    # one import at a time (the event loop's thread sets it)
+
+    async def import_pack(request: Any) -> Any:
+        on_conflict, re_embed = _import_params(request)
+        if importing[0]:
+            raise UploadError(429, "import: expected one import at a time, got another in progress")
+        importing[0] = True
+        try:
+            path = await receive_pack(request, max_import, import_timeout_s)
+            try:
+                return await run_in_threadpool(import_now, path, on_conflict, re_embed)
+            finally:
+                os.unlink(path)
+        finally:
+            importing[0] = False
+
     return [Route("/classes", endpoint(classes), methods=["GET"]),
             Route("/classes/{name}/samples", endpoint(samples), methods=["GET"]),
             Route("/samples/{sample}/thumbnail", endpoint(thumbnail, cookie=True), methods=["GET"]),
             Route("/samples/{sample}", endpoint(delete_sample), methods=["DELETE"]),
             Route("/events/{event}", endpoint(delete_event), methods=["DELETE"]),
             Route("/undo", endpoint(undo), methods=["POST"]),
-            Route("/export", endpoint(export), methods=["GET"])]
+            Route("/export", endpoint(export), methods=["GET"]),
+            Route("/import", endpoint(import_pack), methods=["POST"])]
