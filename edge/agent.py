@@ -226,10 +226,18 @@ class Agent:
         self.strategy.learn(self.head, self.buffer, z, y, self.rng_, self.config)  # sees stats before z
         self.stats.update(z, y, units=x)
         self.strategy.refresh()  # e.g. SLDA's precision, here on the learning thread, not at predict
-        self.openset.calibrate(x, y)      # also derives the whitening here, not on a prediction
+        self.openset.calibrate(x, y)
+        self._refresh_openset()
         self.strategy.remember(self.buffer, x, y)
         self.step_ += 1
         self.n_learned_ += int(x.shape[0])
+
+    def _refresh_openset(self) -> None:
+        """Derive the open-set whitening now (the learning thread) when novelty is in use
+        (`edge.openset.OpenSet.in_use`); otherwise nothing: an agent that never computes a novelty
+        never pays for it (a d x d Cholesky and inverse: ~0.26 s and 13 MB at d = 1280)."""
+        if self.openset.in_use:
+            self.openset.refresh()
 
     def _require_head(self) -> Head:
         if self.head is None:
@@ -246,9 +254,15 @@ class Agent:
         return self._require_head().predict_proba(z)
 
     def answer_embeddings(self, emb: np.ndarray, policy: OpenSetPolicy | None = None, *,
-                          exclude: np.ndarray | None = None, validate: bool = True) -> Answer:
+                          exclude: np.ndarray | None = None, validate: bool = True,
+                          novelty: bool = False) -> Answer:
         """The agent's answer for each row: probabilities, class index or `UNKNOWN`, top
         probability, novelty (`edge.openset.Answer`), embeddings standardised once.
+
+        The novelty score is computed only when the rule needs it (``policy.reject_novel``) or the
+        caller asks (``novelty=True``: to show or study it); otherwise ``Answer.novelty`` is NaN and
+        ``Answer.threshold`` NaN (nothing computed: at d = 1280 the score is ~90 % of an answer's
+        time after the embedding).
 
         Args:
             emb: ``(N, embedding_size)`` embeddings (one row may be given as ``(embedding_size,)``).
@@ -259,19 +273,23 @@ class Agent:
             validate: False skips the shape/dtype/finiteness checks, for a caller that guarantees a
                 finite float32 ``(N, embedding_size)`` array (the device loop checks the backbone's
                 output for finiteness once per frame).
+            novelty: also compute the novelty (and its threshold) when the rule does not need it.
         """
         x = self._check_embeddings(emb) if validate else emb
         z = self._standardize(x)  # once, for the classifier and the open-set score
         proba = self._proba_standardized(z)
         if exclude is not None:
             proba = exclude_classes(proba, exclude)
-        rate = policy.unknown_rate if policy is not None else OpenSetPolicy().unknown_rate
-        return decide(proba, self.openset.novelty(x), self.openset.threshold_at(rate), policy)
+        policy = policy if policy is not None else OpenSetPolicy()
+        if not (novelty or policy.reject_novel):
+            return decide(proba, np.full(x.shape[0], np.nan), float("nan"), policy)
+        return decide(proba, self.openset.novelty(x), self.openset.threshold_at(policy.unknown_rate), policy)
 
     def answer_many(self, frames: np.ndarray, policy: OpenSetPolicy | None = None, *,
-                    exclude: np.ndarray | None = None) -> Answer:
+                    exclude: np.ndarray | None = None, novelty: bool = False) -> Answer:
         """Frames -> `answer_embeddings` (embedded once)."""
-        return self.answer_embeddings(self.embed(frames), policy, exclude=exclude, validate=False)
+        return self.answer_embeddings(self.embed(frames), policy, exclude=exclude, validate=False,
+                                      novelty=novelty)
 
     def predict_embeddings(self, emb: np.ndarray, unknown: bool = False) -> np.ndarray:
         """Most probable seen class per row (int64): closed set by default (accuracies, edge-sim);
@@ -395,8 +413,9 @@ class Agent:
                      if parts["knowledge"] else None)
         self.knowledge = knowledge
         self.head, self.buffer, self.strategy, self.rng_ = head, buffer, strategy, rng
+        # Nothing derived here: a loaded state is usually learned from next (the device loop's
+        # learner copies the agent, then teaches the copy, which derives once, after the change).
         self.stats, self.openset = stats, openset
-        self.openset.refresh()   # its whitening now, not on the first prediction
         self.step_ = int(parts["agent"]["step"])
         self.n_learned_ = int(parts["agent"]["n_learned"])
 
@@ -523,7 +542,7 @@ class Agent:
             self.stats.subtract(batch)
             self._refit()
             how = "refit"
-        self.openset.refresh()   # the open-set whitening follows the statistics, here, not at predict
+        self._refresh_openset()   # the open-set whitening follows the statistics, here, not at predict
         self.n_learned_ = max(0, self.n_learned_ - int(x.shape[0]))
         self.step_ += 1
         return how

@@ -176,7 +176,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     agent, _, step, labels = _open(args)
     if step is None:
         raise InputError(f"state {args.state}: expected a learned state, got none (run learn first)")
-    answer = agent.answer_many(_frames_for(agent, args.images), policy, exclude=labels.retired)
+    answer = agent.answer_many(_frames_for(agent, args.images), policy, exclude=labels.retired,
+                               novelty=True)  # shown (--json) even with rejection off
     for row, path in enumerate(args.images):
         fields = labels.answer_fields(answer, row)
         if args.json:  # the keys of GET /prediction, plus the file

@@ -145,8 +145,10 @@ class Answer:
         index: ``(N,)`` int64 answered class, `UNKNOWN` (-1) where ``unknown``.
         best: ``(N,)`` int64 most probable class (also where the answer is unknown).
         score: ``(N,)`` float64 top probability (the probability of ``best``).
-        novelty: ``(N,)`` float64 open-set score (`OpenSet.novelty`; +inf before anything is learned).
-        threshold: the calibrated novelty threshold the rule compared with.
+        novelty: ``(N,)`` float64 open-set score (`OpenSet.novelty`; +inf before anything is learned;
+            NaN where it was not computed: rejection off and not asked for, see
+            `edge.agent.Agent.answer_embeddings`).
+        threshold: the calibrated novelty threshold the rule compared with (NaN when not computed).
         unknown: ``(N,)`` bool, from `OpenSetPolicy.is_unknown`.
 
     Names are not the agent's business: map ``index`` with `edge.device.labels.LabelMap.answer_fields`.
@@ -236,6 +238,8 @@ class OpenSet:
         self.burst_n_ = np.zeros(self.capacity, np.int64)
         self.n_rows_ = 0              # rows offered so far (the reservoir holds min(n, capacity))
         self.n_bursts_ = 0
+        #: Whether anyone asked for a novelty or the threshold since this state began (`in_use`).
+        self.used_ = False
         self._version = -1            # stats.version the cached whitening/scores were derived from
         self._white: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._scores = np.zeros(0)
@@ -302,14 +306,27 @@ class OpenSet:
         scores: np.ndarray = np.maximum(d2.min(1), 0.0)
         return scores
 
+    @property
+    def in_use(self) -> bool:
+        """True once a novelty or a threshold was asked of this state (carried by `state_dict`):
+        from then on the agent derives the whitening on its learning thread after each change
+        (`refresh`), so a prediction never pays. Until then nothing is derived and nothing but the
+        reservoir is held: an agent that never rejects novel rows never computes the score."""
+        return self.used_
+
     def refresh(self) -> None:
         """Derive the whitening and calibration scores for the statistics as they are now (the
-        agent calls this on its learning thread after each change, so a prediction never pays)."""
+        agent calls this on its learning thread after each change while `in_use`)."""
         self._derived()
+
+    def release(self) -> None:
+        """Drop what `refresh` derived (the d x d whitening: 13 MB at d = 1280); derived again on
+        the next use."""
+        self._white, self._scores, self._version = None, np.zeros(0), -1
 
     def calibrate(self, x: np.ndarray, labels: np.ndarray) -> None:
         """Keep up to `PER_BURST` rows of a teach burst (raw rows ``x``, ALREADY added to the
-        statistics) per class with their burst's class sums, then `refresh`."""
+        statistics) per class with their burst's class sums. Derives nothing (see `in_use`)."""
         labels = np.asarray(labels, np.int64)
         u = ClassStatistics.unit_rows(x)
         rng = np.random.default_rng([self.n_bursts_, 0x05E7])
@@ -324,13 +341,13 @@ class OpenSet:
                 self.n_rows_ += 1
         self.n_bursts_ += 1
         self._version = -1
-        self.refresh()
 
     # ------------------------------------------------------------------- scores
     def novelty(self, x: np.ndarray) -> np.ndarray:
         """Score per RAW row (float64): squared Mahalanobis distance of the row's direction to the
         nearest class mean direction; +inf before anything was learned, NaN without direction
         statistics."""
+        self.used_ = True
         derived = self._derived()
         x = np.asarray(x)
         if derived is None:
@@ -347,6 +364,7 @@ class OpenSet:
     @property
     def n_calibration(self) -> int:
         """Leave-one-burst-out scores the threshold is drawn from now."""
+        self.used_ = True
         self._derived()
         return int(self._scores.size)
 
@@ -380,17 +398,20 @@ class OpenSet:
         the agent's ``stats.*``)."""
         return {"rows": self.rows_.copy(), "labels": self.labels_.copy(), "burst_sum": self.burst_sum_.copy(),
                 "burst_n": self.burst_n_.copy(), "n_rows": np.array(self.n_rows_, np.int64),
-                "n_bursts": np.array(self.n_bursts_, np.int64)}
+                "n_bursts": np.array(self.n_bursts_, np.int64), "used": np.array(int(self.used_), np.int64)}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Restore `state_dict` output; shapes and dtypes checked (InputError, nothing changed).
         The state of the score before MDS++ (keys ``scores``, ``n_scores``) is dropped: those scores
-        are of another score; the reservoir refills as the agent learns."""
+        are of another score; the reservoir refills as the agent learns. A state written before
+        `in_use` was kept (no ``used``) loads as not in use."""
         if set(state) == {"scores", "n_scores"}:
             logger.warning("openset state: calibration of the previous novelty score dropped "
                            "(it refills as the agent learns)")
             return
         ref = self.state_dict()
+        if "used" not in state:
+            del ref["used"]
         check_state_arrays(state, ref, "openset state")
         if int(state["n_rows"]) < 0 or int(state["n_bursts"]) < 0:
             raise InputError("openset state: expected n_rows, n_bursts >= 0, got a negative count")
@@ -401,12 +422,16 @@ class OpenSet:
         self.rows_, self.labels_ = np.asarray(state["rows"]).copy(), labels.copy()
         self.burst_sum_, self.burst_n_ = np.asarray(state["burst_sum"]).copy(), np.asarray(state["burst_n"]).copy()
         self.n_rows_, self.n_bursts_ = int(state["n_rows"]), int(state["n_bursts"])
-        self._version = -1
+        self.used_ = bool(int(state.get("used", 0)))
+        self.release()
 
     @property
     def nbytes(self) -> int:
-        """Bytes of state (the reservoir; the statistics are counted by the agent)."""
-        return int(self.rows_.nbytes + self.labels_.nbytes + self.burst_sum_.nbytes + self.burst_n_.nbytes + 16)
+        """Bytes held: the reservoir and, once derived (`in_use`), the whitening, the whitened class
+        means and the calibration scores (the statistics are counted by the agent)."""
+        derived = 0 if self._white is None else sum(a.nbytes for a in self._white) + self._scores.nbytes
+        return int(self.rows_.nbytes + self.labels_.nbytes + self.burst_sum_.nbytes + self.burst_n_.nbytes + 24
+                   + derived)
 
 
 def auroc(known: np.ndarray, unknown: np.ndarray) -> float:

@@ -112,6 +112,49 @@ def test_openset_state_round_trips_through_a_checkpoint_and_old_files_still_load
     # checkpoints written before the shared class statistics: tests/test_answer.py
 
 
+def test_novelty_is_computed_only_when_used_and_then_derived_on_the_learning_thread():
+    """Issue 23: with rejection off an answer computes no novelty and a learn derives no whitening
+    (a d x d Cholesky + inverse at every learn, 13 MB at d = 1280); the first use (an answer that
+    asks, a threshold) switches it on, the state carries that, and an old state loads as unused."""
+    rng = np.random.default_rng(4)
+    d = 16
+    a = Agent(None, AgentConfig(strategy="slda", max_classes=4), embedding_size=d)
+    centres = np.abs(rng.normal(size=(2, d))) * 3
+    bursts = list(bursts_of(rng, centres, 3, rows=12))
+    for x, y in bursts[:4]:
+        a.learn_embeddings(x, y)
+    reservoir = a.memory_bytes()["openset"]
+    probe = np.abs(rng.normal(size=(5, d))) * 3
+    plain = a.answer_embeddings(probe)
+    assert not a.openset.in_use and np.isnan(plain.novelty).all() and np.isnan(plain.threshold)
+    assert a.memory_bytes()["openset"] == reservoir                  # nothing derived, nothing held
+    asked = a.answer_embeddings(probe, novelty=True)                 # first use: derived now
+    assert a.openset.in_use and np.isfinite(asked.novelty).all() and np.isfinite(asked.threshold)
+    np.testing.assert_array_equal(asked.index, plain.index)          # the answer itself is the same
+    np.testing.assert_array_equal(asked.novelty, a.novelty_embeddings(probe))
+    assert a.memory_bytes()["openset"] >= reservoir + d * d * 8      # the whitening, now held
+    # a learn while in use derives the new whitening itself (a prediction finds it ready)
+    x, y = bursts[4]
+    a.learn_embeddings(x, y)
+    assert a.openset.in_use and a.memory_bytes()["openset"] >= reservoir + d * d * 8
+    # the flag travels with the state (the device loop's learner teaches a copy); old states: unused
+    state = a.state_dict()
+    assert int(state["openset.used"]) == 1
+    b = Agent(None, a.config, embedding_size=d)
+    b.load_state_dict(state)
+    assert b.openset.in_use
+    np.testing.assert_allclose(b.answer_embeddings(probe, novelty=True).novelty,
+                               a.answer_embeddings(probe, novelty=True).novelty, rtol=1e-12)
+    old = {k: v for k, v in state.items() if k != "openset.used"}
+    c = Agent(None, a.config, embedding_size=d)
+    c.load_state_dict(old)
+    assert not c.openset.in_use and np.isnan(c.answer_embeddings(probe).novelty).all()
+    # with rejection on, the rule needs the score: computed without being asked
+    strict = c.answer_embeddings(probe, OpenSetPolicy(reject_novel=True))
+    assert c.openset.in_use and np.isfinite(strict.novelty).all()
+    np.testing.assert_array_equal(strict.novelty, c.novelty_embeddings(probe))
+
+
 def test_auroc_and_accuracy_at_false_accept():
     assert auroc(np.array([0.0, 1.0]), np.array([2.0, 3.0])) == 1.0
     assert auroc(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == 0.0
