@@ -186,3 +186,44 @@ def test_http_fuzz_sample(tmp_path):
 def test_http_fuzz_thousands_with_a_token(tmp_path):
     statuses = _fuzz(tmp_path, 15000, seed=24, token=TOKEN)
     assert statuses[0] == 0 and sum(v for k, v in statuses.items() if 200 <= k < 300) > 100, statuses
+
+
+def test_http_fuzz_import_bodies(tmp_path):
+    """``POST /import`` (issue 25) with seeded content types, queries, lengths and bodies (random
+    bytes, zip-like prefixes, a declared length over the 512 MiB limit): every answer is below 500,
+    no traceback, and the state still loads with the classes it had."""
+    folder = tmp_path / "inbox"
+    for i, frame in enumerate(object_frames(OBJ_A, 4)):
+        write_png(folder / "cup" / f"{i:03d}.png", frame)
+    state = tmp_path / "state"
+    agent = RunningAgent(state, f"folder:{folder}", "--teach-batch", "4")
+    rng = random.Random(25)
+    statuses: Counter = Counter()
+    try:
+        agent.started()
+        agent.wait_for(lambda e: e["event"] == "checkpoint" and e["step"] == 1, 60)
+        port = agent.port
+        for i in range(300):
+            body = rng.choice([b"", b"PK\x03\x04" + bytes(rng.randrange(256) for _ in range(rng.randrange(200))),
+                               bytes(rng.randrange(256) for _ in range(rng.randrange(1, 2000))), b"{}"])
+            query = rng.choice(["", "?on_conflict=merge", "?on_conflict=refuse&re_embed=1", "?on_conflict=x",
+                                "?re_embed=2", "?a=b", "?on_conflict=%ZZ"])
+            kind = rng.choice(["application/octet-stream"] * 6 + ["application/json", "text/plain", ""])
+            length = rng.choice([str(len(body))] * 6 + [str(600 << 20), "-1", "abc"])
+            raw = (f"POST /import{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {kind}\r\n"
+                   f"Content-Length: {length}\r\nConnection: close\r\n\r\n").encode() + body
+            status = _send(port, raw)
+            statuses[status] += 1
+            assert 0 < status < 500, (i, status, raw[:300])
+        agent.signal(signal.SIGTERM)
+        assert agent.finish(60) == 0
+        err = agent.stderr()
+    finally:
+        agent.close()
+    print(f"\n300 import requests: {dict(sorted(statuses.items()))}")
+    assert "Traceback" not in err and "Exception" not in err, err[-3000:]
+    assert statuses[400] > 100 and statuses[413] and statuses[415], statuses
+    out = subprocess.run([sys.executable, "-m", "edge.cli", "status", "--model", TINY, "--state", str(state),
+                          "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert [c["name"] for c in json.loads(out.stdout)["classes"]] == ["cup"]
