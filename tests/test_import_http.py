@@ -308,7 +308,8 @@ def test_import_over_http_needs_the_token_and_renames_on_request(tmp_path: Path)
 
 def test_a_streamed_body_past_max_import_is_refused_while_it_arrives(tmp_path: Path) -> None:
     """No Content-Length (chunked): the in-process server answers 413 once the bytes pass
-    ``max_import`` and closes the connection, long before the client would have finished."""
+    ``max_import`` and closes the connection, long before the client would have finished; a body
+    trickling in past ``import_timeout_s`` gets 408."""
     from edge.agent import Agent, AgentConfig
     from edge.device.http import HTTPServer
     from edge.device.loop import DeviceLoop, LoopOptions
@@ -318,7 +319,7 @@ def test_a_streamed_body_past_max_import_is_refused_while_it_arrives(tmp_path: P
     with open_backbone(TINY) as backbone:
         loop = DeviceLoop(Agent(backbone, AgentConfig(strategy="ncm")), IterableSource([]),
                           options=LoopOptions(checkpoint=False))
-        server = HTTPServer(loop, port=0, max_import=100_000).start()
+        server = HTTPServer(loop, port=0, max_import=100_000, import_timeout_s=3.0).start()
         try:
             port = server.port
             with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
@@ -352,5 +353,20 @@ def test_a_streamed_body_past_max_import_is_refused_while_it_arrives(tmp_path: P
             # a whole small body under the limit is read and refused as a pack, not for its size
             status, err = raw_request(port, "POST", "/import", {"Host": f"127.0.0.1:{port}", **OCTET}, b"PK\3\4" * 10)
             assert status == 400 and "POST /import body: expected a knowledge pack" in err["error"], err
+            # a trickle (a byte every 0.2 s) is cut at the whole body's time limit: 408
+            began = time.monotonic()
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall((f"POST /import HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                              "Content-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n").encode())
+                answer = b""
+                sock.settimeout(0.2)
+                while not answer and time.monotonic() - began < 10:
+                    try:
+                        sock.sendall(b"P")
+                        answer = sock.recv(65536)
+                    except socket.timeout:
+                        continue
+            assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+            assert 2.9 < time.monotonic() - began < 6
         finally:
             server.stop()

@@ -307,13 +307,15 @@ class HTTPServer:
             (`edge.device.crosssite.RequestPolicy`).
         max_connections: connections open at once at most (default and ceiling:
             `edge.device.connections.connection_budget`).
-        max_import: the largest ``POST /import`` body in bytes (a knowledge pack).
+        max_import, import_timeout_s: the largest ``POST /import`` body in bytes (a knowledge pack)
+            and the seconds it may take.
     """
 
     def __init__(self, loop: DeviceLoop, host: str = "127.0.0.1", port: int = 8080,
                  token: str | None = None, max_body: int = MAX_BODY_BYTES, *,
                  allow_hosts: Sequence[str] = (), allow_origins: Sequence[str] = (),
-                 max_connections: int | None = None, max_import: int = MAX_PACK_BYTES) -> None:
+                 max_connections: int | None = None, max_import: int = MAX_PACK_BYTES,
+                 import_timeout_s: float = IMPORT_TIMEOUT_S) -> None:
         if not is_loopback(host) and not token:
             raise InputError(f"--http {host}:{port}: expected --token for a non-loopback address, got none "
                              "(anyone on the network could teach the device)")
@@ -324,7 +326,7 @@ class HTTPServer:
         self.policy = RequestPolicy(host, self.port, allow_hosts, allow_origins)
         self.max_connections = max_connections
         self.guard: ConnectionGuard | None = None
-        self.app = build_app(loop, token, max_body, self.policy, max_import)
+        self.app = build_app(loop, token, max_body, self.policy, max_import, import_timeout_s)
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
