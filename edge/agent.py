@@ -228,6 +228,7 @@ class Agent:
         self.strategy.refresh()  # e.g. SLDA's precision, here on the learning thread, not at predict
         self.openset.calibrate(x, y)
         self._refresh_openset()
+        self._calibrate_probabilities()
         self.strategy.remember(self.buffer, x, y)
         self.step_ += 1
         self.n_learned_ += int(x.shape[0])
@@ -238,6 +239,23 @@ class Agent:
         never pays for it (a d x d Cholesky and inverse: ~0.26 s and 13 MB at d = 1280)."""
         if self.openset.in_use:
             self.openset.refresh()
+
+    def _calibrate_probabilities(self) -> None:
+        """Refit the probability temperature of a strategy that has one (``slda``, ``ncm``:
+        `edge.strategies.lda.fit_temperature`) on leave-one-burst-out scores of the rows the
+        open-set calibration keeps (`edge.openset.OpenSet.held_out_rows`), here on the learning
+        thread. Temperature 1 until some class was taught in two learn calls."""
+        calibrate = getattr(self.strategy, "calibrate_probabilities", None)
+        if calibrate is None:
+            return
+        x, y, burst_sum, burst_n = self.openset.held_out_rows()   # at most its capacity (256)
+        if y.size == 0:
+            calibrate(np.zeros((0, self.embedding_size)), y, x, burst_n)
+            return
+        n = burst_n.astype(np.float64)[:, None]
+        z = self._standardize(x.astype(np.float32)).astype(np.float64)
+        burst_z = self._standardize((burst_sum / n).astype(np.float32)).astype(np.float64) * n
+        calibrate(z, y, burst_z, burst_n)
 
     def _require_head(self) -> Head:
         if self.head is None:
@@ -543,6 +561,7 @@ class Agent:
             self._refit()
             how = "refit"
         self._refresh_openset()   # the open-set whitening follows the statistics, here, not at predict
+        self._calibrate_probabilities()
         self.n_learned_ = max(0, self.n_learned_ - int(x.shape[0]))
         self.step_ += 1
         return how

@@ -236,6 +236,10 @@ class OpenSet:
         self.labels_ = np.zeros(self.capacity, np.int64)
         self.burst_sum_ = np.zeros((self.capacity, d), np.float32)   # their burst's class sum
         self.burst_n_ = np.zeros(self.capacity, np.int64)
+        # the same rows and burst sums before scaling to unit length (the probability calibration
+        # of the statistics strategies reads them: `held_out_rows`); 0 in slots of older states
+        self.norm_ = np.zeros(self.capacity, np.float32)
+        self.burst_raw_sum_ = np.zeros((self.capacity, d), np.float32)
         self.n_rows_ = 0              # rows offered so far (the reservoir holds min(n, capacity))
         self.n_bursts_ = 0
         #: Whether anyone asked for a novelty or the threshold since this state began (`in_use`).
@@ -277,7 +281,6 @@ class OpenSet:
         st = self.stats
         assert self._white is not None and st.unit_sum_ is not None
         white, wm, wm_sq = self._white
-        unit_sum = st.unit_sum_
         k = min(self.n_rows_, self.capacity)
         labels = self.labels_[:k]
         rest = st.count_[labels] - self.burst_n_[:k]
@@ -288,7 +291,7 @@ class OpenSet:
         w = self.rows_[ok].astype(np.float64) @ white.T
         d2 = (w * w).sum(1)[:, None] - 2.0 * w @ wm.T + wm_sq[None, :]
         d2[:, ~seen] = np.inf
-        own = (unit_sum[labels[ok]] - self.burst_sum_[ok]) / rest[ok][:, None]
+        own, _ = st.means_without(labels[ok], self.burst_sum_[ok], self.burst_n_[ok], units=True)
         w_own = own @ white.T
         diff = w - w_own
         d2[np.arange(ok.size), labels[ok]] = (diff * diff).sum(1)
@@ -329,18 +332,35 @@ class OpenSet:
         statistics) per class with their burst's class sums. Derives nothing (see `in_use`)."""
         labels = np.asarray(labels, np.int64)
         u = ClassStatistics.unit_rows(x)
+        raw = np.asarray(x).astype(np.float32, copy=False).astype(np.float64)
+        norms = np.sqrt((raw * raw).sum(1))
         rng = np.random.default_rng([self.n_bursts_, 0x05E7])
         for c in np.unique(labels):
             rows = np.flatnonzero(labels == c)
-            total = u[rows].sum(0)
+            total, raw_total = u[rows].sum(0), raw[rows].sum(0)
             for i in rng.permutation(rows)[:PER_BURST]:
                 slot = self.n_rows_ if self.n_rows_ < self.capacity else int(rng.integers(0, self.n_rows_ + 1))
                 if slot < self.capacity:
                     self.rows_[slot], self.labels_[slot] = u[i], c
                     self.burst_sum_[slot], self.burst_n_[slot] = total, rows.size
+                    self.norm_[slot], self.burst_raw_sum_[slot] = norms[i], raw_total
                 self.n_rows_ += 1
         self.n_bursts_ += 1
         self._version = -1
+
+    def held_out_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The kept rows whose class has rows outside their teach burst, for a leave-one-burst-out
+        fit (the probability temperature of ``slda``/``ncm``, `edge.agent.Agent`): ``(rows (M, d)
+        as the backbone gave them, labels (M,), their burst's class sums (M, d), its rows (M,))``,
+        float64 / int64. The burst's rows are in the statistics: take them out with
+        `edge.stats.ClassStatistics.means_without`. Slots of states written before these sums
+        were kept are left out."""
+        k = min(self.n_rows_, self.capacity)
+        labels = self.labels_[:k]
+        rest = self.stats.count_[labels] - self.burst_n_[:k]
+        ok = np.flatnonzero((rest > 0) & (self.norm_[:k] > 0))
+        rows = self.rows_[ok].astype(np.float64) * self.norm_[ok].astype(np.float64)[:, None]
+        return rows, labels[ok].copy(), self.burst_raw_sum_[ok].astype(np.float64), self.burst_n_[ok].copy()
 
     # ------------------------------------------------------------------- scores
     def novelty(self, x: np.ndarray) -> np.ndarray:
@@ -398,20 +418,23 @@ class OpenSet:
         the agent's ``stats.*``)."""
         return {"rows": self.rows_.copy(), "labels": self.labels_.copy(), "burst_sum": self.burst_sum_.copy(),
                 "burst_n": self.burst_n_.copy(), "n_rows": np.array(self.n_rows_, np.int64),
-                "n_bursts": np.array(self.n_bursts_, np.int64), "used": np.array(int(self.used_), np.int64)}
+                "n_bursts": np.array(self.n_bursts_, np.int64), "used": np.array(int(self.used_), np.int64),
+                "norm": self.norm_.copy(), "burst_raw_sum": self.burst_raw_sum_.copy()}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Restore `state_dict` output; shapes and dtypes checked (InputError, nothing changed).
         The state of the score before MDS++ (keys ``scores``, ``n_scores``) is dropped: those scores
         are of another score; the reservoir refills as the agent learns. A state written before
-        `in_use` was kept (no ``used``) loads as not in use."""
+        `in_use` was kept (no ``used``) loads as not in use; one written before the raw sums were
+        kept (no ``norm``, ``burst_raw_sum``) loads with none (`held_out_rows` skips those slots)."""
         if set(state) == {"scores", "n_scores"}:
             logger.warning("openset state: calibration of the previous novelty score dropped "
                            "(it refills as the agent learns)")
             return
         ref = self.state_dict()
-        if "used" not in state:
-            del ref["used"]
+        for key in ("used", "norm", "burst_raw_sum"):   # added later: optional
+            if key not in state:
+                del ref[key]
         check_state_arrays(state, ref, "openset state")
         if int(state["n_rows"]) < 0 or int(state["n_bursts"]) < 0:
             raise InputError("openset state: expected n_rows, n_bursts >= 0, got a negative count")
@@ -423,6 +446,9 @@ class OpenSet:
         self.burst_sum_, self.burst_n_ = np.asarray(state["burst_sum"]).copy(), np.asarray(state["burst_n"]).copy()
         self.n_rows_, self.n_bursts_ = int(state["n_rows"]), int(state["n_bursts"])
         self.used_ = bool(int(state.get("used", 0)))
+        self.norm_ = np.asarray(state["norm"]).copy() if "norm" in state else np.zeros(self.capacity, np.float32)
+        self.burst_raw_sum_ = (np.asarray(state["burst_raw_sum"]).copy() if "burst_raw_sum" in state
+                               else np.zeros_like(self.burst_sum_))
         self.release()
 
     @property
@@ -431,7 +457,7 @@ class OpenSet:
         means and the calibration scores (the statistics are counted by the agent)."""
         derived = 0 if self._white is None else sum(a.nbytes for a in self._white) + self._scores.nbytes
         return int(self.rows_.nbytes + self.labels_.nbytes + self.burst_sum_.nbytes + self.burst_n_.nbytes + 24
-                   + derived)
+                   + self.norm_.nbytes + self.burst_raw_sum_.nbytes + derived)
 
 
 def auroc(known: np.ndarray, unknown: np.ndarray) -> float:

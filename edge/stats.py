@@ -176,6 +176,30 @@ class ClassStatistics:
         """Class means ``(K, d)`` (0 for classes with no rows)."""
         return self.sum_ / np.maximum(self.count_, 1)[:, None]
 
+    def means_without(self, labels: np.ndarray, burst_sum: np.ndarray, burst_n: np.ndarray,
+                      units: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Leave-one-burst-out class means: for each row ``i``, the mean of class ``labels[i]``
+        without the ``burst_n[i]`` rows whose sum is ``burst_sum[i]`` (exact from the sums; of the
+        direction statistics with ``units``). Returns ``(means (M, d) float64, rows left (M,))``;
+        a row whose class has no row outside its burst gets a zero mean and 0 left.
+
+        Example:
+            >>> s = ClassStatistics(max_classes=2, embedding_size=1)
+            >>> s.update(np.array([[1.0], [3.0], [8.0]]), np.array([0, 0, 0]))
+            >>> m, left = s.means_without(np.array([0]), np.array([[8.0]]), np.array([1]))
+            >>> m.tolist(), left.tolist()
+            ([[2.0]], [2])
+        """
+        labels = np.asarray(labels, np.int64)
+        sums = self.unit_sum_ if units else self.sum_
+        if sums is None:
+            raise InputError("class statistics: expected direction statistics, got none")
+        left = self.count_[labels] - np.asarray(burst_n, np.int64)
+        diff = sums[labels] - np.asarray(burst_sum, np.float64)
+        means: np.ndarray = np.divide(diff, np.maximum(left, 1)[:, None].astype(np.float64))
+        means[left <= 0] = 0.0
+        return means, np.maximum(left, 0)
+
     def copy(self) -> ClassStatistics:
         """An independent copy."""
         out = ClassStatistics(self.max_classes, self.embedding_size)

@@ -155,9 +155,11 @@
     answer.dataset.unknown = String(p.unknown);
     answer.dataset.frameTime = String(p.frame_time);
     answer.dataset.frame = String(p.frame);
+    // never shown as certain (1.00): no answer is (edge-agent predict caps at 0.9999 the same way)
+    const score = Math.min(p.score, 0.99).toFixed(2);
     $("answer-detail").textContent = p.unknown
-      ? `not sure: none of the classes fits (score ${p.score.toFixed(2)})`
-      : `score ${p.score.toFixed(2)} · frame ${p.frame}`;
+      ? `not sure: none of the classes fits (score ${score})`
+      : `score ${score} · frame ${p.frame}`;
     const label = p.unknown ? "unknown" : p.label;
     if (label !== lastAnnounced) { $("answer-live").textContent = `It sees: ${label}`; lastAnnounced = label; }
     showBars(p.top || [], p.unknown ? null : p.label);
@@ -173,7 +175,7 @@
         li.innerHTML = '<span class="name"></span><span class="track"><span class="fill"></span></span><span class="pct"></span>';
         list.appendChild(li);
       }
-      const pct = Math.round(entry.p * 100);
+      const pct = Math.min(99, Math.round(entry.p * 100));   // never 100 %: see the score above
       li.querySelector(".name").textContent = entry.label;
       li.querySelector(".fill").style.width = `${Math.max(0, Math.min(100, entry.p * 100))}%`;
       li.querySelector(".pct").textContent = `${pct}%`;
