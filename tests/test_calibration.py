@@ -103,6 +103,67 @@ def test_the_held_out_scores_take_the_burst_out_of_its_class_mean_exactly():
     np.testing.assert_allclose(got[:, c], want[:, c], rtol=1e-9)
 
 
+# ------------------------------------------------------------- NCM's scale chosen from data
+def scaled_bursts(seed: int, informative_spread: float, n_bursts: int = 4, rows: int = 12, d: int = 16, k: int = 4):
+    """Bursts of ``k`` classes whose means differ on dims 0-3 only (by ~``informative_spread``,
+    row noise 3 there) and unit noise on the other dims; then held-out rows of the same kind."""
+    rng = np.random.default_rng(seed)
+    centres = np.zeros((k, d))
+    centres[:, :4] = rng.normal(size=(k, 4)) * informative_spread
+
+    def rows_of(c: int, n: int) -> np.ndarray:
+        x = centres[c] + rng.normal(size=(n, d))
+        x[:, :4] += rng.normal(size=(n, 4)) * 2.0
+        return x.astype(np.float32)
+
+    teach = [(rows_of(c, rows), np.full(rows, c)) for _ in range(n_bursts) for c in range(k)]
+    test_y = np.repeat(np.arange(k), 50)
+    return teach, np.concatenate([rows_of(c, 50) for c in range(k)]), test_y
+
+
+def ncm_accuracy(mode: str, data) -> tuple[float, object]:
+    teach, tx, ty = data
+    agent = Agent(None, AgentConfig(strategy="ncm", strategy_params={"standardize": mode}, max_classes=4),
+                  embedding_size=16)
+    for x, y in teach:
+        agent.learn_embeddings(x, y)
+    return agent.evaluate_embeddings(tx, ty), agent
+
+
+def test_ncm_auto_is_the_default_and_picks_the_scale_that_answers_held_out_bursts_better():
+    from edge.strategies import make_strategy
+
+    assert make_strategy("ncm").standardize == "auto"
+    # class information on few dims with a large spread: the running std shrinks exactly those
+    wide = scaled_bursts(0, informative_spread=3.0)
+    fixed, _ = ncm_accuracy("fixed", wide)
+    running, _ = ncm_accuracy("running", wide)
+    auto, agent = ncm_accuracy("auto", wide)
+    assert fixed > running + 0.05 and agent.strategy.standardize_used_ == "fixed" and auto == fixed
+    # the same with the informative dims measured in tiny units: only the running std sees them
+    small = scaled_bursts(1, informative_spread=12.0)
+    small = ([(x * np.r_[np.full(4, 0.01), np.ones(12)].astype(np.float32), y) for x, y in small[0]],
+             small[1] * np.r_[np.full(4, 0.01), np.ones(12)].astype(np.float32), small[2])
+    fixed, _ = ncm_accuracy("fixed", small)
+    running, _ = ncm_accuracy("running", small)
+    auto, agent = ncm_accuracy("auto", small)
+    assert running > fixed + 0.1 and agent.strategy.standardize_used_ == "running" and auto == running
+    # the choice travels with the state; an older state (no choice stored) loads as "fixed"
+    state = agent.state_dict()
+    again = Agent(None, agent.config, embedding_size=16)
+    again.load_state_dict(state)
+    assert again.strategy.standardize_used_ == "running"
+    assert again.evaluate_embeddings(small[1], small[2]) == auto
+    old = Agent(None, agent.config, embedding_size=16)
+    old.load_state_dict({k: v for k, v in state.items() if k != "strategy.auto_running"})
+    assert old.strategy.standardize_used_ == "fixed"
+    # one learn call per class: nothing held out, "fixed" until a class is taught again
+    first = Agent(None, agent.config, embedding_size=16)
+    for x, y in small[0][:4]:
+        first.learn_embeddings(x, y)
+    assert first.strategy.standardize_used_ == "fixed"
+
+
 # --------------------------------------------------------------------------- real digits
 def digits_or_skip() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 1,797 digits (8x8, 0..16) and labels, from the cached wheel."""
