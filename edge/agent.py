@@ -19,7 +19,8 @@ Example (embedding-only: no backbone, as the simulator does with cached embeddin
     [0, 1, 2, 3]
 
 One call answers (`answer_embeddings` / `answer_many`: probabilities, class index or `UNKNOWN`,
-top probability, novelty; the "unknown" rule is `edge.openset.OpenSetPolicy`'s):
+top probability, and the novelty when the rule uses it or ``novelty=True`` asks; the "unknown" rule
+is `edge.openset.OpenSetPolicy`'s):
     >>> answer = agent.answer_embeddings(centers[:2])
     >>> answer.index.tolist(), answer.unknown.tolist()
     ([0, 1], [False, False])
