@@ -62,6 +62,10 @@ class Head(Protocol):
         """Back to freshly constructed: initial weights of ``seed`` (default: the head's own)."""
         ...
 
+    def mark_seen(self, labels: np.ndarray) -> None:
+        """Mark ``labels`` as seen without training (a strategy that sets the weights itself)."""
+        ...
+
     # ---------------------------------------------------------------- prediction
     def decision_function(self, x: np.ndarray) -> np.ndarray:
         """Raw logits ``(N, max_classes)`` (unseen classes not masked)."""

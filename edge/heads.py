@@ -109,6 +109,11 @@ class _GradientHead:
     def _input(self, x: np.ndarray) -> np.ndarray:
         return x.astype(_F32, copy=False)
 
+    def mark_seen(self, labels: np.ndarray) -> None:
+        """Mark ``labels`` as seen without a gradient step (for a strategy that sets the weights)."""
+        self._ensure_init()
+        self.seen_[self._check_y(labels, np.asarray(labels).shape[0])] = True
+
     # ----------------------------------------------------------------- model
     def _forward(self, x: np.ndarray) -> tuple[np.ndarray, Any]:  # pragma: no cover - abstract
         raise NotImplementedError

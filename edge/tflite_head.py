@@ -279,6 +279,10 @@ class TFLiteHead:
                 idx = order[start:start + int(batch_size)]
                 self.step(x[idx], y[idx])
 
+    def mark_seen(self, labels: np.ndarray) -> None:
+        """Mark ``labels`` as seen without a training step (for a strategy that sets the weights)."""
+        self.seen_[self._check_y(labels, np.asarray(labels).shape[0])] = True
+
     def reset(self, seed: int | None = None) -> None:
         """Back to the freshly constructed state: initial weights of ``seed`` (default: the head's
         own), zero optimizer state, nothing seen."""

@@ -20,11 +20,12 @@ name       what                                         parameters (defaults)   
 ========== ============================================ ================================ ===========
 naive      fine-tune the head on each batch             -                                head
 replay     latent replay, class-balanced buffer          replay_ratio (agent's, 0.75)     head+buffer
-cumulative train on everything seen, to convergence     epochs (None), max_epochs, tol   UNBOUNDED
+refit      head fitted to convergence on the buffer      l2 (1e-2), max_iter, tol          head+buffer
+cumulative train on everything seen, to convergence     epochs (None), solver ('auto')   UNBOUNDED
 cwr_star   CWR* consolidated output weights             train_units ('all'), ...         head+K ints
 ar1_head   CWR* + latent replay, MLP head trains        replay_ratio, freeze_below=False head+buffer
 slda       Deep Streaming LDA                            shrinkage ('auto': OAS)          1.5 d x d
-ncm        nearest class mean                           standardize ('fixed')            K x d
+ncm        nearest class mean                           standardize ('auto')             K x d
 ridge      ridge on a random ReLU projection (GCV)      dims (2048), lam ('auto')        D x D
 ewc        online EWC on the head's weights             ewc_lambda (1000), gamma (1.0)   3 x head
 lwf        distillation to the head before the batch    alpha (2.0), temperature (2.0)   head
@@ -44,7 +45,7 @@ Example:
     >>> len(buf), head.classes_.tolist()
     (6, [0])
     >>> sorted(STRATEGIES)
-    ['ar1_head', 'cumulative', 'cwr_star', 'ewc', 'lwf', 'naive', 'ncm', 'replay', 'ridge', 'slda']
+    ['ar1_head', 'cumulative', 'cwr_star', 'ewc', 'lwf', 'naive', 'ncm', 'refit', 'replay', 'ridge', 'slda']
 """
 
 from __future__ import annotations
@@ -56,18 +57,19 @@ from edge.strategies.base import LearnSettings, Strategy
 from edge.strategies.basic import CumulativeStrategy, NaiveStrategy, ReplayStrategy
 from edge.strategies.cwr import AR1HeadStrategy, CWRStarStrategy, cwr_consolidate
 from edge.strategies.lda import NCMStrategy, SLDAStrategy
+from edge.strategies.refit import RefitStrategy
 from edge.strategies.regularized import EWCStrategy, LwFStrategy
 from edge.strategies.ridge import RidgeStrategy
 
 __all__ = ["STRATEGIES", "Strategy", "LearnSettings", "make_strategy", "NaiveStrategy", "ReplayStrategy",
            "CumulativeStrategy", "CWRStarStrategy", "AR1HeadStrategy", "SLDAStrategy", "NCMStrategy",
-           "EWCStrategy", "LwFStrategy", "RidgeStrategy", "cwr_consolidate", "tflite_head_strategies"]
+           "EWCStrategy", "LwFStrategy", "RidgeStrategy", "RefitStrategy", "cwr_consolidate", "tflite_head_strategies"]
 
 #: Strategy classes by name; `make_strategy` builds one.
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls for cls in (NaiveStrategy, ReplayStrategy, CumulativeStrategy, CWRStarStrategy,
                               AR1HeadStrategy, SLDAStrategy, NCMStrategy, EWCStrategy, LwFStrategy,
-                              RidgeStrategy)
+                              RidgeStrategy, RefitStrategy)
 }
 
 
