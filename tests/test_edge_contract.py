@@ -34,7 +34,8 @@ def make_agent(case: tuple[str, ...], seed: int = 0) -> Agent:
                           **TFLITE_HEADS[head])
     else:
         cfg = AgentConfig(head=head, hidden=32, buffer_storage=storage, buffer_capacity=16,
-                          max_classes=6, epochs=1, batch_size=8, seed=seed, strategy=strategy)
+                          max_classes=6, epochs=1, batch_size=8, seed=seed, strategy=strategy,
+                          strategy_params={"dims": 128} if strategy == "ridge" else {})   # a fast projection
     return Agent(backbone(runtime), cfg)
 
 

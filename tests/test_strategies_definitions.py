@@ -51,6 +51,8 @@ def run(strategy, batches, head=None, buffer=None, seed=0):
 
 
 def agent(strategy: str, capacity: int = 20, head: str = "softmax", **params) -> Agent:
+    if strategy == "ridge":
+        params.setdefault("dims", 128)   # a small projection: its eigendecomposition per teach is fast
     cfg = AgentConfig(strategy=strategy, strategy_params=params, head=head, hidden=16, max_classes=K,
                       buffer_capacity=capacity, buffer_storage="float32", epochs=2, batch_size=7, seed=5)
     return Agent(None, cfg, embedding_size=DIM)
