@@ -7,6 +7,14 @@ too. Writing is atomic: a temp file in the same directory, flush + fsync, ``os.r
 the directory. The ``keep`` newest checkpoints are kept, so a torn or corrupt newest file falls back
 to the previous one.
 
+The teach ledger (``knowledge.*`` arrays, `edge.knowledge.ledger`) is stored apart (schema 3): its
+rows, thumbnails and sample ids live in immutable segment files ``ledger/seg-<sha256>.bin``
+(`edge.knowledge.segments`) written before the checkpoint that names them (name, sha256, length in
+its header), so a checkpoint after a teach writes one new segment, not the whole ledger. A checkpoint
+is valid only if every segment it names is there and verifies; a segment is removed only once no
+checkpoint in the folder names it, so the fallback to the previous checkpoint keeps working. Loading
+joins the segments back: `Checkpoint.state` holds the ledger's usual arrays.
+
 Reading is bounded: members are read with sizes checked against the zip directory and the ``.npy``
 header's shape *before* anything is allocated (``max_bytes`` in all), so a crafted file cannot make
 the device allocate gigabytes; every decoding failure is a `CheckpointError`, never another
@@ -47,14 +55,23 @@ import numpy as np
 
 from edge.atomic import TMP_SUFFIX, atomic_write, make_dirs
 from edge.errors import CheckpointError, IncompatibleCheckpointError
+from edge.knowledge import segments as ledger_segments
 from edge.manifest import parse_json_bounded
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CHECKPOINT_SCHEMA_VERSION = 2
+#: Written when the ledger lives in segment files (older code refuses it clearly, never half-reads it).
+SEGMENTED_SCHEMA_VERSION = 3
 #: Versions this code reads: 1 (no header hash; read for migration, rewritten as 2 at the next save).
-READABLE_SCHEMA_VERSIONS = (1, 2)
+READABLE_SCHEMA_VERSIONS = (1, 2, 3)
+LEDGER_PREFIX = "knowledge."
+#: At most this many segment files per checkpoint (a crafted header cannot make the loader open more).
+MAX_SEGMENTS = 4096
+_SEGMENT_NAME = re.compile(r"^seg-([0-9a-f]{64})\.bin$")
+_SEGMENT_TMP_PREFIX = ".seg-"
+_REF_INTS = ("bytes", "samples", "embedding_size", "thumbnail_bytes")
 HEADER_KEY = "__header__"
 KEEP = 2
 _NAME = re.compile(r"^state-(\d{12})\.npz$")
@@ -253,6 +270,15 @@ class CheckpointStore:
         self.exclusive = bool(exclusive)
         self.max_bytes = int(max_bytes)
         self._good: Path | None = None
+        #: Where the ledger of the last checkpoint saved or loaded lives (segments to reuse).
+        self._index: ledger_segments.LedgerIndex | None = None
+        self._protect: set[str] = set()       # segments the save in progress writes or uses
+        self._orphans: set[str] = set()       # segments of checkpoints removed by this store
+
+    @property
+    def segment_dir(self) -> Path:
+        """Folder of the teach ledger's segment files."""
+        return self.directory / ledger_segments.SEGMENT_DIR
 
     # ------------------------------------------------------------------ listing
     def paths(self) -> list[Path]:
@@ -311,43 +337,181 @@ class CheckpointStore:
             if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
                 raise CheckpointError(f"state {key!r}: expected finite values, got NaN or inf "
                                       "(the previous checkpoint is kept)")
-        header = {
-            "schema_version": CHECKPOINT_SCHEMA_VERSION,
+        arrays, plan = self._split_ledger(arrays)
+        header: dict[str, Any] = {
+            "schema_version": CHECKPOINT_SCHEMA_VERSION if plan is None else SEGMENTED_SCHEMA_VERSION,
             "fingerprint": self.fingerprint,
             "config": config,
             "step": int(step),
             "payload_sha256": payload_sha256(arrays),
             "keys": sorted(arrays),
         }
-        try:
-            header["header_sha256"] = header_sha256(header)
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"config: expected plain finite JSON values, got {exc}") from exc
-        blob = np.frombuffer(json.dumps(header, sort_keys=True).encode("utf-8"), dtype=np.uint8)
+        if plan is not None:
+            header["segments"] = plan.refs
+            header["ledger"] = plan.summary
         target = self.directory / f"state-{int(step):012d}.npz"
-
-        members = {HEADER_KEY: blob, **arrays}
+        written: list[str] = []
         savez: Any = np.savez  # NumPy's stubs type **kwds as the allow_pickle flag
 
-        def write(handle: Any) -> None:
-            savez(handle, **members)
+        def attempt() -> None:
+            if plan is not None:   # segments first: a checkpoint never names a file not yet durable
+                written.extend(self._write_segments(plan.blobs, skip=set(written)))
+                header["segments_written"] = sorted(set(written))   # what this save wrote (flash accounting)
+            try:
+                header["header_sha256"] = header_sha256(header)
+            except (TypeError, ValueError) as exc:
+                raise CheckpointError(f"config: expected plain finite JSON values, got {exc}") from exc
+            blob = np.frombuffer(json.dumps(header, sort_keys=True).encode("utf-8"), dtype=np.uint8)
+            members = {HEADER_KEY: blob, **arrays}
+            atomic_write(target, lambda handle: savez(handle, **members), tmp_prefix=_TMP_PREFIX)
 
+        self._protect = {ref["name"] for ref in plan.refs} if plan is not None else set()
         try:
             make_dirs(self.directory)
             self.reclaim()
             try:
-                atomic_write(target, write, tmp_prefix=_TMP_PREFIX)
+                attempt()
             except OSError as exc:
                 if exc.errno not in _NO_SPACE or not self.reclaim(full_disk=True):
                     raise
                 logger.warning("disk full writing %s: removed older checkpoints, retrying once", target)
-                atomic_write(target, write, tmp_prefix=_TMP_PREFIX)
+                attempt()
         except OSError as exc:
             raise CheckpointError(f"cannot write checkpoint {target}: expected a writable directory with "
                                   f"free space, got {type(exc).__name__}: {exc}") from exc
+        finally:
+            self._protect = set()
         self._good = target
+        if plan is not None:
+            self._index = plan.index
         self._prune(target)
+        self._collect_segments()
         return target
+
+    # ------------------------------------------------------------------ ledger segments
+    def _split_ledger(self, arrays: dict[str, np.ndarray]
+                      ) -> tuple[dict[str, np.ndarray], ledger_segments.Split | None]:
+        """``(arrays to store in the checkpoint, the ledger's segment plan or None)``: a state whose
+        ``knowledge.*`` arrays are a ledger's flat layout keeps only its small parts inline."""
+        flat = {k[len(LEDGER_PREFIX):]: v for k, v in arrays.items() if k.startswith(LEDGER_PREFIX)}
+        if set(flat) != set(ledger_segments.FLAT_KEYS):
+            return arrays, None
+        plan = ledger_segments.split(flat, self._index, self._segment_present)
+        if plan is None:
+            return arrays, None
+        rest = {k: v for k, v in arrays.items() if not k.startswith(LEDGER_PREFIX)}
+        rest.update({LEDGER_PREFIX + k: v for k, v in plan.inline.items()})
+        return rest, plan
+
+    def _segment_present(self, ref: dict[str, Any]) -> bool:
+        try:
+            info = os.stat(self.segment_dir / str(ref["name"]), follow_symlinks=False)
+        except OSError:
+            return False
+        return stat.S_ISREG(info.st_mode) and info.st_size == ref["bytes"]
+
+    def _write_segments(self, blobs: dict[str, bytes], skip: set[str]) -> list[str]:
+        """Write the segment files (atomically, fsynced) but those in ``skip`` that are there (written by
+        this save's first try); returns the names written."""
+        written = []
+        for name, data in blobs.items():
+            if name in skip and self._segment_present({"name": name, "bytes": len(data)}):
+                continue
+            atomic_write(self.segment_dir / name, lambda handle, data=data: handle.write(data),
+                         tmp_prefix=_SEGMENT_TMP_PREFIX)
+            written.append(name)
+        return written
+
+    def _refs_of(self, path: Path) -> list[str]:
+        """Names of the segments a checkpoint's header names (any backbone); [] when unreadable."""
+        try:
+            with _open_regular(path) as handle, zipfile.ZipFile(handle) as zf:
+                raw = _read_member(zf, zf.getinfo(f"{HEADER_KEY}.npy"), MAX_HEADER_BYTES + 256, path)
+            header = parse_header_array(raw, str(path))
+            verify_header_sha256(header, str(path))
+        except Exception:  # noqa: BLE001 - untrusted bytes; an unreadable checkpoint protects nothing
+            return []
+        refs = header.get("segments")
+        if not isinstance(refs, list):
+            return []
+        return [r["name"] for r in refs if isinstance(r, dict) and isinstance(r.get("name"), str)]
+
+    def _collect_segments(self) -> int:
+        """Remove segment files no checkpoint in the folder names: those of checkpoints this store
+        removed, and (when ``exclusive``, else once older than `STALE_TMP_S`) any other."""
+        folder = self.segment_dir
+        if not folder.is_dir():
+            return 0
+        named = set(self._protect)
+        for path in self.paths():
+            named.update(self._refs_of(path))
+        removed = 0
+        now = time.time()
+        for entry in os.scandir(folder):
+            if not _SEGMENT_NAME.match(entry.name) or entry.name in named:
+                continue
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                age = now - entry.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:
+                continue
+            if self.exclusive or entry.name in self._orphans or abs(age) > STALE_TMP_S:
+                removed += self._unlink(Path(entry.path))
+        self._orphans -= {e for e in self._orphans if not (folder / e).exists()}
+        return removed
+
+    def _read_segment(self, path: Path, ref: dict[str, Any], budget: int) -> bytes:
+        """One segment's bytes, size-checked before reading and verified against its sha256."""
+        seg = self.segment_dir / ref["name"]
+        if ref["bytes"] > budget:
+            raise CheckpointError(f"{path}: segment {ref['name']} of {ref['bytes']} bytes: expected at most the "
+                                  f"{budget} bytes left of the {self.max_bytes}-byte budget")
+        try:
+            with _open_regular(seg) as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if size != ref["bytes"]:
+                    raise CheckpointError(f"{path}: segment {seg}: expected {ref['bytes']} bytes, got {size} "
+                                          "(truncated or changed)")
+                data = handle.read(size + 1)
+        except FileNotFoundError as exc:
+            raise CheckpointError(f"{path}: expected its ledger segment {seg}, got none (missing)") from exc
+        except CheckpointError:
+            raise
+        except OSError as exc:
+            raise CheckpointError(f"{path}: segment {seg}: expected a readable file, got {exc}") from exc
+        got = hashlib.sha256(data).hexdigest()
+        if len(data) != ref["bytes"] or got != ref["sha256"]:
+            raise CheckpointError(f"{path}: segment {seg}: sha256 expected {ref['sha256']}, got {got} "
+                                  f"({len(data)} bytes; the file was changed or corrupted)")
+        return data
+
+    def _join_ledger(self, path: Path, header: dict[str, Any], arrays: dict[str, np.ndarray]
+                     ) -> tuple[dict[str, np.ndarray], ledger_segments.LedgerIndex]:
+        """The state with the ledger's segments read, verified and joined back into its usual arrays."""
+        refs, summary = header.get("segments"), header.get("ledger")
+        if not isinstance(refs, list) or len(refs) > MAX_SEGMENTS or not isinstance(summary, dict):
+            raise CheckpointError(f"{path}: expected a list of at most {MAX_SEGMENTS} segments and a ledger "
+                                  f"summary in the header, got {type(refs).__name__} and {type(summary).__name__}")
+        for ref in refs:
+            m = _SEGMENT_NAME.match(ref.get("name", "")) if isinstance(ref, dict) and isinstance(ref.get("name"), str) else None
+            if (m is None or ref.get("sha256") != m.group(1)
+                    or any(not _is_int(ref.get(k)) or ref[k] < 0 for k in _REF_INTS)):
+                raise CheckpointError(f"{path}: expected segment references {{name: seg-<sha256>.bin, sha256, "
+                                      f"{', '.join(_REF_INTS)}}}, got {str(ref)[:200]}")
+        budget = self.max_bytes - sum(int(a.nbytes) for a in arrays.values())
+        blobs = []
+        for ref in refs:
+            blobs.append(self._read_segment(path, ref, budget))
+            budget -= len(blobs[-1])
+        inline = {k[len(LEDGER_PREFIX):]: v for k, v in arrays.items() if k.startswith(LEDGER_PREFIX)}
+        try:
+            flat, index = ledger_segments.join(inline, blobs, refs, summary)
+        except ValueError as exc:   # InputError included
+            raise CheckpointError(f"{path}: {exc}") from exc
+        state = {k: v for k, v in arrays.items() if not k.startswith(LEDGER_PREFIX)}
+        state.update({LEDGER_PREFIX + k: v for k, v in flat.items()})
+        return state, index
 
     def _ranked(self) -> list[tuple[int, Path]]:
         """(verified header step, path) of the candidates, highest step first; unreadable ones -1.
@@ -370,6 +534,8 @@ class CheckpointStore:
         return path.name == f"state-{step:012d}.npz"
 
     def _unlink(self, path: Path) -> bool:
+        if _NAME.match(path.name):   # its segments go too, once no other checkpoint names them
+            self._orphans.update(self._refs_of(path))
         try:
             path.unlink()
             return True
@@ -383,16 +549,19 @@ class CheckpointStore:
         """Free space before a write; returns the number of files removed.
 
         Removes temp files of dead writers (all of them when ``exclusive``, else those older than
-        `STALE_TMP_S` or dated more than that in the future) and checkpoints beyond ``keep``
-        (by verified step). With ``full_disk`` every checkpoint but the newest good one goes.
-        The newest good checkpoint is never removed.
+        `STALE_TMP_S` or dated more than that in the future), checkpoints beyond ``keep``
+        (by verified step) and ledger segments no remaining checkpoint names. With ``full_disk``
+        every checkpoint but the newest good one goes. The newest good checkpoint is never removed.
         """
         if not self.directory.is_dir():
             return 0
         removed = 0
         now = time.time()
-        for entry in os.scandir(self.directory):
-            if not (entry.name.startswith(_TMP_PREFIX) and entry.name.endswith(TMP_SUFFIX)):
+        temps = [(entry, _TMP_PREFIX) for entry in os.scandir(self.directory)]
+        if self.segment_dir.is_dir():
+            temps += [(entry, _SEGMENT_TMP_PREFIX) for entry in os.scandir(self.segment_dir)]
+        for entry, prefix in temps:
+            if not (entry.name.startswith(prefix) and entry.name.endswith(TMP_SUFFIX)):
                 continue
             try:
                 if not entry.is_file(follow_symlinks=False):
@@ -420,7 +589,7 @@ class CheckpointStore:
                 kept += 1
                 continue
             removed += self._unlink(path)
-        return removed
+        return removed + self._collect_segments()
 
     def _loads(self, path: Path) -> bool:
         try:
@@ -482,6 +651,15 @@ class CheckpointStore:
                 self.validate_config(header["config"])
             except (CheckpointError, ValueError, TypeError) as exc:
                 raise CheckpointError(f"{path}: {exc}") from exc
+        if header["schema_version"] == SEGMENTED_SCHEMA_VERSION:
+            arrays, index = self._join_ledger(path, header, arrays)
+            for key in ledger_segments.FLAT_KEYS:
+                arr = arrays[LEDGER_PREFIX + key]
+                if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+                    raise CheckpointError(f"{path}: state {LEDGER_PREFIX + key!r}: expected finite values, got NaN or inf")
+            self._index = index
+        elif "segments" in header:
+            raise CheckpointError(f"{path}: expected no segments in a schema {header['schema_version']} checkpoint, got some")
         return Checkpoint(path=path, step=header["step"], config=header["config"], state=arrays,
                           header=header)
 

@@ -12,6 +12,11 @@ wrote it (the child calls it from the loop's ``checkpoint`` event). A checkpoint
 * the rest of the file (``bytes - thumbnail_bytes - ledger_bytes``): the strategy, replay buffer,
   labels, checkpoint header and the zip's own headers.
 
+A checkpoint of schema 3 keeps the ledger's rows and thumbnails in segment files
+(`edge.knowledge.segments`): the segments its save wrote (header ``segments_written``) count too,
+their thumbnail bytes as ``thumbnail_bytes``, the rest as ``ledger_bytes``; the thumbnails it holds
+come from its header's ``ledger`` summary (``thumbnail_bytes_stored``).
+
 Example:
     >>> import tempfile, numpy as np
     >>> from edge.checkpoint import CheckpointStore
@@ -44,13 +49,13 @@ _LEDGER_META = "knowledge.meta"
 
 
 def checkpoint_parts(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A checkpoint file's bytes by part (see the module docstring), the thumbnails it holds
+    """The bytes a checkpoint's save wrote, by part (see the module docstring), the thumbnails it holds
     (``thumbnails``), the ledger's ``thumbnail_size`` and ``dropped_thumbnails`` (None without a
     ledger). A file already gone counts 0 bytes."""
     from edge.checkpoint import read_npy_header
 
     parts: dict[str, Any] = {"bytes": 0, "thumbnail_bytes": 0, "ledger_bytes": 0, "thumbnails": 0,
-                             "thumbnail_size": None, "dropped_thumbnails": None}
+                             "thumbnail_bytes_stored": 0, "thumbnail_size": None, "dropped_thumbnails": None}
     try:
         parts["bytes"] = os.path.getsize(path)
         archive = zipfile.ZipFile(path)
@@ -80,6 +85,18 @@ def checkpoint_parts(path: str | os.PathLike[str]) -> dict[str, Any]:
                 parts["thumbnail_size"] = meta.get("thumbnail_size")
                 parts["dropped_thumbnails"] = meta.get("dropped_thumbnails")
             parts["ledger_bytes"] += stored
+        with archive.open("__header__.npy") as member:
+            header = json.loads(np.lib.format.read_array(member, allow_pickle=False).tobytes())
+    parts["thumbnail_bytes_stored"] = parts["thumbnail_bytes"]
+    written = set(header.get("segments_written", []))
+    for ref in header.get("segments", []):   # the ledger's segment files this save wrote
+        if ref["name"] in written:
+            parts["bytes"] += ref["bytes"]
+            parts["thumbnail_bytes"] += ref["thumbnail_bytes"]
+            parts["ledger_bytes"] += ref["bytes"] - ref["thumbnail_bytes"]
+    if "ledger" in header:
+        parts["thumbnails"] = header["ledger"]["thumbnails"]
+        parts["thumbnail_bytes_stored"] = header["ledger"]["thumbnail_bytes"]
     return parts
 
 
@@ -114,7 +131,8 @@ class FlashWrites:
         """The report's ``flash``: bytes written by part, the thumbnails' share, and the thumbnails the
         newest checkpoint holds with their bytes per 1,000 (``taught``: taught frames received)."""
         newest = self.newest or {}
-        stored, stored_bytes = int(newest.get("thumbnails", 0)), int(newest.get("thumbnail_bytes", 0))
+        stored = int(newest.get("thumbnails", 0))
+        stored_bytes = int(newest.get("thumbnail_bytes_stored", newest.get("thumbnail_bytes", 0)))
         total = self.total
         return {
             "bytes_written": total,
