@@ -184,3 +184,58 @@ def _fill(filler: Path) -> None:
         assert exc.errno == errno.ENOSPC
     finally:
         os.close(fd)
+
+
+class _FullFor:
+    """atomic_write that fails with ENOSPC for checkpoint files (``state-*``) while ``full``, and records
+    whether the newest good checkpoint loaded (its ledger segments present and verified) at each failure."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.full, self.good_at_failure = folder, True, []
+        self._real = checkpoint_module.atomic_write
+
+    def __call__(self, path, write, **kwargs):
+        if self.full and Path(path).name.startswith("state-"):
+            ckpt = _store(self.folder, exclusive=False).latest()
+            self.good_at_failure.append(-1 if ckpt is None else ckpt.step)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return self._real(path, write, **kwargs)
+
+
+def test_a_full_disk_with_the_teach_ledger_keeps_a_good_checkpoint_and_its_segments(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    folder = tmp_path / "state"
+    agent = _agent()
+    agent.enable_ledger()
+    store = _store(folder)
+
+    def teach(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        agent.teach_embeddings(rng.normal(size=(100, DIM)).astype(np.float32), rng.integers(0, 4, 100),
+                               thumbnails=[rng.bytes(300) for _ in range(100)])
+
+    for seed in range(3):
+        teach(seed)
+        store.save(agent.state_dict(), agent.config.to_dict(), agent.step_)
+    agent.undo_last()                      # the newest segment is now named only by older checkpoints
+    teach(3)
+    full = _FullFor(folder)
+    monkeypatch.setattr(checkpoint_module, "atomic_write", full)
+    with pytest.raises(CheckpointError, match="No space left"):
+        store.save(agent.state_dict(), agent.config.to_dict(), agent.step_)
+    # The retry ran after removing every checkpoint but the newest good one (and segments only they
+    # named): that one still loads, with its segments, at every failure and after.
+    assert full.good_at_failure == [3, 3]
+    assert [p.name for p in store.paths()] == ["state-000000000003.npz"]
+    good = store.latest()
+    assert good.step == 3 and len(good.state["knowledge.sample_id"]) == 300
+    named = {ref["name"] for ref in good.header["segments"]}
+    on_disk = {p.name for p in (folder / "ledger").glob("seg-*.bin")}
+    assert named <= on_disk
+    # Space freed: the save goes through and nothing is left that no checkpoint names.
+    full.full = False
+    store.save(agent.state_dict(), agent.config.to_dict(), agent.step_)
+    loaded = store.latest()
+    assert loaded.step == agent.step_ and np.array_equal(loaded.state["knowledge.rows"], agent.knowledge.rows)
+    named = {ref["name"] for p in store.paths() for ref in store.load(p).header["segments"]}
+    assert {p.name for p in (folder / "ledger").glob("seg-*.bin")} == named

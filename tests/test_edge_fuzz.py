@@ -6,8 +6,13 @@ bytes nothing reads, e.g. a zip timestamp). Every flip of a manifest must be ref
 `ManifestError` or leave every computing field (and so the fingerprint) unchanged. Nothing else may
 escape: no other exception class, no traceback.
 
+The checkpoint carries a teach ledger, whose rows and thumbnails live in segment files beside it
+(edge/knowledge/segments.py): every flip of a segment must be refused too (its sha256 is in the
+checkpoint's verified header), falling back to the previous checkpoint when only the newest names it,
+and a clear `CheckpointError` naming the segment when every checkpoint does.
+
 The normal suite runs a seeded sample of bit positions; ``-m slow`` runs every bit of the manifest and every
-bit of a seeded sample of the checkpoint's bytes.
+bit of a seeded sample of the checkpoint's bytes, and more of the segments' bits.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import pytest
 from edge.agent import Agent, AgentConfig
 from edge.checkpoint import CheckpointStore, resume
 from edge.config import validate_agent_config
-from edge.errors import IncompatibleCheckpointError, ManifestError
+from edge.errors import CheckpointError, IncompatibleCheckpointError, ManifestError
 from edge.manifest import Manifest, Preprocessing, QuantParams, describe_file, parse_json_bounded, write_manifest
 
 FP = "ab" * 32
@@ -33,14 +38,18 @@ SAMPLE_CHECKPOINT_BITS = 1500
 SLOW_CHECKPOINT_BYTES = 4500
 SAMPLE_MANIFEST_BITS = 2500
 SAMPLE_DEFAULT_MANIFEST_BITS = 800
+SAMPLE_SEGMENT_BITS = 200
+SLOW_SEGMENT_BITS = 3000
 
 
 def _store_with_two(tmp_path: Path) -> tuple[CheckpointStore, bytes, dict[str, np.ndarray], int]:
     store = CheckpointStore(tmp_path / "state", FP, validate_config=validate_agent_config)
     agent = Agent(None, CONFIG, embedding_size=DIM)
+    agent.enable_ledger()
     rng = np.random.default_rng(0)
     for _ in range(2):
-        agent.learn_embeddings(rng.normal(size=(10, DIM)).astype(np.float32), rng.integers(0, 4, 10))
+        agent.teach_embeddings(rng.normal(size=(10, DIM)).astype(np.float32), rng.integers(0, 4, 10),
+                               thumbnails=[rng.bytes(30) for _ in range(10)])
         store.save(agent.state_dict(), agent.config.to_dict(), agent.step_)
     newest = store.paths()[0]
     return store, newest.read_bytes(), agent.state_dict(), 1
@@ -79,6 +88,63 @@ def _fuzz_checkpoint(tmp_path: Path, bits: np.ndarray) -> Counter:
     finally:
         logging.getLogger("edge.checkpoint").setLevel(logging.NOTSET)
     return tally
+
+
+def _fuzz_segment(tmp_path: Path, shared: bool, bits: np.ndarray) -> Counter:
+    """Flip bits of the segment only the newest checkpoint names (``shared`` False) or of the one both name."""
+    store, _, _, previous_step = _store_with_two(tmp_path)
+    newest = store.paths()[0]
+    header = store.load(newest).header
+    new = set(header["segments_written"])
+    (ref,) = [r for r in header["segments"] if (r["name"] in new) != shared]
+    segment = store.segment_dir / ref["name"]
+    pristine = segment.read_bytes()
+    tally: Counter = Counter()
+    logging.getLogger("edge.checkpoint").setLevel(logging.ERROR)
+    try:
+        for bit in bits:
+            data = bytearray(pristine)
+            data[bit // 8] ^= 1 << (bit % 8)
+            segment.write_bytes(bytes(data))
+            try:
+                resumed = resume(store, _restore)
+            except IncompatibleCheckpointError as exc:
+                pytest.fail(f"bit {bit}: flip locked the agent out: {exc}")
+            except CheckpointError as exc:
+                assert shared and ref["name"] in str(exc) and "sha256" in str(exc), f"bit {bit}: {exc}"
+                tally["refused by both checkpoints (a clear error naming the segment)"] += 1
+                continue
+            assert resumed is not None
+            _, ckpt = resumed
+            assert not shared and ckpt.path != newest and ckpt.step == previous_step, f"bit {bit}: accepted"
+            tally["refused, fell back to the previous checkpoint"] += 1
+    finally:
+        logging.getLogger("edge.checkpoint").setLevel(logging.NOTSET)
+        segment.write_bytes(pristine)
+    assert resume(store, _restore)[1].path == newest   # the pristine file loads again
+    return tally
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["newest-only", "shared"])
+def test_segment_bit_flips_sampled(tmp_path: Path, shared: bool) -> None:
+    size = _segment_size(tmp_path / "probe")
+    tally = _fuzz_segment(tmp_path, shared, _sample(size * 8, SAMPLE_SEGMENT_BITS, seed=15 + shared))
+    assert sum(tally.values()) == min(SAMPLE_SEGMENT_BITS, size * 8)
+    print(dict(tally))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shared", [False, True], ids=["newest-only", "shared"])
+def test_segment_bit_flips_many(tmp_path: Path, shared: bool) -> None:
+    size = _segment_size(tmp_path / "probe")
+    tally = _fuzz_segment(tmp_path, shared, _sample(size * 8, SLOW_SEGMENT_BITS, seed=17 + shared))
+    assert sum(tally.values()) == min(SLOW_SEGMENT_BITS, size * 8)
+    print(dict(tally))
+
+
+def _segment_size(tmp_path: Path) -> int:
+    store, _, _, _ = _store_with_two(tmp_path)
+    return min(p.stat().st_size for p in store.segment_dir.glob("seg-*.bin"))
 
 
 def _toy_manifest_bytes(tmp_path: Path) -> bytes:

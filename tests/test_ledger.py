@@ -1,8 +1,10 @@
-"""The teach ledger (issue 25): events, thumbnails, undo and delete, saved inside the checkpoint."""
+"""The teach ledger (issue 25): events, thumbnails, undo and delete, saved with the checkpoint (its rows and
+thumbnails in segment files beside it: tests/test_ledger_segments.py)."""
 
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -134,22 +136,15 @@ def test_the_ledger_lives_in_the_checkpoint_verified(tmp_path: Path) -> None:
     plain = _agent("slda")
     plain.load_state_dict(old)
     assert plain.knowledge is None
-    # a changed thumbnail byte is caught by the checkpoint's payload hash
-    state = dict(loaded.state)
-    data = state["knowledge.thumb_data"].copy()
-    data[len(data) // 2] ^= 0xFF
-    state["knowledge.thumb_data"] = data
-    import zipfile
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-        blobs = {n: zf.read(n) for n in names}
-    import io
-    buf = io.BytesIO()
-    np.save(buf, data)
-    blobs["knowledge.thumb_data.npy"] = buf.getvalue()
-    with zipfile.ZipFile(path, "w") as zf:
-        for n, b in blobs.items():
-            zf.writestr(n, b)
+    # the rows and thumbnails live in a segment file beside the checkpoint, named with its sha256 in
+    # the checkpoint's verified header: a changed thumbnail byte there is caught
+    assert "knowledge.thumb_data.npy" not in zipfile.ZipFile(path).namelist()
+    (ref,) = loaded.header["segments"]
+    segment = tmp_path / "ledger" / ref["name"]
+    data = bytearray(segment.read_bytes())
+    at = bytes(data).index(thumb)
+    data[at + len(thumb) // 2] ^= 0xFF
+    segment.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="sha256"):
         store.load(path)
 
