@@ -163,6 +163,12 @@ def _refuse(path: Path, what: str) -> CheckpointError:
     return CheckpointError(f"{path}: expected a complete checkpoint (.npz), got {what}; truncated or corrupt")
 
 
+def _writer(data: bytes) -> Callable[[Any], None]:
+    def write(handle: Any) -> None:
+        handle.write(data)
+    return write
+
+
 def _open_regular(path: Path) -> Any:
     """Open a regular file for reading without blocking on a FIFO or device."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
@@ -417,8 +423,7 @@ class CheckpointStore:
         for name, data in blobs.items():
             if name in skip and self._segment_present({"name": name, "bytes": len(data)}):
                 continue
-            atomic_write(self.segment_dir / name, lambda handle, data=data: handle.write(data),
-                         tmp_prefix=_SEGMENT_TMP_PREFIX)
+            atomic_write(self.segment_dir / name, _writer(data), tmp_prefix=_SEGMENT_TMP_PREFIX)
             written.append(name)
         return written
 
@@ -473,7 +478,7 @@ class CheckpointStore:
                 if size != ref["bytes"]:
                     raise CheckpointError(f"{path}: segment {seg}: expected {ref['bytes']} bytes, got {size} "
                                           "(truncated or changed)")
-                data = handle.read(size + 1)
+                data: bytes = handle.read(size + 1)
         except FileNotFoundError as exc:
             raise CheckpointError(f"{path}: expected its ledger segment {seg}, got none (missing)") from exc
         except CheckpointError:

@@ -1,11 +1,14 @@
 """The teach ledger: every teach as an event, every taught sample with its row and a thumbnail.
 
 Design: the agent owns one optional `Ledger` (``Agent.knowledge``; `Agent.enable_ledger` turns it
-on: ``edge-agent learn`` and ``edge-agent run`` do, the simulator does not). It is saved as part of
-the agent's state under ``knowledge.*`` keys, so it lives INSIDE the checkpoint file: written by the
-same atomic write, covered by the same payload sha256, read by the same bounded npz reader, never
-pickled. A state written before the ledger has no ``knowledge.*`` keys and loads with a note: its
-earlier teaches cannot be undone one by one (a whole class can still be forgotten).
+on: ``edge-agent learn`` and ``edge-agent run`` do, the simulator does not). It is part of the
+agent's state under ``knowledge.*`` keys (`state_dict`: plain arrays, never pickled). A checkpoint
+(`edge.checkpoint.CheckpointStore`) keeps its small parts (meta, events) inside the checkpoint file
+and its rows, thumbnails and sample ids in immutable segment files beside it, each named by its
+sha256 in the checkpoint's verified header (`edge.knowledge.segments`): a checkpoint after a teach
+writes only the new samples. A state written before the ledger has no ``knowledge.*`` keys and
+loads with a note: its earlier teaches cannot be undone one by one (a whole class can still be
+forgotten).
 
 What is kept per sample: an id, its event id, its label index, its embedding row as the backbone
 produced it (float32, ``4 * d`` bytes: what exact removal subtracts) and a JPEG thumbnail
@@ -17,6 +20,10 @@ produced it (float32, ``4 * d`` bytes: what exact removal subtracts) and a JPEG 
   (``dropped_thumbnails`` counts them; the rows stay, so removal stays exact);
 * rows: ``row_budget`` bytes (default 32 MiB); over it, the oldest samples are *sealed*: they leave
   the ledger (they stay learned, but can no longer be removed one by one; ``sealed_samples``).
+
+Budgets count the live ledger. On flash, the bytes of removed samples and dropped thumbnails stay in
+their segment files until a segment is mostly dead (then its live samples are rewritten): at most
+about twice the live bytes.
 
 Example:
     >>> import numpy as np

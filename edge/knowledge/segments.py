@@ -169,7 +169,7 @@ def decode_segment(data: bytes | memoryview, where: str = "segment") -> Segment:
 def _row_crc(rows: np.ndarray) -> np.ndarray:
     """CRC-32 of each row's bytes."""
     n = rows.shape[0]
-    raw = memoryview(np.ascontiguousarray(rows, _F4)).cast("B")
+    raw = memoryview(np.ascontiguousarray(rows, _F4).tobytes())
     step = raw.nbytes // n if n else 0
     return np.fromiter((zlib.crc32(raw[i * step:(i + 1) * step]) for i in range(n)), np.uint32, n)
 
@@ -255,7 +255,7 @@ def split(flat: Mapping[str, np.ndarray], index: LedgerIndex | None,
     if derived is None or not np.array_equal(derived, label):
         return None   # labels that do not follow the events: kept inline, as they are
     d = int(rows.shape[1])
-    blob = memoryview(np.ascontiguousarray(data)).cast("B")
+    blob = memoryview(data.tobytes())
     thumbs = [blob[int(a):int(b)] for a, b in zip(offsets[:-1], offsets[1:])]
     lengths = np.diff(offsets)
     row_crc, thumb_crc = _row_crc(rows), _thumb_crc(thumbs)
@@ -351,7 +351,7 @@ def join(inline: Mapping[str, np.ndarray], blobs: Sequence[bytes | memoryview], 
                       or runs[:, 2].min() < 1):
         raise InputError("teach ledger: expected runs of known segments with slots >= 0 and counts >= 1, got others")
     sizes = np.array([s.samples for s in segments], np.int64)
-    if runs.size and ((runs[:, 1] + runs[:, 2]) > sizes[runs[:, 0]]).any():
+    if runs.size and ((runs[:, 1:] > sizes.max()).any() or ((runs[:, 1] + runs[:, 2]) > sizes[runs[:, 0]]).any()):
         raise InputError("teach ledger: expected every run inside its segment, got one past its end")
     used = np.bincount(runs[:, 0], weights=runs[:, 2], minlength=len(segments)) if runs.size else np.zeros(0)
     if (runs.size and (used > sizes).any()) or int(runs[:, 2].sum()) != n:

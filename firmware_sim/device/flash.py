@@ -14,8 +14,9 @@ wrote it (the child calls it from the loop's ``checkpoint`` event). A checkpoint
 
 A checkpoint of schema 3 keeps the ledger's rows and thumbnails in segment files
 (`edge.knowledge.segments`): the segments its save wrote (header ``segments_written``) count too,
-their thumbnail bytes as ``thumbnail_bytes``, the rest as ``ledger_bytes``; the thumbnails it holds
-come from its header's ``ledger`` summary (``thumbnail_bytes_stored``).
+their thumbnail bytes as ``thumbnail_bytes``, the rest as ``ledger_bytes`` (with the header's JSON
+about the segments); the thumbnails it holds come from its header's ``ledger`` summary
+(``thumbnail_bytes_stored``).
 
 Example:
     >>> import tempfile, numpy as np
@@ -88,6 +89,9 @@ def checkpoint_parts(path: str | os.PathLike[str]) -> dict[str, Any]:
         with archive.open("__header__.npy") as member:
             header = json.loads(np.lib.format.read_array(member, allow_pickle=False).tobytes())
     parts["thumbnail_bytes_stored"] = parts["thumbnail_bytes"]
+    ledger_fields = ("segments", "segments_written", "ledger")   # the header's JSON about the ledger
+    rest = {k: v for k, v in header.items() if k not in ledger_fields}
+    parts["ledger_bytes"] += len(json.dumps(header, sort_keys=True)) - len(json.dumps(rest, sort_keys=True))
     written = set(header.get("segments_written", []))
     for ref in header.get("segments", []):   # the ledger's segment files this save wrote
         if ref["name"] in written:
