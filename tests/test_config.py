@@ -192,7 +192,13 @@ def _edge_imports(path: Path) -> set[str]:
 
 
 def test_the_import_graph_has_the_store_below_the_configuration_below_the_agent():
-    assert _edge_imports(ROOT / "edge" / "checkpoint.py") <= {"edge.atomic", "edge.errors", "edge.manifest"}
+    # the store reads the ledger's segment files (`edge.knowledge.segments`, a file format, and the ledger's
+    # JSON reader: both on edge.errors / edge.manifest only)
+    assert _edge_imports(ROOT / "edge" / "checkpoint.py") <= {"edge.atomic", "edge.errors", "edge.manifest",
+                                                               "edge.knowledge"}
+    assert _edge_imports(ROOT / "edge" / "knowledge" / "segments.py") <= {"edge.errors", "edge.knowledge.ledger"}
+    assert _edge_imports(ROOT / "edge" / "knowledge" / "ledger.py") <= {"edge.errors", "edge.manifest"}
+    assert _edge_imports(ROOT / "edge" / "knowledge" / "__init__.py") == set()
     assert _edge_imports(ROOT / "edge" / "config.py") <= {"edge.buffer", "edge.errors", "edge.heads",
                                                            "edge.strategies"}
     for name in ("run.py", "cli.py", "device.py"):
@@ -240,6 +246,6 @@ def test_sweep_grid_keys_are_the_table(tmp_path):
     assert AGENT_FIELDS == set(SETTINGS_BY_NAME) - {"strategy", "strategy_params", "seed"}
     cells = expand(parse_grid({"sweep": {"model": "/m"}, "grid": {"buffer_capacity": [10]},
                                "strategies": {"replay": {}}}))
-    assert cells[0].agent == AgentConfig(buffer_capacity=10).to_dict()
+    assert cells[0].agent == AgentConfig(buffer_capacity=10, strategy="replay").to_dict()
     with pytest.raises(ValueError, match="unknown key 'buffer'"):
         parse_grid({"grid": {"buffer": [10]}, "strategies": {"replay": {}}})

@@ -123,7 +123,7 @@ def test_foreign_backbone_and_unknown_schema_are_refused(saved):
     arrays[HEADER_KEY] = np.frombuffer(json.dumps(header).encode(), np.uint8)
     with open(newest, "wb") as handle:
         np.savez(handle, **arrays)
-    with pytest.raises(IncompatibleCheckpointError, match=r"schema_version expected one of \[1, 2\], got 7"):
+    with pytest.raises(IncompatibleCheckpointError, match=r"schema_version expected one of \[1, 2, 3\], got 7"):
         store.latest()
     assert store.load(store.paths()[1]).step == 1  # the previous state stays usable
 
