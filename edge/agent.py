@@ -116,7 +116,7 @@ class Agent:
             raise ConfigError(f"AgentConfig.strategy: the tflite head backend supports "
                               f"{tflite_head_strategies()} (plain gradient steps), got "
                               f"{cfg.strategy!r}, which changes the head's loss or weights; "
-                              "use head_backend='numpy'")
+                              "use one of those (--strategy replay) or head_backend='numpy'")
         self.head: Head | None = self._new_head()
         capacity = cfg.buffer_capacity if self.strategy.uses_buffer else 0
         self.buffer = ReplayBuffer(capacity, self.embedding_size, cfg.buffer_policy,

@@ -280,8 +280,13 @@ class TFLiteHead:
                 self.step(x[idx], y[idx])
 
     def mark_seen(self, labels: np.ndarray) -> None:
-        """Mark ``labels`` as seen without a training step (for a strategy that sets the weights)."""
-        self.seen_[self._check_y(labels, np.asarray(labels).shape[0])] = True
+        """Mark ``labels`` as seen without a training step (for a strategy that sets the weights);
+        the mask is one of the file's variables (the graph masks with it), so it is written there."""
+        y = self._check_y(labels, np.asarray(labels).shape[0])
+        state = self.state_dict()
+        state["seen"] = state["seen"].copy()
+        state["seen"][y] = True
+        self.load_state_dict(state)
 
     def reset(self, seed: int | None = None) -> None:
         """Back to the freshly constructed state: initial weights of ``seed`` (default: the head's

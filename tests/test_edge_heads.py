@@ -142,7 +142,7 @@ def test_strategy_registry_and_seam():
 
 
 def test_agent_config_json_round_trip_and_validation():
-    cfg = AgentConfig(head="mlp", strategy_params={"replay_ratio": 0.3}, buffer_storage="float16")
+    cfg = AgentConfig(head="mlp", strategy="replay", strategy_params={"replay_ratio": 0.3}, buffer_storage="float16")
     assert AgentConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown keys"):
         AgentConfig.from_dict({"bogus": 1})

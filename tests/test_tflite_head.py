@@ -197,7 +197,7 @@ def test_agent_finds_the_head_in_the_manifest_and_matches_the_numpy_agent() -> N
     preds = {}
     for backend in ("numpy", "tflite"):
         with open_backbone(MODEL, runtime="litert") as backbone:
-            agent = Agent(backbone, AgentConfig(head_backend=backend, buffer_capacity=50))
+            agent = Agent(backbone, AgentConfig(head_backend=backend, buffer_capacity=50, strategy="replay"))
             agent.learn_many(frames[:20], labels[:20])
             agent.learn_many(frames[20:], labels[20:])
             preds[backend] = agent.predict_proba_many(frames)
@@ -215,7 +215,7 @@ def test_agent_config_and_strategy_checks() -> None:
     with pytest.raises(ValueError, match="head_backend"):
         AgentConfig(head_backend="onnx")
     with pytest.raises(ValueError, match="head_file"):
-        Agent(None, AgentConfig(head_backend="tflite"), embedding_size=256)
+        Agent(None, AgentConfig(head_backend="tflite", strategy="replay"), embedding_size=256)
     with pytest.raises(ValueError, match="tflite head backend supports"):
         Agent(None, AgentConfig(head_backend="tflite", head_file=str(SOFTMAX_SGD), strategy="ewc"),
               embedding_size=256)
@@ -238,7 +238,7 @@ NO_TF_SCRIPT = """
 import sys
 import numpy as np
 from edge.agent import Agent, AgentConfig
-cfg = AgentConfig(head_backend="tflite", head_file=sys.argv[1], buffer_capacity=40)
+cfg = AgentConfig(head_backend="tflite", head_file=sys.argv[1], buffer_capacity=40, strategy="replay")
 agent = Agent(None, cfg, embedding_size=256)
 rng = np.random.default_rng(0)
 centers = rng.normal(size=(3, 256)).astype(np.float32) * 3

@@ -134,7 +134,7 @@ def test_agent_learns_checkpoints_and_resumes(tmp_path, precision, head_backend)
     backbone = open_backbone(_model(), runtime="litert", precision=precision, num_threads=2)
     if EXPECTED is not None:
         assert backbone.info.runtime == EXPECTED
-    extra = {"optimizer": "sgd"} if head_backend == "tflite" else {}
+    extra = {"optimizer": "sgd", "strategy": "replay"} if head_backend == "tflite" else {}
     config = AgentConfig(max_classes=50 if head_backend == "tflite" else 6, buffer_capacity=32, epochs=3,
                          seed=0, head_backend=head_backend, **extra)
     agent = Agent(backbone, config)

@@ -9,6 +9,7 @@ import numpy as np
 from edge.base import Head
 from edge.buffer import ReplayBuffer
 from edge.errors import ConfigError, InputError
+from edge.heads import SoftmaxHead
 from edge.logistic import DEFAULT_L2
 from edge.strategies.base import (
     LearnSettings,
@@ -73,11 +74,11 @@ class CumulativeStrategy(Strategy):
     without limit) and each batch trains over all of them, so this is a reference for the
     simulator, not something to ship on a device.
 
-    Default (``epochs=None``, ``solver="auto"``): on the linear softmax head, after each batch the
+    Default (``epochs=None``, ``solver="auto"``): on the NumPy softmax head, after each batch the
     head is fitted by L-BFGS to the optimum of the L2-regularised cross-entropy on all the data
     seen so far (`edge.logistic.fit_logistic`, penalty ``l2``), stopping when the weights are
     provably within ``lbfgs_tol`` of it: the converged joint bound, with a stopping rule that
-    follows the data instead of an epoch count. On the MLP head (``solver="sgd"``) it trains one
+    follows the data instead of an epoch count. On the MLP and ``.tflite`` heads (``solver="sgd"``) it trains one
     epoch at a time until the epoch's mean training loss improves by less than ``tol`` (relative)
     over the previous epoch, or ``max_epochs`` epochs (a heuristic: measured 87.3 vs 92.7 % for
     the converged fit on 1280-d rows). Both start from the head of the previous batch
@@ -94,7 +95,8 @@ class CumulativeStrategy(Strategy):
         max_epochs: cap on the epochs of one retraining to convergence (default 30).
         tol: relative improvement of the epoch's mean loss below which SGD training stops (default 0.01).
         warm_start: start each retraining to convergence from the previous head (default True).
-        solver: ``"auto"`` (L-BFGS on the linear head, SGD on the MLP head), ``"lbfgs"`` or ``"sgd"``.
+        solver: ``"auto"`` (L-BFGS on the NumPy softmax head; SGD on the MLP head and on the ``.tflite``
+            head, which keeps its file's update rule), ``"lbfgs"`` or ``"sgd"``.
         l2: the L-BFGS fit's penalty (default `edge.logistic.DEFAULT_L2`).
         lbfgs_tol: the L-BFGS fit's relative distance to the optimum (default 1e-4).
     """
@@ -122,8 +124,8 @@ class CumulativeStrategy(Strategy):
     def _solver(self, head: Head) -> str:
         if self.solver not in ("auto", "lbfgs", "sgd"):
             raise ConfigError(f"cumulative: solver expected one of ('auto', 'lbfgs', 'sgd'), got {self.solver!r}")
-        if self.solver == "auto":
-            return "lbfgs" if head.output_layer == ("W", "b") else "sgd"
+        if self.solver == "auto":   # the NumPy softmax head; the .tflite head keeps its file's update rule
+            return "lbfgs" if isinstance(head, SoftmaxHead) else "sgd"
         return str(self.solver)
 
     def learn(self, head: Head | None, buffer: ReplayBuffer, emb: np.ndarray, labels: np.ndarray,

@@ -31,8 +31,7 @@ def fit_head(head: Head, x: np.ndarray, y: np.ndarray, *, l2: float, max_iter: i
     if head.output_layer != ("W", "b"):
         raise ConfigError(f"strategy {owner!r}: expected the linear softmax head (--head softmax), got a head "
                           f"whose output layer is {head.output_layer}")
-    head.mark_seen(y)
-    seen = head.classes_
+    seen = np.union1d(head.classes_, y)
     column = np.full(head.max_classes, -1, np.int64)
     column[seen] = np.arange(seen.size)
     vectors = head.get_output_weights().astype(np.float64)   # (max_classes, d + 1)
@@ -41,6 +40,7 @@ def fit_head(head: Head, x: np.ndarray, y: np.ndarray, *, l2: float, max_iter: i
     vectors[seen, :-1] = fit.weights.T
     vectors[seen, -1] = fit.bias
     head.set_output_weights(vectors, reset_optimizer=True)
+    head.mark_seen(y)     # after the weights: a backend may restore its seen mask with them
     return fit
 
 
