@@ -95,6 +95,12 @@ class Checkpoint:
     config: dict[str, Any]
     state: dict[str, np.ndarray]
     header: dict[str, Any]
+    #: Warnings about what was loaded (a missing or damaged ledger segment: its samples left the ledger).
+    notes: tuple[str, ...] = ()
+
+
+class _SegmentDamaged(CheckpointError):
+    """A ledger segment named by a verified checkpoint is missing or fails its sha256 or decoding."""
 
 
 def payload_sha256(state: dict[str, np.ndarray]) -> str:
@@ -476,24 +482,26 @@ class CheckpointStore:
             with _open_regular(seg) as handle:
                 size = os.fstat(handle.fileno()).st_size
                 if size != ref["bytes"]:
-                    raise CheckpointError(f"{path}: segment {seg}: expected {ref['bytes']} bytes, got {size} "
+                    raise _SegmentDamaged(f"{path}: segment {seg}: expected {ref['bytes']} bytes, got {size} "
                                           "(truncated or changed)")
                 data: bytes = handle.read(size + 1)
         except FileNotFoundError as exc:
-            raise CheckpointError(f"{path}: expected its ledger segment {seg}, got none (missing)") from exc
+            raise _SegmentDamaged(f"{path}: expected its ledger segment {seg}, got none (missing)") from exc
         except CheckpointError:
             raise
         except OSError as exc:
-            raise CheckpointError(f"{path}: segment {seg}: expected a readable file, got {exc}") from exc
+            raise _SegmentDamaged(f"{path}: segment {seg}: expected a readable file, got {exc}") from exc
         got = hashlib.sha256(data).hexdigest()
         if len(data) != ref["bytes"] or got != ref["sha256"]:
-            raise CheckpointError(f"{path}: segment {seg}: sha256 expected {ref['sha256']}, got {got} "
+            raise _SegmentDamaged(f"{path}: segment {seg}: sha256 expected {ref['sha256']}, got {got} "
                                   f"({len(data)} bytes; the file was changed or corrupted)")
         return data
 
-    def _join_ledger(self, path: Path, header: dict[str, Any], arrays: dict[str, np.ndarray]
-                     ) -> tuple[dict[str, np.ndarray], ledger_segments.LedgerIndex]:
-        """The state with the ledger's segments read, verified and joined back into its usual arrays."""
+    def _join_ledger(self, path: Path, header: dict[str, Any], arrays: dict[str, np.ndarray], salvage: bool
+                     ) -> tuple[dict[str, np.ndarray], ledger_segments.LedgerIndex, tuple[str, ...]]:
+        """The state with the ledger's segments read, verified and joined back into its usual arrays,
+        and warnings. A missing or damaged segment raises `_SegmentDamaged`; with ``salvage`` its
+        samples leave the ledger instead (`ledger_segments.join`), with a warning naming it."""
         refs, summary = header.get("segments"), header.get("ledger")
         if not isinstance(refs, list) or len(refs) > MAX_SEGMENTS or not isinstance(summary, dict):
             raise CheckpointError(f"{path}: expected a list of at most {MAX_SEGMENTS} segments and a ledger "
@@ -505,18 +513,46 @@ class CheckpointStore:
                 raise CheckpointError(f"{path}: expected segment references {{name: seg-<sha256>.bin, sha256, "
                                       f"{', '.join(_REF_INTS)}}}, got {str(ref)[:200]}")
         budget = self.max_bytes - sum(int(a.nbytes) for a in arrays.values())
-        blobs = []
-        for ref in refs:
-            blobs.append(self._read_segment(path, ref, budget))
-            budget -= len(blobs[-1])
+        blobs: list[bytes] = []
+        lost: dict[int, str] = {}   # position in refs -> why
+        size: Any = summary.get("embedding_size")
+        for i, ref in enumerate(refs):
+            blob = b""
+            try:
+                blob = self._read_segment(path, ref, budget)
+                if _is_int(size):
+                    ledger_segments.check_segment(blob, ref, int(size))
+            except _SegmentDamaged as exc:
+                if not salvage:
+                    raise
+                lost[i] = str(exc)
+            except CheckpointError:
+                raise
+            except ValueError as exc:   # InputError: the file matches its sha256 but does not decode
+                damage = _SegmentDamaged(f"{path}: segment {ref['name']}: {exc}")
+                if not salvage:
+                    raise damage from exc
+                lost[i], blob = str(damage), b""
+            blobs.append(blob)
+            budget -= int(ref["bytes"])   # a lost segment counts as read: the bound stays the same
         inline = {k[len(LEDGER_PREFIX):]: v for k, v in arrays.items() if k.startswith(LEDGER_PREFIX)}
         try:
-            flat, index = ledger_segments.join(inline, blobs, refs, summary)
+            flat, index = ledger_segments.join(inline, blobs, refs, summary, lost=set(lost))
         except ValueError as exc:   # InputError included
             raise CheckpointError(f"{path}: {exc}") from exc
         state = {k: v for k, v in arrays.items() if not k.startswith(LEDGER_PREFIX)}
         state.update({LEDGER_PREFIX + k: v for k, v in flat.items()})
-        return state, index
+        counts = ledger_segments.samples_per_segment(inline, len(refs)) if lost else None
+        notes = []
+        for i, why in lost.items():
+            assert counts is not None
+            why = why.removeprefix(f"{path}: ")
+            note = (f"{path}: no intact checkpoint: loaded without ledger segment {refs[i]['name']} "
+                    f"({why}): its {int(counts[i])} samples left the teach ledger (still learned, counted as "
+                    "sealed: they can no longer be undone one by one or shown as thumbnails)")
+            logger.warning("%s", note)
+            notes.append(note)
+        return state, index, tuple(notes)
 
     def _ranked(self) -> list[tuple[int, Path]]:
         """(verified header step, path) of the candidates, highest step first; unreadable ones -1.
@@ -635,8 +671,13 @@ class CheckpointStore:
                                   f"got {step!r:.40} and {type(header.get('config')).__name__}")
         return header
 
-    def load(self, path: str | os.PathLike[str]) -> Checkpoint:
-        """Read and verify one checkpoint file; `CheckpointError` (expected vs got) otherwise."""
+    def load(self, path: str | os.PathLike[str], *, salvage: bool = False) -> Checkpoint:
+        """Read and verify one checkpoint file; `CheckpointError` (expected vs got) otherwise.
+
+        ``salvage``: a ledger segment it names that is missing or damaged does not make it invalid;
+        its samples leave the ledger and `Checkpoint.notes` says so (the rest of the state is in the
+        checkpoint file, verified). `candidates` does this only when no checkpoint is intact.
+        """
         path = Path(path)
         arrays = read_npz_bounded(path, self.max_bytes)
         if HEADER_KEY not in arrays:
@@ -657,7 +698,7 @@ class CheckpointStore:
             except (CheckpointError, ValueError, TypeError) as exc:
                 raise CheckpointError(f"{path}: {exc}") from exc
         if header["schema_version"] == SEGMENTED_SCHEMA_VERSION:
-            arrays, index = self._join_ledger(path, header, arrays)
+            arrays, index, notes = self._join_ledger(path, header, arrays, salvage)
             for key in ledger_segments.FLAT_KEYS:
                 arr = arrays[LEDGER_PREFIX + key]
                 if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
@@ -665,11 +706,17 @@ class CheckpointStore:
             self._index = index
         elif "segments" in header:
             raise CheckpointError(f"{path}: expected no segments in a schema {header['schema_version']} checkpoint, got some")
+        else:
+            notes = ()
         return Checkpoint(path=path, step=header["step"], config=header["config"], state=arrays,
-                          header=header)
+                          header=header, notes=notes)
 
     def candidates(self) -> Iterator[Checkpoint]:
         """Valid checkpoints, highest verified step first; invalid ones are skipped with a warning.
+
+        Then, when no intact one was taken, those whose only fault is a missing or damaged ledger
+        segment (newest first), loaded without that segment's samples (`load` with ``salvage``):
+        the learned state survives, the ledger loses those samples, `Checkpoint.notes` says so.
 
         A checkpoint of another backbone or schema is never skipped silently:
         `IncompatibleCheckpointError`. If files exist but none is valid, `CheckpointError` lists why.
@@ -685,6 +732,7 @@ class CheckpointStore:
                 logger.warning("skipping unreadable checkpoint (falling back to an older one): %s", exc)
                 errors.append(str(exc))
         ordered.sort(key=lambda item: (item[0], self._name_matches(*item)), reverse=True)
+        damaged = []
         for step, path in ordered:
             try:
                 ckpt = self.load(path)
@@ -693,10 +741,20 @@ class CheckpointStore:
             except CheckpointError as exc:
                 logger.warning("skipping invalid checkpoint (falling back to an older one): %s", exc)
                 errors.append(str(exc))
+                if isinstance(exc, _SegmentDamaged):
+                    damaged.append(path)
                 continue
             if not self._name_matches(ckpt.step, path):
                 logger.warning("checkpoint %s records step %d: ordered by that step, not by its name",
                                path, ckpt.step)
+            self._good = path
+            yield ckpt
+        for path in damaged:   # no intact checkpoint was taken: keep the learned state, lose ledger samples
+            try:
+                ckpt = self.load(path, salvage=True)
+            except CheckpointError as exc:
+                errors.append(f"{path} without its damaged segments: {exc}")
+                continue
             self._good = path
             yield ckpt
         if errors:

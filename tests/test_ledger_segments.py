@@ -3,7 +3,9 @@
 A checkpoint after a teach writes one new segment (the new samples) and a small checkpoint; loading
 gives back exactly the ledger's arrays; removals are tombstones until a segment is mostly dead; a
 segment goes only when no kept checkpoint names it; every segment is verified (sha256, bounded
-decoding) and a checkpoint with a missing or changed segment is refused in favour of the previous one.
+decoding) and a checkpoint with a missing or changed segment is refused in favour of the previous one;
+when every checkpoint names it, the newest loads without that segment's samples (the learned state
+intact, a warning naming it).
 """
 
 from __future__ import annotations
@@ -175,13 +177,94 @@ def test_a_missing_or_changed_segment_falls_back_to_the_previous_checkpoint(tmp_
     seg.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="segment.*sha256"):
         store.load(newest)
-    assert store.latest().step == 1
+    assert store.latest().step == 1 and store.latest().notes == ()       # an intact older one is preferred
     seg.unlink()
     with pytest.raises(CheckpointError, match="missing"):
         store.load(newest)
-    assert store.latest().step == 1
+    assert store.latest().step == 1 and store.latest().notes == ()
     seg.write_bytes(pristine)
     assert store.latest().step == 2
+
+
+def _damage_shared_segment(tmp_path: Path, how: str) -> tuple[Agent, Path, dict, bytes]:
+    """Two checkpoints (teach of class 1, save, teach of class 2, save); then the segment both name (the
+    first teach's samples) is bit-flipped or removed. Returns the agent, the newest path, the segment's
+    reference and its pristine bytes."""
+    agent, rng = _agent(), np.random.default_rng(12)
+    store = CheckpointStore(tmp_path, FP)
+    _teach(agent, rng, n=10, label=1)
+    _save(store, agent)
+    _teach(agent, rng, n=7, label=2)
+    newest = _save(store, agent)
+    header = store.load(newest).header
+    (shared,) = [ref for ref in header["segments"] if ref["name"] not in header["segments_written"]]
+    assert shared["name"] in {ref["name"] for ref in store.load(store.paths()[1]).header["segments"]}
+    seg = tmp_path / "ledger" / shared["name"]
+    pristine = seg.read_bytes()
+    if how == "flipped":
+        data = bytearray(pristine)
+        data[len(data) // 2] ^= 0x10
+        seg.write_bytes(bytes(data))
+    else:
+        seg.unlink()
+    return agent, newest, shared, pristine
+
+
+@pytest.mark.parametrize("how", ["flipped", "missing"])
+def test_a_damaged_segment_every_checkpoint_names_costs_only_its_ledger_samples(tmp_path: Path, how: str,
+                                                                                caplog) -> None:
+    agent, newest, shared, pristine = _damage_shared_segment(tmp_path, how)
+    lost_ids = set(segments.decode_segment(pristine).sample_id.tolist())
+    assert len(lost_ids) == 10
+    probe = np.random.default_rng(13).normal(size=(40, D)).astype(np.float32)
+    want = agent.predict_proba_embeddings(probe)
+    before = agent.knowledge
+    store = CheckpointStore(tmp_path, FP)
+    with pytest.raises(CheckpointError, match=shared["name"]):
+        store.load(newest)                                                # strictly, it is invalid
+    with caplog.at_level("WARNING", logger="edge.checkpoint"):
+        back, ckpt = resume(store, _restored)
+    assert ckpt.path == newest and ckpt.step == agent.step_               # the newest, not a refusal
+    (note,) = ckpt.notes
+    assert shared["name"] in note and "10 samples" in note
+    assert any(shared["name"] in r.getMessage() and "10 samples" in r.getMessage() and r.levelname == "WARNING"
+               for r in caplog.records)
+    # the learned state (head, strategy, statistics, buffer) is intact: identical answers
+    assert np.array_equal(back.predict_proba_embeddings(probe), want)
+    rest = {k: v for k, v in agent.state_dict().items() if not k.startswith("knowledge.")}
+    assert _same_state({k: v for k, v in back.state_dict().items() if not k.startswith("knowledge.")}, rest)
+    # the ledger lost exactly that segment's samples; they count as sealed; the event left empty is gone
+    ledger = back.knowledge
+    kept = np.array([i not in lost_ids for i in before.sample_id.tolist()])
+    assert ledger.sample_id.tolist() == before.sample_id[kept].tolist()
+    assert np.array_equal(ledger.rows, before.rows[kept])
+    assert ledger.thumbs == [t for t, k in zip(before.thumbs, kept) if k]
+    assert ledger.sealed_samples == before.sealed_samples + 10
+    assert [e.label for e in ledger.events()] == [2] and ledger.events()[0].samples == 7
+    # what is left is undone exactly
+    done = back.undo_last()
+    assert done["label"] == 2 and done["samples"] == 7 and done["removal"] == "exact"
+    # the next save names no damaged segment, and reloads cleanly
+    path = _save(store, back)
+    assert shared["name"] not in {ref["name"] for ref in store.load(path).header["segments"]}
+    fresh = CheckpointStore(tmp_path, FP)
+    again = fresh.latest()
+    assert again.path == path and again.notes == ()
+    assert _same_state(again.state, back.state_dict())
+
+
+def test_a_lost_segment_reference_stays_within_the_budgets() -> None:
+    ledger = Ledger(4)
+    ledger.record(np.ones((3, 4), np.float32), np.array([0, 1, 1]), thumbnails=[b"ab", b"", b"cde"], when=0.0)
+    flat = {k[len("knowledge."):]: v for k, v in ledger.state_dict().items()}
+    plan = segments.split(flat, None, lambda ref: False)
+    assert plan is not None
+    back, index = segments.join(plan.inline, [b""], plan.refs, plan.summary, lost={0})
+    assert back["sample_id"].size == 0 and index.sample_id.size == 0
+    assert json.loads(back["meta"].tobytes())["sealed_samples"] == 3 and json.loads(back["events"].tobytes()) == []
+    crafted = [dict(plan.refs[0], samples=1 << 40)]                       # more slots than its bytes hold
+    with pytest.raises(InputError, match="fit its"):
+        segments.join(plan.inline, [b""], crafted, plan.summary, lost={0})
 
 
 def test_an_old_state_with_the_ledger_inside_loads_and_is_converted(tmp_path: Path, monkeypatch) -> None:

@@ -335,6 +335,22 @@ class Ledger:
                 f"thumbnail_bytes={self.thumbnail_bytes}, dropped_thumbnails={self.dropped_thumbnails})")
 
 
+def seal_lost(meta: np.ndarray, events: np.ndarray, alive: set[int], lost: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ledger's ``meta`` and ``events`` arrays once ``lost`` samples left it because their segment
+    file was missing or damaged (`edge.knowledge.segments.join`): they stay learned and are counted
+    as sealed, like samples over the row budget; events left with no sample (not in ``alive``) are
+    dropped, as `Ledger` drops them when their samples go. `InputError` for a malformed meta/events."""
+    parsed_meta = _parse_json(meta, "teach ledger meta")
+    parsed_events = _parse_json(events, "teach ledger events")
+    sealed = parsed_meta.get("sealed_samples") if isinstance(parsed_meta, dict) else None
+    if not isinstance(sealed, int) or isinstance(sealed, bool) or not isinstance(parsed_events, list):
+        raise InputError(f"teach ledger: expected a meta with sealed_samples and a list of events, got "
+                         f"{str(parsed_meta)[:120]} and {type(parsed_events).__name__}")
+    parsed_meta["sealed_samples"] = sealed + int(lost)
+    kept = [e for e in parsed_events if isinstance(e, list) and e and isinstance(e[0], int) and e[0] in alive]
+    return _json_array(parsed_meta), _json_array(kept)
+
+
 def split_state(state: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """``(rest, knowledge.* keys)`` of a state dict."""
     rest = {k: v for k, v in state.items() if not k.startswith(PREFIX)}

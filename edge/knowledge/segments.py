@@ -49,14 +49,14 @@ import json
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
 from edge.errors import InputError
 
-__all__ = ["FLAT_KEYS", "INLINE_KEYS", "LedgerIndex", "Split", "decode_segment", "encode_segment", "join",
-           "segment_name", "split", "SEGMENT_DIR"]
+__all__ = ["FLAT_KEYS", "INLINE_KEYS", "LedgerIndex", "Split", "check_segment", "decode_segment", "encode_segment",
+           "join", "samples_per_segment", "segment_name", "split", "SEGMENT_DIR"]
 
 #: Folder of the segment files inside the state folder.
 SEGMENT_DIR = "ledger"
@@ -326,10 +326,48 @@ def split(flat: Mapping[str, np.ndarray], index: LedgerIndex | None,
     return Split(inline, blobs, refs, summary, out_index)
 
 
+def check_segment(blob: bytes | memoryview, ref: Mapping[str, Any], embedding_size: int) -> Segment:
+    """A segment's bytes decoded and checked against its reference (samples, embedding size,
+    thumbnail bytes); `InputError` naming expected vs got."""
+    s = decode_segment(blob, str(ref.get("name", "segment")))
+    if (s.rows.shape[1] != embedding_size or s.samples != ref.get("samples")
+            or ref.get("embedding_size") != embedding_size or int(s.offsets[-1]) != ref.get("thumbnail_bytes")):
+        raise InputError(f"{ref.get('name')}: expected {ref.get('samples')} samples of {embedding_size} floats and "
+                         f"{ref.get('thumbnail_bytes')} thumbnail bytes, got {s.samples} of {s.rows.shape[1]} "
+                         f"and {int(s.offsets[-1])}")
+    return s
+
+
+def _empty_segment(ref: Mapping[str, Any], embedding_size: int) -> Segment:
+    """A stand-in for a lost segment: its slots (``ref["samples"]``, from the verified header), no data."""
+    got: list[Any] = [ref.get(k) for k in ("samples", "thumbnail_bytes", "bytes")]
+    if (any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in got)
+            or (_PER_SLOT + 4 * embedding_size) * int(got[0]) + int(got[1]) > int(got[2])
+            or ref.get("embedding_size") != embedding_size):
+        raise InputError(f"{ref.get('name')}: expected a reference whose samples ({got[0]!r}) of {embedding_size} "
+                         f"floats and thumbnail bytes ({got[1]!r}) fit its {got[2]!r} bytes, got others")
+    m = int(got[0])
+    zeros = np.broadcast_to(np.zeros(1, np.int64), (m,))   # views: nothing allocated per slot
+    return Segment(zeros, zeros, zeros, np.broadcast_to(np.zeros((1, embedding_size), np.float32), (m, embedding_size)),
+                   np.broadcast_to(np.zeros(1, np.int64), (m + 1,)), memoryview(b""))
+
+
+def samples_per_segment(inline: Mapping[str, np.ndarray], count: int) -> np.ndarray:
+    """How many of the ledger's samples each of ``count`` segments holds (from ``segment_runs``)."""
+    runs = np.asarray(inline["segment_runs"]).reshape(-1, 3)
+    return np.bincount(runs[:, 0], weights=runs[:, 2], minlength=count).astype(np.int64)[:count]
+
+
 def join(inline: Mapping[str, np.ndarray], blobs: Sequence[bytes | memoryview], refs: Sequence[Mapping[str, Any]],
-         summary: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], LedgerIndex]:
+         summary: Mapping[str, Any], lost: Collection[int] = ()) -> tuple[dict[str, np.ndarray], LedgerIndex]:
     """The ledger's flat arrays (`FLAT_KEYS`) from a checkpoint's inline arrays and its segments'
-    verified bytes (in ``refs`` order); `InputError` naming expected vs got for anything inconsistent."""
+    verified bytes (in ``refs`` order); `InputError` naming expected vs got for anything inconsistent.
+
+    ``lost``: positions in ``refs`` of segments that are missing or damaged (their ``blobs`` entries
+    are ignored). Their samples leave the ledger: they stay learned but are counted as sealed
+    (`edge.knowledge.ledger.seal_lost`), and events left without samples are dropped. The returned
+    index never points into a lost segment, so the next checkpoint does not name it.
+    """
     if set(inline) != set(INLINE_KEYS):
         raise InputError(f"teach ledger: expected checkpoint arrays {sorted(INLINE_KEYS)}, got {sorted(inline)}")
     n, d = summary.get("samples"), summary.get("embedding_size")
@@ -337,13 +375,9 @@ def join(inline: Mapping[str, np.ndarray], blobs: Sequence[bytes | memoryview], 
             or not 1 <= d <= MAX_EMBEDDING):
         raise InputError(f"teach ledger: expected a sample count and an embedding size in [1, {MAX_EMBEDDING}] "
                          f"in the header, got {str(dict(summary))[:200]}")
-    segments = [decode_segment(b, str(r.get("name", "segment"))) for b, r in zip(blobs, refs, strict=True)]
-    for s, r in zip(segments, refs):
-        if (s.rows.shape[1] != d or s.samples != r.get("samples") or r.get("embedding_size") != d
-                or int(s.offsets[-1]) != r.get("thumbnail_bytes")):
-            raise InputError(f"{r.get('name')}: expected {r.get('samples')} samples of {d} floats and "
-                             f"{r.get('thumbnail_bytes')} thumbnail bytes, got {s.samples} of {s.rows.shape[1]} "
-                             f"and {int(s.offsets[-1])}")
+    gone = {int(i) for i in lost}
+    segments = [_empty_segment(r, d) if i in gone else check_segment(b, r, d)
+                for i, (b, r) in enumerate(zip(blobs, refs, strict=True))]
     runs, kept_bits = np.asarray(inline["segment_runs"]), np.asarray(inline["thumb_kept"])
     if runs.dtype != np.int64 or runs.ndim != 2 or runs.shape[1] != 3:
         raise InputError(f"teach ledger: expected int64 segment runs (k, 3), got {runs.dtype}{runs.shape}")
@@ -378,16 +412,28 @@ def join(inline: Mapping[str, np.ndarray], blobs: Sequence[bytes | memoryview], 
     lengths = np.array([len(t) for t in thumbs], np.int64)
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    if summary.get("thumbnails") != int(kept.sum()) or summary.get("thumbnail_bytes") != int(offsets[-1]):
+    alive = ~np.isin(seg, np.array(sorted(gone), np.int64)) if gone else np.ones(n, bool)
+    if summary.get("thumbnails") != int(kept.sum()) or (not gone and summary.get("thumbnail_bytes") != int(offsets[-1])):
         raise InputError(f"teach ledger: expected {summary.get('thumbnails')} thumbnails of "
                          f"{summary.get('thumbnail_bytes')} bytes, got {int(kept.sum())} of {int(offsets[-1])}")
-    if (kept & (np.array([len(t) for t in slot_thumbs], np.int64) == 0)).any():
+    if (kept & alive & (np.array([len(t) for t in slot_thumbs], np.int64) == 0)).any():
         raise InputError("teach ledger: expected a kept thumbnail to have bytes, got an empty one")
-    labels = _event_labels(inline["events"])
+    meta, event_json = np.asarray(inline["meta"]), np.asarray(inline["events"])
+    if gone:   # the lost segments' samples leave the ledger (still learned: sealed)
+        from edge.knowledge.ledger import seal_lost
+
+        keep = np.flatnonzero(alive)
+        ids, events, rows, seg, slot = ids[keep], events[keep], rows[keep], seg[keep], slot[keep]
+        slot_thumbs = [slot_thumbs[int(i)] for i in keep]
+        thumbs = [thumbs[int(i)] for i in keep]
+        offsets = np.zeros(keep.size + 1, np.int64)
+        np.cumsum(np.array([len(t) for t in thumbs], np.int64), out=offsets[1:])
+        meta, event_json = seal_lost(meta, event_json, set(events.tolist()), n - int(keep.size))
+    labels = _event_labels(event_json)
     label = None if labels is None else _labels_of(events, labels)
     if label is None:
         raise InputError("teach ledger: expected every sample's event among the events, got an unknown event")
-    flat = {"meta": np.asarray(inline["meta"]), "events": np.asarray(inline["events"]), "sample_id": ids,
+    flat = {"meta": meta, "events": event_json, "sample_id": ids,
             "sample_event": events, "sample_label": label, "rows": rows, "thumb_offsets": offsets,
             "thumb_data": np.frombuffer(b"".join(thumbs), np.uint8).copy()}
     row_crc, slot_crc = _row_crc(rows), _thumb_crc(slot_thumbs)
