@@ -12,8 +12,11 @@ rows, thumbnails and sample ids live in immutable segment files ``ledger/seg-<sh
 (`edge.knowledge.segments`) written before the checkpoint that names them (name, sha256, length in
 its header), so a checkpoint after a teach writes one new segment, not the whole ledger. A checkpoint
 is valid only if every segment it names is there and verifies; a segment is removed only once no
-checkpoint in the folder names it, so the fallback to the previous checkpoint keeps working. Loading
-joins the segments back: `Checkpoint.state` holds the ledger's usual arrays.
+checkpoint in the folder names it, so the fallback to the previous checkpoint keeps working. When no
+kept checkpoint is intact because a segment is missing or damaged, the newest is loaded without that
+segment's samples (the learned state is all in the verified checkpoint file; the samples leave the
+ledger as sealed) and says so (a warning, `Checkpoint.notes`); the next save names only intact
+segments. Loading joins the segments back: `Checkpoint.state` holds the ledger's usual arrays.
 
 Reading is bounded: members are read with sizes checked against the zip directory and the ``.npy``
 header's shape *before* anything is allocated (``max_bytes`` in all), so a crafted file cannot make
@@ -774,7 +777,9 @@ class CheckpointStore:
     def latest(self) -> Checkpoint | None:
         """The valid checkpoint with the highest verified step, or None on first boot.
 
-        A corrupt, torn or unreadable file is skipped with a warning in favour of the previous one.
+        A corrupt, torn or unreadable file is skipped with a warning in favour of the previous one;
+        when none is intact only because of a missing or damaged ledger segment, the newest is
+        loaded without that segment's samples, with a warning (`candidates`).
         A checkpoint of another backbone or schema is never skipped silently: `CheckpointError`.
         If every file is corrupt, `CheckpointError` lists why.
         """

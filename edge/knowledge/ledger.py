@@ -20,6 +20,8 @@ produced it (float32, ``4 * d`` bytes: what exact removal subtracts) and a JPEG 
   (``dropped_thumbnails`` counts them; the rows stay, so removal stays exact);
 * rows: ``row_budget`` bytes (default 32 MiB); over it, the oldest samples are *sealed*: they leave
   the ledger (they stay learned, but can no longer be removed one by one; ``sealed_samples``).
+  Samples whose segment file is missing or damaged when no intact checkpoint is left are sealed
+  the same way on load (`seal_lost`); an event left without samples is dropped.
 
 Budgets count the live ledger. On flash, the bytes of removed samples and dropped thumbnails stay in
 their segment files until a segment is mostly dead (then its live samples are rewritten): at most
