@@ -532,7 +532,7 @@ class CheckpointStore:
             except CheckpointError:
                 raise
             except ValueError as exc:   # InputError: the file matches its sha256 but does not decode
-                damage = _SegmentDamaged(f"{path}: segment {ref['name']}: {exc}")
+                damage = _SegmentDamaged(f"{path}: segment {exc}")   # the message names the segment
                 if not salvage:
                     raise damage from exc
                 lost[i], blob = str(damage), b""
