@@ -35,7 +35,7 @@ from firmware_sim.cache_dir import default_cache_dir
 from firmware_sim.loop.replay import SimOptions
 from firmware_sim.studies.strategy_sweep import head_for
 
-ORDER = ["naive", "lwf", "ewc", "cwr_star", "ncm", "replay", "ar1_head", "slda", "cumulative"]
+ORDER = ["naive", "lwf", "ewc", "cwr_star", "ncm", "replay", "refit", "ar1_head", "slda", "ridge", "cumulative"]
 NPZ_CLASSES = 20
 
 
@@ -125,6 +125,10 @@ WHAT = {
     "ewc": ("online EWC: running diagonal Fisher after every batch, penalty towards the last weights",
             "Fisher + anchor (2 x head params)"),
     "lwf": ("LwF: distil the head's own pre-batch outputs on the batch", "none between batches"),
+    "refit": ("fit the softmax head to convergence (L-BFGS) on the buffer + the batch after each teach "
+              "(`edge-agent`'s default)", "buffer"),
+    "ridge": ("ridge regression on a random ReLU projection, penalty by GCV; exact add/subtract",
+              "D x D Gram + D x K sums"),
     "cumulative": ("train on everything seen, to convergence (upper bound)", "**UNBOUNDED**: every embedding, float32"),
 }
 
