@@ -260,6 +260,17 @@ def read_npz_bounded(path: str | os.PathLike[str], max_bytes: int = MAX_CHECKPOI
         raise _refuse(path, f"an unreadable file ({type(exc).__name__}: {exc})") from exc
 
 
+def _file_age(entry: os.DirEntry[str], now: float) -> float | None:
+    """Seconds since ``entry`` (a regular file, not followed through links) was modified; None when it
+    is not a regular file or is gone."""
+    try:
+        if not entry.is_file(follow_symlinks=False):
+            return None
+        return now - entry.stat(follow_symlinks=False).st_mtime
+    except FileNotFoundError:
+        return None
+
+
 class CheckpointStore:
     """Checkpoints of one backbone in one directory.
 
@@ -464,11 +475,8 @@ class CheckpointStore:
         for entry in os.scandir(folder):
             if not _SEGMENT_NAME.match(entry.name) or entry.name in named:
                 continue
-            try:
-                if not entry.is_file(follow_symlinks=False):
-                    continue
-                age = now - entry.stat(follow_symlinks=False).st_mtime
-            except FileNotFoundError:
+            age = _file_age(entry, now)
+            if age is None:
                 continue
             if self.exclusive or entry.name in self._orphans or abs(age) > STALE_TMP_S:
                 removed += self._unlink(Path(entry.path))
@@ -607,11 +615,8 @@ class CheckpointStore:
         for entry, prefix in temps:
             if not (entry.name.startswith(prefix) and entry.name.endswith(TMP_SUFFIX)):
                 continue
-            try:
-                if not entry.is_file(follow_symlinks=False):
-                    continue
-                age = now - entry.stat(follow_symlinks=False).st_mtime
-            except FileNotFoundError:
+            age = _file_age(entry, now)
+            if age is None:
                 continue
             if self.exclusive or abs(age) > STALE_TMP_S:
                 removed += self._unlink(Path(entry.path))
