@@ -52,6 +52,7 @@ from edge.preprocess import as_frame_batch
 from edge.runtimes import Backbone, limit_blas_threads
 from edge.stats import ClassStatistics
 from edge.strategies import STRATEGIES, Strategy, make_strategy, tflite_head_strategies
+from edge.strategies.lda import subtract_scatter
 
 __all__ = ["Agent", "AgentConfig", "Answer", "OpenSetPolicy", "UNKNOWN"]
 
@@ -539,7 +540,9 @@ class Agent:
         scatter by the inverse of its parallel update, NCM's squares): the state equals one that
         never learned the rows, up to float rounding. Gradient strategies: the rows leave the replay
         buffer and the head (and the strategy) are refitted from what remains (the buffer, or the
-        ledger's rows for a strategy without a buffer). The open-set calibration sample is kept.
+        ledger's rows for a strategy without a buffer). ``refit_slda``: the rows leave the buffer
+        and SLDA's scatter; the head is refitted when the buffer holds every remaining row
+        (`edge.strategies.refit_slda`). The open-set calibration sample is kept.
         Returns ``"exact"`` or ``"refit"``. Nothing changes if the rows were not learned (`InputError`).
         """
         x = self._check_embeddings(rows)
@@ -549,7 +552,13 @@ class Agent:
                                         units=x if self.stats.directions else None)
         remaining = self.stats.copy()
         remaining.subtract(batch)           # raises (nothing changed) when more rows than learned
-        if self.removal_is_exact:
+        forget_rows = getattr(self.strategy, "forget_rows", None)
+        if forget_rows is not None:         # refit_slda: buffer, exact scatter, head refitted when complete
+            self.buffer.remove(x, y)
+            how = str(forget_rows(self.buffer, z, y, batch, remaining))
+            self.stats.subtract(batch)
+            self.strategy.refresh()
+        elif self.removal_is_exact:
             self._subtract_from_strategy(z, y, batch, remaining)
             self.stats.subtract(batch)
             how = "exact"
@@ -577,16 +586,7 @@ class Agent:
         if strategy.name == "ncm" and getattr(strategy, "sq_", None) is not None:
             strategy.sq_ -= (z64 * z64).sum(axis=0)
         elif strategy.name == "slda" and getattr(strategy, "scatter_", None) is not None:
-            # inverse of Chan et al.'s parallel update: S_all = S_rest + S_batch + n m/(n+m) dd^T
-            total = np.zeros_like(strategy.scatter_, dtype=np.float64)
-            for c in np.flatnonzero(batch.count_):
-                m = int(batch.count_[c])
-                mean_b = batch.sum_[c] / m
-                centred = z64[y == c] - mean_b
-                n = int(remaining.count_[c])
-                delta = mean_b - remaining.sum_[c] / max(n, 1)
-                total += centred.T @ centred + (n * m / (n + m)) * np.outer(delta, delta)
-            strategy.scatter_ = (strategy.scatter_ - total).astype(strategy.scatter_.dtype)
+            strategy.scatter_ = subtract_scatter(strategy.scatter_, z64, y, batch, remaining)
 
     def _refit(self) -> None:
         """A fresh head and strategy fitted on what remains (buffer rows, or the ledger's)."""

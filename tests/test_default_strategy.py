@@ -1,9 +1,10 @@
 """The streaming strategies against a converged joint logistic regression (`firmware_sim.studies.embedding_bound`).
 
 What the table in docs/strategies.md says, checked where it is cheap: the bound really is converged, and on
-the real-photo stream with the tiny backbone the default strategy (`refit`) reaches the joint bound (within
-2 points) and SLDA's automatic shrinkage beats the old fixed one. (The ImageNet-backbone columns and the
-generated streams, where `refit` is below the bound and `slda` above it, are in docs/strategies.md.)
+the real-photo stream with the tiny backbone the default strategy (`refit_slda`, whose buffer holds every row
+there) reaches the joint bound and SLDA's automatic shrinkage beats the old fixed one. (The ImageNet-backbone
+columns and the generated streams, where the buffer overflows and `refit_slda` answers as `slda`, above the
+bound, are in docs/strategies.md: `python -m firmware_sim.studies.embedding_bound table ...`.)
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pytest
 
 from firmware_sim.studies.embedding_bound import evaluate_file, joint_logistic
 
-TOLERANCE = 0.02
+TOLERANCE = 0.005   # two test rows of 432
 
 
 def test_the_joint_bound_is_converged_to_the_optimum():
@@ -39,8 +40,8 @@ def test_the_joint_bound_is_converged_to_the_optimum():
 @pytest.mark.slow
 def test_the_default_strategy_reaches_the_joint_bound_on_real_photos_with_the_tiny_backbone(tmp_path):
     """Real photographs (foolbox CIFAR-10 samples, every rotation, tiny backbone fp32), every strategy with its
-    defaults through the Agent: measured 26.2 % for `refit` (the buffer's int8 rows), 26.4 % for the converged
-    bound, 22.9 % for slda(auto), 18.1 % for slda with the old 1e-4 shrinkage."""
+    defaults through the Agent: measured 26.4 % for `refit_slda` and for the converged bound, 22.9 % for
+    slda(auto), 18.1 % for slda with the old 1e-4 shrinkage."""
     import sys
     from pathlib import Path
 
@@ -60,4 +61,5 @@ def test_the_default_strategy_reaches_the_joint_bound_on_real_photos_with_the_ti
     acc = result["accuracy"]
     assert all(result["extra"]["bound converged"])
     assert acc[default] >= acc["joint logistic (bound)"] - TOLERANCE, acc
+    assert acc[default] > acc["slda"], acc
     assert acc["slda"] > acc["slda(shrinkage=0.0001)"], acc

@@ -101,7 +101,7 @@ def test_config_file_json_and_toml_and_a_stored_state_that_differs(tmp_path):
     (tmp_path / "x.yaml").write_text("a: 1")
     with pytest.raises(ConfigError, match="expected a .json or .toml file"):
         load_file(tmp_path / "x.yaml")
-    check_stored(AgentConfig().to_dict(), {"strategy": "refit"})
+    check_stored(AgentConfig().to_dict(), {"strategy": "refit_slda"})
     with pytest.raises(ConfigError, match=r"buffer_capacity: stored 1000, asked 200"):
         check_stored(AgentConfig().to_dict(), {"buffer_capacity": 200})
 

@@ -99,7 +99,8 @@ def test_hash_mismatch_is_detected_expected_vs_got(saved):
     newest = store.paths()[0]
     with np.load(newest, allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
-    arrays["head.param.W"] = arrays["head.param.W"] + 1.0  # a tampered but well-formed file
+    learned = next(k for k in arrays if k.startswith(("head.", "strategy.")) and arrays[k].dtype.kind == "f")
+    arrays[learned] = arrays[learned] + 1.0  # a tampered but well-formed file
     with open(newest, "wb") as handle:
         np.savez(handle, **arrays)
     with pytest.raises(CheckpointError, match=r"payload sha256 expected [0-9a-f]{64}, got [0-9a-f]{64}"):
@@ -296,7 +297,7 @@ def test_config_is_covered_by_the_header_hash_and_nan_weights_are_refused(tmp_pa
     with pytest.raises(CheckpointError, match="header sha256 expected"):
         store.load(newest)
     assert store.latest().step == 1
-    weights = next(k for k in arrays if k.startswith("head.") and arrays[k].dtype.kind == "f")
+    weights = next(k for k in arrays if k.startswith(("head.", "strategy.")) and arrays[k].dtype.kind == "f")
     arrays[weights] = arrays[weights].copy()
     arrays[weights].flat[0] = np.nan
     header["config"]["lr"] = 0.01

@@ -135,7 +135,7 @@ def test_strategy_registry_and_seam():
             out[:, self.last_] = 1.0
             return out
 
-    agent = Agent(None, AgentConfig(max_classes=4), embedding_size=3)
+    agent = Agent(None, AgentConfig(strategy="replay", max_classes=4), embedding_size=3)   # builds a head
     agent.strategy = Constant()
     agent.learn_embeddings(np.ones((2, 3), np.float32), [0, 2])
     assert agent.predict_embeddings(np.zeros((3, 3), np.float32)).tolist() == [2, 2, 2]

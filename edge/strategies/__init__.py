@@ -21,6 +21,8 @@ name       what                                         parameters (defaults)   
 naive      fine-tune the head on each batch             -                                head
 replay     latent replay, class-balanced buffer          replay_ratio (agent's, 0.75)     head+buffer
 refit      head fitted to convergence on the buffer      l2 (1e-2), max_iter, tol          head+buffer
+refit_slda refit while the buffer holds every row, then  l2, max_iter, tol, shrinkage      head+buffer
+           slda (the default of edge-agent)                                               (+1.5 d x d)
 cumulative train on everything seen, to convergence     epochs (None), solver ('auto')   UNBOUNDED
 cwr_star   CWR* consolidated output weights             train_units ('all'), ...         head+K ints
 ar1_head   CWR* + latent replay, MLP head trains        replay_ratio, freeze_below=False head+buffer
@@ -45,7 +47,8 @@ Example:
     >>> len(buf), head.classes_.tolist()
     (6, [0])
     >>> sorted(STRATEGIES)
-    ['ar1_head', 'cumulative', 'cwr_star', 'ewc', 'lwf', 'naive', 'ncm', 'refit', 'replay', 'ridge', 'slda']
+    ['ar1_head', 'cumulative', 'cwr_star', 'ewc', 'lwf', 'naive', 'ncm', 'refit', 'refit_slda', 'replay', 'ridge',
+     'slda']
 """
 
 from __future__ import annotations
@@ -58,18 +61,20 @@ from edge.strategies.basic import CumulativeStrategy, NaiveStrategy, ReplayStrat
 from edge.strategies.cwr import AR1HeadStrategy, CWRStarStrategy, cwr_consolidate
 from edge.strategies.lda import NCMStrategy, SLDAStrategy
 from edge.strategies.refit import RefitStrategy
+from edge.strategies.refit_slda import RefitSLDAStrategy
 from edge.strategies.regularized import EWCStrategy, LwFStrategy
 from edge.strategies.ridge import RidgeStrategy
 
 __all__ = ["STRATEGIES", "Strategy", "LearnSettings", "make_strategy", "NaiveStrategy", "ReplayStrategy",
            "CumulativeStrategy", "CWRStarStrategy", "AR1HeadStrategy", "SLDAStrategy", "NCMStrategy",
-           "EWCStrategy", "LwFStrategy", "RidgeStrategy", "RefitStrategy", "cwr_consolidate", "tflite_head_strategies"]
+           "EWCStrategy", "LwFStrategy", "RidgeStrategy", "RefitStrategy",
+           "RefitSLDAStrategy", "cwr_consolidate", "tflite_head_strategies"]
 
 #: Strategy classes by name; `make_strategy` builds one.
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls for cls in (NaiveStrategy, ReplayStrategy, CumulativeStrategy, CWRStarStrategy,
                               AR1HeadStrategy, SLDAStrategy, NCMStrategy, EWCStrategy, LwFStrategy,
-                              RidgeStrategy, RefitStrategy)
+                              RidgeStrategy, RefitStrategy, RefitSLDAStrategy)
 }
 
 

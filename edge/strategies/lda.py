@@ -175,6 +175,39 @@ class _Calibrated:
         return {} if t == 1.0 else {TEMPERATURE_KEY: np.array(t, np.float64)}
 
 
+def within_class_scatter(z: np.ndarray, labels: np.ndarray, embedding_size: int) -> np.ndarray:
+    """The pooled within-class scatter ``sum_c sum_i (z_i - mean_c)(z_i - mean_c)^T`` ``(d, d)``
+    (float64) of rows ``z`` with ``labels``; zeros for no rows.
+
+    Example:
+        >>> within_class_scatter(np.array([[0.0, 1], [2, 1], [5, 5]]), np.array([0, 0, 1]), 2).tolist()
+        [[2.0, 0.0], [0.0, 0.0]]
+    """
+    z = _as_float64(z).reshape(-1, embedding_size)
+    scatter = np.zeros((embedding_size, embedding_size))
+    for c in np.unique(labels):
+        centred = z[labels == c] - z[labels == c].mean(axis=0)
+        scatter += centred.T @ centred
+    return scatter
+
+
+def subtract_scatter(scatter: np.ndarray, z: np.ndarray, labels: np.ndarray, batch: ClassStatistics,
+                     remaining: ClassStatistics) -> np.ndarray:
+    """``scatter`` without rows ``z`` (standardised) of ``labels``: the inverse of Chan et al.'s
+    parallel update ``S_all = S_rest + S_batch + n m / (n + m) dd^T`` per class, with ``batch`` the
+    rows' class statistics and ``remaining`` those of what is left. Returns a new array."""
+    z64 = _as_float64(z)
+    total = np.zeros_like(scatter, dtype=np.float64)
+    for c in np.flatnonzero(batch.count_):
+        m = int(batch.count_[c])
+        mean_b = batch.sum_[c] / m
+        centred = z64[labels == c] - mean_b
+        n = int(remaining.count_[c])
+        delta = mean_b - remaining.sum_[c] / max(n, 1)
+        total += centred.T @ centred + (n * m / (n + m)) * np.outer(delta, delta)
+    return (scatter - total).astype(scatter.dtype)
+
+
 class SLDAStrategy(_Calibrated, Strategy):
     """Deep Streaming LDA (Hayes & Kanan, CVPR-W 2020): class means + one shared covariance.
 
@@ -412,15 +445,21 @@ class SLDAStrategy(_Calibrated, Strategy):
 
     @property
     def nbytes(self) -> int:
-        """State (the d x d float64 scatter) plus the prediction cache: the d x d float32 precision,
-        ``P mu^T`` ``(d, K)`` and the ``K`` offsets (float64), held once learned. The class
+        """State (the d x d float64 scatter) plus the prediction cache (`cache_nbytes`). The class
         means and counts are the agent's class statistics, counted there."""
+        if getattr(self, "scatter_", None) is None:
+            return 0
+        return super().nbytes + self.cache_nbytes
+
+    @property
+    def cache_nbytes(self) -> int:
+        """The prediction cache held once learned: the d x d float32 precision, ``P mu^T``
+        ``(d, K)`` and the ``K`` offsets (float64)."""
         if getattr(self, "scatter_", None) is None:
             return 0
         k = 0 if self.stats is None else self.stats.max_classes
         d = self.scatter_.shape[0]
-        cache = 4 * d * d + 8 * k * d + 8 * k
-        return super().nbytes + cache
+        return 4 * d * d + 8 * k * d + 8 * k
 
 
 #: How `NCMStrategy` scales distances: ``"fixed"`` (the embeddings as the agent gives them,

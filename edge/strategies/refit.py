@@ -60,10 +60,10 @@ class RefitStrategy(Strategy):
         ([0, 1], True)
 
     Args:
-        l2: penalty on the weights (on standardised rows; the joint bound's 1e-4 by default).
+        l2: penalty on the weights (on standardised rows; `edge.logistic.DEFAULT_L2`, 1e-2).
         max_iter: cap on L-BFGS iterations per teach (default 500).
         tol: stop when the weights are provably within ``tol`` (relative) of the optimum (default
-            1e-3; `edge.logistic.fit_logistic`).
+            1e-4; `edge.logistic.fit_logistic`).
     """
 
     name = "refit"
@@ -71,7 +71,7 @@ class RefitStrategy(Strategy):
     #: The last fit (not state; for reports and tests).
     last_fit_: LogisticFit | None = None
 
-    def __init__(self, l2: float = DEFAULT_L2, max_iter: int = 500, tol: float = 1e-3) -> None:
+    def __init__(self, l2: float = DEFAULT_L2, max_iter: int = 500, tol: float = 1e-4) -> None:
         self.l2 = l2
         self.max_iter = max_iter
         self.tol = tol

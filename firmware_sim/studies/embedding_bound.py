@@ -40,7 +40,7 @@ from edge.logistic import DEFAULT_L2, fit_logistic
 #: Strategies in the table (name, parameters).
 STRATEGY_ROWS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("slda", {}), ("slda", {"shrinkage": 1e-4}), ("ridge", {}), ("ncm", {}), ("ncm", {"standardize": "running"}),
-    ("ncm", {"standardize": "fixed"}), ("replay", {}), ("refit", {}))
+    ("ncm", {"standardize": "fixed"}), ("replay", {}), ("refit", {}), ("refit_slda", {}))
 L2 = DEFAULT_L2
 #: Strategies whose final state does not depend on how the stream is cut into batches (exact sums
 #: of rows: tests/test_strategies_definitions.py, tests/test_ridge.py), learned here in one call:

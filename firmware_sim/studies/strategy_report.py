@@ -35,7 +35,7 @@ from firmware_sim.cache_dir import default_cache_dir
 from firmware_sim.loop.replay import SimOptions
 from firmware_sim.studies.strategy_sweep import head_for
 
-ORDER = ["naive", "lwf", "ewc", "cwr_star", "ncm", "replay", "refit", "ar1_head", "slda", "ridge", "cumulative"]
+ORDER = ["naive", "lwf", "ewc", "cwr_star", "ncm", "replay", "refit", "refit_slda", "ar1_head", "slda", "ridge", "cumulative"]
 NPZ_CLASSES = 20
 
 
@@ -125,8 +125,10 @@ WHAT = {
     "ewc": ("online EWC: running diagonal Fisher after every batch, penalty towards the last weights",
             "Fisher + anchor (2 x head params)"),
     "lwf": ("LwF: distil the head's own pre-batch outputs on the batch", "none between batches"),
-    "refit": ("fit the softmax head to convergence (L-BFGS) on the buffer + the batch after each teach "
-              "(`edge-agent`'s default)", "buffer"),
+    "refit": ("fit the softmax head to convergence (L-BFGS) on the buffer + the batch after each teach",
+              "buffer"),
+    "refit_slda": ("`refit` while the buffer holds every taught row, `slda` from the teach that overflows "
+                   "it (`edge-agent`'s default)", "buffer + head; + d x d scatter once full"),
     "ridge": ("ridge regression on a random ReLU projection, penalty by GCV; exact add/subtract",
               "D x D Gram + D x K sums"),
     "cumulative": ("train on everything seen, to convergence (upper bound)", "**UNBOUNDED**: every embedding, float32"),
