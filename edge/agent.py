@@ -529,7 +529,9 @@ class Agent:
     def removal_is_exact(self) -> bool:
         """True when removing rows subtracts them exactly (statistics strategies ``slda``, ``ncm``,
         ``ridge`` and any strategy with ``subtract_statistics``); False: the rows leave the buffer
-        and the head is refitted from what remains."""
+        and the head is refitted from what remains. ``refit_slda``: exact once SLDA answers."""
+        if hasattr(self.strategy, "forget_rows"):
+            return bool(getattr(self.strategy, "uses_slda_", False))
         return bool(self.strategy.owns_classifier and (self.strategy.name in ("slda", "ncm")
                                                        or hasattr(self.strategy, "subtract_statistics")))
 

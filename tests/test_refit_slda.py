@@ -75,6 +75,7 @@ def test_undo_after_the_overflow_is_exact():
     for x, y in batches:
         a.teach_embeddings(x, y)
     a.teach_embeddings(batches[0][0][:5], np.full(5, 3))   # a wrong teach
+    assert a.removal_is_exact
     assert a.undo_last()["removal"] == "exact"
     never = taught(agent("slda"), batches)
     np.testing.assert_allclose(a.predict_proba_embeddings(xt), never.predict_proba_embeddings(xt), atol=1e-5)
@@ -87,6 +88,7 @@ def test_undo_before_the_overflow_refits_the_head_of_never_having_taught_it():
     for x, y in batches:
         a.teach_embeddings(x, y)
     a.teach_embeddings(batches[0][0][:5], np.full(5, 3))
+    assert not a.removal_is_exact
     assert a.undo_last()["removal"] == "refit"
     never = taught(agent(), batches)
     assert not a.strategy.uses_slda_
