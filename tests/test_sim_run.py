@@ -196,11 +196,11 @@ def test_main_job_without_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.chdir(tmp_path)
     assert sim_main([]) == 0
     out = capsys.readouterr().out
-    assert "| naive" in out and "| replay" in out
+    assert "| naive" in out and "| replay" in out and "| refit_slda" in out
     report = json.loads((tmp_path / "runs" / "edge-sim-default" / "report.json").read_text())
     assert report["scenario"] == "nicv2_391" and report["streams"][0]["n_batches"] == 391
     finals = {k: v["summary"]["final_accuracy"]["mean"] for k, v in report["configs"].items()}
-    assert finals["replay"] > finals["naive"]
+    assert finals["refit_slda"] > finals["replay"] > finals["naive"], finals
 
 
 def test_class_incremental_protocol_over_an_npz_stream(tmp_path: Path) -> None:

@@ -20,6 +20,8 @@ import logging
 import sys
 from typing import NoReturn, Sequence
 
+from edge.config import AgentConfig
+
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
 #: Modules (under ``firmware_sim.commands``) that each provide ``register(subparsers)``.
@@ -36,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="edge-sim",
         description="CORe50 stream simulator for the edge continual learner. With no command, runs the "
-                    "main job: the default backbone on the generated NICv2-391 stream, naive vs replay.",
+                    "main job: the default backbone on the generated NICv2-391 stream, naive and replay vs the "
+                    f"device's default strategy ({AgentConfig().strategy}).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

@@ -235,7 +235,12 @@ def _backbone_line(model_dir: Path) -> str:
 
 
 def main_job(out: str = "runs/edge-sim-default") -> int:
-    """``edge-sim`` with no arguments: the tiny backbone, generated NICv2-391, naive vs replay."""
+    """``edge-sim`` with no arguments: the tiny backbone, generated NICv2-391, ``naive`` and ``replay``
+    against the device's default strategy (`edge.config.AgentConfig`)."""
+    from edge.config import AgentConfig
+
+    default = AgentConfig().strategy
     print(f"edge-sim main job: backbone {_backbone_line(default_model_dir())}; generated NICv2-391 stream, "
-          "naive vs replay (see `edge-sim --help` for everything else)", flush=True)
-    return compare(RunOptions(out=out), ["naive", "replay"])
+          f"naive and replay vs the device default {default} (see `edge-sim --help` for everything else)",
+          flush=True)
+    return compare(RunOptions(out=out), ["naive", "replay", default])
