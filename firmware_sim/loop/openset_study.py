@@ -14,6 +14,9 @@ AUROC (known vs never-taught test frames), FPR at 95 % TPR (never-taught frames 
 known ones are), and at the agent's own threshold for ``--unknown-rate``: the realised false-reject rate
 on known test frames, the false-accept rate on never-taught ones, and the false-reject rate on each teach
 burst of an already-known class before it was learned (known objects in conditions not yet taught).
+The new-minus-previous AUROC comes with a 95 % bootstrap interval (`bootstrap_auroc_difference`) that
+resamples the test set's independent units: the (session, object) folders of a CORe50-layout test set,
+else single frames (`independent_units`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -52,6 +57,101 @@ def previous_novelty(stats: ClassStatistics, z: np.ndarray) -> np.ndarray:
 def fpr_at_95_tpr(known: np.ndarray, unknown: np.ndarray) -> float:
     """Share of unknown rows accepted at the threshold that accepts 95 % of the known rows."""
     return float((np.asarray(unknown) <= np.quantile(known, 0.95)).mean())
+
+
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+
+
+@dataclass(frozen=True)
+class PairedScores:
+    """Both scores of one evaluation (one rotation of a stream) and the independent unit of every row.
+
+    Rows with the same unit id (a photo, a (session, object) recording) are resampled together.
+
+    Example:
+        >>> s = PairedScores(np.array([0.1, 0.2]), np.array([0.9]), np.array([0.3, 0.1]), np.array([0.2]),
+        ...                  np.array([0, 0]), np.array([1]))
+        >>> round(bootstrap_auroc_difference([s], resamples=10)["difference"], 3)
+        0.5
+    """
+
+    new_known: np.ndarray
+    new_unknown: np.ndarray
+    previous_known: np.ndarray
+    previous_unknown: np.ndarray
+    known_units: np.ndarray
+    unknown_units: np.ndarray
+
+
+def independent_units(paths: Sequence[str], n: int) -> tuple[np.ndarray, str]:
+    """``(unit id per test frame, what a unit is)``: the ``session/object`` folder of CORe50-layout paths
+    (frames of one recording are near-duplicates), else every frame on its own."""
+    if len(paths) == n and n and all("/" in p for p in paths):
+        _, ids = np.unique([p.rsplit("/", 1)[0] for p in paths], return_inverse=True)
+        return ids.astype(np.int64), "session-object recordings"
+    return np.arange(n, dtype=np.int64), "frames"
+
+
+def weighted_auroc(known: np.ndarray, unknown: np.ndarray, w_known: np.ndarray, w_unknown: np.ndarray) -> np.ndarray:
+    """`edge.openset.auroc` under row weights, for B weightings at once: ``w_known`` (B, n_known) and
+    ``w_unknown`` (B, n_unknown) give (B,) AUROCs (ties count 1/2). One sort; weights summed per tie group."""
+    known, unknown = np.asarray(known, np.float64), np.asarray(unknown, np.float64)
+    scores = np.concatenate([known, unknown])
+    order = scores.argsort(kind="mergesort")
+    ordered = scores[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    from_known = order < known.size
+    b = w_known.shape[0]
+    wk = np.zeros((b, scores.size))
+    wu = np.zeros((b, scores.size))
+    wk[:, from_known] = w_known[:, order[from_known]]
+    wu[:, ~from_known] = w_unknown[:, order[~from_known] - known.size]
+    gk = np.add.reduceat(wk, starts, axis=1)
+    gu = np.add.reduceat(wu, starts, axis=1)
+    below = np.cumsum(gk, axis=1) - gk
+    out: np.ndarray = (gu * (below + 0.5 * gk)).sum(1) / (gk.sum(1) * gu.sum(1))
+    return out
+
+
+def _unit_weights(units: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    _, inverse = np.unique(units, return_inverse=True)
+    out: np.ndarray = counts[:, inverse].astype(np.float64)
+    return out
+
+
+def bootstrap_auroc_difference(rotations: Sequence[PairedScores], resamples: int = BOOTSTRAP_RESAMPLES,
+                               seed: int = BOOTSTRAP_SEED, level: float = 0.95, chunk: int = 200) -> dict[str, float]:
+    """New minus previous AUROC (mean over ``rotations``) with a paired percentile bootstrap interval.
+
+    Each resample draws, per rotation, known units and never-taught units with replacement (as many as
+    there are; a unit's rows go together) and scores both AUROCs on the same draw. Returns
+    ``{"difference", "low", "high", "resamples", "known_units", "unknown_units"}`` (units per rotation, mean).
+    """
+    if not rotations:
+        raise ValueError("bootstrap_auroc_difference: expected at least one rotation, got none")
+    from edge.openset import auroc
+
+    rng = np.random.default_rng(seed)
+    point = float(np.mean([auroc(r.new_known, r.new_unknown) - auroc(r.previous_known, r.previous_unknown)
+                           for r in rotations]))
+    deltas = []
+    for start in range(0, resamples, chunk):
+        b = min(chunk, resamples - start)
+        total = np.zeros(b)
+        for r in rotations:
+            nk, nu = np.unique(r.known_units).size, np.unique(r.unknown_units).size
+            wk = _unit_weights(r.known_units, rng.multinomial(nk, np.full(nk, 1.0 / nk), size=b))
+            wu = _unit_weights(r.unknown_units, rng.multinomial(nu, np.full(nu, 1.0 / nu), size=b))
+            total += (weighted_auroc(r.new_known, r.new_unknown, wk, wu)
+                      - weighted_auroc(r.previous_known, r.previous_unknown, wk, wu))
+        deltas.append(total / len(rotations))
+    d = np.concatenate(deltas)
+    tail = (1.0 - level) / 2.0
+    return {"difference": point, "low": float(np.quantile(d, tail)), "high": float(np.quantile(d, 1.0 - tail)),
+            "resamples": float(resamples),
+            "known_units": float(np.mean([np.unique(r.known_units).size for r in rotations])),
+            "unknown_units": float(np.mean([np.unique(r.unknown_units).size for r in rotations]))}
 
 
 def _embed(backbone: Any, frames_of: Any, n: int) -> np.ndarray:
@@ -102,6 +202,9 @@ def run_openset(args: argparse.Namespace) -> dict[str, Any]:
     old = previous_novelty(agent.stats, standardised)
     t = agent.openset.threshold_at(args.unknown_rate)
     closed = agent.predict_embeddings(test)
+    units, unit_kind = independent_units(stream.test.paths, test_y.size)
+    interval = bootstrap_auroc_difference([PairedScores(new[~unknown], new[unknown], old[~unknown], old[unknown],
+                                                        units[~unknown], units[unknown])])
     report = {
         "data": args.data, "scenario": args.scenario, "run": args.run, "model": str(args.model),
         "strategy": args.strategy, "held_out": hidden, "known_test": int((~unknown).sum()),
@@ -115,6 +218,7 @@ def run_openset(args: argparse.Namespace) -> dict[str, Any]:
         "false_accept_test": float((new[unknown] <= t).mean()),
         "false_reject_new_bursts": burst_rejected / burst_rows if burst_rows else None,
         "new_burst_rows": burst_rows,
+        "auroc_difference": interval | {"unit": unit_kind, "seed": BOOTSTRAP_SEED},
         "closed_set_known_accuracy": float((closed[~unknown] == test_y[~unknown]).mean()),
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -126,6 +230,11 @@ def _images_at(batch: Any, positions: np.ndarray) -> np.ndarray:
     return at(positions) if at is not None else batch.images()[positions]
 
 
+def format_interval(d: dict[str, float]) -> str:
+    """``+0.045 [+0.020, +0.071]`` from a `bootstrap_auroc_difference` result."""
+    return f"{d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+
+
 def format_report(r: dict[str, Any]) -> str:
     pct = (lambda v: "-" if v is None else f"{100 * v:.1f} %")
     return "\n".join([
@@ -133,6 +242,8 @@ def format_report(r: dict[str, Any]) -> str:
         f"{r['held_out']}; {r['known_test']} known and {r['unknown_test']} never-taught test frames",
         f"  AUROC {r['auroc']:.3f} (previous score {r['previous_auroc']:.3f}); FPR at 95 % TPR "
         f"{pct(r['fpr_at_95_tpr'])} (previous {pct(r['previous_fpr_at_95_tpr'])})",
+        f"  new - previous AUROC {format_interval(r['auroc_difference'])} (95 % bootstrap interval, "
+        f"{r['auroc_difference']['resamples']:.0f} resamples of {r['auroc_difference']['unit']})",
         f"  threshold for a {100 * r['unknown_rate']:g} % target, calibrated on {r['calibrated_on']} "
         f"({r['calibration_scores']} scores): false reject {pct(r['false_reject_test'])} on known test frames, "
         f"{pct(r['false_reject_new_bursts'])} on {r['new_burst_rows']} rows of new teach bursts before they were "
