@@ -56,3 +56,16 @@ def blobs(n_per_class: int, n_classes: int, dim: int, seed: int = 0, spread: flo
     y = np.repeat(np.arange(n_classes), n_per_class)
     x = centers[y] + rng.normal(0, spread, size=(len(y), dim))
     return x.astype(np.float32), y.astype(np.int64)
+
+
+def one_class_teaches(seed: int, rows: int, n_classes: int, dim: int):
+    """A device's pattern: one teach per class of ``rows`` rows from Gaussian clusters, and 40
+    held-out rows per class. Returns ``([(x, y) per class], (test_x, test_y))``."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_classes, dim)) * 1.2
+
+    def draw(n: int):
+        y = np.repeat(np.arange(n_classes), n)
+        return (centres[y] + rng.normal(size=(y.size, dim))).astype(np.float32), y
+    (x, y), test = draw(rows), draw(40)
+    return [(x[y == c], y[y == c]) for c in range(n_classes)], test

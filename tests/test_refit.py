@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from _edge_common import one_class_teaches
 from edge.agent import Agent, AgentConfig
 from edge.errors import ConfigError
 from edge.logistic import DEFAULT_L2, fit_logistic
@@ -13,14 +14,8 @@ DIM, K = 16, 6
 
 
 def stream(seed: int = 0, rows: int = 25):
-    """One teach per class (a device's pattern): Gaussian clusters, and held-out rows."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(K, DIM)) * 1.2
-    def draw(n):
-        y = np.repeat(np.arange(K), n)
-        return (centres[y] + rng.normal(size=(y.size, DIM))).astype(np.float32), y
-    (x, y), test = draw(rows), draw(40)
-    return [(x[y == c], y[y == c]) for c in range(K)], test
+    """One teach per class (a device's pattern) and held-out rows (`_edge_common.one_class_teaches`)."""
+    return one_class_teaches(seed, rows, K, DIM)
 
 
 def agent(strategy: str = "refit", **cfg) -> Agent:
