@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -62,8 +63,11 @@ def _restore(ckpt):
     return agent
 
 
-def _fuzz_checkpoint(tmp_path: Path, bits: np.ndarray) -> Counter:
+def _fuzz_checkpoint(tmp_path: Path, bits_for: Callable[[int], np.ndarray]) -> Counter:
+    """Flip each of ``bits_for(file size in bytes)`` in turn in the newest checkpoint (the size is the
+    fuzzed file's own: the ledger's event times make it vary by a few bytes from one store to the next)."""
     store, pristine, state, previous_step = _store_with_two(tmp_path)
+    bits = bits_for(len(pristine))
     newest = store.paths()[0]
     tally: Counter = Counter()
     logging.getLogger("edge.checkpoint").setLevel(logging.ERROR)  # thousands of expected warnings
@@ -199,8 +203,7 @@ def _sample(n_bits: int, k: int, seed: int) -> np.ndarray:
 
 @pytest.mark.slow
 def test_checkpoint_bit_flips_sampled(tmp_path: Path) -> None:
-    _, pristine, _, _ = _store_with_two(tmp_path / "probe")
-    tally = _fuzz_checkpoint(tmp_path, _sample(len(pristine) * 8, SAMPLE_CHECKPOINT_BITS, seed=11))
+    tally = _fuzz_checkpoint(tmp_path, lambda size: _sample(size * 8, SAMPLE_CHECKPOINT_BITS, seed=11))
     assert tally["refused, fell back to the previous checkpoint"] > 0
     print(dict(tally))
 
@@ -225,11 +228,11 @@ def test_checkpoint_every_bit_of_sampled_bytes(tmp_path: Path) -> None:
     checkpoint grew to ~30 KB with the open-set and class statistics and the ledger's small arrays: every
     bit of it (~242,000 flips, ~10 ms each) would take over half an hour, and 36,000 took over 10 minutes
     of CI under load."""
-    _, pristine, _, _ = _store_with_two(tmp_path / "probe")
-    positions = np.sort(np.random.default_rng(14).choice(len(pristine), min(SLOW_CHECKPOINT_BYTES, len(pristine)),
-                                                         replace=False))
-    bits = (positions[:, None] * 8 + np.arange(8)).ravel()
-    tally = _fuzz_checkpoint(tmp_path, bits)
+    def every_bit_of_sampled_bytes(size: int) -> np.ndarray:
+        positions = np.sort(np.random.default_rng(14).choice(size, min(SLOW_CHECKPOINT_BYTES, size), replace=False))
+        return (positions[:, None] * 8 + np.arange(8)).ravel()
+
+    tally = _fuzz_checkpoint(tmp_path, every_bit_of_sampled_bytes)
     assert tally["refused, fell back to the previous checkpoint"] > 0
     print(dict(tally))
 
