@@ -348,3 +348,34 @@ def test_a_never_taught_object_is_unknown_by_novelty_alone(backbone):
     assert answers["a.png"]["label"] == "cup" and not answers["a.png"]["unknown"]
     assert answers["black.png"]["label"] == "unknown" and answers["black.png"]["score"] == 1.0
     assert answers["black.png"]["novelty"] > loop.agent.openset.threshold >= answers["a.png"]["novelty"]
+
+
+def test_a_teach_request_during_a_long_learn_does_not_hold_up_the_frame_loop(backbone):
+    """A learn holds the state lock for its whole fit (the default strategy's L-BFGS: ~1 s on 600 rows
+    at 1280-d). A teach request arriving then waits for it, but must not hold the teach lock that
+    the frame loop takes on every frame while it waits (before: predictions stalled 0.3-0.9 s after
+    each teach in bench/test_device_loop.py's latency run). ``status()`` takes the same lock."""
+    loop = DeviceLoop(Agent(backbone), IterableSource(iter(())))
+    learning, finish = threading.Event(), threading.Event()
+
+    def long_learn(agent, labels):   # holds the state lock as a learn or an import does
+        learning.set()
+        finish.wait(30)
+        return agent, labels, None
+
+    learner = threading.Thread(target=loop.replace_agent, args=(long_learn, "test"), daemon=True)
+    learner.start()
+    assert learning.wait(30)
+    request = threading.Thread(target=loop.teach, args=("cup",), kwargs={"frames": 4}, daemon=True)
+    request.start()
+    time.sleep(0.3)                    # the request is now waiting for the learn
+    assert request.is_alive()
+    frame_side = threading.Thread(target=loop.status, daemon=True)
+    frame_side.start()
+    frame_side.join(10)
+    stalled = frame_side.is_alive()
+    finish.set()
+    learner.join(30)
+    request.join(30)
+    assert not stalled, "the teach lock was held while the request waited for the learn"
+    assert [t["label"] for t in loop.status()["teach_pending"]] == ["cup"]   # and the request went through

@@ -205,6 +205,9 @@ class DeviceLoop:
         #: Held around every use of the backbone (it is not thread-safe): the loop's frames, and an
         #: import over HTTP that re-embeds thumbnails (`replace_agent`).
         self.backbone_lock = threading.Lock()
+        #: Guards the teach requests; the frame loop takes it on every frame, so nothing waits for
+        #: the state lock (held by a learn for its whole fit) while holding it: where both are
+        #: needed the state lock is taken first.
         self._teach_lock = threading.Lock()
         self._pending: deque[_Teach] = deque()
         self._learn_q: queue.Queue[tuple[int, np.ndarray, list[str] | None] | None] = queue.Queue(
@@ -269,13 +272,12 @@ class DeviceLoop:
                 raise InputError(f"teach seconds: expected a number in (0, {MAX_TEACH_SECONDS:g}], "
                                  f"got {seconds!r:.40}")
             seconds = float(seconds)
-        with self._teach_lock:
+        with self._state_lock, self._teach_lock:   # state first: see `_teach_lock`
             if len(self._pending) >= MAX_PENDING_TEACH:
                 raise TeachQueueFull(f"teach: expected at most {MAX_PENDING_TEACH} waiting requests, got "
                                      f"{len(self._pending)} already waiting (retry after they are learned)")
-            with self._state_lock:
-                index = self.labels.index_for(label, create=True, used=self._agent.classes_seen().tolist())
-                name = self.labels.name_of(index)
+            index = self.labels.index_for(label, create=True, used=self._agent.classes_seen().tolist())
+            name = self.labels.name_of(index)
             request = _Teach(index, name, frames, seconds)
             self._pending.append(request)
             position = len(self._pending)
@@ -294,7 +296,7 @@ class DeviceLoop:
         yet are dropped; a learned class loses its replay rows and seen mark and its index is retired
         (checkpointed), a class that was only named (nothing learned) frees its index. The latest
         prediction is cleared. A name or index never taught: `UnknownClassError` (404)."""
-        with self._teach_lock, self._state_lock:
+        with self._state_lock, self._teach_lock:
             index = self.labels.find(name)
             seen = set(self._agent.classes_seen().tolist())
             if index is None or not (index in seen or index in self.labels.names or self._inflight.get(index)):
@@ -360,7 +362,7 @@ class DeviceLoop:
 
     def _release_if_unused(self, index: int) -> None:
         """Free a class index that was named for a teach but never learned (no frames collected)."""
-        with self._teach_lock, self._state_lock:
+        with self._state_lock, self._teach_lock:
             if any(t.index == index for t in self._pending) or self._inflight.get(index) \
                     or self.labels.retired[index] or self.labels.counts[index] \
                     or index in self._agent.classes_seen().tolist():
