@@ -10,7 +10,7 @@ one pass over a stream gives the same model as computing the statistics at once 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -175,36 +175,45 @@ class _Calibrated:
         return {} if t == 1.0 else {TEMPERATURE_KEY: np.array(t, np.float64)}
 
 
+def _merge_terms(z: np.ndarray, labels: np.ndarray, batch: ClassStatistics,
+                 rest: ClassStatistics) -> Iterator[np.ndarray]:
+    """Per class of ``batch`` (the class statistics of rows ``z``, float64, with ``labels``): what
+    merging those rows into the rows of ``rest`` adds to the pooled within-class scatter, Chan et al.'s
+    parallel update ``S_all = S_rest + S_batch + n m / (n + m) dd^T`` (``d``: the difference of the
+    two class means; no term for a class ``rest`` lacks)."""
+    for c in np.flatnonzero(batch.count_):
+        m = int(batch.count_[c])
+        mean_b = batch.sum_[c] / m
+        centred = z[labels == c] - mean_b
+        n = int(rest.count_[c])
+        delta = mean_b - rest.sum_[c] / max(n, 1)
+        yield centred.T @ centred + (n * m / (n + m)) * np.outer(delta, delta)
+
+
 def within_class_scatter(z: np.ndarray, labels: np.ndarray, embedding_size: int) -> np.ndarray:
     """The pooled within-class scatter ``sum_c sum_i (z_i - mean_c)(z_i - mean_c)^T`` ``(d, d)``
-    (float64) of rows ``z`` with ``labels``; zeros for no rows.
+    (float64) of rows ``z`` with ``labels`` (`_merge_terms` into nothing); zeros for no rows.
 
     Example:
         >>> within_class_scatter(np.array([[0.0, 1], [2, 1], [5, 5]]), np.array([0, 0, 1]), 2).tolist()
         [[2.0, 0.0], [0.0, 0.0]]
     """
     z = _as_float64(z).reshape(-1, embedding_size)
+    labels = np.asarray(labels, np.int64)
+    k = int(labels.max()) + 1 if labels.size else 1
     scatter = np.zeros((embedding_size, embedding_size))
-    for c in np.unique(labels):
-        centred = z[labels == c] - z[labels == c].mean(axis=0)
-        scatter += centred.T @ centred
+    for term in _merge_terms(z, labels, ClassStatistics.of_rows(z, labels, k), ClassStatistics(k, embedding_size)):
+        scatter += term
     return scatter
 
 
 def subtract_scatter(scatter: np.ndarray, z: np.ndarray, labels: np.ndarray, batch: ClassStatistics,
                      remaining: ClassStatistics) -> np.ndarray:
-    """``scatter`` without rows ``z`` (standardised) of ``labels``: the inverse of Chan et al.'s
-    parallel update ``S_all = S_rest + S_batch + n m / (n + m) dd^T`` per class, with ``batch`` the
-    rows' class statistics and ``remaining`` those of what is left. Returns a new array."""
-    z64 = _as_float64(z)
+    """``scatter`` without rows ``z`` (standardised) of ``labels``: the inverse of `_merge_terms`, with
+    ``batch`` the rows' class statistics and ``remaining`` those of what is left. Returns a new array."""
     total = np.zeros_like(scatter, dtype=np.float64)
-    for c in np.flatnonzero(batch.count_):
-        m = int(batch.count_[c])
-        mean_b = batch.sum_[c] / m
-        centred = z64[labels == c] - mean_b
-        n = int(remaining.count_[c])
-        delta = mean_b - remaining.sum_[c] / max(n, 1)
-        total += centred.T @ centred + (n * m / (n + m)) * np.outer(delta, delta)
+    for term in _merge_terms(_as_float64(z), labels, batch, remaining):
+        total += term
     return (scatter - total).astype(scatter.dtype)
 
 
@@ -276,15 +285,8 @@ class SLDAStrategy(_Calibrated, Strategy):
         z = _as_float64(emb)
         if getattr(self, "scatter_", None) is None:
             self.scatter_ = np.zeros((z.shape[1], z.shape[1]), np.float64)
-        batch = ClassStatistics.of_rows(z, labels, stats.max_classes)
-        for c in np.flatnonzero(batch.count_):
-            rows = z[labels == c]
-            m = batch.count_[c]
-            batch_mean = batch.sum_[c] / m
-            centred = rows - batch_mean
-            n = stats.count_[c]
-            delta = batch_mean - stats.sum_[c] / max(int(n), 1)
-            self.scatter_ += centred.T @ centred + (n * m / (n + m)) * np.outer(delta, delta)
+        for term in _merge_terms(z, labels, ClassStatistics.of_rows(z, labels, stats.max_classes), stats):
+            self.scatter_ += term
         self._cache = None
 
     def refresh(self) -> None:
