@@ -22,6 +22,20 @@ from edge.logistic import DEFAULT_L2, LogisticFit, fit_logistic
 from edge.strategies.base import LearnSettings, Strategy, require_head
 
 
+def fit_columns(weights: np.ndarray, bias: np.ndarray, x: np.ndarray, y: np.ndarray, seen: np.ndarray, *,
+                l2: float, max_iter: int, tol: float) -> LogisticFit:
+    """Fit the ``seen`` class columns of a linear softmax ``x @ weights + bias`` (``(d, K)``, ``(K,)``)
+    to convergence on ``(x, y)`` (labels among ``seen``), warm-started from them; written back in
+    place (the other columns are left as they are)."""
+    column = np.full(bias.shape[0], -1, np.int64)
+    column[seen] = np.arange(seen.size)
+    fit = fit_logistic(x, column[y], int(seen.size), l2=l2, max_iter=max_iter, tol=tol,
+                       init=(weights[:, seen].astype(np.float64), bias[seen].astype(np.float64)))
+    weights[:, seen] = fit.weights
+    bias[seen] = fit.bias
+    return fit
+
+
 def fit_head(head: Head, x: np.ndarray, y: np.ndarray, *, l2: float, max_iter: int, tol: float,
              owner: str) -> LogisticFit:
     """Fit a linear softmax ``head`` to convergence on ``(x, y)`` (standardised rows), warm-started
@@ -32,13 +46,8 @@ def fit_head(head: Head, x: np.ndarray, y: np.ndarray, *, l2: float, max_iter: i
         raise ConfigError(f"strategy {owner!r}: expected the linear softmax head (--head softmax), got a head "
                           f"whose output layer is {head.output_layer}")
     seen = np.union1d(head.classes_, y)
-    column = np.full(head.max_classes, -1, np.int64)
-    column[seen] = np.arange(seen.size)
     vectors = head.get_output_weights().astype(np.float64)   # (max_classes, d + 1)
-    fit = fit_logistic(x, column[y], int(seen.size), l2=l2, max_iter=max_iter, tol=tol,
-                       init=(vectors[seen, :-1].T, vectors[seen, -1]))
-    vectors[seen, :-1] = fit.weights.T
-    vectors[seen, -1] = fit.bias
+    fit = fit_columns(vectors[:, :-1].T, vectors[:, -1], x, y, seen, l2=l2, max_iter=max_iter, tol=tol)  # views
     head.set_output_weights(vectors, reset_optimizer=True)
     head.mark_seen(y)     # after the weights: a backend may restore its seen mask with them
     return fit

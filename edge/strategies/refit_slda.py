@@ -18,10 +18,11 @@ import numpy as np
 from edge.base import Head
 from edge.buffer import ReplayBuffer
 from edge.errors import InputError, NotFittedError
-from edge.logistic import DEFAULT_L2, LogisticFit, fit_logistic
+from edge.logistic import DEFAULT_L2, LogisticFit
 from edge.stats import ClassStatistics
 from edge.strategies.base import LearnSettings, Strategy, check_state, masked_softmax
 from edge.strategies.lda import SHRINKAGE_AUTO, SLDAStrategy, subtract_scatter, within_class_scatter
+from edge.strategies.refit import fit_columns
 
 #: State keys: the head's weights and bias over every class slot, and which classifier answers.
 _HEAD_KEYS = ("weights", "bias")
@@ -118,15 +119,8 @@ class RefitSLDAStrategy(Strategy):
         if weights is None or weights.shape != (x.shape[1], max_classes):
             self.weights_ = np.zeros((x.shape[1], max_classes), np.float32)   # as stored: same answers
             self.bias_ = np.zeros(max_classes, np.float32)                    # after a reload
-        seen = np.unique(y)
-        column = np.full(max_classes, -1, np.int64)
-        column[seen] = np.arange(seen.size)
-        fit = fit_logistic(x, column[y], int(seen.size), l2=float(self.l2), max_iter=int(self.max_iter),
-                           tol=float(self.tol), init=(self.weights_[:, seen].astype(np.float64),
-                                                      self.bias_[seen].astype(np.float64)))
-        self.weights_[:, seen] = fit.weights
-        self.bias_[seen] = fit.bias
-        self.last_fit_ = fit
+        self.last_fit_ = fit_columns(self.weights_, self.bias_, x, y, np.unique(y), l2=float(self.l2),
+                                     max_iter=int(self.max_iter), tol=float(self.tol))
 
     def refresh(self) -> None:
         """SLDA's precision on the learning thread, when SLDA answers (nothing otherwise)."""
