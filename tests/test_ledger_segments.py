@@ -253,12 +253,18 @@ def test_a_damaged_segment_every_checkpoint_names_costs_only_its_ledger_samples(
     assert _same_state(again.state, back.state_dict())
 
 
-def test_a_lost_segment_reference_stays_within_the_budgets() -> None:
+def _one_segment_plan() -> segments.Split:
+    """The split of a 3-sample ledger (two thumbnails) into one segment."""
     ledger = Ledger(4)
     ledger.record(np.ones((3, 4), np.float32), np.array([0, 1, 1]), thumbnails=[b"ab", b"", b"cde"], when=0.0)
     flat = {k[len("knowledge."):]: v for k, v in ledger.state_dict().items()}
     plan = segments.split(flat, None, lambda ref: False)
     assert plan is not None
+    return plan
+
+
+def test_a_lost_segment_reference_stays_within_the_budgets() -> None:
+    plan = _one_segment_plan()
     back, index = segments.join(plan.inline, [b""], plan.refs, plan.summary, lost={0})
     assert back["sample_id"].size == 0 and index.sample_id.size == 0
     assert json.loads(back["meta"].tobytes())["sealed_samples"] == 3 and json.loads(back["events"].tobytes()) == []
@@ -333,11 +339,7 @@ def test_crafted_segment_references_are_refused_within_budgets(tmp_path: Path) -
 
 
 def test_segment_decoding_refuses_any_damage_with_an_input_error() -> None:
-    ledger = Ledger(4)
-    ledger.record(np.ones((3, 4), np.float32), np.array([0, 1, 1]), thumbnails=[b"ab", b"", b"cde"], when=0.0)
-    flat = {k[len("knowledge."):]: v for k, v in ledger.state_dict().items()}
-    plan = segments.split(flat, None, lambda ref: False)
-    assert plan is not None
+    plan = _one_segment_plan()
     (blob,) = plan.blobs.values()
     seg = segments.decode_segment(blob)
     assert seg.samples == 3 and bytes(seg.thumb_data) == b"abcde"

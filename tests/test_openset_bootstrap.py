@@ -3,6 +3,8 @@ stream's independent units (`firmware_sim.loop.openset_study.bootstrap_auroc_dif
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -19,6 +21,18 @@ def recordings(rng: np.random.Generator, n_units: int, per_unit: int, centre: fl
     return offsets[units] + rng.normal(0.0, 0.1, units.size), units
 
 
+def paired(rng: np.random.Generator, known: int, unknown: int, per_unit: int, new_gap: float,
+           previous_gap: float) -> PairedScores:
+    """Both scores of ``known`` and ``unknown`` recordings; never-taught ones centred ``new_gap`` /
+    ``previous_gap`` above the known ones (drawn in the order new known, new unknown, previous known,
+    previous unknown)."""
+    new_k, ku = recordings(rng, known, per_unit, 0.0)
+    new_u, uu = recordings(rng, unknown, per_unit, new_gap)
+    old_k, _ = recordings(rng, known, per_unit, 0.0)
+    old_u, _ = recordings(rng, unknown, per_unit, previous_gap)
+    return PairedScores(new_k, new_u, old_k, old_u, ku, uu)
+
+
 def test_weighted_auroc_matches_the_plain_auroc_with_ties_and_with_repeated_rows():
     rng = np.random.default_rng(0)
     known, unknown = np.round(rng.normal(size=200), 1), np.round(rng.normal(0.7, 1.0, size=60), 1)  # many ties
@@ -31,13 +45,10 @@ def test_weighted_auroc_matches_the_plain_auroc_with_ties_and_with_repeated_rows
 
 
 def test_interval_excludes_zero_when_the_new_score_clearly_separates_and_the_previous_does_not():
-    rng = np.random.default_rng(1)
-    new_k, ku = recordings(rng, 30, 10, 0.0)
-    new_u, uu = recordings(rng, 20, 10, 3.0)
-    old_k, _ = recordings(rng, 30, 10, 0.0)
-    old_u, _ = recordings(rng, 20, 10, 0.0)
-    result = bootstrap_auroc_difference([PairedScores(new_k, new_u, old_k, old_u, ku, uu)])
-    assert result["difference"] == pytest.approx(auroc(new_k, new_u) - auroc(old_k, old_u))
+    s = paired(np.random.default_rng(1), 30, 20, 10, 3.0, 0.0)
+    result = bootstrap_auroc_difference([s])
+    assert result["difference"] == pytest.approx(auroc(s.new_known, s.new_unknown)
+                                                 - auroc(s.previous_known, s.previous_unknown))
     assert 0.0 < result["low"] < result["difference"] < result["high"]
     assert result["known_units"] == 30 and result["unknown_units"] == 20 and result["resamples"] == 1000
 
@@ -46,11 +57,7 @@ def test_interval_contains_zero_for_identical_score_distributions_and_is_fixed_b
     rng = np.random.default_rng(2)
     rotations = []
     for _ in range(3):   # a mean over rotations, as on the photo streams
-        new_k, ku = recordings(rng, 8, 16, 0.0)
-        new_u, uu = recordings(rng, 20, 16, 0.5)
-        old_k, _ = recordings(rng, 8, 16, 0.0)
-        old_u, _ = recordings(rng, 20, 16, 0.5)
-        rotations.append(PairedScores(new_k, new_u, old_k, old_u, ku, uu))
+        rotations.append(paired(rng, 8, 20, 16, 0.5, 0.5))
     first = bootstrap_auroc_difference(rotations)
     assert first["low"] < 0.0 < first["high"]
     assert first["difference"] == pytest.approx(np.mean([auroc(r.new_known, r.new_unknown)
@@ -62,14 +69,10 @@ def test_interval_contains_zero_for_identical_score_distributions_and_is_fixed_b
 
 
 def test_resampling_recordings_not_frames_widens_the_interval_of_near_duplicate_frames():
-    rng = np.random.default_rng(3)
-    new_k, ku = recordings(rng, 12, 30, 0.0)
-    new_u, uu = recordings(rng, 6, 30, 1.0)
-    old_k, _ = recordings(rng, 12, 30, 0.0)
-    old_u, _ = recordings(rng, 6, 30, 0.5)
-    grouped = bootstrap_auroc_difference([PairedScores(new_k, new_u, old_k, old_u, ku, uu)])
-    frames = bootstrap_auroc_difference([PairedScores(new_k, new_u, old_k, old_u, np.arange(ku.size),
-                                                      np.arange(uu.size))])
+    s = paired(np.random.default_rng(3), 12, 6, 30, 1.0, 0.5)
+    grouped = bootstrap_auroc_difference([s])
+    frames = bootstrap_auroc_difference([dataclasses.replace(s, known_units=np.arange(s.known_units.size),
+                                                             unknown_units=np.arange(s.unknown_units.size))])
     assert grouped["difference"] == frames["difference"]
     assert grouped["high"] - grouped["low"] > 2.0 * (frames["high"] - frames["low"])
 

@@ -114,10 +114,10 @@ def weighted_auroc(known: np.ndarray, unknown: np.ndarray, w_known: np.ndarray, 
     return out
 
 
-def _unit_weights(units: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    _, inverse = np.unique(units, return_inverse=True)
-    out: np.ndarray = counts[:, inverse].astype(np.float64)
-    return out
+def _units(units: np.ndarray) -> tuple[int, np.ndarray]:
+    """``(number of distinct units, each row's unit position)``."""
+    distinct, inverse = np.unique(units, return_inverse=True)
+    return int(distinct.size), inverse.reshape(-1)
 
 
 def bootstrap_auroc_difference(rotations: Sequence[PairedScores], resamples: int = BOOTSTRAP_RESAMPLES,
@@ -135,14 +135,14 @@ def bootstrap_auroc_difference(rotations: Sequence[PairedScores], resamples: int
     rng = np.random.default_rng(seed)
     point = float(np.mean([auroc(r.new_known, r.new_unknown) - auroc(r.previous_known, r.previous_unknown)
                            for r in rotations]))
+    units = [(_units(r.known_units), _units(r.unknown_units)) for r in rotations]   # once, not per chunk
     deltas = []
     for start in range(0, resamples, chunk):
         b = min(chunk, resamples - start)
         total = np.zeros(b)
-        for r in rotations:
-            nk, nu = np.unique(r.known_units).size, np.unique(r.unknown_units).size
-            wk = _unit_weights(r.known_units, rng.multinomial(nk, np.full(nk, 1.0 / nk), size=b))
-            wu = _unit_weights(r.unknown_units, rng.multinomial(nu, np.full(nu, 1.0 / nu), size=b))
+        for r, ((nk, known_of), (nu, unknown_of)) in zip(rotations, units):
+            wk = rng.multinomial(nk, np.full(nk, 1.0 / nk), size=b)[:, known_of].astype(np.float64)
+            wu = rng.multinomial(nu, np.full(nu, 1.0 / nu), size=b)[:, unknown_of].astype(np.float64)
             total += (weighted_auroc(r.new_known, r.new_unknown, wk, wu)
                       - weighted_auroc(r.previous_known, r.previous_unknown, wk, wu))
         deltas.append(total / len(rotations))
@@ -150,8 +150,8 @@ def bootstrap_auroc_difference(rotations: Sequence[PairedScores], resamples: int
     tail = (1.0 - level) / 2.0
     return {"difference": point, "low": float(np.quantile(d, tail)), "high": float(np.quantile(d, 1.0 - tail)),
             "resamples": float(resamples),
-            "known_units": float(np.mean([np.unique(r.known_units).size for r in rotations])),
-            "unknown_units": float(np.mean([np.unique(r.unknown_units).size for r in rotations]))}
+            "known_units": float(np.mean([k[0] for k, _ in units])),
+            "unknown_units": float(np.mean([u[0] for _, u in units]))}
 
 
 def _embed(backbone: Any, frames_of: Any, n: int) -> np.ndarray:
