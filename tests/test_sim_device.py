@@ -90,9 +90,11 @@ def test_same_seed_same_report(generated: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_deadline_misses_zero_at_20_fps_and_present_beyond_the_machine(
+def test_deadline_misses_zero_within_the_machine_and_present_beyond_it(
         generated: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _, ok = _device(generated, tmp_path / "ok", "--max-frames", "300", progress=True, plots=True)
+    # 10 fps: a 100-ms deadline, ~30x the tiny backbone's frame time here (max 3.1 ms since the loop
+    # warms up before its first frame; 37 ms before, which missed 50 ms once on a loaded CI machine)
+    _, ok = _device(generated, tmp_path / "ok", "--max-frames", "300", "--fps", "10", progress=True, plots=True)
     err = capsys.readouterr().err  # not a terminal: plain progress lines
     assert "uninterrupted: 0/300 frame" in err.splitlines() and "uninterrupted: 300/300 frame (100%) done in" in err
     from PIL import Image

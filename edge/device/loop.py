@@ -460,8 +460,40 @@ class DeviceLoop:
         return {"state": "open"}
 
     # --------------------------------------------------------------- running
+    def warm_up(self) -> float:
+        """Pay the one-time costs of the frame path before the first camera frame; returns seconds.
+
+        The first frame otherwise loads the resizer (Pillow), the thumbnail encoder and the
+        runtime's first invocation (26-37 ms on this project's CI machine with the tiny backbone,
+        a missed deadline at 20 fps under load) and, after a restore, builds whatever the
+        strategy computes at its first answer. `run` calls it; the loop's counters, windows and
+        events are untouched (the agent is asked directly, not through the frame path).
+        """
+        started = time.perf_counter()
+        agent = self._agent
+        height, width = self.input_hw
+        picture = np.zeros((2 * height, 2 * width, 3), np.uint8)  # not the model's size: the resizer runs
+        try:
+            image = fit_frame(picture, self._manifest, self.options.resize)
+            with self.backbone_lock:
+                emb = agent.embed(image[None])
+            if agent.knowledge is not None and agent.knowledge.thumbnail_size > 0:
+                from edge.knowledge.thumbnails import encode_thumbnail
+
+                encode_thumbnail(picture, agent.knowledge.thumbnail_size)
+            if agent.classes_seen().size and np.isfinite(emb).all():
+                agent.answer_embeddings(emb, self.options.policy, exclude=self.labels.retired, validate=False,
+                                        novelty=False)
+        except (EdgeError, ValueError, OSError) as exc:  # the frames will say it again, as events
+            logger.warning("warm-up before the first frame failed: %s", exc)
+        seconds = time.perf_counter() - started
+        logger.debug("warm-up before the first frame: %.1f ms", seconds * 1000.0)
+        return seconds
+
     def run(self) -> None:
-        """Process frames until `stop`, or (``exit_at_end``) the source's end; then checkpoint."""
+        """Process frames until `stop`, or (``exit_at_end``) the source's end; then checkpoint.
+        The frame path is warmed up first (`warm_up`)."""
+        self.warm_up()
         self._learner.start()
         self.grabber.start()
         try:
