@@ -51,17 +51,20 @@ run: setup-run
 # Type check first (config: [tool.mypy] in pyproject.toml), then the suite: tests/ plus the doctests of
 # edge/ and firmware_sim/ (testpaths). The bench suites run too, in quick mode (one pass, no timing), so
 # they cannot rot; `-o addopts=-ra` drops --doctest-modules there so bench/ is not doctest-imported.
+# Both suites run a test file per worker on every core (at most 4: each worker may load TensorFlow), with
+# the 25 slowest tests listed at the end; bench/ in quick mode measures nothing, so it may share the cores.
+PARALLEL = -n auto --maxprocesses 4 --dist loadfile
 test: setup-test setup-tflrt
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q
-	$(BIN)/python -m pytest bench/ -q --benchmark-disable -p no:cacheprovider -o addopts=-ra
+	$(BIN)/python -m pytest -q $(PARALLEL) --durations=25
+	$(BIN)/python -m pytest bench/ -q $(PARALLEL) --benchmark-disable -p no:cacheprovider -o addopts=-ra
 	$(TFLRT_TESTS)
 
 # The inner loop: type check and the suite less the tests marked `slow` (each over ~10 s: model
 # builds, the wheel, the browser, Ray, exhaustive fuzzing). No bench/, no .venv-tflrt slice.
 test-fast: setup-test
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q $(PARALLEL) -m "not slow"
 
 # The fallback slice, in .venv-tflrt: tests/test_tflite_runtime_compat.py (asserts tflite_runtime
 # served every backbone and compares with ai_edge_litert run by the main venv) plus the contract

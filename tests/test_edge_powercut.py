@@ -110,13 +110,15 @@ def test_sigkill_while_the_ledger_writes_segments_never_tears_state(tmp_path):
     assert named <= {p.name for p in (tmp_path / "ledger").glob("seg-*.bin")}
 
 
+# 200 kills each (500 before: 106 and 197 s under `make test`'s two workers, the ledger's growing with
+# the square of the kills, as every check reloads every segment; all passed). Cut for CI time.
 @pytest.mark.slow
 def test_sigkill_many_times(tmp_path):
-    steps = _run_kills(tmp_path, kills=500, seed=1)
-    assert len(steps) >= 400 and steps[-1] >= 100
+    steps = _run_kills(tmp_path, kills=200, seed=1)
+    assert len(steps) >= 160 and steps[-1] >= 40
 
 
 @pytest.mark.slow
 def test_sigkill_many_times_with_the_ledger(tmp_path):
-    steps = _run_kills(tmp_path, kills=500, seed=3, ledger=True)
-    assert len(steps) >= 400 and steps[-1] >= 100
+    steps = _run_kills(tmp_path, kills=200, seed=3, ledger=True)
+    assert len(steps) >= 160 and steps[-1] >= 40
