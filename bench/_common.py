@@ -5,7 +5,8 @@ the Keras backbone shared by the edge agent and the Keras baseline) live here, s
 the memory worker use the same inputs.
 
 The cache folder is ``bench/.cache`` (gitignored), or ``$EDGE_BENCH_CACHE``. Building anything in
-it needs TensorFlow (the host extra); callers skip with a reason where it is missing.
+it needs TensorFlow (the host extra); callers skip with a reason where it is missing. Each entry is
+built under an OS lock (`building`): ``make test`` runs the bench files on several workers at once.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -135,6 +137,17 @@ def _valid_model(model_dir: Path) -> bool:
     return True
 
 
+@contextmanager
+def building(name: str) -> Iterator[None]:
+    """Hold the cache's lock for entry ``name`` (`edge.lock.StateLock` on ``CACHE/locks/name``, an OS
+    lock the kernel drops if the holder dies) while it is built: processes running bench files at
+    once build each entry once. A waiter checks the cache again once it holds the lock."""
+    from edge.lock import StateLock
+
+    with StateLock(CACHE / "locks" / name, timeout_s=1800.0):
+        yield
+
+
 def mobilenet_model_dir() -> Path:
     """MobileNetV2-0.35 @128x128 with random weights (weights=None), exported once into the cache.
 
@@ -143,6 +156,13 @@ def mobilenet_model_dir() -> Path:
     target = CACHE / "models" / MOBILENET_NAME
     if _valid_model(target):
         return target
+    with building(target.name):
+        if not _valid_model(target):
+            _build_mobilenet()
+    return target
+
+
+def _build_mobilenet() -> None:
     from firmware_sim.data.generator import make_pretraining_set
     from host.backbones import BackboneSpec, build_backbone
 
@@ -168,7 +188,6 @@ def mobilenet_model_dir() -> Path:
 
     with mock.patch.dict(DEFAULT_TOLERANCES, {"int8": {"min_cosine": 0.75}}):
         _export_mobilenet(model, spec, frames)
-    return target
 
 
 def _export_mobilenet(model: Any, spec: Any, frames: np.ndarray) -> None:
@@ -200,11 +219,15 @@ def efficientnet_model_dir() -> Path | None:
         return None
     from host.pretrained import ImageNetSampleError, build_efficientnet_lite0_model
 
-    try:
-        return Path(build_efficientnet_lite0_model(out_root=CACHE / "models", input_size=128,
-                                                   name=f"{EFFICIENTNET_NAME}_u8", overwrite=True))
-    except ImageNetSampleError:
-        return None
+    target = CACHE / "models" / f"{EFFICIENTNET_NAME}_u8"
+    with building(target.name):
+        if _valid_model(target):
+            return target
+        try:
+            return Path(build_efficientnet_lite0_model(out_root=CACHE / "models", input_size=128,
+                                                       name=target.name, overwrite=True))
+        except ImageNetSampleError:
+            return None
 
 
 def keras_run_dir(quick: bool = False) -> Path:
@@ -213,12 +236,18 @@ def keras_run_dir(quick: bool = False) -> Path:
     if (RUN_DIR / "backbone.keras").is_file() and (RUN_DIR / "pretrain.json").is_file():
         return RUN_DIR
     run_dir = CACHE / ("pretrain-quick" if quick else "pretrain")
-    if (run_dir / "backbone.keras").is_file() and (run_dir / "pretrain.json").is_file():
-        return run_dir
-    from host.pretrain import PretrainConfig, pretrain
 
-    config = PretrainConfig(epochs=1 if quick else 2, max_train_frames=2000 if quick else None)
-    pretrain(config, run_dir, progress=False)
+    def done() -> bool:
+        return (run_dir / "backbone.keras").is_file() and (run_dir / "pretrain.json").is_file()
+
+    if done():
+        return run_dir
+    with building(run_dir.name):
+        if not done():
+            from host.pretrain import PretrainConfig, pretrain
+
+            config = PretrainConfig(epochs=1 if quick else 2, max_train_frames=2000 if quick else None)
+            pretrain(config, run_dir, progress=False)
     return run_dir
 
 
@@ -229,9 +258,11 @@ def keras_backbone_model_dir(run_dir: Path) -> Path:
     target = CACHE / "models" / f"keras-{sha}"
     if _valid_model(target):
         return target
-    from host.export import ExportOptions, export_run
+    with building(target.name):
+        if not _valid_model(target):
+            from host.export import ExportOptions, export_run
 
-    export_run(run_dir, name=target.name, out_root=target.parent, options=ExportOptions(overwrite=True))
+            export_run(run_dir, name=target.name, out_root=target.parent, options=ExportOptions(overwrite=True))
     return target
 
 

