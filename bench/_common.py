@@ -6,7 +6,7 @@ the memory worker use the same inputs.
 
 The cache folder is ``bench/.cache`` (gitignored), or ``$EDGE_BENCH_CACHE``. Building anything in
 it needs TensorFlow (the host extra); callers skip with a reason where it is missing. Each entry is
-built under an OS lock (`building`): ``make test`` runs the bench files on several workers at once.
+built once, under an OS lock (`build_once`): ``make test`` runs the bench files on several workers at once.
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ import os
 import shutil
 import subprocess
 import sys
-from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
@@ -137,15 +136,18 @@ def _valid_model(model_dir: Path) -> bool:
     return True
 
 
-@contextmanager
-def building(name: str) -> Iterator[None]:
-    """Hold the cache's lock for entry ``name`` (`edge.lock.StateLock` on ``CACHE/locks/name``, an OS
-    lock the kernel drops if the holder dies) while it is built: processes running bench files at
-    once build each entry once. A waiter checks the cache again once it holds the lock."""
-    from edge.lock import StateLock
+def build_once(target: Path, build: Callable[[], object], ready: Callable[[Path], bool] = _valid_model) -> Path:
+    """``target``, made by ``build()`` unless ``ready(target)``. The build runs under the cache's lock
+    for that entry (`edge.lock.StateLock` on ``CACHE/locks/<name>``, an OS lock the kernel drops if
+    the holder dies), and is skipped when another process finished it while this one waited, so
+    processes running bench files at once build each entry once."""
+    if not ready(target):
+        from edge.lock import StateLock
 
-    with StateLock(CACHE / "locks" / name, timeout_s=1800.0):
-        yield
+        with StateLock(CACHE / "locks" / target.name, timeout_s=1800.0):
+            if not ready(target):
+                build()
+    return target
 
 
 def mobilenet_model_dir() -> Path:
@@ -153,13 +155,7 @@ def mobilenet_model_dir() -> Path:
 
     Needs TensorFlow the first time; later calls reuse the export.
     """
-    target = CACHE / "models" / MOBILENET_NAME
-    if _valid_model(target):
-        return target
-    with building(target.name):
-        if not _valid_model(target):
-            _build_mobilenet()
-    return target
+    return build_once(CACHE / "models" / MOBILENET_NAME, _build_mobilenet)
 
 
 def _build_mobilenet() -> None:
@@ -219,51 +215,45 @@ def efficientnet_model_dir() -> Path | None:
         return None
     from host.pretrained import ImageNetSampleError, build_efficientnet_lite0_model
 
-    target = CACHE / "models" / f"{EFFICIENTNET_NAME}_u8"
-    with building(target.name):
-        if _valid_model(target):
-            return target
-        try:
-            return Path(build_efficientnet_lite0_model(out_root=CACHE / "models", input_size=128,
-                                                       name=target.name, overwrite=True))
-        except ImageNetSampleError:
-            return None
+    name = f"{EFFICIENTNET_NAME}_u8"
+    try:
+        return build_once(CACHE / "models" / name, lambda: build_efficientnet_lite0_model(
+            out_root=CACHE / "models", input_size=128, name=name, overwrite=True))
+    except ImageNetSampleError:
+        return None
+
+
+def _pretrained_run(run_dir: Path) -> bool:
+    return (run_dir / "backbone.keras").is_file() and (run_dir / "pretrain.json").is_file()
 
 
 def keras_run_dir(quick: bool = False) -> Path:
     """A pretraining run dir holding ``backbone.keras``: ``runs/default`` if present, else a small
     one pretrained into the cache (2 epochs; 1 epoch on 2,000 frames in quick mode)."""
-    if (RUN_DIR / "backbone.keras").is_file() and (RUN_DIR / "pretrain.json").is_file():
+    if _pretrained_run(RUN_DIR):
         return RUN_DIR
     run_dir = CACHE / ("pretrain-quick" if quick else "pretrain")
 
-    def done() -> bool:
-        return (run_dir / "backbone.keras").is_file() and (run_dir / "pretrain.json").is_file()
+    def build() -> None:
+        from host.pretrain import PretrainConfig, pretrain
 
-    if done():
-        return run_dir
-    with building(run_dir.name):
-        if not done():
-            from host.pretrain import PretrainConfig, pretrain
+        pretrain(PretrainConfig(epochs=1 if quick else 2, max_train_frames=2000 if quick else None), run_dir,
+                 progress=False)
 
-            config = PretrainConfig(epochs=1 if quick else 2, max_train_frames=2000 if quick else None)
-            pretrain(config, run_dir, progress=False)
-    return run_dir
+    return build_once(run_dir, build, ready=_pretrained_run)
 
 
 def keras_backbone_model_dir(run_dir: Path) -> Path:
     """The edge export of ``run_dir/backbone.keras`` (cached by the file's sha256), so the agent
     and the Keras baseline run on identical weights."""
-    sha = _file_sha(run_dir / "backbone.keras")[:12]
-    target = CACHE / "models" / f"keras-{sha}"
-    if _valid_model(target):
-        return target
-    with building(target.name):
-        if not _valid_model(target):
-            from host.export import ExportOptions, export_run
+    target = CACHE / "models" / f"keras-{_file_sha(run_dir / 'backbone.keras')[:12]}"
 
-            export_run(run_dir, name=target.name, out_root=target.parent, options=ExportOptions(overwrite=True))
-    return target
+    def build() -> None:
+        from host.export import ExportOptions, export_run
+
+        export_run(run_dir, name=target.name, out_root=target.parent, options=ExportOptions(overwrite=True))
+
+    return build_once(target, build)
 
 
 # --------------------------------------------------------------------------- machine description

